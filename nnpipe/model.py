@@ -1,0 +1,128 @@
+"""A trained model: network spec, parameters, scaler statistics and label mapping.
+
+It predicts on raw feature columns and returns the original labels. It saves
+as ``model.json`` (spec, labels, feature names) plus ``weights.npz`` (arrays
+only) and loads with ``allow_pickle=False``: no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnpipe.network import Network, NetworkSpec
+from nnpipe.targets import decode_predictions, encode_targets
+from nnpipe.training import evaluate_arrays
+
+FORMAT_VERSION = 1
+
+
+class Model:
+    """A network ready to predict on raw features.
+
+    Parameters
+    ----------
+    spec : NetworkSpec
+    theta : ndarray of shape (n_params,)
+    classes : ndarray, optional
+        Original labels, in the order of the output units (classification).
+    mean, scale : ndarray of shape (n_features,), optional
+        Standardisation fitted on the training split; features are mapped to
+        ``(X - mean) / scale`` before the network sees them.
+    feature_names : list of str, optional
+    metadata : dict, optional
+        Free-form JSON-serialisable facts (dataset, run id, ...).
+    """
+
+    def __init__(
+        self,
+        spec: NetworkSpec,
+        theta: np.ndarray,
+        classes: np.ndarray | None = None,
+        mean: np.ndarray | None = None,
+        scale: np.ndarray | None = None,
+        feature_names: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        self.spec = spec
+        self.net = Network(spec)
+        self.theta = np.asarray(theta, dtype=spec.dtype)
+        if self.theta.shape != (spec.n_params,):
+            raise ValueError(f"theta has shape {self.theta.shape}, expected ({spec.n_params},)")
+        self.classes = None if classes is None else np.asarray(classes)
+        n_in = spec.n_inputs
+        self.mean = np.zeros(n_in) if mean is None else np.asarray(mean, dtype=np.float64)
+        self.scale = np.ones(n_in) if scale is None else np.asarray(scale, dtype=np.float64)
+        self.feature_names = list(feature_names) if feature_names is not None else None
+        self.metadata = dict(metadata or {})
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Scaled features in the network's dtype; checks the number of columns."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        if X.ndim != 2 or X.shape[1] != self.spec.n_inputs:
+            raise ValueError(
+                f"expected input of shape (n_samples, {self.spec.n_inputs}), got {X.shape}"
+            )
+        return ((X - self.mean) / self.scale).astype(self.spec.dtype)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Head outputs: class probabilities (n_samples, n_classes) or, for binary, (n_samples, 2)."""
+        P = self.net.forward(self.theta, self.transform(X))
+        if self.spec.head == "sigmoid":
+            return np.hstack([1 - P, P])
+        return P
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Original labels (classification) or values (regression) for raw features ``X``."""
+        P = self.net.forward(self.theta, self.transform(X))
+        return decode_predictions(P, self.spec.head, self.classes)
+
+    def evaluate(self, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """Loss and accuracy (or MSE/MAE/R²) on raw features and original labels."""
+        Y = encode_targets(y, self.spec.head, self.classes, self.spec.dtype)
+        return evaluate_arrays(self.net, self.theta, self.transform(X), Y)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``model.json`` and ``weights.npz`` into directory ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        np.savez(path / "weights.npz", theta=self.theta, mean=self.mean, scale=self.scale)
+        doc = {
+            "format_version": FORMAT_VERSION,
+            "spec": self.spec.to_dict(),
+            "classes": None if self.classes is None else self.classes.tolist(),
+            "feature_names": self.feature_names,
+            "metadata": self.metadata,
+        }
+        (path / "model.json").write_text(json.dumps(doc, indent=2, default=str))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Model":
+        """Read a model written by :meth:`save`."""
+        path = Path(path)
+        spec_file = path / "model.json"
+        if not spec_file.is_file():
+            raise FileNotFoundError(f"no model.json in {str(path)!r}: not a saved nnpipe model")
+        doc = json.loads(spec_file.read_text())
+        with np.load(path / "weights.npz", allow_pickle=False) as arrays:
+            theta, mean, scale = arrays["theta"], arrays["mean"], arrays["scale"]
+        classes = doc.get("classes")
+        return cls(
+            NetworkSpec.from_dict(doc["spec"]),
+            theta,
+            classes=None if classes is None else np.asarray(classes),
+            mean=mean,
+            scale=scale,
+            feature_names=doc.get("feature_names"),
+            metadata=doc.get("metadata"),
+        )

@@ -1,0 +1,170 @@
+"""Optimizers on the flat parameter vector.
+
+``step(theta, grad, state, lr) -> (theta, state)`` is pure by default: it
+returns new arrays and leaves its inputs alone. Training loops that own their
+buffers pass ``inplace=True`` and the same arithmetic runs without copies;
+there is one implementation of each rule either way. State is a dict of plain
+arrays (the step count included), so it can be checkpointed and shipped to a
+Dask worker as is.
+
+The Adam update is PyTorch's (Kingma & Ba, Algorithm 1): the bias corrections
+are applied to ``m`` and ``v`` and ``eps`` is added to ``sqrt(v_hat)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+State = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """Base class: hyperparameters are fields, arrays live in the state."""
+
+    name = "base"
+
+    def init(self, theta: np.ndarray) -> State:
+        """Fresh state for parameters shaped like ``theta``."""
+        return {"t": np.zeros((), dtype=np.int64)}
+
+    def step(
+        self, theta: np.ndarray, grad: np.ndarray, state: State, lr: float, inplace: bool = False
+    ) -> tuple[np.ndarray, State]:
+        """One update; ``grad`` is never modified.
+
+        Parameters
+        ----------
+        theta, grad : ndarray of shape (n_params,)
+        state : dict of ndarray
+            As returned by :meth:`init` or a previous :meth:`step`.
+        lr : float
+            Learning rate for this step.
+        inplace : bool
+            Update ``theta`` and ``state`` in place (the caller owns them).
+        """
+        if not inplace:
+            theta = theta.copy()
+            state = {k: v.copy() for k, v in state.items()}
+        state["t"][...] = state["t"] + 1
+        self._update(theta, grad, state, lr)
+        return theta, state
+
+    def _update(self, theta: np.ndarray, grad: np.ndarray, state: State, lr: float) -> None:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        return {"optimizer": self.name, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+
+@dataclass(frozen=True)
+class SGD(Optimizer):
+    name = "sgd"
+
+    def _update(self, theta, grad, state, lr):
+        theta -= lr * grad
+
+
+@dataclass(frozen=True)
+class Momentum(Optimizer):
+    """Heavy-ball momentum, PyTorch's form: ``v = mu*v + g``; Nesterov looks ahead."""
+
+    momentum: float = 0.9
+    nesterov: bool = False
+    name = "momentum"
+
+    def init(self, theta):
+        return {**super().init(theta), "velocity": np.zeros_like(theta)}
+
+    def _update(self, theta, grad, state, lr):
+        v = state["velocity"]
+        v *= self.momentum
+        v += grad
+        if self.nesterov:
+            theta -= lr * (grad + self.momentum * v)
+        else:
+            theta -= lr * v
+
+
+@dataclass(frozen=True)
+class Adam(Optimizer):
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    name = "adam"
+
+    def init(self, theta):
+        return {**super().init(theta), "m": np.zeros_like(theta), "v": np.zeros_like(theta)}
+
+    def _update(self, theta, grad, state, lr):
+        t = int(state["t"])
+        m, v = state["m"], state["v"]
+        # One scratch array and in-place passes: the update costs ~10% of a
+        # 256-row step of a 85k-parameter network, so temporaries matter.
+        tmp = grad - m
+        tmp *= 1 - self.beta1
+        m += tmp  # m = b1*m + (1-b1)*g
+        np.multiply(grad, grad, out=tmp)
+        tmp -= v
+        tmp *= 1 - self.beta2
+        v += tmp  # v = b2*v + (1-b2)*g**2
+        # lr/b1 * m / (sqrt(v)/sqrt(b2) + eps) == lr*sqrt(b2)/b1 * m / (sqrt(v) + eps*sqrt(b2))
+        # with b1, b2 the bias corrections: the same update, one pass fewer.
+        sqrt_bias2 = math.sqrt(1 - self.beta2**t)
+        np.sqrt(v, out=tmp)
+        tmp += self.eps * sqrt_bias2
+        np.divide(m, tmp, out=tmp)
+        tmp *= lr * sqrt_bias2 / (1 - self.beta1**t)
+        theta -= tmp
+
+
+@dataclass(frozen=True)
+class RMSprop(Optimizer):
+    """PyTorch's/Keras' RMSprop: ``v = rho*v + (1-rho)*g**2``; ``theta -= lr*g/(sqrt(v)+eps)``."""
+
+    rho: float = 0.9
+    eps: float = 1e-7
+    name = "rmsprop"
+
+    def init(self, theta):
+        return {**super().init(theta), "v": np.zeros_like(theta)}
+
+    def _update(self, theta, grad, state, lr):
+        v = state["v"]
+        v += (1 - self.rho) * (grad * grad - v)
+        denom = np.sqrt(v)
+        denom += self.eps
+        theta -= lr * grad / denom
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    "sgd": SGD,
+    "momentum": Momentum,
+    "nesterov": Momentum,
+    "adam": Adam,
+    "rmsprop": RMSprop,
+}
+
+# Keras' and PyTorch's default learning rates, used when none is given.
+DEFAULT_LR: dict[str, float] = {"sgd": 0.01, "momentum": 0.01, "nesterov": 0.01, "adam": 0.001, "rmsprop": 0.001}
+
+
+def get_optimizer(name: str, **hyper: Any) -> Optimizer:
+    """Build the optimizer registered as ``name`` with the given hyperparameters."""
+    try:
+        cls = OPTIMIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}") from None
+    if name == "nesterov":
+        hyper.setdefault("nesterov", True)
+    fields = set(cls.__dataclass_fields__)
+    unknown = set(hyper) - fields
+    if unknown:
+        raise ValueError(
+            f"optimizer {name!r} takes {sorted(fields) or 'no hyperparameters'}, got {sorted(unknown)}"
+        )
+    return cls(**hyper)
