@@ -1,0 +1,259 @@
+"""Loading, validating, splitting and scaling data at the boundary.
+
+Sources are scikit-learn's built-in datasets by name or CSV/Parquet files with
+a named target column. Every error is a :class:`DataError` that names the
+file, column and row (and quotes the bad value), raised before anything is
+trained, logged or registered. Splitting and scaling are scikit-learn's; the
+scaler is fitted on the training part only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+BUILTIN: dict[str, str] = {
+    "iris": "load_iris",
+    "wine": "load_wine",
+    "breast_cancer": "load_breast_cancer",
+    "digits": "load_digits",
+    "diabetes": "load_diabetes",  # regression
+}
+TASKS = ("multiclass", "binary", "regression")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the source, column and row."""
+
+
+@dataclass
+class Dataset:
+    """Features and target as loaded and validated.
+
+    Attributes
+    ----------
+    name : str
+        Built-in name or file stem.
+    source : str
+        Built-in name or the file path as given.
+    X : ndarray of shape (n_samples, n_features), float64
+    y : ndarray of shape (n_samples,)
+        Original labels (classification) or values (regression).
+    feature_names : list of str
+    target : str
+    task : str
+        ``multiclass``, ``binary`` or ``regression``.
+    content_hash : str
+        SHA-256 of the file bytes (or of the arrays for a built-in dataset).
+    """
+
+    name: str
+    source: str
+    X: np.ndarray
+    y: np.ndarray
+    feature_names: list[str]
+    target: str
+    task: str
+    content_hash: str
+
+    @property
+    def classes(self) -> np.ndarray | None:
+        return None if self.task == "regression" else np.unique(self.y)
+
+
+@dataclass
+class Splits:
+    """Train / validation / test parts, features standardised with training statistics."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    classes: np.ndarray | None
+    task: str
+    feature_names: list[str] = field(default_factory=list)
+    raw_test: np.ndarray | None = None  # unscaled test features, for serving checks
+
+    def scaled(self, X: np.ndarray) -> np.ndarray:
+        return (X - self.mean) / self.scale
+
+
+def infer_task(y: np.ndarray) -> str:
+    """``regression`` for non-integral numbers, else ``binary`` or ``multiclass`` by class count."""
+    if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
+        return "regression"
+    return "binary" if len(np.unique(y)) == 2 else "multiclass"
+
+
+def load_dataset(source: str | Path, target: str | None = None, task: str | None = None) -> Dataset:
+    """Load a built-in dataset by name or a CSV/Parquet file with a target column.
+
+    Parameters
+    ----------
+    source : str or Path
+        ``iris``, ``wine``, ``breast_cancer``, ``digits``, ``diabetes``, or a
+        ``.csv`` / ``.parquet`` path.
+    target : str, optional
+        Target column (required for files).
+    task : str, optional
+        Override the inferred task.
+
+    Raises
+    ------
+    DataError
+        Missing or empty file, unknown target column, non-numeric or
+        non-finite feature, missing target value.
+    """
+    if task is not None and task not in TASKS:
+        raise DataError(f"task must be one of {TASKS}, got {task!r}")
+    src = str(source)
+    if src in BUILTIN:
+        ds = _load_builtin(src)
+    elif Path(src).suffix.lower() in (".csv", ".parquet", ".pq") or Path(src).exists():
+        if not target:
+            raise DataError(f"{src}: a target column is required for a file source (--target COLUMN)")
+        ds = _load_file(Path(src), target)
+    else:
+        raise DataError(
+            f"unknown dataset {src!r}: expected a built-in name {sorted(BUILTIN)} or a .csv/.parquet file"
+        )
+    if task is not None:
+        ds.task = task
+    if ds.task != "regression" and len(np.unique(ds.y)) < 2:
+        raise DataError(
+            f"{ds.source}: target column {ds.target!r} has a single class {np.unique(ds.y).tolist()!r}; "
+            "need at least 2 to train a classifier"
+        )
+    return ds
+
+
+def _load_builtin(name: str) -> Dataset:
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, BUILTIN[name])()
+    X = np.asarray(bunch.data, dtype=np.float64)
+    y = np.asarray(bunch.target)
+    digest = hashlib.sha256(X.tobytes() + y.tobytes()).hexdigest()
+    names = [str(f) for f in getattr(bunch, "feature_names", [f"x{i}" for i in range(X.shape[1])])]
+    task = "regression" if name == "diabetes" else infer_task(y)
+    return Dataset(name, name, X, y, names, "target", task, digest)
+
+
+def _read_frame(path: Path):
+    import pandas as pd
+
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty (no header and no rows)") from None
+    except Exception as exc:  # the parser's own message says what and where
+        raise DataError(f"{path}: cannot be read as {suffix or 'CSV'}: {exc}") from exc
+
+
+def _load_file(path: Path, target: str) -> Dataset:
+    frame = _read_frame(path)
+    src = str(path)
+    if len(frame) == 0:
+        raise DataError(f"{src}: file has a header but no data rows")
+    if target not in frame.columns:
+        raise DataError(f"{src}: target column {target!r} not found; columns are {list(map(str, frame.columns))}")
+    features = [c for c in frame.columns if c != target]
+    if not features:
+        raise DataError(f"{src}: no feature columns besides the target {target!r}")
+    # CSV rows are reported as 1-based data rows; the file line is that plus the header.
+    line = (lambda i: f"row {i + 1} (line {i + 2})") if path.suffix.lower() == ".csv" else (lambda i: f"row {i + 1}")
+    y = frame[target].to_numpy()
+    missing = frame[target].isna().to_numpy()
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise DataError(f"{src}: target column {target!r} {line(i)} is empty")
+    X = np.empty((len(frame), len(features)), dtype=np.float64)
+    for j, col in enumerate(features):
+        X[:, j] = _numeric_column(frame[col], src, str(col), line)
+    if y.dtype.kind in "OUS":
+        y = y.astype(str)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Dataset(path.stem, src, X, y, list(map(str, features)), target, infer_task(y), digest)
+
+
+def _numeric_column(series, src: str, col: str, line: Callable[[int], str]) -> np.ndarray:
+    import pandas as pd
+
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    not_number = np.isnan(values) & series.notna().to_numpy()
+    if not_number.any():
+        i = int(np.flatnonzero(not_number)[0])
+        raise DataError(f"{src}: column {col!r} {line(i)}: value {series.iloc[i]!r} is not a number")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        what = "is missing (NaN)" if np.isnan(values[i]) else f"is infinite ({values[i]!r})"
+        raise DataError(f"{src}: column {col!r} {line(i)} {what}; only finite numbers can be trained on")
+    return values
+
+
+def split_and_scale(ds: Dataset, test_size: float = 0.2, val_size: float = 0.1, seed: int = 0) -> Splits:
+    """Seeded (stratified for classification) train/val/test split and a StandardScaler fitted on train.
+
+    Raises
+    ------
+    DataError
+        If a class has too few rows for every part to receive one.
+    """
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    for name, frac in (("test_size", test_size), ("val_size", val_size)):
+        if not 0 <= frac < 1:
+            raise DataError(f"{name} must be in [0, 1), got {frac!r}")
+    if not 0 < test_size + val_size < 1:
+        raise DataError(f"test_size + val_size must be in (0, 1), got {test_size + val_size!r}")
+    classify = ds.task != "regression"
+    parts = 1 + (test_size > 0) + (val_size > 0)
+    if classify:
+        labels, counts = np.unique(ds.y, return_counts=True)
+        small = counts < parts
+        if small.any():
+            k = int(np.flatnonzero(small)[0])
+            raise DataError(
+                f"{ds.source}: class {labels[k].item()!r} of target column {ds.target!r} has only "
+                f"{counts[k]} row(s); need at least {parts} so the train, validation and test parts each get one"
+            )
+    idx = np.arange(len(ds.y))
+    try:
+        rest, test = train_test_split(idx, test_size=test_size, random_state=seed,
+                                      stratify=ds.y if classify else None)
+        val = np.array([], dtype=int)
+        if val_size > 0:
+            rest, val = train_test_split(rest, test_size=val_size / (1 - test_size), random_state=seed,
+                                         stratify=ds.y[rest] if classify else None)
+    except ValueError as exc:  # e.g. fewer test rows than classes
+        raise DataError(f"{ds.source}: cannot split {len(idx)} rows of target {ds.target!r}: {exc}") from exc
+    scaler = StandardScaler().fit(ds.X[rest])
+    scale = scaler.scale_.copy()
+    tf = lambda rows: scaler.transform(ds.X[rows])  # noqa: E731
+    return Splits(
+        X_train=tf(rest), y_train=ds.y[rest],
+        X_val=tf(val) if len(val) else np.empty((0, ds.X.shape[1])), y_val=ds.y[val],
+        X_test=tf(test), y_test=ds.y[test],
+        mean=scaler.mean_.copy(), scale=scale,
+        classes=ds.classes, task=ds.task, feature_names=list(ds.feature_names),
+        raw_test=ds.X[test],
+    )
