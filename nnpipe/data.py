@@ -81,6 +81,9 @@ class Splits:
     task: str
     feature_names: list[str] = field(default_factory=list)
     raw_test: np.ndarray | None = None  # unscaled test features, for serving checks
+    # Regression targets are standardised too (training statistics), and mapped back on predict.
+    target_mean: np.ndarray | None = None
+    target_scale: np.ndarray | None = None
 
     def scaled(self, X: np.ndarray) -> np.ndarray:
         return (X - self.mean) / self.scale
@@ -248,6 +251,11 @@ def split_and_scale(ds: Dataset, test_size: float = 0.2, val_size: float = 0.1, 
         raise DataError(f"{ds.source}: cannot split {len(idx)} rows of target {ds.target!r}: {exc}") from exc
     scaler = StandardScaler().fit(ds.X[rest])
     scale = scaler.scale_.copy()
+    target_mean = target_scale = None
+    if not classify:
+        y_train = ds.y[rest].reshape(len(rest), -1).astype(np.float64)
+        target_mean, target_scale = y_train.mean(axis=0), y_train.std(axis=0)
+        target_scale[target_scale == 0] = 1.0
     tf = lambda rows: scaler.transform(ds.X[rows])  # noqa: E731
     return Splits(
         X_train=tf(rest), y_train=ds.y[rest],
@@ -255,5 +263,5 @@ def split_and_scale(ds: Dataset, test_size: float = 0.2, val_size: float = 0.1, 
         X_test=tf(test), y_test=ds.y[test],
         mean=scaler.mean_.copy(), scale=scale,
         classes=ds.classes, task=ds.task, feature_names=list(ds.feature_names),
-        raw_test=ds.X[test],
+        raw_test=ds.X[test], target_mean=target_mean, target_scale=target_scale,
     )

@@ -32,6 +32,9 @@ class Model:
     mean, scale : ndarray of shape (n_features,), optional
         Standardisation fitted on the training split; features are mapped to
         ``(X - mean) / scale`` before the network sees them.
+    target_mean, target_scale : ndarray of shape (n_targets,), optional
+        Regression only: the network predicts ``(y - target_mean) / target_scale``
+        and :meth:`predict` maps it back to the original units.
     feature_names : list of str, optional
     metadata : dict, optional
         Free-form JSON-serialisable facts (dataset, run id, ...).
@@ -46,6 +49,8 @@ class Model:
         scale: np.ndarray | None = None,
         feature_names: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        target_mean: np.ndarray | None = None,
+        target_scale: np.ndarray | None = None,
     ):
         self.spec = spec
         self.net = Network(spec)
@@ -56,6 +61,9 @@ class Model:
         n_in = spec.n_inputs
         self.mean = np.zeros(n_in) if mean is None else np.asarray(mean, dtype=np.float64)
         self.scale = np.ones(n_in) if scale is None else np.asarray(scale, dtype=np.float64)
+        n_out = spec.n_outputs
+        self.target_mean = np.zeros(n_out) if target_mean is None else np.asarray(target_mean, dtype=np.float64).reshape(-1)
+        self.target_scale = np.ones(n_out) if target_scale is None else np.asarray(target_scale, dtype=np.float64).reshape(-1)
         self.feature_names = list(feature_names) if feature_names is not None else None
         self.metadata = dict(metadata or {})
 
@@ -84,18 +92,35 @@ class Model:
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Original labels (classification) or values (regression) for raw features ``X``."""
         P = self.net.forward(self.theta, self.transform(X))
+        if self.task == "regression":
+            P = P * self.target_scale + self.target_mean
         return decode_predictions(P, self.spec.head, self.classes)
 
+    def encode_targets(self, y: np.ndarray) -> np.ndarray:
+        """Targets as the network is trained on them (class indices, or standardised values)."""
+        Y = encode_targets(y, self.spec.head, self.classes, "float64" if self.task == "regression" else self.spec.dtype)
+        if self.task == "regression":
+            Y = ((Y - self.target_mean) / self.target_scale).astype(self.spec.dtype)
+        return Y
+
     def evaluate(self, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        """Loss and accuracy (or MSE/MAE/R²) on raw features and original labels."""
-        Y = encode_targets(y, self.spec.head, self.classes, self.spec.dtype)
-        return evaluate_arrays(self.net, self.theta, self.transform(X), Y)
+        """Loss and accuracy, or for regression MSE/MAE/R² in the target's own units."""
+        if self.task == "regression":
+            Y = encode_targets(y, "identity", None, "float64")
+            diff = self.predict(X).reshape(Y.shape) - Y
+            mse = float(np.mean(diff**2))
+            var = float(np.mean((Y - Y.mean(axis=0)) ** 2))
+            return {"loss": mse, "mse": mse, "mae": float(np.mean(np.abs(diff))), "r2": 1 - mse / var if var else 0.0}
+        return evaluate_arrays(self.net, self.theta, self.transform(X), self.encode_targets(y))
 
     def save(self, path: str | Path) -> Path:
         """Write ``model.json`` and ``weights.npz`` into directory ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        np.savez(path / "weights.npz", theta=self.theta, mean=self.mean, scale=self.scale)
+        np.savez(
+            path / "weights.npz", theta=self.theta, mean=self.mean, scale=self.scale,
+            target_mean=self.target_mean, target_scale=self.target_scale,
+        )
         doc = {
             "format_version": FORMAT_VERSION,
             "spec": self.spec.to_dict(),
@@ -116,6 +141,7 @@ class Model:
         doc = json.loads(spec_file.read_text())
         with np.load(path / "weights.npz", allow_pickle=False) as arrays:
             theta, mean, scale = arrays["theta"], arrays["mean"], arrays["scale"]
+            target = {k: arrays[k] for k in ("target_mean", "target_scale") if k in arrays.files}
         classes = doc.get("classes")
         return cls(
             NetworkSpec.from_dict(doc["spec"]),
@@ -125,4 +151,5 @@ class Model:
             scale=scale,
             feature_names=doc.get("feature_names"),
             metadata=doc.get("metadata"),
+            **target,
         )

@@ -17,7 +17,6 @@ from nnpipe.engine import train
 from nnpipe.losses import TASK_HEADS
 from nnpipe.model import Model
 from nnpipe.network import NetworkSpec, init_params
-from nnpipe.targets import encode_targets
 from nnpipe.training import Callback, FitResult
 
 
@@ -60,7 +59,11 @@ def train_model(
         1 if splits.y_train.ndim == 1 else splits.y_train.shape[1]
     )
     spec = build_spec(splits.task, splits.X_train.shape[1], n_out, hidden, activation, config.dtype)
-    encode = lambda y: encode_targets(y, spec.head, splits.classes, spec.dtype)  # noqa: E731
+    # The model is built first so that training and serving encode targets the same way.
+    model = Model(spec, init_params(spec, 0), classes=splits.classes, mean=splits.mean, scale=splits.scale,
+                  feature_names=splits.feature_names, metadata=metadata,
+                  target_mean=splits.target_mean, target_scale=splits.target_scale)
+    encode = model.encode_targets
     theta = init_params(spec, np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0]))
     validation = None
     if len(splits.y_val):
@@ -69,6 +72,5 @@ def train_model(
         spec, theta, splits.X_train.astype(spec.dtype), encode(splits.y_train), config,
         validation=validation, callbacks=callbacks, client=client, address=address,
     )
-    model = Model(spec, result.theta, classes=splits.classes, mean=splits.mean, scale=splits.scale,
-                  feature_names=splits.feature_names, metadata=metadata)
+    model.theta = result.theta
     return model, result
