@@ -22,12 +22,16 @@ class Activation(NamedTuple):
     he_init: bool  # relu-like activations use He initialisation, the rest Glorot
 
 
+# A numpy scalar saves the Python-int conversion on every call (~0.3 us).
+_ZERO = np.float32(0)
+
+
 def _relu(Z: np.ndarray) -> np.ndarray:
-    return np.maximum(Z, 0, out=Z)
+    return np.maximum(Z, _ZERO, out=Z)
 
 
 def _relu_backward(dA: np.ndarray, A: np.ndarray) -> np.ndarray:
-    dA *= A > 0
+    dA *= np.greater(A, _ZERO)
     return dA
 
 

@@ -236,15 +236,17 @@ class Network:
         Writes the gradient into ``grad_views`` and returns the batch's mean loss
         and, when ``want_correct``, the number of correctly classified rows.
         """
+        # np.dot rather than @: both call BLAS gemm, but dot's dispatch is about
+        # 0.5 us cheaper, which shows for small layers and batches.
         inputs = [X]  # the input of every layer
         A = X
         for (W, b), act in zip(views[:-1], self.acts):
-            Z = A @ W
+            Z = np.dot(A, W)
             Z += b
             A = act.forward(Z)
             inputs.append(A)
         W, b = views[-1]
-        Z = A @ W
+        Z = np.dot(A, W)
         Z += b
         P = self.head.forward(Z)
         loss = self.head.loss(P, Y)
@@ -253,12 +255,12 @@ class Network:
         for layer in range(len(views) - 1, -1, -1):
             W, _ = views[layer]
             gW, gb = grad_views[layer]
-            np.matmul(inputs[layer].T, dZ, out=gW)
+            np.dot(inputs[layer].T, dZ, out=gW)
             np.add.reduce(dZ, axis=0, out=gb)
             if l2:
                 gW += l2 * W
             if layer:
-                dA = dZ @ W.T
+                dA = np.dot(dZ, W.T)
                 dZ = self.acts[layer - 1].backward(dA, inputs[layer])
         if l2:
             loss += 0.5 * l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W, _ in views)

@@ -50,7 +50,7 @@ class Optimizer:
         if not inplace:
             theta = theta.copy()
             state = {k: v.copy() for k, v in state.items()}
-        state["t"][...] = state["t"] + 1
+        state["t"] += 1
         self._update(theta, grad, state, lr)
         return theta, state
 
