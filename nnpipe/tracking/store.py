@@ -66,11 +66,17 @@ def current_uri() -> str:
     return tracking_uri()
 
 
+def ensure_configured() -> str:
+    """:func:`configure` from the environment unless a URI was already set; returns it."""
+    if mlflow.tracking.is_tracking_uri_set():
+        return mlflow.get_tracking_uri()
+    return configure()
+
+
 def client() -> MlflowClient:
-    """A client for the configured tracking and registry stores."""
-    uri = current_uri()
-    reg = mlflow.get_registry_uri() if mlflow.tracking.is_tracking_uri_set() else registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=reg)
+    """A client for the configured tracking and registry stores (configuring from the env if needed)."""
+    uri = ensure_configured()
+    return MlflowClient(tracking_uri=uri, registry_uri=mlflow.get_registry_uri())
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -1,0 +1,93 @@
+"""MLflow tracking for nnpipe: runs, metrics, pyfunc models, registry, promotion gate, rollback.
+
+The only package in nnpipe that imports mlflow. Typical use (what the flow does)::
+
+    from nnpipe import tracking
+
+    tracking.configure()  # MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
+    with tracking.training_run("iris", params=config, tags=tracking.run_tags("iris", digest)) as run:
+        run_id = run.info.run_id
+        model, result = train_model(..., callbacks=[tracking.metrics_callback(run_id)])
+        tracking.log_final_metrics(run_id, model.evaluate(X_test, y_test))
+        tracking.log_training_artifacts(run_id, result.history, config, y_test, model.predict(X_test))
+        uri = tracking.log_model(run_id, model, X_test[:5])
+    # only reached when training succeeded; a failed run ends FAILED with nnpipe.failure
+    version = tracking.register_model(uri, "iris-mlp", run_id)
+    decision = tracking.promote_if_better("iris-mlp", version)
+"""
+
+from nnpipe.tracking.errors import (
+    LockTimeout,
+    RegistrationRefused,
+    RollbackRefused,
+    TrackingError,
+    UnknownModelError,
+    UnknownVersionError,
+)
+from nnpipe.tracking.history import alias_history, default_actor, previous_champion
+from nnpipe.tracking.lineage import git_revision, run_tags
+from nnpipe.tracking.locking import lock_path, store_lock
+from nnpipe.tracking.plots import log_checkpoints, log_training_artifacts
+from nnpipe.tracking.promotion import PromotionDecision, check_servable, promote, promote_if_better, rollback
+from nnpipe.tracking.pyfunc import NnpipePyfunc, log_model
+from nnpipe.tracking.registry import (
+    CANDIDATE,
+    CHAMPION,
+    alias_version,
+    get_version,
+    list_versions,
+    register_model,
+)
+from nnpipe.tracking.runs import (
+    FAILURE_TAG,
+    flatten_params,
+    log_final_metrics,
+    log_params,
+    metrics_callback,
+    run_status,
+    set_run_tags,
+    training_run,
+)
+from nnpipe.tracking.store import client, configure, tracking_uri
+
+__all__ = [
+    "CANDIDATE",
+    "CHAMPION",
+    "FAILURE_TAG",
+    "LockTimeout",
+    "NnpipePyfunc",
+    "PromotionDecision",
+    "RegistrationRefused",
+    "RollbackRefused",
+    "TrackingError",
+    "UnknownModelError",
+    "UnknownVersionError",
+    "alias_history",
+    "alias_version",
+    "check_servable",
+    "client",
+    "configure",
+    "default_actor",
+    "flatten_params",
+    "get_version",
+    "git_revision",
+    "list_versions",
+    "lock_path",
+    "log_checkpoints",
+    "log_final_metrics",
+    "log_model",
+    "log_params",
+    "log_training_artifacts",
+    "metrics_callback",
+    "previous_champion",
+    "promote",
+    "promote_if_better",
+    "register_model",
+    "rollback",
+    "run_status",
+    "run_tags",
+    "set_run_tags",
+    "store_lock",
+    "tracking_uri",
+    "training_run",
+]

@@ -1,0 +1,158 @@
+"""Run artefacts: learning curves and a confusion matrix as PNG, the resolved configuration, checkpoints.
+
+Matplotlib runs with the Agg backend (no display; safe in workers and CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+from nnpipe.tracking.store import client  # noqa: E402
+
+
+def plot_curves(history: Mapping[str, Sequence[float]], suffix: str, path: Path, title: str) -> Path | None:
+    """One line per history key ending in ``suffix`` (e.g. ``loss``); None when there is none."""
+    keys = sorted(k for k in history if k.endswith(suffix) and len(history[k]))
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    try:
+        for key in keys:
+            values = np.asarray(history[key], dtype=float)
+            ax.plot(np.arange(1, len(values) + 1), values, label=key, marker="." if len(values) < 30 else None)
+        ax.set_xlabel("epoch / round")
+        ax.set_ylabel(suffix)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def confusion_matrix(y_true: Sequence[Any], y_pred: Sequence[Any], classes: Sequence[Any] | None = None) -> tuple[np.ndarray, list]:
+    """Counts ``C[i, j]`` of true class ``i`` predicted as ``j``, and the class order."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has shape {y_true.shape} but y_pred has shape {y_pred.shape}")
+    labels = list(np.unique(np.concatenate([y_true, y_pred]))) if classes is None else list(classes)
+    index = {label: i for i, label in enumerate(labels)}
+    C = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(y_true.tolist(), y_pred.tolist()):
+        if t not in index or p not in index:
+            raise ValueError(f"label {t if t not in index else p!r} is not one of the classes {labels!r}")
+        C[index[t], index[p]] += 1
+    return C, labels
+
+
+def plot_confusion(C: np.ndarray, labels: list, path: Path) -> Path:
+    """Confusion-matrix heat map with the count in each cell."""
+    n = len(labels)
+    size = max(4.0, 0.5 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    try:
+        ax.imshow(C, cmap="Blues")
+        ax.set_xticks(range(n), [str(x) for x in labels], rotation=45 if n > 6 else 0)
+        ax.set_yticks(range(n), [str(x) for x in labels])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title("confusion matrix (test)")
+        threshold = C.max() / 2 if C.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(C[i, j]), ha="center", va="center",
+                        color="white" if C[i, j] > threshold else "black")
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """JSON/YAML-safe: numpy scalars and arrays to Python, tuples to lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def log_training_artifacts(
+    run_id: str,
+    history: Mapping[str, Sequence[float]],
+    config: Mapping[str, Any],
+    y_true: Sequence[Any] | None = None,
+    y_pred: Sequence[Any] | None = None,
+    classes: Sequence[Any] | None = None,
+) -> list[str]:
+    """Log curves, the resolved configuration and (given labels) a confusion matrix.
+
+    Parameters
+    ----------
+    run_id : str
+    history : mapping of str to list of float
+        ``FitResult.history``: one value per epoch or round per key.
+    config : mapping
+        The resolved configuration (e.g. ``TrainConfig.to_dict()`` plus data and model settings).
+    y_true, y_pred : array-like of shape (n_samples,), optional
+        Held-out labels and predictions (original labels).
+    classes : array-like, optional
+        Class order for the matrix; default: the sorted labels seen.
+
+    Returns
+    -------
+    list of str
+        Artifact paths logged, relative to the run's artifact root.
+    """
+    import yaml
+
+    c = client()
+    logged: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="nnpipe-artifacts-") as tmp:
+        tmp = Path(tmp)
+        plots = tmp / "plots"
+        plots.mkdir()
+        plot_curves(history, "loss", plots / "loss.png", "loss")
+        plot_curves(history, "accuracy", plots / "accuracy.png", "accuracy")
+        if y_true is not None and y_pred is not None:
+            C, labels = confusion_matrix(y_true, y_pred, classes)
+            plot_confusion(C, labels, plots / "confusion_matrix.png")
+            (plots / "confusion_matrix.json").write_text(
+                json.dumps({"labels": _plain(labels), "counts": C.tolist()}, indent=2)
+            )
+        cfg = tmp / "config"
+        cfg.mkdir()
+        plain = _plain(dict(config))
+        (cfg / "config.json").write_text(json.dumps(plain, indent=2, sort_keys=True, default=str))
+        (cfg / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(plain, default=str)), sort_keys=True))
+        (cfg / "history.json").write_text(json.dumps(_plain(dict(history)), default=str))
+        for folder in (plots, cfg):
+            if any(folder.iterdir()):
+                c.log_artifacts(run_id, str(folder), artifact_path=folder.name)
+                logged += [f"{folder.name}/{p.name}" for p in sorted(folder.iterdir())]
+    return logged
+
+
+def log_checkpoints(run_id: str, checkpoint_dir: str | os.PathLike | None) -> bool:
+    """Log a checkpoint directory under ``checkpoints/`` so the run can be resumed; False if empty/missing."""
+    if not checkpoint_dir or not Path(checkpoint_dir).is_dir() or not any(Path(checkpoint_dir).iterdir()):
+        return False
+    client().log_artifacts(run_id, str(checkpoint_dir), artifact_path="checkpoints")
+    return True

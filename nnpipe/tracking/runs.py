@@ -1,0 +1,218 @@
+"""Run lifecycle: one MLflow run per training, its parameters, tags and metrics.
+
+A run that raises ends with status ``FAILED`` and a ``nnpipe.failure`` tag
+holding the error, and the error propagates: the caller's registration code
+after (or at the end of) the ``with`` block never runs, and
+:func:`nnpipe.tracking.register_model` refuses runs that did not succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from nnpipe.tracking.store import artifact_root, client
+
+FAILURE_TAG = "nnpipe.failure"
+MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value
+MAX_TAG_VALUE = 8000  # MLflow's limit on a run tag value
+MAX_KEY = 250
+BATCH_PARAMS = 100  # log_batch accepts at most 100 params ...
+BATCH_METRICS = 1000  # ... and 1000 metrics per call
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
+
+MetricsCallback = Callable[[int, Mapping[str, float]], None]
+
+
+def _key(key: Any) -> str:
+    """A valid MLflow key: disallowed characters become ``_``, long keys are cut."""
+    return _BAD_KEY_CHARS.sub("_", str(key))[:MAX_KEY]
+
+
+def _clip(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - 15] + "...[truncated]"
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        try:
+            value = json.dumps(value, default=str)
+        except (TypeError, ValueError):
+            value = str(value)
+    return _clip(str(value), MAX_PARAM_VALUE)
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings flattened to ``a.b`` keys; values as strings within MLflow's limits.
+
+    Examples
+    --------
+    >>> flatten_params({"model": {"hidden": [64, 32]}, "lr": 0.01})
+    {'model.hidden': '[64, 32]', 'lr': '0.01'}
+    """
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_params(value, prefix=f"{full}."))
+        else:
+            out[_key(full)] = _param_value(value)
+    return out
+
+
+def get_or_create_experiment(name: str) -> str:
+    """The id of experiment ``name``, created (next to a SQLite store) if missing.
+
+    Two runs starting at once may both try to create it; the loser re-reads.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"experiment name must be a non-empty string, got {name!r}")
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    root = artifact_root()
+    location = None if root is None else f"{root}/{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@contextmanager
+def training_run(
+    experiment: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, Any] | None = None,
+    run_name: str | None = None,
+    nested: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start a run, log ``params`` and ``tags``, and end it FINISHED or FAILED.
+
+    Parameters
+    ----------
+    experiment : str
+        Experiment name (created if missing), e.g. one per dataset or pipeline.
+    params : mapping
+        The whole configuration; nested mappings become ``a.b`` keys, values
+        are strings of at most 6000 characters.
+    tags : mapping, optional
+        Lineage tags, e.g. from :func:`nnpipe.tracking.run_tags`.
+    run_name : str, optional
+    nested : bool
+        Start as a child of the active run (sweeps).
+
+    Yields
+    ------
+    mlflow.ActiveRun
+
+    Notes
+    -----
+    On an exception the run gets ``nnpipe.failure = "<Type>: <message>"`` and
+    status ``FAILED`` (``KILLED`` on ``KeyboardInterrupt``), then the exception
+    is re-raised.
+    """
+    exp_id = get_or_create_experiment(experiment)
+    str_tags = {_key(k): _clip(str(v), MAX_TAG_VALUE) for k, v in (tags or {}).items() if v is not None}
+    run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested, tags=str_tags)
+    run_id = run.info.run_id
+    try:
+        log_params(run_id, params)
+        yield run
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        reason = _clip(f"{type(exc).__name__}: {exc}", MAX_TAG_VALUE)
+        try:
+            client().set_tag(run_id, FAILURE_TAG, reason)
+        finally:
+            # end this run even if it is no longer the active one (a nested run
+            # left open inside the block); end_run alone would end the wrong one.
+            if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
+                mlflow.end_run(status)
+            else:
+                client().set_terminated(run_id, status)
+        raise
+    else:
+        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
+            mlflow.end_run("FINISHED")
+        else:
+            client().set_terminated(run_id, "FINISHED")
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> dict[str, str]:
+    """Log flattened ``params`` in batches of 100; returns what was logged."""
+    flat = flatten_params(params)
+    items = [Param(k, v) for k, v in flat.items()]
+    c = client()
+    for start in range(0, len(items), BATCH_PARAMS):
+        c.log_batch(run_id, params=items[start : start + BATCH_PARAMS])
+    return flat
+
+
+def _metrics(logs: Mapping[str, Any], step: int, prefix: str = "") -> list[Metric]:
+    now = int(time.time() * 1000)
+    out = []
+    for key, value in logs.items():
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            continue  # not a number (e.g. an event string): nothing to plot
+        if math.isfinite(value):  # MLflow rejects NaN/inf in some stores; a gap is honest
+            name = key if key.startswith(prefix) else f"{prefix}{key}"
+            out.append(Metric(_key(name), value, now, int(step)))
+    return out
+
+
+def _log_metrics(run_id: str, metrics: list[Metric]) -> None:
+    c = client()
+    for start in range(0, len(metrics), BATCH_METRICS):
+        c.log_batch(run_id, metrics=metrics[start : start + BATCH_METRICS])
+
+
+def metrics_callback(run_id: str) -> MetricsCallback:
+    """A training callback ``(step, logs)`` that logs every finite value of ``logs`` at ``step``.
+
+    Keys are logged as they arrive (``train/loss``, ``dist/staleness``,
+    ``worker/0/samples_per_s``, ...), in one ``log_batch`` call per step.
+    """
+    if not run_id:
+        raise ValueError(f"run_id must be a run id, got {run_id!r}")
+
+    def callback(step: int, logs: Mapping[str, float]) -> None:
+        metrics = _metrics(logs, step)
+        if metrics:
+            _log_metrics(run_id, metrics)
+
+    return callback
+
+
+def log_final_metrics(run_id: str, metrics: Mapping[str, float], prefix: str = "test/") -> dict[str, float]:
+    """Log held-out metrics as ``<prefix><key>`` (keys already prefixed are kept); returns them."""
+    logged = _metrics(metrics, 0, prefix)
+    _log_metrics(run_id, logged)
+    return {m.key: m.value for m in logged}
+
+
+def set_run_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    """Add tags to a run (e.g. facts known only after training)."""
+    items = [RunTag(_key(k), _clip(str(v), MAX_TAG_VALUE)) for k, v in tags.items() if v is not None]
+    if items:
+        client().log_batch(run_id, tags=items)
+
+
+def run_status(run_id: str) -> str:
+    """``RUNNING``, ``FINISHED``, ``FAILED``, ``KILLED`` or ``SCHEDULED``."""
+    return client().get_run(run_id).info.status
