@@ -1,0 +1,166 @@
+"""Training across a Dask cluster: ``sync``, ``local-sgd`` and ``async`` (the only package importing Dask).
+
+Entry point: :func:`fit_distributed` (called by :func:`nnpipe.engine.train`).
+Cluster helpers: :func:`connect` (a context manager the Prefect flows share
+with training), :func:`start_local_cluster`, :func:`worker_addresses`.
+Sources bigger than the driver's memory: :func:`nnpipe.distributed.frames.fit_source`.
+
+How a run goes: the rows are cut into one shard per worker and placed once
+(:mod:`.shards`); a trainer actor sits next to each shard (:mod:`.pool`) and
+is called directly, not through the scheduler; the driver owns the loop
+(:mod:`.sync`, :mod:`.local_sgd`, :mod:`.async_`). A lost worker's shard is
+recomputed by Dask and its trainer rebuilt on a live worker.
+
+Reporting unit
+--------------
+Callbacks are called as ``cb(epoch, logs)`` once per *epoch-equivalent* (one
+pass worth of rows), exactly like single-process training, whatever the
+number of rounds inside it. ``patience`` and ``checkpoint_every`` count the
+same epochs.
+
+Log keys
+--------
+All modes:
+    ``train/loss``, ``train/accuracy`` (classification), ``train/samples_per_s``,
+    ``lr``, ``val/loss`` and ``val/accuracy`` (or ``val/mse``, ``val/mae``,
+    ``val/r2``) when validation data is given, and ``worker/<i>/samples_per_s``
+    for each trainer ``i`` (rows per second of that trainer's compute time).
+``sync``:
+    ``dist/straggler_wait_s`` (summed over the epoch's steps: first to last
+    arrival of each step's gradients).
+``local-sgd``:
+    ``dist/consensus_distance`` (mean over the epoch's rounds of the mean L2
+    distance of the trainers' parameters from their average),
+    ``dist/straggler_wait_s``, ``dist/rounds``.
+``async``:
+    ``dist/staleness`` (mean staleness of the epoch's merges),
+    ``dist/staleness_max``, ``dist/merges``, ``dist/dropped``. No straggler
+    wait: there is no barrier.
+
+``FitResult.info`` carries ``mode``, ``workers``, ``address`` (scheduler),
+``shards``, ``events`` (dicts with ``event`` in ``worker_lost``,
+``shard_rebuilt``, ``worker_joined``), ``bytes_sent_per_round``,
+``bytes_received_per_round`` (payload bytes of the arrays the driver sent and
+received), ``rounds`` and, for ``async``, ``merges_by_trainer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from nnpipe.config import TrainConfig
+from nnpipe.distributed.cluster import connect, start_local_cluster, wait_for_workers, worker_addresses
+from nnpipe.network import NetworkSpec
+from nnpipe.training import Callback, FitResult
+
+log = logging.getLogger("nnpipe.distributed")
+
+__all__ = ["fit_distributed", "connect", "start_local_cluster", "worker_addresses", "train_on_shards"]
+
+
+def fit_distributed(
+    spec: NetworkSpec,
+    theta: np.ndarray,
+    X: np.ndarray,
+    Y: np.ndarray,
+    config: TrainConfig,
+    *,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: tuple[Callback, ...] | list[Callback] = (),
+    client: Any = None,
+    address: str | None = None,
+) -> FitResult:
+    """Train ``theta`` on ``(X, Y)`` across Dask workers with ``config.mode``.
+
+    Parameters
+    ----------
+    spec : NetworkSpec
+    theta : ndarray of shape (n_params,)
+        Starting parameters (not modified).
+    X : ndarray of shape (n_samples, n_features)
+        Scaled features.
+    Y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+        Targets encoded for the head.
+    config : TrainConfig
+        ``mode`` in ``sync``, ``local-sgd``, ``async``; ``workers`` shards.
+    validation : (X_val, Y_val), optional
+        Evaluated on the driver after every epoch.
+    callbacks : sequence of callable
+        ``cb(epoch, logs)`` once per epoch-equivalent (see the package docstring for keys).
+    client : distributed.Client, optional
+    address : str, optional
+        Scheduler address; else ``DASK_SCHEDULER_ADDRESS``; else a local cluster for this call.
+
+    Returns
+    -------
+    FitResult
+    """
+    if config.mode not in ("sync", "local-sgd", "async"):
+        raise ValueError(f"fit_distributed trains modes 'sync', 'local-sgd' or 'async', got mode={config.mode!r}")
+    X = np.ascontiguousarray(X, dtype=spec.dtype)
+    if X.ndim != 2 or X.shape[1] != spec.n_inputs:
+        raise ValueError(f"X must have shape (n_samples, {spec.n_inputs}), got {X.shape}")
+    if len(X) != len(Y):
+        raise ValueError(f"X has {len(X)} rows but Y has {len(Y)}")
+    if len(X) < config.workers:
+        raise ValueError(f"cannot split {len(X)} rows across workers={config.workers}")
+    from nnpipe.distributed.shards import place_shards
+
+    with connect(address=address, client=client, workers=config.workers) as c:
+        addresses = wait_for_workers(c, config.workers)
+        shards = place_shards(c, X, np.asarray(Y), addresses[: config.workers])
+        try:
+            return train_on_shards(c, shards, spec, theta, config, validation=validation, callbacks=callbacks,
+                                   addresses=addresses)
+        finally:
+            for s in shards:
+                s.future.release()
+
+
+def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndarray, config: TrainConfig, *,
+                    validation: tuple[np.ndarray, np.ndarray] | None = None,
+                    callbacks: tuple[Callback, ...] | list[Callback] = (),
+                    addresses: list[str] | None = None) -> FitResult:
+    """Train on shards already placed on the cluster (see :mod:`.shards`, :mod:`.frames`)."""
+    from nnpipe.distributed.async_ import run_async
+    from nnpipe.distributed.local_sgd import run_local_sgd
+    from nnpipe.distributed.loop import Reporter
+    from nnpipe.distributed.pool import TrainerPool
+    from nnpipe.distributed.shards import describe
+    from nnpipe.distributed.sync import run_sync
+
+    theta = np.array(theta, dtype=spec.dtype, copy=True)
+    if theta.shape != (spec.n_params,):
+        raise ValueError(f"theta has shape {theta.shape}, expected ({spec.n_params},) for {spec}")
+    if validation is not None:
+        validation = (np.ascontiguousarray(validation[0], dtype=spec.dtype), np.asarray(validation[1]))
+    n_total = sum(s.rows for s in shards)
+    addresses = addresses or wait_for_workers(client, len(shards))
+    reporter = Reporter(spec, config, validation, callbacks, config.mode)
+    pool = TrainerPool(client, shards, spec, config, n_total)
+    t0 = time.perf_counter()
+    try:
+        pool.start(addresses[: len(shards)])
+        loop = {"sync": run_sync, "local-sgd": run_local_sgd, "async": run_async}[config.mode]
+        theta, state, last_epoch = loop(pool, theta, config, reporter)
+    finally:
+        pool.close()
+    rounds = max(pool.calls // max(len(shards), 1), 1)
+    info = {
+        "mode": config.mode,
+        "workers": len(shards),
+        "address": client.scheduler.address,
+        "shards": describe(shards),
+        "events": pool.events,
+        "rounds": rounds,
+        "bytes_sent_per_round": pool.bytes_sent / rounds,
+        "bytes_received_per_round": pool.bytes_received / rounds,
+        "param_bytes": int(theta.nbytes),
+        "seconds": time.perf_counter() - t0,
+    }
+    info.update(getattr(pool, "async_info", {}))
+    return reporter.result(theta, state, last_epoch, info)

@@ -1,0 +1,108 @@
+"""Connecting to a Dask cluster, or starting a local one for the length of a call.
+
+:func:`connect` is the one way in, shared by training and by the Prefect flows
+so that a flow and the training it runs use the same cluster. Its rule: use
+the ``client`` given; else the ``address``; else ``DASK_SCHEDULER_ADDRESS``;
+else start a :class:`distributed.LocalCluster` of ``workers`` processes with
+one thread each and BLAS pinned to one thread, and close it on exit. A cluster
+this module did not start is never closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from distributed import Client, LocalCluster
+
+log = logging.getLogger("nnpipe.distributed")
+
+# Workers are one-thread processes: a BLAS pool per worker would oversubscribe
+# the cores and make every step slower, not faster.
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def start_local_cluster(workers: int) -> LocalCluster:
+    """A local cluster of ``workers`` single-threaded worker processes.
+
+    The dashboard takes a free port (``:0``) so that parallel runs never clash.
+    """
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        env=dict(SINGLE_THREAD_ENV),
+        dashboard_address=":0",
+    )
+
+
+def _log_dashboard(client: Client, how: str) -> None:
+    link = None
+    try:
+        link = client.dashboard_link
+    except Exception:  # no dashboard (bokeh missing) is not an error for training
+        pass
+    log.info("dask cluster (%s) at %s; dashboard: %s", how, client.scheduler.address, link or "not available")
+
+
+@contextmanager
+def connect(address: str | None = None, client: Client | None = None, workers: int = 2) -> Iterator[Client]:
+    """A Dask client for the duration of a ``with`` block.
+
+    Parameters
+    ----------
+    address : str, optional
+        Scheduler address (``tcp://host:port``); defaults to ``DASK_SCHEDULER_ADDRESS``.
+    client : distributed.Client, optional
+        An existing client: yielded as is and left open.
+    workers : int
+        Size of the local cluster started when neither is given.
+
+    Yields
+    ------
+    distributed.Client
+        With ``.nnpipe_owned`` set to True when this call started the cluster.
+    """
+    if client is not None:
+        yield client
+        return
+    address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if address:
+        c = Client(address)
+        _log_dashboard(c, f"existing, {address}")
+        try:
+            yield c
+        finally:
+            c.close()  # our connection only; the cluster keeps running
+        return
+    cluster = start_local_cluster(workers)
+    try:
+        c = Client(cluster)
+        try:
+            _log_dashboard(c, f"local, {workers} worker processes started for this run")
+            yield c
+        finally:
+            c.close()
+    finally:
+        cluster.close()
+
+
+def worker_addresses(client: Client) -> list[str]:
+    """Addresses of the workers the scheduler currently knows, sorted for determinism."""
+    return sorted(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def wait_for_workers(client: Client, n: int, timeout: float = 60.0) -> list[str]:
+    """Wait until at least ``n`` workers are up (or ``timeout`` s), then list them."""
+    try:
+        client.wait_for_workers(n, timeout=timeout)
+    except (TimeoutError, OSError) as exc:
+        have = worker_addresses(client)
+        if not have:
+            raise RuntimeError(f"no Dask workers at {client.scheduler.address} after {timeout} s") from exc
+        log.warning("asked for %d workers, %d available after %s s; continuing", n, len(have), timeout)
+    return worker_addresses(client)

@@ -1,0 +1,172 @@
+"""What runs on the workers: a shard builder and the per-shard trainer.
+
+Everything here is module-level and takes plain arrays, so Dask can ship it by
+reference. :class:`ShardTrainer` lives on a worker as a Dask actor next to its
+shard; it keeps the shard, a parameter buffer, its optimizer state and its
+random stream between rounds, so a round moves parameters only. The math is
+the core's (:meth:`Network.step_views`, the optimizers); nothing is rewritten.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from nnpipe.config import TrainConfig
+from nnpipe.network import Network, NetworkSpec
+from nnpipe.training import clip_by_global_norm, make_optimizer
+
+
+def build_shard(X: np.ndarray, Y: np.ndarray, lo: int) -> dict[str, Any]:
+    """A shard as the trainer wants it: contiguous arrays and its first global row."""
+    return {"X": np.ascontiguousarray(X), "Y": np.ascontiguousarray(Y), "lo": int(lo)}
+
+
+def shard_rows(shard: dict[str, Any]) -> int:
+    return len(shard["X"])
+
+
+def _pin_blas() -> None:
+    # Workers started by hand may not have OMP_NUM_THREADS=1 in their environment.
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except Exception:  # threadpoolctl is an optimisation, not a requirement
+        pass
+
+
+class ShardTrainer:
+    """Trains on one shard; lives on a worker as a Dask actor.
+
+    Parameters
+    ----------
+    spec : dict
+        ``NetworkSpec.to_dict()``.
+    shard : dict
+        From :func:`build_shard` (Dask resolves the shard future to it).
+    config : TrainConfig
+    trainer_id : int
+        Seeds this trainer's stream: ``SeedSequence(config.seed).spawn(...)[trainer_id]``.
+    n_total : int
+        Rows in the whole training set (``sync`` rebuilds the global batch order).
+    delay_s : float
+        Seconds to sleep per round; a hook to make a straggler on purpose.
+    """
+
+    def __init__(self, spec: dict, shard: dict, config: TrainConfig, trainer_id: int, n_total: int,
+                 delay_s: float = 0.0):
+        _pin_blas()
+        self.spec = NetworkSpec.from_dict(spec)
+        self.net = Network(self.spec)
+        self.X, self.Y, self.lo = shard["X"], shard["Y"], int(shard["lo"])
+        self.n = len(self.X)
+        self.config = config
+        self.trainer_id = int(trainer_id)
+        self.n_total = int(n_total)
+        self.delay_s = float(delay_s)
+        self.opt, _ = make_optimizer(config)
+        self.theta = np.zeros(self.spec.n_params, dtype=self.net.dtype)
+        self.grad = np.empty_like(self.theta)
+        self.delta = np.empty_like(self.theta)
+        self.views, self.grad_views = self.net.views(self.theta), self.net.views(self.grad)
+        self.state = self.opt.init(self.theta)
+        self.want_correct = self.net.head.task != "regression"
+        # Local stream (local-sgd, async): a permutation of this shard per pass.
+        seq = np.random.SeedSequence(config.seed, spawn_key=(self.trainer_id,))
+        self.rng = np.random.default_rng(seq)
+        self.pos = self.n  # forces a fresh pass on the first batch
+        self.Xs = self.Ys = None
+        self._pass_rng_state = self.rng.bit_generator.state
+        # Global stream (sync): the single-process permutation sequence, replayed.
+        self._sync_epoch = -1
+        self._sync_rng = None
+
+    # ---- sync: this shard's rows of each global batch -------------------------------------
+    def _sync_prepare(self, epoch: int) -> None:
+        if epoch < self._sync_epoch or self._sync_rng is None:
+            self._sync_rng, self._sync_epoch = np.random.default_rng(self.config.seed), -1
+        while self._sync_epoch < epoch:  # replay to reach ``epoch`` (after a resume or a rebuild)
+            perm = self._sync_rng.permutation(self.n_total)
+            self._sync_epoch += 1
+        pos = np.flatnonzero((perm >= self.lo) & (perm < self.lo + self.n))
+        local = perm[pos] - self.lo
+        batch = min(self.config.batch_size, self.n_total)
+        edges = np.arange(0, self.n_total + batch, batch)
+        self._sync_bounds = np.searchsorted(pos, edges)
+        self._sync_X, self._sync_Y = self.X[local], self.Y[local]
+
+    def sync_grad(self, theta: np.ndarray, epoch: int, step: int) -> tuple:
+        """Gradient of this shard's part of global batch ``step`` of ``epoch``.
+
+        Returns ``(grad or None, loss * rows, rows, correct, seconds)``; ``grad``
+        is the mean-loss gradient over this shard's rows of the batch.
+        """
+        t0 = time.perf_counter()
+        if epoch != self._sync_epoch:
+            self._sync_prepare(epoch)
+        a, b = self._sync_bounds[step], self._sync_bounds[step + 1]
+        if b == a:
+            return None, 0.0, 0, 0, time.perf_counter() - t0
+        np.copyto(self.theta, theta)
+        loss, correct = self.net.step_views(self.views, self.grad_views, self._sync_X[a:b], self._sync_Y[a:b],
+                                            self.config.l2, self.want_correct)
+        return self.grad, loss * (b - a), int(b - a), correct, time.perf_counter() - t0
+
+    # ---- local-sgd and async: K steps on the local stream ---------------------------------
+    def _next_batch(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.pos >= self.n:
+            self._pass_rng_state = self.rng.bit_generator.state  # for an exact resume
+            perm = self.rng.permutation(self.n)
+            self.Xs, self.Ys, self.pos = self.X[perm], self.Y[perm], 0
+        a = self.pos
+        self.pos = min(a + batch, self.n)
+        return self.Xs[a : self.pos], self.Ys[a : self.pos]
+
+    def local_round(self, theta: np.ndarray, steps: int, lr: float, return_delta: bool = False) -> tuple:
+        """Run ``steps`` optimizer steps from ``theta`` with this trainer's own state.
+
+        Returns ``(theta_or_delta, loss_sum, rows, correct, seconds)``; with
+        ``return_delta`` the first item is ``theta_after - theta``.
+        """
+        t0 = time.perf_counter()
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        np.copyto(self.theta, theta)
+        batch = self.config.batch_size
+        loss_sum, rows, correct = 0.0, 0, 0
+        for _ in range(int(steps)):
+            Xb, Yb = self._next_batch(batch)
+            loss, c = self.net.step_views(self.views, self.grad_views, Xb, Yb, self.config.l2, self.want_correct)
+            loss_sum += loss * len(Xb)
+            rows += len(Xb)
+            correct += c
+            clip_by_global_norm(self.grad, self.config.clip_norm)
+            self.opt.step(self.theta, self.grad, self.state, lr, inplace=True)
+        out = self.theta
+        if return_delta:
+            out = np.subtract(self.theta, theta, out=self.delta)
+        # The buffer is returned without a copy: it is serialised before the
+        # driver can send this trainer its next round.
+        return out, loss_sum, rows, correct, time.perf_counter() - t0
+
+    # ---- checkpointing ---------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """Optimizer state and stream position (the pass's starting rng state and offset)."""
+        return {"opt": {k: v.copy() for k, v in self.state.items()},
+                "pass_rng": self._pass_rng_state, "pos": int(self.pos), "started": self.Xs is not None}
+
+    def set_state(self, state: dict[str, Any]) -> bool:
+        """Restore :meth:`get_state`'s output; the stream continues exactly where it was."""
+        self.state = {k: np.array(v, copy=True) for k, v in state["opt"].items()}
+        self.rng.bit_generator.state = state["pass_rng"]
+        self.pos = self.n
+        if state["started"]:
+            self._next_batch(0)  # regenerate the pass's permutation from its starting state
+            self.pos = int(state["pos"])
+        return True
+
+    def ping(self) -> str:
+        return "ok"

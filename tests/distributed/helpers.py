@@ -1,0 +1,22 @@
+"""Small shared pieces of the distributed tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from distributed import LocalCluster
+
+from nnpipe.network import NetworkSpec, init_params
+
+
+def local_cluster(n_workers: int = 2) -> LocalCluster:
+    """A real cluster of ``n_workers`` single-threaded worker processes, no dashboard."""
+    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+
+
+def small_net(dtype: str = "float64", n_in: int = 8, n_out: int = 3):
+    spec = NetworkSpec(n_in, (16,), ("relu",), n_out, dtype=dtype)
+    return spec, init_params(spec, 0)
+
+
+def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
