@@ -10,7 +10,7 @@ from nnpipe.network import NetworkSpec, init_params
 
 def local_cluster(n_workers: int = 2) -> LocalCluster:
     """A real cluster of ``n_workers`` single-threaded worker processes, no dashboard."""
-    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0")
 
 
 def small_net(dtype: str = "float64", n_in: int = 8, n_out: int = 3):
