@@ -1,0 +1,168 @@
+"""The pipeline's one typed, validated configuration.
+
+A pydantic model so that the Prefect UI renders a form for the flow's
+parameter and so that a bad value fails at the flow's boundary, before any
+data is read or any MLflow run is opened. The training fields are
+:class:`nnpipe.config.TrainConfig` itself (a nested dataclass), not a copy.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import fields as dc_fields
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nnpipe.config import TrainConfig
+
+TRAIN_FIELDS = frozenset(f.name for f in dc_fields(TrainConfig))
+
+# Metrics where a smaller value is better; everything else (accuracy, r2) is "greater is better".
+LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse")
+
+
+class ConfigError(ValueError):
+    """A bad pipeline configuration value or file; the message quotes it."""
+
+
+class PipelineConfig(BaseModel):
+    """Everything one training pipeline run needs: data, network, training, tracking, promotion."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    dataset: str = Field("iris", description="Built-in dataset name (iris, wine, breast_cancer, digits, diabetes) or a CSV/Parquet path.")
+    target: str | None = Field(None, description="Target column (required for CSV/Parquet files).")
+    task: Literal["multiclass", "binary", "regression"] | None = Field(None, description="Override the inferred task.")
+    hidden: list[int] = Field(default_factory=lambda: [64, 32], description="Hidden layer sizes.")
+    activation: str = Field("relu", description="Hidden activation.")
+    model_name: str | None = Field(None, description="Registered model name; default nnpipe-<dataset name>.")
+    experiment: str = Field("nnpipe", description="MLflow experiment.")
+    test_size: float = Field(0.2, gt=0, lt=1, description="Held-out test fraction.")
+    val_size: float = Field(0.1, ge=0, lt=1, description="Validation fraction (early stopping, val metrics).")
+    promotion_metric: str | None = Field(None, description="Test metric the gate compares; default accuracy (classification) or mse (regression).")
+    greater_is_better: bool | None = Field(None, description="Direction of the promotion metric; inferred from its name when unset.")
+    scheduler_address: str | None = Field(None, description="Dask scheduler address; unset: a local cluster is started for the run.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; unset: MLFLOW_TRACKING_URI or sqlite:///mlflow.db.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation, stopping and distributed coordination.")
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_layers(cls, v: list[int]) -> list[int]:
+        if not v or any(h < 1 for h in v):
+            raise ValueError(f"hidden layer sizes must be a non-empty list of integers >= 1, got {v!r}")
+        return v
+
+    @field_validator("activation")
+    @classmethod
+    def _known_activation(cls, v: str) -> str:
+        from nnpipe.activations import ACTIVATIONS
+
+        if v not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _sizes_leave_training_rows(self) -> "PipelineConfig":
+        if self.test_size + self.val_size >= 1:
+            raise ValueError(f"test_size + val_size must be < 1, got {self.test_size} + {self.val_size}")
+        return self
+
+    @property
+    def distributed(self) -> bool:
+        return self.train.mode != "single"
+
+    def metric_for(self, task: str) -> tuple[str, bool]:
+        """The promotion metric (without the ``test/`` prefix) and its direction for ``task``."""
+        metric = self.promotion_metric or ("mse" if task == "regression" else "accuracy")
+        metric = metric.removeprefix("test/")
+        greater = self.greater_is_better
+        if greater is None:
+            greater = not any(metric.endswith(k) for k in LOWER_IS_BETTER)
+        return metric, greater
+
+    def mlflow_params(self) -> dict[str, Any]:
+        """Flat parameters for the MLflow run (training fields unprefixed, as scripts expect)."""
+        params = {k: v for k, v in self.model_dump(exclude={"train"}).items()}
+        params["hidden"] = ",".join(map(str, self.hidden))
+        params.update(self.train.to_dict())
+        return params
+
+
+def split_train_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """Move flat training keys (``epochs = 30`` at top level) into the ``train`` table."""
+    out = {k: v for k, v in values.items() if k not in TRAIN_FIELDS}
+    train = dict(out.pop("train", None) or {})
+    if not isinstance(train, dict):
+        raise ConfigError(f"'train' must be a table of training fields, got {train!r}")
+    for key in TRAIN_FIELDS & values.keys():
+        train[key] = values[key]
+    if train:
+        out["train"] = train
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw values of a TOML (``.toml``) or YAML (``.yaml``/``.yml``) configuration file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(path.read_text())
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(path.read_text()) or {}
+        else:
+            raise ConfigError(f"{path}: expected a .toml, .yaml or .yml configuration file, got {suffix or 'no suffix'!r}")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except Exception as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table of settings at the top level, got {type(data).__name__}")
+    return data
+
+
+def build_config(
+    file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
+    """File values (if any), then ``overrides`` on top (CLI flags win), validated into a config.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the field, the bad value and (if any) the file.
+    """
+    values: dict[str, Any] = split_train_fields(read_config_file(file)) if file else {}
+    over = split_train_fields({k: v for k, v in (overrides or {}).items() if v is not None})
+    train = {**values.get("train", {}), **over.pop("train", {})}
+    values.update(over)
+    if train:
+        values["train"] = train
+    try:
+        return PipelineConfig.model_validate(values)
+    except ValidationError as exc:
+        where = f"{file}: " if file else ""
+        raise ConfigError(where + describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, joined: ``field 'train.lr': <reason> (got -1)``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("dataclass-arguments",))
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        # TrainConfig's own messages already quote the value; pydantic's type errors don't.
+        quoted = "" if "got" in msg or isinstance(got, dict) else f" (got {got!r})"
+        if not loc or msg.startswith("config field"):
+            parts.append(msg if loc else f"config: {msg}")
+        else:
+            parts.append(f"config field {loc!r}: {msg}{quoted}")
+    return "; ".join(parts)

@@ -1,0 +1,202 @@
+"""Small typed Prefect tasks: each a thin wrapper over one nnpipe call.
+
+The flows compose these; the math stays in ``nnpipe``. Only loading retries
+(it is the one step that touches a file system that may hiccup), and only on
+I/O errors: a :class:`~nnpipe.data.DataError` is a fact about the data that a
+retry cannot change.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, Iterator
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.tasks import exponential_backoff
+
+import nnpipe
+from nnpipe.config import TrainConfig
+from nnpipe.data import Dataset, Splits, load_dataset, split_and_scale
+from nnpipe.model import Model
+from nnpipe.modeling import train_model
+from nnpipe.training import Callback, FitResult
+
+# ---------------------------------------------------------------- progress
+
+# Listeners outside Prefect (the CLI's progress bar) that want every epoch/round.
+# A plain list, not a flow parameter: callables are neither serialisable nor a
+# part of the run's configuration.
+_LISTENERS: list[Callback] = []
+_LISTENERS_LOCK = threading.Lock()
+
+
+@contextmanager
+def progress_listener(callback: Callback) -> Iterator[None]:
+    """Call ``callback(step, logs)`` for every epoch or round of trainings started inside the block."""
+    with _LISTENERS_LOCK:
+        _LISTENERS.append(callback)
+    try:
+        yield
+    finally:
+        with _LISTENERS_LOCK:
+            _LISTENERS.remove(callback)
+
+
+def _notify(step: int, logs: dict[str, float]) -> None:
+    for cb in list(_LISTENERS):
+        cb(step, logs)
+
+
+def _fmt_logs(logs: dict[str, float]) -> str:
+    keys = [k for k in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/mse", "dist/staleness") if k in logs]
+    return " ".join(f"{k}={logs[k]:.4g}" for k in keys)
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def _retry_on_io(task, task_run, state) -> bool:
+    """Retry only when loading failed on I/O (a flaky mount), never on bad data."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    name="load",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=1),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_on_io,
+    cache_policy=NO_CACHE,
+)
+def load(source: str, target: str | None = None, task: str | None = None) -> Dataset:
+    """Load and validate a built-in dataset or a CSV/Parquet file."""
+    ds = load_dataset(source, target=target, task=task)
+    get_run_logger().info(
+        "loaded %s: %d rows, %d features, task %s, sha256 %s", ds.source, len(ds.y), ds.X.shape[1], ds.task, ds.content_hash[:12]
+    )
+    return ds
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate(ds: Dataset, test_size: float, val_size: float) -> dict[str, Any]:
+    """Summarise the validated dataset and check every split part can get a row of each class."""
+    classes = ds.classes
+    summary = {
+        "rows": int(len(ds.y)),
+        "features": int(ds.X.shape[1]),
+        "task": ds.task,
+        "classes": None if classes is None else len(classes),
+        "content_hash": ds.content_hash,
+    }
+    # Loading already rejected non-finite values and unknown targets; what is left
+    # to check before splitting is the class counts, which split_and_scale does.
+    get_run_logger().info("validated %s: %s", ds.source, summary)
+    return summary
+
+
+def _split_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """The input's content hash, the split configuration and the code version: nothing else matters."""
+    ds: Dataset = parameters["ds"]
+    return "split-{}-{}-{}-{}-{}-{}-{}".format(
+        ds.content_hash, ds.target, ds.task, parameters["test_size"], parameters["val_size"], parameters["seed"],
+        nnpipe.__version__,
+    )
+
+
+@task(
+    name="split-and-scale",
+    cache_policy=CachePolicy.from_cache_key_fn(_split_cache_key),
+    cache_expiration=timedelta(days=7),
+    persist_result=True,
+)
+def split_scale(ds: Dataset, test_size: float, val_size: float, seed: int) -> Splits:
+    """Seeded train/val/test split with a scaler fitted on the training part (cached)."""
+    splits = split_and_scale(ds, test_size=test_size, val_size=val_size, seed=seed)
+    get_run_logger().info(
+        "split %s: train %d, val %d, test %d rows", ds.source, len(splits.y_train), len(splits.y_val), len(splits.y_test)
+    )
+    return splits
+
+
+@task(name="train", cache_policy=NO_CACHE, persist_result=False)
+def train(
+    splits: Splits,
+    config: TrainConfig,
+    hidden: list[int],
+    activation: str,
+    address: str | None = None,
+    run_id: str | None = None,
+    label: str = "",
+) -> tuple[Model, FitResult]:
+    """Train on the configured Dask cluster (or in-process for ``single``), logging every epoch/round."""
+    from nnpipe import tracking
+
+    logger = get_run_logger()
+    unit = "epoch" if config.mode == "single" else "round"
+    prefix = f"[{label}] " if label else ""
+
+    def log_progress(step: int, logs: dict[str, float]) -> None:
+        logger.info("%s%s %d: %s", prefix, unit, step + 1, _fmt_logs(logs))
+
+    callbacks: list[Callback] = [log_progress, _notify]
+    if run_id:
+        callbacks.insert(0, tracking.metrics_callback(run_id))
+    logger.info("%straining mode=%s workers=%s on %s", prefix, config.mode,
+                1 if config.mode == "single" else config.workers, address or "this process")
+    model, result = train_model(
+        splits, config, hidden=tuple(hidden), activation=activation, callbacks=callbacks,
+        address=address if config.mode != "single" else None,
+        metadata={"mlflow_run_id": run_id} if run_id else None,
+    )
+    logger.info("%strained %d %ss%s", prefix, result.epochs_run, unit, " (stopped early)" if result.stopped_early else "")
+    return model, result
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(model: Model, splits: Splits) -> dict[str, float]:
+    """Held-out metrics of the servable model on the raw (unscaled) test features."""
+    metrics = model.evaluate(splits.raw_test, splits.y_test)
+    get_run_logger().info("test: %s", {k: round(float(v), 4) for k, v in metrics.items()})
+    return {k: float(v) for k, v in metrics.items()}
+
+
+@task(name="log-and-register", cache_policy=NO_CACHE)
+def log_and_register(
+    run_id: str,
+    model: Model,
+    result: FitResult,
+    config: TrainConfig,
+    splits: Splits,
+    metrics: dict[str, float],
+    model_name: str,
+    tags: dict[str, str],
+) -> tuple[str, str]:
+    """Log test metrics, curves and the pyfunc model to the run, then register it; returns (model_uri, version)."""
+    from nnpipe import tracking
+
+    tracking.log_final_metrics(run_id, metrics, prefix="test/")
+    y_pred = model.predict(splits.raw_test)
+    tracking.log_training_artifacts(run_id, result.history, config.to_dict(), splits.y_test, y_pred, splits.classes)
+    model_uri = tracking.log_model(run_id, model, splits.raw_test[:5])
+    version = tracking.register_model(model_uri, model_name, run_id, tags)
+    get_run_logger().info("registered %s version %s from %s", model_name, version, model_uri)
+    return model_uri, str(version)
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote(model_name: str, version: str, metric: str, greater_is_better: bool, actor: str) -> Any:
+    """The promotion gate: ``champion`` moves only if the candidate beats it on ``metric``."""
+    from nnpipe import tracking
+
+    decision = tracking.promote_if_better(model_name, version, metric, greater_is_better, actor)
+    get_run_logger().info("promotion: %s", decision.reason)
+    return decision

@@ -1,0 +1,240 @@
+"""``nnpipe train``, ``nnpipe sweep`` and ``nnpipe schedule``: the pipeline commands.
+
+Each builds a validated :class:`flows.config.PipelineConfig` (file values,
+then flags on top) and runs a Prefect flow in this process. With no
+``PREFECT_API_URL`` Prefect runs it against a temporary local API, so the
+commands work on a fresh machine with nothing started. Bad input ends with one
+line on stderr and exit code 1 (2 for usage errors), never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+
+# Telemetry off before prefect/mlflow are imported by any command.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+
+MODE_HELP = "single (one process) | sync | local-sgd | async (Dask)."
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _parse_hidden(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        sizes = [int(part) for part in value.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers like 64,32, got {value!r}") from None
+    if not sizes:
+        raise typer.BadParameter(f"expected comma-separated integers like 64,32, got {value!r}")
+    return sizes
+
+
+def _quiet_prefect_console(verbose: bool) -> None:
+    """Hide Prefect's own console log lines (and its tracebacks) unless ``--verbose``.
+
+    The command prints its own progress and a one-line error; the full logs
+    still reach the Prefect API (and its UI) when one is configured.
+    """
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    level = logging.INFO if verbose else logging.CRITICAL + 1
+    if not verbose:  # MLflow's INFO chatter and its advice to library authors are not for this user
+        import warnings
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(level)
+
+
+def _default_tracking_uri(config_uri: str | None) -> str:
+    """Explicit URI, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
+    return config_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+@contextmanager
+def _progress(total: int | None, label: str) -> Iterator[Any]:
+    """A rich progress bar on a terminal; plain lines otherwise. Yields a ``(step, logs)`` callback."""
+    from flows.tasks import _fmt_logs, progress_listener
+
+    if sys.stdout.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TextColumn("{task.fields[logs]}"), transient=False) as bar:
+            tid = bar.add_task(label, total=total, logs="")
+
+            def on_step(step: int, logs: dict[str, float]) -> None:
+                bar.update(tid, completed=step + 1, logs=_fmt_logs(logs))
+
+            with progress_listener(on_step):
+                yield on_step
+    else:
+        def on_step(step: int, logs: dict[str, float]) -> None:
+            print(f"{label} {step + 1}{'/' + str(total) if total else ''}: {_fmt_logs(logs)}", flush=True)
+
+        with progress_listener(on_step):
+            yield on_step
+
+
+def _build(config_file: Optional[Path], overrides: dict[str, Any]):
+    from flows.config import ConfigError, build_config
+
+    try:
+        return build_config(config_file, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _run_flow(fn, *args: Any, **kwargs: Any) -> Any:
+    """Run a flow, turning any failure into one line on stderr and exit code 1."""
+    from nnpipe.data import DataError
+
+    try:
+        return fn(*args, **kwargs)
+    except DataError as exc:
+        _fail(str(exc))
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # a failed step: say which error, not where in the code
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _fail(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    from flows.pipeline import mlflow_ui_command
+
+    m = result["metrics"]
+    shown = ", ".join(f"test/{k}={v:.4f}" for k, v in sorted(m.items()))
+    typer.echo(f"MLflow run:  {result['run_id']}")
+    typer.echo(f"model:       {result['model_name']} version {result['version']}  ({shown})")
+    verdict = "promoted to champion" if result["promoted"] else "not promoted"
+    typer.echo(f"promotion:   {verdict}: {result['decision']}")
+    typer.echo(f"MLflow UI:   {mlflow_ui_command(result['tracking_uri'])}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train``, ``sweep`` and ``schedule`` to the ``nnpipe`` app."""
+
+    @app.command()
+    def train(
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in name (iris, wine, breast_cancer, digits, diabetes) or a CSV/Parquet path. Default: iris."),
+        target: Optional[str] = typer.Option(None, "--target", metavar="COLUMN", help="Target column of a CSV/Parquet file."),
+        hidden: Optional[str] = typer.Option(None, "--hidden", help="Hidden layer sizes, e.g. 64,32."),
+        activation: Optional[str] = typer.Option(None, "--activation", help="relu, tanh, sigmoid, leaky_relu, identity."),
+        optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd, momentum, nesterov, adam, rmsprop."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the optimizer's usual one)."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the training data."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rows per optimizer step."),
+        mode: Optional[str] = typer.Option(None, "--mode", help=MODE_HELP),
+        workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Dask workers (distributed modes)."),
+        sync_every: Optional[int] = typer.Option(None, "--sync-every", metavar="K", help="Local steps per round (local-sgd, async)."),
+        max_staleness: Optional[int] = typer.Option(None, "--max-staleness", metavar="S", help="Staleness bound (async)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seeds the split, initialisation and shuffling."),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | float64."),
+        model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model name (default nnpipe-<dataset>)."),
+        scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS", help="Dask scheduler address; default: a local cluster for this run."),
+        config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="TOML or YAML file with any of these settings; flags override it."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Prefect's log lines."),
+    ) -> None:
+        """Train, evaluate, register and gate one model (a Prefect flow; MLflow at ./mlflow.db by default)."""
+        overrides = {
+            "dataset": dataset, "target": target, "hidden": _parse_hidden(hidden), "activation": activation,
+            "optimizer": optimizer, "lr": lr, "epochs": epochs, "batch_size": batch_size, "mode": mode,
+            "workers": workers, "sync_every": sync_every, "max_staleness": max_staleness, "seed": seed,
+            "dtype": dtype, "model_name": model_name, "scheduler_address": scheduler,
+        }
+        cfg = _build(config, overrides)
+        cfg.tracking_uri = _default_tracking_uri(cfg.tracking_uri)
+        from flows.pipeline import training_flow
+
+        _quiet_prefect_console(verbose)
+        total = cfg.train.epochs if cfg.train.mode in ("single", "sync") else None
+        with _progress(total, "epoch" if cfg.train.mode == "single" else "round"):
+            result = _run_flow(training_flow, cfg)
+        _print_result(result)
+
+    @app.command()
+    def sweep(
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in name or CSV/Parquet path. Default: iris."),
+        target: Optional[str] = typer.Option(None, "--target", metavar="COLUMN", help="Target column of a file."),
+        grid: list[str] = typer.Option([], "--grid", metavar="NAME=V1,V2", help="A searched field and its values, e.g. lr=0.01,0.001 or hidden=32;64,32. Repeatable."),
+        trials: Optional[int] = typer.Option(None, "--trials", metavar="N", help="Random search: sample N combinations of the grid instead of all."),
+        mode: Optional[str] = typer.Option(None, "--mode", help=MODE_HELP),
+        workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Dask workers the trials share."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per trial."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seeds the split, the trials and the random search."),
+        model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model name for the best trial."),
+        scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS", help="Dask scheduler address."),
+        config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="TOML or YAML base configuration."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Prefect's log lines."),
+    ) -> None:
+        """Train a grid or random sample of configurations concurrently; register and gate the best."""
+        from flows.sweep import SweepError, parse_grid, sweep_flow
+
+        overrides = {"dataset": dataset, "target": target, "mode": mode, "workers": workers, "epochs": epochs,
+                     "seed": seed, "model_name": model_name, "scheduler_address": scheduler}
+        cfg = _build(config, overrides)
+        cfg.tracking_uri = _default_tracking_uri(cfg.tracking_uri)
+        try:
+            space = parse_grid(grid)
+        except SweepError as exc:
+            _fail(str(exc))
+        _quiet_prefect_console(verbose)
+        result = _run_flow(sweep_flow, cfg, space, trials)
+        typer.echo(f"sweep:       {len(result['trials'])} trials under MLflow run {result['parent_run_id']}")
+        for t in result["trials"]:
+            typer.echo(f"  {t['run_id']}  {t['params']}  {t['metric']}={t['score']:.4f}")
+        typer.echo(f"best:        {result['best']['params']} ({result['best']['run_id']})")
+        _print_result(result["registered"])
+
+    @app.command()
+    def schedule(
+        deployment: list[str] = typer.Option([], "--deployment", "-d", help="Serve only these deployment names (default: all)."),
+        interval: Optional[float] = typer.Option(None, "--interval", metavar="SECONDS", help="Replace every cron schedule with this interval (for trying it out)."),
+        mlflow_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for the scheduled runs (default sqlite:///<cwd>/mlflow.db)."),
+        list_only: bool = typer.Option(False, "--list", help="Print the deployments and their schedules, then exit."),
+    ) -> None:
+        """Serve the scheduled deployments (deploy/deployments.py) with Prefect's serve until interrupted.
+
+        Scheduling needs a Prefect server: PREFECT_API_URL if set, else a local
+        one started for as long as this command runs.
+        """
+        from deploy.deployments import DEPLOYMENTS, serve_deployments
+
+        names = set(deployment)
+        unknown = sorted(names - {d.name for d in DEPLOYMENTS})
+        if unknown:
+            _fail(f"unknown deployment(s) {unknown}; known: {[d.name for d in DEPLOYMENTS]}")
+        if interval is not None and interval <= 0:
+            _fail(f"--interval must be a positive number of seconds, got {interval!r}")
+        chosen = [d for d in DEPLOYMENTS if not names or d.name in names]
+        if list_only:
+            for d in chosen:
+                typer.echo(f"{d.name}: {d.cron if interval is None else f'every {interval:g}s'}  {d.parameters()}")
+            return
+        tracking_uri = _default_tracking_uri(mlflow_uri)
+        try:
+            serve_deployments(chosen, interval=interval, tracking_uri=tracking_uri, echo=typer.echo)
+        except KeyboardInterrupt:
+            raise typer.Exit(0)
+        except (RuntimeError, OSError, ValueError) as exc:
+            _fail(str(exc).splitlines()[0])
