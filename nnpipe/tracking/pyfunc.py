@@ -17,7 +17,6 @@ DataFrame of class probabilities, one column per label.
 from __future__ import annotations
 
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +61,12 @@ class NnpipePyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.model = Model.load(context.artifacts[ARTIFACT_KEY])
 
-    # No type hints on model_input: MLflow 3 would turn them into a second,
-    # hint-derived schema; the logged signature is the contract.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001
+    # pd.DataFrame is a hint MLflow derives no schema from: the logged signature
+    # stays the one contract (other hints would add a second, hint-derived schema).
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> np.ndarray | pd.DataFrame:
         """Original labels (or values); class probabilities with ``params={"predict_proba": True}``."""
         model = self.model
         if isinstance(model_input, pd.DataFrame):
@@ -107,9 +109,7 @@ def log_model(run_id: str, model: Model, input_example: Any) -> str:
     signature = infer_signature(example, outputs, params={PROBA_PARAM: False})
     with tempfile.TemporaryDirectory(prefix="nnpipe-model-") as tmp:
         saved = model.save(Path(tmp) / "nnpipe_model")
-        with _in_run(run_id), warnings.catch_warnings():
-            # MLflow nags for type hints on predict; we log an explicit signature instead
-            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+        with _in_run(run_id):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
                 python_model=str(MODEL_CODE),

@@ -137,7 +137,7 @@ def register_model(
 def _iso(ms: int | None) -> str | None:
     if not ms:
         return None
-    return _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def list_versions(name: str) -> list[dict[str, Any]]:

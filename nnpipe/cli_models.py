@@ -1,0 +1,139 @@
+"""``nnpipe models | promote | rollback | history``: the model registry from the command line.
+
+Each command is a call into :mod:`nnpipe.tracking`; errors print one clear
+line to stderr and exit with status 1 (2 for usage errors, from Typer).
+The store is ``--tracking-uri`` if given, else ``MLFLOW_TRACKING_URI``, else
+``sqlite:///<cwd>/mlflow.db``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)."
+SHOWN_METRICS = ("test/accuracy", "test/loss", "test/r2", "test/mse", "val/accuracy", "val/loss")
+
+
+def _console(stderr: bool = False) -> Console:
+    # wide enough that tables are not squeezed when output is captured (tests, pipes)
+    return Console(stderr=stderr, width=160, highlight=False)
+
+
+def _fail(message: str) -> None:
+    _console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+def _setup(uri: str | None):
+    """Configure the store and return the tracking module (imported lazily: mlflow is slow to import)."""
+    from nnpipe import tracking
+
+    tracking.configure(uri)
+    return tracking
+
+
+def _run(action):
+    """Run ``action``; turn tracking errors into ``error: ...`` and exit 1."""
+    from nnpipe.tracking.errors import TrackingError
+
+    try:
+        return action()
+    except (TrackingError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _num(value: str | None) -> str:
+    if value is None:
+        return ""
+    try:
+        return f"{float(value):.4f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def models(
+    name: str = typer.Argument(..., help="Registered model name."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+) -> None:
+    """List the versions of model NAME with their metrics, aliases and status."""
+    tracking = _setup(tracking_uri)
+    rows = _run(lambda: tracking.list_versions(name))
+    present = [m for m in SHOWN_METRICS if any(m in r["metrics"] for r in rows)]
+    table = Table(title=f"model {name!r}: {len(rows)} version(s)")
+    for col in ("version", "aliases", "status", "run status", *present, "gate", "created", "run id"):
+        table.add_column(col, justify="right" if col in ("version", *present) else "left")
+    for r in rows:
+        aliases = ", ".join(r["aliases"])
+        table.add_row(
+            str(r["version"]),
+            f"[bold green]{aliases}[/]" if "champion" in r["aliases"] else aliases,
+            r["status"] or "",
+            r["run_status"] or "",
+            *(_num(r["metrics"].get(m)) for m in present),
+            r["gate"].get("decision", ""),
+            r["created"] or "",
+            r["run_id"] or "",
+        )
+    _console().print(table)
+
+
+def promote(
+    name: str = typer.Argument(..., help="Registered model name."),
+    version: str = typer.Argument(..., help="Version to make champion."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+) -> None:
+    """Make VERSION of model NAME the champion (no gate: a human decision)."""
+    tracking = _setup(tracking_uri)
+    number = _run(lambda: tracking.registry.version_number(version))
+    previous = _run(lambda: tracking.promote(name, number, reason=reason))
+    if previous == number:
+        _console().print(f"{name}: v{number} is already the champion; nothing changed")
+    else:
+        was = "none" if previous is None else f"v{previous}"
+        _console().print(f"{name}: champion {was} -> v{number}")
+
+
+def rollback(
+    name: str = typer.Argument(..., help="Registered model name."),
+    to: Optional[str] = typer.Option(None, "--to", help="Version to roll back to (default: the previous champion)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+) -> None:
+    """Move the champion of NAME back (to the previous champion, or --to VERSION) after a test prediction."""
+    tracking = _setup(tracking_uri)
+    before = _run(lambda: tracking.alias_version(name, tracking.CHAMPION))
+    target = _run(lambda: tracking.rollback(name, to=to, reason=reason))
+    was = "none" if before is None else f"v{before}"
+    _console().print(f"{name}: champion {was} -> v{target} (rolled back; v{target} loaded and predicted on its input example)")
+
+
+def history(
+    name: str = typer.Argument(..., help="Registered model name."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+) -> None:
+    """Show who moved which alias of NAME, when, from which version to which, and why."""
+    tracking = _setup(tracking_uri)
+    events = _run(lambda: tracking.alias_history(name))
+    table = Table(title=f"alias history of {name!r}: {len(events)} move(s)")
+    for col in ("#", "time (UTC)", "alias", "from", "to", "action", "actor", "reason"):
+        table.add_column(col, overflow="fold")
+    for e in events:
+        table.add_row(
+            str(e.get("seq", "")), str(e.get("time", "")), str(e.get("alias", "")),
+            "" if e.get("from") is None else f"v{e['from']}", f"v{e.get('to')}",
+            str(e.get("action", "")), str(e.get("actor", "")), str(e.get("reason", "")),
+        )
+    _console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``models``, ``promote``, ``rollback`` and ``history`` to ``app``."""
+    app.command("models")(models)
+    app.command("promote")(promote)
+    app.command("rollback")(rollback)
+    app.command("history")(history)

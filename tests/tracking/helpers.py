@@ -1,0 +1,136 @@
+"""Training and fresh-process helpers shared by the tracking tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from nnpipe import TrainConfig, tracking
+from nnpipe.modeling import train_model
+
+
+VENV_BIN = Path(sys.executable).parent
+MLFLOW = str(VENV_BIN / "mlflow")
+NNPIPE = str(VENV_BIN / "nnpipe")
+SERVER_START_TIMEOUT = 240  # 2 shared cores: the first import of mlflow alone can take many seconds
+
+
+def child_env(uri: str | None = None, **extra: str) -> dict[str, str]:
+    """Environment for a subprocess: no telemetry, single-threaded BLAS, the given store."""
+    env = dict(os.environ)
+    env.update({"MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    # as if the venv were activated: `mlflow models serve` execs `uvicorn` by name
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    if uri is not None:
+        env["MLFLOW_TRACKING_URI"] = uri
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = SERVER_START_TIMEOUT) -> None:
+    """Poll ``url`` until it answers 200; fail with the process log if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server we started (its own process group: uvicorn workers go too)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def start_server(cmd: list[str], health: str, log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    out = open(log, "wb")
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(health, proc, log)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+# Fixed settings so the two trainings differ clearly: one epoch at a tiny
+# learning rate leaves iris near chance; 40 epochs of Adam learn it.
+WEAK = dict(epochs=1, lr=1e-3, batch_size=16, seed=1)
+STRONG = dict(epochs=40, lr=1e-2, batch_size=16, seed=2)
+
+
+def train_logged(name: str, ds, splits, experiment: str, **config):
+    """Train on iris inside a tracked run, log the model, register it; returns (version, model, run_id)."""
+    cfg = TrainConfig(**config)
+    params = {"train": cfg.to_dict(), "model": {"hidden": [16], "activation": "relu"}, "data": {"name": ds.name}}
+    with tracking.training_run(experiment, params, tracking.run_tags(ds.name, ds.content_hash)) as run:
+        run_id = run.info.run_id
+        model, result = train_model(splits, cfg, hidden=(16,), callbacks=[tracking.metrics_callback(run_id)])
+        tracking.log_final_metrics(run_id, model.evaluate(splits.raw_test, splits.y_test))
+        tracking.log_training_artifacts(run_id, result.history, params, splits.y_test,
+                                        model.predict(splits.raw_test), splits.classes)
+        uri = tracking.log_model(run_id, model, splits.raw_test)
+    version = tracking.register_model(uri, name, run_id)
+    return version, model, run_id
+
+
+_LOAD = r"""
+import json, sys
+import numpy as np, pandas as pd, mlflow
+uri, path = sys.argv[1], sys.argv[2]
+m = mlflow.pyfunc.load_model(uri)
+X = pd.DataFrame(np.load(path), columns=json.loads(sys.argv[3]))
+labels = m.predict(X)
+proba = m.predict(X, params={"predict_proba": True})
+print(json.dumps({"labels": np.asarray(labels).tolist(), "proba": proba.to_numpy().tolist(),
+                  "columns": list(proba.columns)}))
+"""
+
+
+def load_in_fresh_process(model_uri: str, tracking_uri: str, X: np.ndarray, columns: list[str], tmp: Path) -> dict:
+    """Load ``model_uri`` with ``mlflow.pyfunc.load_model`` in a new Python process and predict ``X``."""
+    path = tmp / "X.npy"
+    np.save(path, X)
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD, model_uri, str(path), json.dumps(columns)],
+        env=child_env(tracking_uri), capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def assert_serves(model_uri: str, tracking_uri: str, expected, splits, tmp: Path) -> None:
+    """The model behind ``model_uri`` (fresh process) has exactly ``expected``'s weights."""
+    got = load_in_fresh_process(model_uri, tracking_uri, splits.raw_test, splits.feature_names, tmp)
+    np.testing.assert_allclose(np.array(got["proba"]), expected.predict_proba(splits.raw_test), rtol=1e-5, atol=1e-6)
+    assert got["labels"] == expected.predict(splits.raw_test).tolist()
+    assert got["columns"] == [str(c) for c in expected.classes.tolist()]
