@@ -1,0 +1,137 @@
+"""Scheduled deployments of the training pipeline: each binds its parameters and a cron schedule.
+
+Serve them locally (no work pool, no infrastructure)::
+
+    nnpipe schedule                    # all of DEPLOYMENTS, until Ctrl-C
+    nnpipe schedule -d nightly-iris --interval 60
+
+or register them with a Prefect server and a process work pool, to be run by
+``prefect worker start --pool nnpipe-local`` (see ``deploy/stack.py``)::
+
+    PREFECT_API_URL=http://127.0.0.1:4200/api python -m deploy.deployments --pool nnpipe-local
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+from flows.config import build_config
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRYPOINT = "flows/pipeline.py:training_flow"
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """One deployment: a name, a cron schedule and the pipeline settings it binds."""
+
+    name: str
+    cron: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def parameters(self, tracking_uri: str | None = None) -> dict[str, Any]:
+        """The flow parameters, validated now so that a bad definition fails at deploy time, not at 2 a.m."""
+        over = dict(self.settings)
+        if tracking_uri:
+            over["tracking_uri"] = tracking_uri
+        return {"config": build_config(overrides=over).model_dump(mode="json")}
+
+
+# Nightly retraining per dataset; times are UTC, staggered so they don't share the cluster.
+DEPLOYMENTS: list[Scheduled] = [
+    Scheduled("nightly-iris", "0 2 * * *", {"dataset": "iris", "epochs": 40},
+              "Retrain the iris classifier every night."),
+    Scheduled("nightly-wine", "20 2 * * *", {"dataset": "wine", "epochs": 60},
+              "Retrain the wine classifier every night."),
+    Scheduled("nightly-breast-cancer-sync", "40 2 * * *",
+              {"dataset": "breast_cancer", "epochs": 30, "mode": "sync", "workers": 2},
+              "Retrain the breast-cancer classifier on the Dask cluster (synchronous data parallel)."),
+]
+
+
+def runner_deployments(chosen: list[Scheduled], interval: float | None = None, tracking_uri: str | None = None) -> list:
+    """``RunnerDeployment`` objects for ``flow.serve``/``prefect.serve``; ``interval`` replaces the cron schedule."""
+    from flows.pipeline import training_flow
+
+    out = []
+    for d in chosen:
+        schedule: dict[str, Any] = {"interval": timedelta(seconds=interval)} if interval else {"cron": d.cron}
+        out.append(training_flow.to_deployment(name=d.name, parameters=d.parameters(tracking_uri),
+                                               description=d.description, tags=["nnpipe", "scheduled"], **schedule))
+    return out
+
+
+def serve_deployments(chosen: list[Scheduled], interval: float | None = None, tracking_uri: str | None = None,
+                      echo: Callable[[str], None] = print) -> None:
+    """Serve ``chosen`` until interrupted.
+
+    Prefect schedules runs only on a real server (an ephemeral API has no
+    scheduler), so without ``PREFECT_API_URL`` a local one is started for as
+    long as this runs, keeping its database in ``PREFECT_HOME``.
+    """
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL, PREFECT_RUNNER_POLL_FREQUENCY, temporary_settings
+
+    server = None
+    api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if not api:
+        from deploy.stack import start_prefect_server, stop
+
+        home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+        state = home / "nnpipe-schedule"
+        echo(f"starting a local Prefect server (logs in {state / 'logs'}) ...")
+        server, api = start_prefect_server(state, ui=True)
+        os.environ["PREFECT_API_URL"] = api  # flow-run subprocesses report to it too
+    echo(f"Prefect API: {api}")
+    try:
+        poll = min(PREFECT_RUNNER_POLL_FREQUENCY.value(), int(interval) if interval else 10)
+        with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_RUNNER_POLL_FREQUENCY: max(poll, 1)}):
+            deployments = runner_deployments(chosen, interval, tracking_uri)
+            for d, dep in zip(chosen, deployments):
+                echo(f"serving {d.name}: {f'every {interval:g}s' if interval else d.cron}")
+            serve(*deployments, print_starting_message=False, limit=1)  # one training at a time per store
+    finally:
+        if server is not None:
+            stop(state, "prefect-server")
+
+
+def deploy_to_pool(pool: str, chosen: list[Scheduled] | None = None, source: Path = REPO,
+                   tracking_uri: str | None = None) -> list[str]:
+    """Register ``chosen`` with the server at ``PREFECT_API_URL`` for a process work pool; returns deployment ids.
+
+    The flow is loaded from ``source`` (a directory the worker can read; for a
+    remote worker use a git URL) so no image is built.
+    """
+    from flows.pipeline import training_flow
+
+    ids = []
+    remote = training_flow.from_source(source=str(source), entrypoint=ENTRYPOINT)
+    for d in chosen if chosen is not None else DEPLOYMENTS:
+        ids.append(str(remote.deploy(name=d.name, work_pool_name=pool, cron=d.cron, parameters=d.parameters(tracking_uri),
+                                     description=d.description, tags=["nnpipe", "scheduled"], print_next_steps=False,
+                                     build=False, push=False)))
+    return ids
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.deployments",
+                                     description="Register the scheduled deployments with a Prefect server's work pool.")
+    parser.add_argument("--pool", default="nnpipe-local", help="process work pool name")
+    parser.add_argument("--name", action="append", default=[], help="only this deployment (repeatable)")
+    parser.add_argument("--source", default=str(REPO), help="directory or git URL the worker loads the flow from")
+    args = parser.parse_args(argv)
+    chosen = [d for d in DEPLOYMENTS if not args.name or d.name in args.name]
+    for d, dep_id in zip(chosen, deploy_to_pool(args.pool, chosen, Path(args.source) if "://" not in args.source else args.source)):
+        print(f"{d.name}: {dep_id} ({d.cron})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
