@@ -39,6 +39,8 @@ from nnpipe.tracking.errors import LockTimeout
 from nnpipe.tracking.store import current_uri, sqlite_path
 
 ENV_LOCK_DIR = "NNPIPE_LOCK_DIR"
+ENV_LOCK_TIMEOUT = "NNPIPE_LOCK_TIMEOUT"
+DEFAULT_TIMEOUT = 120.0
 
 
 def lock_path(uri: str | None = None) -> Path:
@@ -53,18 +55,21 @@ def lock_path(uri: str | None = None) -> Path:
 
 
 @contextmanager
-def store_lock(uri: str | None = None, timeout: float = 120.0, poll: float = 0.05) -> Iterator[Path]:
+def store_lock(uri: str | None = None, timeout: float | None = None, poll: float = 0.05) -> Iterator[Path]:
     """Hold the store's lock for the body of a ``with`` block.
 
     Parameters
     ----------
     uri : str, optional
         Tracking URI; defaults to the configured one.
-    timeout : float
-        Seconds to wait before raising :class:`LockTimeout`.
+    timeout : float, optional
+        Seconds to wait before raising :class:`LockTimeout`; default
+        ``NNPIPE_LOCK_TIMEOUT`` or 120.
     poll : float
         Seconds between attempts (non-blocking attempts keep the timeout honest).
     """
+    if timeout is None:
+        timeout = float(os.environ.get(ENV_LOCK_TIMEOUT) or DEFAULT_TIMEOUT)
     path = lock_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)

@@ -1,0 +1,110 @@
+"""``nnpipe models | promote | rollback | history`` on a real SQLite store."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+import pytest
+from typer.testing import CliRunner
+
+from nnpipe import tracking
+from nnpipe.cli import app
+from tests.tracking.helpers import NNPIPE, STRONG, WEAK, child_env, train_logged
+
+NAME = "cli-iris"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, sqlite_template, iris_splits):
+    """v1 weak (gated in), v2 strong (gated in, champion), v3 whose weights file is corrupt."""
+    root = tmp_path_factory.mktemp("cli-store")
+    shutil.copy(sqlite_template, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    ds, splits = iris_splits
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(root)
+        tracking.configure(uri)
+        v1, _, _ = train_logged(NAME, ds, splits, experiment=NAME, **WEAK)
+        tracking.promote_if_better(NAME, v1)
+        v2, _, _ = train_logged(NAME, ds, splits, experiment=NAME, **STRONG)
+        assert tracking.promote_if_better(NAME, v2).promoted
+        v3, _, _ = train_logged(NAME, ds, splits, experiment=NAME, **WEAK)
+        # a damaged artifact (disk error, bad copy): v3 can no longer load
+        model_id = tracking.get_version(NAME, v3).source.removeprefix("models:/")
+        weights = Path(urlparse(mlflow.get_logged_model(model_id).artifact_location).path) / "artifacts" / "nnpipe_model" / "weights.npz"
+        weights.write_bytes(b"not a zip file")
+        yield {"uri": uri, "versions": (v1, v2, v3)}
+
+
+def cli(registry, *args: str):
+    return runner.invoke(app, [*args, "--tracking-uri", registry["uri"]])
+
+
+def test_models_lists_versions_with_metrics_aliases_and_status(registry):
+    result = cli(registry, "models", NAME)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for col in ("version", "aliases", "status", "test/accuracy", "gate"):
+        assert col in out
+    lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    assert set(lines) >= {"1", "2", "3"}
+    assert "champion" in lines["2"] and "candidate" in lines["3"] and "READY" in lines["1"]
+    assert "promoted" in lines["2"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["models", "no-such-model"], "no registered model named 'no-such-model'"),
+    (["history", "no-such-model"], "no registered model named 'no-such-model'"),
+    (["promote", "no-such-model", "1"], "no registered model named 'no-such-model'"),
+    (["rollback", "no-such-model"], "no registered model named 'no-such-model'"),
+    (["promote", NAME, "99"], f"model '{NAME}' has no version 99"),
+    (["rollback", NAME, "--to", "99"], f"model '{NAME}' has no version 99"),
+    (["promote", NAME, "two"], "model version must be a positive integer, got 'two'"),
+])
+def test_unknown_model_or_version_exits_nonzero_with_a_clear_message(registry, args, message):
+    result = cli(registry, *args)
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.output and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_rollback_refuses_a_version_that_cannot_predict(registry):
+    v1, v2, v3 = registry["versions"]
+    before = tracking.alias_version(NAME, "champion")
+    result = cli(registry, "rollback", NAME, "--to", str(v3), "--reason", "try v3")
+    assert result.exit_code == 1, result.output
+    assert f"models:/{NAME}/{v3} failed to load" in result.output
+    assert tracking.alias_version(NAME, "champion") == before
+    assert not any(e["action"] == "rollback" and e["to"] == v3 for e in tracking.alias_history(NAME))
+
+
+def test_promote_rollback_and_history(registry):
+    v1, v2, v3 = registry["versions"]
+    assert tracking.alias_version(NAME, "champion") == v2
+    result = cli(registry, "promote", NAME, str(v1), "--reason", "canary")
+    assert result.exit_code == 0, result.output
+    assert f"champion v{v2} -> v{v1}" in result.output
+    result = cli(registry, "rollback", NAME, "--reason", "canary failed")
+    assert result.exit_code == 0, result.output
+    assert f"champion v{v1} -> v{v2}" in result.output
+    assert tracking.alias_version(NAME, "champion") == v2
+
+    result = cli(registry, "history", NAME)
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.count("│") > 3]
+    assert len(rows) == len(tracking.alias_history(NAME)) >= 7
+    assert "canary failed" in rows[-1] and "rollback" in rows[-1] and f"v{v1}" in rows[-1]
+    assert "canary" in rows[-2] and "promote" in rows[-2]
+
+
+def test_console_script_exits_nonzero_on_an_unknown_version(registry):
+    env = child_env(registry["uri"])
+    bad = subprocess.run([NNPIPE, "rollback", NAME, "--to", "42"], env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1
+    assert f"error: model '{NAME}' has no version 42" in bad.stderr

@@ -1,0 +1,65 @@
+"""Two runs finishing at once: distinct versions, and the champion never ends at a worse model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnpipe import tracking
+from tests.tracking.helpers import child_env
+
+WORKER = str(Path(__file__).with_name("gate_worker.py"))
+# interleaved so that every ordering of the two processes' gates matters
+SCORES = {"a": [0.50, 0.90, 0.80], "b": [0.60, 0.95, 0.85]}
+
+
+def test_two_processes_gating_at_once_keep_the_best_champion(store, unique_name, tmp_path):
+    env = child_env(store, NNPIPE_LOCK_DIR=str(tmp_path))  # same lock as the fixture's for http stores
+    procs = [
+        subprocess.Popen([sys.executable, WORKER, unique_name, str(tmp_path), me, *map(str, scores)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for me, scores in SCORES.items()
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=400)
+        assert p.returncode == 0, err[-4000:]
+        results += json.loads(out.strip().splitlines()[-1])
+
+    versions = sorted(r["version"] for r in results)
+    assert versions == list(range(1, 7)), "each registration got its own version"
+    score_of = {r["version"]: r["score"] for r in results}
+    best = max(score_of, key=score_of.get)
+    assert tracking.alias_version(unique_name, "champion") == best
+
+    # replay: every gate saw the champion its predecessor left; promotions strictly improve
+    champion_moves = tracking.alias_history(unique_name, "champion")
+    assert [e["from"] for e in champion_moves[1:]] == [e["to"] for e in champion_moves[:-1]]
+    promoted_scores = [score_of[e["to"]] for e in champion_moves]
+    assert promoted_scores == sorted(set(promoted_scores)), promoted_scores
+    rows = {r["version"]: r["gate"] for r in tracking.list_versions(unique_name)}
+    for v, gate in rows.items():
+        assert float(gate["score"]) == pytest.approx(score_of[v])
+        if gate["decision"] == "rejected":
+            assert score_of[v] <= float(gate["champion_score"])
+    assert {e["to"] for e in champion_moves} == {v for v, g in rows.items() if g["decision"] == "promoted"}
+
+
+def test_gate_waits_for_the_store_lock(sqlite_store, unique_name, tmp_path):
+    """While another process holds the lock, a gate cannot read-and-move the champion."""
+    with tracking.training_run(unique_name, {}, {}):
+        pass
+    script = (
+        "import sys; from nnpipe import tracking\n"
+        "try:\n    tracking.promote_if_better(sys.argv[1], 1)\n"
+        "except tracking.LockTimeout as e:\n    print('LOCKED', e); sys.exit(3)\n"
+    )
+    with tracking.store_lock():
+        out = subprocess.run([sys.executable, "-c", script, unique_name], capture_output=True, text=True,
+                             env=child_env(sqlite_store, NNPIPE_LOCK_TIMEOUT="1"), timeout=300)
+    assert out.returncode == 3, out.stdout + out.stderr[-2000:]
+    assert "LOCKED" in out.stdout and "mlflow.db.nnpipe.lock" in out.stdout
