@@ -41,7 +41,10 @@ All modes:
 ``shards``, ``events`` (dicts with ``event`` in ``worker_lost``,
 ``shard_rebuilt``, ``worker_joined``), ``bytes_sent_per_round``,
 ``bytes_received_per_round`` (payload bytes of the arrays the driver sent and
-received), ``rounds`` and, for ``async``, ``merges_by_trainer``.
+received, averaged over rounds; a round is one call to every trainer, and in
+``async`` one dispatch of every trainer), ``rounds``, ``coordination_s_per_round``
+(median over rounds of the round's wall time minus its slowest compute) and,
+for ``async``, ``merges_by_trainer`` and ``merges`` (one dict per merge).
 """
 
 from __future__ import annotations
@@ -149,7 +152,8 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
         theta, state, last_epoch = loop(pool, theta, config, reporter)
     finally:
         pool.close()
-    rounds = max(pool.calls // max(len(shards), 1), 1)
+    # A round is one call to every trainer (sync, local-sgd) or one dispatch of one trainer (async).
+    rounds = max(pool.rounds, 1)
     info = {
         "mode": config.mode,
         "workers": len(shards),
@@ -157,8 +161,10 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
         "shards": describe(shards),
         "events": pool.events,
         "rounds": rounds,
-        "bytes_sent_per_round": pool.bytes_sent / rounds,
-        "bytes_received_per_round": pool.bytes_received / rounds,
+        "bytes_sent_per_round": pool.bytes_sent / rounds * (len(shards) if config.mode == "async" else 1),
+        "bytes_received_per_round": pool.bytes_received / rounds * (len(shards) if config.mode == "async" else 1),
+        "bytes_other": pool.bytes_other,  # optimizer states fetched for checkpoints and the result
+        "coordination_s_per_round": float(np.median(pool.overhead_s)) if pool.overhead_s else 0.0,
         "param_bytes": int(theta.nbytes),
         "seconds": time.perf_counter() - t0,
     }

@@ -52,7 +52,7 @@ def run_async(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporte
         restore_trainers(pool, resumed["trainer_states"])
     K, n = config.sync_every, pool.n_total
     want_correct = reporter.net.head.task != "regression"
-    inflight: dict[cf.Future, tuple[Trainer, int]] = {}
+    inflight: dict[cf.Future, tuple[Trainer, int, float]] = {}
     version = 0  # merges so far
     merges_by_trainer: dict[int, int] = {}
     info_merges: list[dict] = []
@@ -64,7 +64,7 @@ def run_async(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporte
 
     def dispatch(t: Trainer) -> None:
         # A copy: ``theta`` keeps changing while this one is being serialised.
-        inflight[pool.call(t, "local_round", theta.copy(), K, lr, True)] = (t, version)
+        inflight[pool.call(t, "local_round", theta.copy(), K, lr, True)] = (t, version, time.perf_counter())
 
     for t in list(pool.trainers):
         dispatch(t)
@@ -83,12 +83,13 @@ def run_async(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporte
                 shard = pool.shards[min(served, key=lambda i: (served[i], i))]
                 dispatch(pool.add_trainer(shard, address, "worker_joined", merges_so_far=version))
         for fut in done:
-            t, v0 = inflight.pop(fut)
+            t, v0, sent_at = inflight.pop(fut)
             try:
                 delta, l_sum, r, c, secs = pool.received(fut.result())
             except WorkerLost as exc:
                 dispatch(pool.replace(t, exc, f"during merge {version} (epoch {epoch})"))
                 continue
+            pool.record_round(time.perf_counter() - sent_at, secs)
             t.busy_s += secs
             t.rows += r
             loss_sum += l_sum
@@ -129,7 +130,11 @@ def run_async(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporte
                 loss_sum, rows, correct, stale, dropped = 0.0, 0, 0, [], 0
             dispatch(t)
     # Let the rounds still running finish before their actors are released.
-    cf.wait(inflight, timeout=60)
+    done, _ = cf.wait(inflight, timeout=60)
+    for fut in done:  # finished rounds that arrived too late to merge still count as traffic
+        t, _, sent_at = inflight[fut]
+        if fut.exception() is None:
+            pool.record_round(time.perf_counter() - sent_at, pool.received(fut.result())[-1])
     pool.async_info = {"merges_by_trainer": merges_by_trainer, "merges": info_merges}
-    state = pool.call(pool.trainers[0], "get_state").result()["opt"] if pool.trainers else {}
+    state = pool.received(pool.call(pool.trainers[0], "get_state").result(), per_round=False)["opt"] if pool.trainers else {}
     return theta, state, epoch

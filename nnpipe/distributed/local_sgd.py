@@ -56,7 +56,7 @@ def trainer_states(pool: TrainerPool) -> dict[int, dict]:
     out = {}
     for t in pool.trainers:
         if t.shard.index not in out:
-            out[t.shard.index] = pool.call(t, "get_state").result()
+            out[t.shard.index] = pool.received(pool.call(t, "get_state").result(), per_round=False)
     return out
 
 
@@ -115,5 +115,5 @@ def run_local_sgd(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, rep
             logs["train/accuracy"] = correct / rows_seen
         if reporter.end_epoch(epoch, theta, logs, trainer_states=lambda: trainer_states(pool)):
             break
-    state = pool.call(pool.trainers[0], "get_state").result()["opt"] if pool.trainers else {}
+    state = pool.received(pool.call(pool.trainers[0], "get_state").result(), per_round=False)["opt"] if pool.trainers else {}
     return theta, state, epoch

@@ -108,7 +108,10 @@ class TrainerPool:
         self.lost: set[str] = set()
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.bytes_other = 0
         self.calls = 0
+        self.rounds = 0
+        self.overhead_s: list[float] = []  # per round: wall time minus the slowest trainer's compute
         self._next_id = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -153,8 +156,17 @@ class TrainerPool:
         coro = _actor_call(self.client, trainer.address, trainer.future.key, method, args, inline)
         return asyncio.run_coroutine_threadsafe(coro, self.client.loop.asyncio_loop)
 
-    def received(self, result: Any) -> Any:
-        self.bytes_received += _payload_bytes(result)
+    def record_round(self, wall_s: float, compute_s: float) -> None:
+        """Count a round and the coordination time it cost beyond its slowest compute."""
+        self.rounds += 1
+        self.overhead_s.append(max(wall_s - compute_s, 0.0))
+
+    def received(self, result: Any, per_round: bool = True) -> Any:
+        """Account for a result's bytes: round traffic, or other (state fetched for a checkpoint)."""
+        if per_round:
+            self.bytes_received += _payload_bytes(result)
+        else:
+            self.bytes_other += _payload_bytes(result)
         return result
 
     # ---- recovery ----------------------------------------------------------------------------

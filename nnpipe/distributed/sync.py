@@ -34,6 +34,7 @@ def gather_round(pool: TrainerPool, method: str, args_for, where: str, inline: b
     Returns the results in trainer order and the straggler wait (seconds from
     the first result to the last).
     """
+    t0 = time.perf_counter()
     pending = {pool.call(t, method, *args_for(t), inline=inline): t for t in pool.trainers}
     results: dict[int, Any] = {}
     arrivals = []
@@ -48,6 +49,7 @@ def gather_round(pool: TrainerPool, method: str, args_for, where: str, inline: b
                 new = pool.replace(t, exc, where)
                 pending[pool.call(new, method, *args_for(new), inline=inline)] = new
     order = [results[t.id] for t in pool.trainers]
+    pool.record_round(time.perf_counter() - t0, max(r[-1] for r in order))
     return order, (max(arrivals) - min(arrivals)) if arrivals else 0.0
 
 

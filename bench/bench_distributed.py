@@ -1,0 +1,154 @@
+"""Distributed training throughput against single-process training, measured in one run.
+
+Task: ``make_classification(n_samples=200_000, n_features=64, n_informative=32,
+n_classes=10, random_state=0)``, 90/10 train/validation split, standardised;
+network 64-256-256-10 relu, Adam, float32. Prints:
+
+- samples/s single-process (BLAS pinned to one thread, like a worker) at the
+  per-worker batch (256) and at the sync global batch (2048);
+- samples/s for sync (global batch 2048), local-sgd and async (K=50 and K=10,
+  256 rows per worker per step) with 1 and 2 workers, and the ratio to the
+  matching single-process figure;
+- seconds to 0.9 validation accuracy (single-process and each mode, 2 workers);
+- bytes the driver sends and receives per round (payload of the arrays), next
+  to the budget ``workers * 2 * param bytes``;
+- coordination overhead per round with 8 workers (rounds of one tiny step, so
+  the wall time per round is almost all coordination).
+
+Run: ``python bench/bench_distributed.py`` (a few minutes) or ``--quick``.
+Timings on a busy machine are noisy; ratios are against a reference measured
+in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from distributed import Client, LocalCluster  # noqa: E402
+from sklearn.datasets import make_classification  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from nnpipe.config import TrainConfig  # noqa: E402
+from nnpipe.distributed import fit_distributed  # noqa: E402
+from nnpipe.network import NetworkSpec, init_params  # noqa: E402
+from nnpipe.training import fit  # noqa: E402
+
+
+def make_task(n_samples: int):
+    X, y = make_classification(n_samples=n_samples, n_features=64, n_informative=32, n_classes=10, random_state=0)
+    cut = int(0.9 * len(X))
+    mean, std = X[:cut].mean(0), X[:cut].std(0)
+    X = ((X - mean) / std).astype(np.float32)
+    return X[:cut], y[:cut].astype(np.intp), X[cut:], y[cut:].astype(np.intp)
+
+
+SPEC = NetworkSpec(64, (256, 256), ("relu", "relu"), 10, dtype="float32")
+
+
+def steady_rate(history: dict) -> float:
+    """Median samples/s over the epochs after the first (which includes warm-up)."""
+    rates = history["train/samples_per_s"]
+    return float(np.median(rates[1:] if len(rates) > 1 else rates))
+
+
+class TimeTo:
+    """Callback recording the wall time when validation accuracy first reaches ``target``."""
+
+    def __init__(self, target: float):
+        self.target, self.t0, self.hit = target, time.perf_counter(), None
+
+    def __call__(self, epoch: int, logs: dict) -> None:
+        if self.hit is None and logs.get("val/accuracy", 0.0) >= self.target:
+            self.hit = (time.perf_counter() - self.t0, epoch + 1)
+
+
+def fmt_hit(hit) -> str:
+    return "not reached" if hit is None else f"{hit[0]:7.1f} s (epoch {hit[1]})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small data, few epochs: a smoke run")
+    ap.add_argument("--skip-accuracy", action="store_true", help="skip the time-to-0.9-accuracy runs")
+    args = ap.parse_args()
+    n_samples = 40_000 if args.quick else 200_000
+    epochs = 2 if args.quick else 3
+    acc_epochs = 4 if args.quick else 30
+    Xtr, ytr, Xva, yva = make_task(n_samples)
+    theta0 = init_params(SPEC, 0)
+    print(f"task: {len(Xtr)} train x {Xtr.shape[1]} features, net {SPEC.sizes}, "
+          f"{SPEC.n_params} params ({theta0.nbytes} bytes float32), Adam; {os.cpu_count()} cores")
+
+    base = dict(optimizer="adam", lr=1e-3, dtype="float32", seed=0)
+    single: dict[int, float] = {}
+
+    def measure_single(when: str) -> None:
+        # The better of the runs is kept: the ratios below are then conservative.
+        with threadpool_limits(1):
+            for batch in (256, 2048):
+                r = fit(SPEC, theta0, Xtr, ytr, TrainConfig(epochs=epochs, batch_size=batch, **base))
+                rate = steady_rate(r.history)
+                single[batch] = max(single.get(batch, 0.0), rate)
+                print(f"single-process batch {batch:5d} ({when}): {rate:10.0f} samples/s")
+
+    measure_single("first")
+
+    runs = [("sync", dict(batch_size=2048), 2048)]
+    for K in (50, 10):
+        runs += [("local-sgd", dict(batch_size=256, sync_every=K), 256), ("async", dict(batch_size=256, sync_every=K), 256)]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        rows = []
+        for mode, kw, ref_batch in runs:
+            for workers in (1, 2):
+                cfg = TrainConfig(mode=mode, workers=workers, epochs=epochs, **kw, **base)
+                r = fit_distributed(SPEC, theta0, Xtr, ytr, cfg, client=client)
+                rows.append((mode, kw, ref_batch, workers, steady_rate(r.history), r.info))
+
+        measure_single("again, after the distributed runs")
+        print(f"\nratios against the better single-process figure at the matching batch")
+        print(f"{'mode':<10} {'K':>3} {'batch':>6} {'workers':>7} {'samples/s':>11} {'ratio':>6} "
+              f"{'sent/round':>11} {'recv/round':>11} {'budget':>9} {'coord ms/round':>14}")
+        for mode, kw, ref_batch, workers, rate, info in rows:
+            print(f"{mode:<10} {kw.get('sync_every', ''):>3} {kw['batch_size']:>6} {workers:>7} {rate:11.0f} "
+                  f"{rate / single[ref_batch]:6.2f} {info['bytes_sent_per_round']:11.0f} "
+                  f"{info['bytes_received_per_round']:11.0f} {workers * 2 * theta0.nbytes:9d} "
+                  f"{info['coordination_s_per_round'] * 1e3:14.2f}")
+
+        if not args.skip_accuracy:
+            print(f"\ntime to 0.9 validation accuracy (at most {acc_epochs} epochs):")
+            with threadpool_limits(1):
+                hit = TimeTo(0.9)
+                fit(SPEC, theta0, Xtr, ytr, TrainConfig(epochs=acc_epochs, batch_size=256, **base),
+                    validation=(Xva, yva), callbacks=[hit])
+            print(f"  single-process batch 256        : {fmt_hit(hit.hit)}")
+            for mode, kw in [("sync", dict(batch_size=512)), ("local-sgd", dict(batch_size=256, sync_every=50)),
+                             ("async", dict(batch_size=256, sync_every=50))]:
+                hit = TimeTo(0.9)
+                cfg = TrainConfig(mode=mode, workers=2, epochs=acc_epochs, **kw, **base)
+                fit_distributed(SPEC, theta0, Xtr, ytr, cfg, client=client, validation=(Xva, yva), callbacks=[hit])
+                print(f"  {mode:<9} 2 workers {str(kw):<22}: {fmt_hit(hit.hit)}")
+
+    n_small = 8 * 64 * 20
+    with LocalCluster(n_workers=8, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        client.wait_for_workers(8)
+        print("\ncoordination overhead per round, 8 workers (one 8-row step per trainer per round;")
+        print("median over rounds of the round's wall time minus its slowest compute):")
+        for mode, kw in [("sync", dict(batch_size=64)), ("local-sgd", dict(batch_size=8, sync_every=1)),
+                         ("async", dict(batch_size=8, sync_every=1))]:
+            cfg = TrainConfig(mode=mode, workers=8, epochs=2, **kw, **base)
+            r = fit_distributed(SPEC, theta0, Xtr[:n_small], ytr[:n_small], cfg, client=client)
+            print(f"  {mode:<9}: {r.info['coordination_s_per_round'] * 1e3:6.2f} ms "
+                  f"({r.info['rounds']} rounds; {r.info['bytes_sent_per_round'] / 1e6:.2f} MB sent, "
+                  f"{r.info['bytes_received_per_round'] / 1e6:.2f} MB received per round)")
+
+
+if __name__ == "__main__":
+    main()
