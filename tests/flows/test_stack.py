@@ -1,0 +1,57 @@
+"""The local stack: real Dask, MLflow, Prefect server and worker processes; deploy, trigger, check, stop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy.stack import REPO, down, status
+from tests.flows.conftest import BIN, clean_env
+
+pytestmark = pytest.mark.server
+
+TRIGGER = """
+import sys
+from prefect.deployments import run_deployment
+from deploy.deployments import DEPLOYMENTS, deploy_to_pool
+chosen = [d for d in DEPLOYMENTS if d.name == "nightly-breast-cancer-sync"]
+(dep_id,) = deploy_to_pool("nnpipe-local", chosen)
+config = chosen[0].parameters()["config"]
+config["train"]["epochs"] = 5  # a short run: the point is where it runs and what it records
+run = run_deployment("nnpipe-train/nightly-breast-cancer-sync", parameters={"config": config}, timeout=400)
+print("STATE", run.state.type.value, run.state.message)
+"""
+
+
+def test_stack_up_deploy_run_down(tmp_path: Path):
+    from mlflow import MlflowClient
+
+    state = tmp_path / "stack"
+    env = clean_env(tmp_path)
+    up = subprocess.run([sys.executable, "-m", "deploy.stack", "up", "--state-dir", str(state), "--workers", "2",
+                         "--no-ui"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    try:
+        assert up.returncode == 0, up.stderr + "".join(p.read_text()[-1500:] for p in (state / "logs").glob("*.log"))
+        assert set(status(state).values()) == {"running"}
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines()
+                       if line.startswith("export "))
+        run = subprocess.run([sys.executable, "-c", TRIGGER], cwd=REPO, env={**env, **exports}, capture_output=True,
+                             text=True, timeout=500)
+        assert "STATE COMPLETED" in run.stdout, run.stdout[-2000:] + run.stderr[-3000:] + (
+            state / "logs" / "prefect-worker.log").read_text()[-3000:]
+        # The worker's flow run tracked to the stack's MLflow server and trained on the stack's Dask cluster.
+        client = MlflowClient(tracking_uri=exports["MLFLOW_TRACKING_URI"], registry_uri=exports["MLFLOW_TRACKING_URI"])
+        version = client.get_model_version_by_alias("nnpipe-breast_cancer", "champion")
+        assert str(version.version) == "1"
+        mlflow_run = client.get_run(version.run_id)
+        assert mlflow_run.info.status == "FINISHED"
+        assert mlflow_run.data.tags["dask.address"] == exports["DASK_SCHEDULER_ADDRESS"]
+        assert mlflow_run.data.params["mode"] == "sync"
+    finally:
+        stopped = down(state)
+    assert "prefect-server" in stopped and "dask-scheduler" in stopped
+    assert set(status(state).values()) == {"stopped"}
