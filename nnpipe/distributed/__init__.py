@@ -124,6 +124,17 @@ def fit_distributed(
                 s.future.release()
 
 
+def _single_thread_blas():
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1)
+    except ImportError:  # an optimisation only
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
 def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndarray, config: TrainConfig, *,
                     validation: tuple[np.ndarray, np.ndarray] | None = None,
                     callbacks: tuple[Callback, ...] | list[Callback] = (),
@@ -149,7 +160,10 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
     try:
         pool.start(addresses[: len(shards)])
         loop = {"sync": run_sync, "local-sgd": run_local_sgd, "async": run_async}[config.mode]
-        theta, state, last_epoch = loop(pool, theta, config, reporter)
+        # The driver shares the cores with local workers: a multi-threaded BLAS
+        # here (validation, averaging) would fight them and can be 10x slower.
+        with _single_thread_blas():
+            theta, state, last_epoch = loop(pool, theta, config, reporter)
     finally:
         pool.close()
     # A round is one call to every trainer (sync, local-sgd) or one dispatch of one trainer (async).

@@ -9,6 +9,7 @@ import pytest
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed, pool
 from nnpipe.distributed.async_ import staleness_weight
+from nnpipe.training import DivergenceError
 from tests.distributed.helpers import local_cluster, small_net
 
 pytestmark = pytest.mark.cluster
@@ -86,3 +87,11 @@ def test_worker_joining_mid_run_is_put_to_work(data):
     joined = [e for e in out.info["events"] if e["event"] == "worker_joined"]
     assert len(joined) == 1
     assert out.info["merges_by_trainer"].get(joined[0]["trainer"], 0) >= 1
+
+
+def test_async_divergence_names_merge_and_worker(client, data):
+    X, y = data
+    spec, theta0 = small_net("float32")
+    cfg = TrainConfig(mode="async", optimizer="sgd", lr=1e25, sync_every=3, batch_size=50, epochs=2, dtype="float32")
+    with pytest.raises(DivergenceError, match=r"worker tcp://\S+ \(trainer \d.*merge \d+"):
+        fit_distributed(spec, theta0, X, y, cfg, client=client)

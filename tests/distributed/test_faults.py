@@ -25,7 +25,7 @@ def kill_worker(client: distributed.Client, address: str) -> int:
     return pid
 
 
-@pytest.mark.parametrize("mode", ["sync", "local-sgd"])
+@pytest.mark.parametrize("mode", ["sync", "local-sgd", "async"])
 def test_killed_worker_mid_training(data, mode):
     X, y = data
     spec, theta0 = small_net("float64")
