@@ -155,6 +155,8 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
     n_total = sum(s.rows for s in shards)
     addresses = addresses or wait_for_workers(client, len(shards))
     reporter = Reporter(spec, config, validation, callbacks, config.mode)
+    log.info("%s training: %d shards, %d rows, cluster %s", config.mode, len(shards), n_total,
+             client.scheduler.address)
     pool = TrainerPool(client, shards, spec, config, n_total)
     t0 = time.perf_counter()
     try:

@@ -22,7 +22,8 @@ _NAME = re.compile(r"^ckpt-(\d{6})\.npz$")
 
 
 def save(directory: str | os.PathLike, epoch: int, *, theta: np.ndarray, opt_state: dict[str, np.ndarray] | None,
-         trainer_states: dict[int, dict[str, Any]] | None, meta: dict[str, Any]) -> Path:
+         trainer_states: dict[int, dict[str, Any]] | None, meta: dict[str, Any],
+         best_theta: np.ndarray | None = None) -> Path:
     """Write ``ckpt-<epoch>.npz`` into ``directory``; returns its path.
 
     Parameters
@@ -38,6 +39,8 @@ def save(directory: str | os.PathLike, epoch: int, *, theta: np.ndarray, opt_sta
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {"theta": theta}
+    if best_theta is not None:
+        arrays["best_theta"] = best_theta
     for k, v in (opt_state or {}).items():
         arrays[f"opt/{k}"] = np.asarray(v)
     # Trainer states hold rng states (nested dicts of big ints) next to arrays:
@@ -67,6 +70,7 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
             "theta": z["theta"].copy(),
             "opt_state": {k[4:]: z[k].copy() for k in z.files if k.startswith("opt/")},
             "trainer_states": pickle.loads(bytes(z["trainers"])),
+            "best_theta": z["best_theta"].copy() if "best_theta" in z.files else None,
         }
     out.update(meta)
     return out

@@ -49,6 +49,7 @@ class Reporter:
         self.history = {k: list(v) for k, v in state["history"].items()}
         st = state["stopper"]
         self.stopper.best, self.stopper.best_epoch, self.stopper.wait = st["best"], st["best_epoch"], st["wait"]
+        self.stopper.best_theta = state["best_theta"]
         self.start_epoch = int(state["epoch"]) + 1
         self.resumed_from = state["path"]
         log.info("resuming %s training from %s (epoch %d)", self.mode, state["path"], self.start_epoch)
@@ -74,7 +75,8 @@ class Reporter:
             st = self.stopper
             ckpt.save(self.config.checkpoint_dir, epoch, theta=theta, opt_state=opt_state, trainer_states=states,
                       meta={"mode": self.mode, "history": self.history, "config": self.config.to_dict(),
-                            "stopper": {"best": float(st.best), "best_epoch": st.best_epoch, "wait": st.wait}})
+                            "stopper": {"best": float(st.best), "best_epoch": st.best_epoch, "wait": st.wait}},
+                      best_theta=st.best_theta)
         for cb in self.callbacks:
             cb(epoch, logs)
         return stop

@@ -4,8 +4,9 @@ A :class:`ShardTrainer` actor sits next to each shard. Calls go straight from
 the driver to the actor's worker over Dask's connection pool (the same
 ``actor_execute`` handler ``distributed.Actor`` uses, minus the proxy hop
 through the scheduler that ``Actor`` takes when ``direct_to_workers`` is off):
-on a 2-core machine that is ~1.3 ms per call instead of ~11 ms for a
-``client.submit`` round trip, whose messages the client batches every 10 ms.
+on this 2-core machine a round to two trainers with 340 kB of parameters
+each way measured 2.6 ms, against 5.5 ms through ``Actor`` and ~11 ms for a
+``client.submit`` round trip (the client batches its messages every 10 ms).
 
 Actors die with their worker, so the pool watches for it: a call that fails
 with a comm error marks the worker lost, releases the actor, and starts a new

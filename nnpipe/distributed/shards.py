@@ -10,6 +10,7 @@ send parameters only.
 
 from __future__ import annotations
 
+import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,8 @@ def shards_from_futures(futures: list[Future], sizes: list[int]) -> list[Shard]:
 
 
 def _token() -> str:
-    return np.random.SeedSequence().entropy.to_bytes(16, "little").hex()[:12]
+    # Unique per placement, so two runs on one cluster never share (or release) each other's shards.
+    return uuid.uuid4().hex[:12]
 
 
 def describe(shards: list[Shard]) -> list[dict[str, Any]]:
