@@ -114,8 +114,12 @@ def run_trial(
             model, fit = tasks.train.fn(splits, config.train, config.hidden, config.activation, address, run_id, label)
         metrics = {k: float(v) for k, v in model.evaluate(splits.raw_test, splits.y_test).items()}
         tracking.log_final_metrics(run_id, metrics, prefix="test/")
+        tracking.log_training_artifacts(run_id, fit.history, config.train.to_dict(), splits.y_test,
+                                        model.predict(splits.raw_test), splits.classes)
+        # Every trial keeps its model (so any can be registered later); only the best is registered now.
+        model_uri = tracking.log_model(run_id, model, splits.raw_test[:5])
         logger.info("%s %s: %s", label, combo, {k: round(v, 4) for k, v in metrics.items()})
-    return {"run_id": run_id, "params": combo, "metrics": metrics, "model": model, "fit": fit, "config": config}
+    return {"run_id": run_id, "params": combo, "metrics": metrics, "model_uri": model_uri, "config": config}
 
 
 @flow(name="nnpipe-sweep", task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENT_TRIALS),
@@ -156,8 +160,8 @@ def sweep_flow(config: PipelineConfig = PipelineConfig(), space: dict[str, list[
         tracking.set_run_tags(parent_id, {"nnpipe.sweep.best_run": best["run_id"], "nnpipe.sweep.best_params": best["params"]})
         model_name = config.model_name or default_model_name(ds.name)
         best_cfg: PipelineConfig = best["config"]
-        model_uri, version = tasks.log_and_register(best["run_id"], best["model"], best["fit"], best_cfg.train, splits,
-                                                    best["metrics"], model_name, {**lineage, "nnpipe.sweep.parent": parent_id})
+        model_uri = best["model_uri"]
+        version = tasks.register(model_uri, model_name, best["run_id"], {**lineage, "nnpipe.sweep.parent": parent_id})
         decision = tasks.promote(model_name, version, f"test/{metric}", greater, actor=f"prefect:sweep-{name}")
         tracking.set_run_tags(parent_id, {"nnpipe.promoted": decision.promoted, "nnpipe.promotion": decision.reason})
     registered = PipelineResult(

@@ -192,6 +192,16 @@ def log_and_register(
     return model_uri, str(version)
 
 
+@task(name="register", cache_policy=NO_CACHE)
+def register(model_uri: str, model_name: str, run_id: str, tags: dict[str, str]) -> str:
+    """Register an already-logged model as a new version (alias ``candidate``)."""
+    from nnpipe import tracking
+
+    version = tracking.register_model(model_uri, model_name, run_id, tags)
+    get_run_logger().info("registered %s version %s from %s", model_name, version, model_uri)
+    return str(version)
+
+
 @task(name="promote", cache_policy=NO_CACHE)
 def promote(model_name: str, version: str, metric: str, greater_is_better: bool, actor: str) -> Any:
     """The promotion gate: ``champion`` moves only if the candidate beats it on ``metric``."""

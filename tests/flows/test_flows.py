@@ -1,0 +1,63 @@
+"""Flows in-process under one Prefect test server: caching, the sweep, a failed step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from flows import tasks
+from flows.config import build_config
+from flows.pipeline import training_flow
+from flows.sweep import parse_grid, sweep_flow
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_split_is_cached_on_content_and_config():
+    @flow
+    def twice(seed: int) -> list[str]:
+        ds = tasks.load("iris")
+        first = tasks.split_scale(ds, 0.2, 0.1, seed, return_state=True)
+        second = tasks.split_scale(ds, 0.2, 0.1, seed, return_state=True)
+        other = tasks.split_scale(ds, 0.3, 0.1, seed, return_state=True)
+        assert (first.result().X_test == second.result().X_test).all()
+        return [first.name, second.name, other.name]
+
+    names = twice(seed=12345)
+    assert names[1] == "Cached" and names[2] != "Cached"
+
+
+@pytest.mark.cluster
+def test_sweep_nested_runs_best_registered(mlflow_uri: str):
+    from mlflow import MlflowClient
+
+    cfg = build_config(overrides={"epochs": 8, "tracking_uri": mlflow_uri, "hidden": [16], "workers": 2})
+    out = sweep_flow(cfg, parse_grid(["lr=0.05,0.0001"]))
+    client = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
+    parent = client.get_run(out["parent_run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert all(len(client.get_metric_history(c.info.run_id, "train/loss")) == 8 for c in children)
+    scores = {c.info.run_id: c.data.metrics["test/accuracy"] for c in children}
+    assert out["best"]["run_id"] == max(scores, key=scores.get)
+    champion = client.get_model_version_by_alias(out["registered"]["model_name"], "champion")
+    assert champion.run_id == out["best"]["run_id"]
+
+
+def test_failed_step_fails_flow_and_run(tmp_path: Path, mlflow_uri: str):
+    from mlflow import MlflowClient
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,label\n1,x\ninf,y\n2,x\n")
+    cfg = build_config(overrides={"dataset": str(bad), "target": "label", "tracking_uri": mlflow_uri})
+    state = training_flow(cfg, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ValueError, match=r"bad\.csv: column 'a' row 2"):
+        state.result()
+    client = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert client.search_registered_models() == []
