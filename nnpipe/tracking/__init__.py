@@ -48,7 +48,7 @@ from nnpipe.tracking.runs import (
     set_run_tags,
     training_run,
 )
-from nnpipe.tracking.store import client, configure, tracking_uri
+from nnpipe.tracking.store import client, configure, reset, tracking_uri
 
 __all__ = [
     "CANDIDATE",
@@ -83,6 +83,7 @@ __all__ = [
     "promote",
     "promote_if_better",
     "register_model",
+    "reset",
     "rollback",
     "run_status",
     "run_tags",

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
+from nnpipe.tracking.runs import _as_mapping  # noqa: E402
 from nnpipe.tracking.store import client  # noqa: E402
 
 
@@ -139,7 +140,7 @@ def log_training_artifacts(
             )
         cfg = tmp / "config"
         cfg.mkdir()
-        plain = _plain(dict(config))
+        plain = _plain(dict(_as_mapping(config)))
         (cfg / "config.json").write_text(json.dumps(plain, indent=2, sort_keys=True, default=str))
         (cfg / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(plain, default=str)), sort_keys=True))
         (cfg / "history.json").write_text(json.dumps(_plain(dict(history)), default=str))

@@ -50,6 +50,15 @@ def _param_value(value: Any) -> str:
     return _clip(str(value), MAX_PARAM_VALUE)
 
 
+def _as_mapping(obj: Any) -> Mapping[str, Any]:
+    """A mapping, or an object with ``to_dict()`` (``TrainConfig``) as one."""
+    if isinstance(obj, Mapping):
+        return obj
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    raise TypeError(f"expected a mapping or an object with to_dict(), got {type(obj).__name__}")
+
+
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested mappings flattened to ``a.b`` keys; values as strings within MLflow's limits.
 
@@ -59,7 +68,7 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
     {'model.hidden': '[64, 32]', 'lr': '0.01'}
     """
     out: dict[str, str] = {}
-    for key, value in params.items():
+    for key, value in _as_mapping(params).items():
         full = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             out.update(flatten_params(value, prefix=f"{full}."))

@@ -33,9 +33,19 @@ def tracking_uri() -> str:
     return os.environ.get(ENV_URI) or default_uri()
 
 
+# mlflow.set_registry_uri() copies its argument into MLFLOW_REGISTRY_URI "for
+# subprocesses"; remember what we set so a later configure(other_uri) does not
+# mistake that echo for the user's choice and keep the old registry.
+_registry_we_set: str | None = None
+_env_before: dict[str, str | None] | None = None  # the user's env, restored by reset()
+
+
 def registry_uri(uri: str | None = None) -> str:
-    """``MLFLOW_REGISTRY_URI`` if set, else the tracking URI."""
-    return os.environ.get(ENV_REGISTRY_URI) or (uri or tracking_uri())
+    """``MLFLOW_REGISTRY_URI`` if the user set it, else the tracking URI."""
+    env = os.environ.get(ENV_REGISTRY_URI)
+    if env and env != _registry_we_set:
+        return env
+    return uri or tracking_uri()
 
 
 def configure(uri: str | None = None) -> str:
@@ -54,9 +64,31 @@ def configure(uri: str | None = None) -> str:
     uri = uri or tracking_uri()
     if not isinstance(uri, str) or not uri.strip():
         raise ValueError(f"tracking URI must be a non-empty string, got {uri!r}")
+    global _registry_we_set, _env_before
+    if _env_before is None:
+        _env_before = {k: os.environ.get(k) for k in (ENV_URI, ENV_REGISTRY_URI)}
+    registry = registry_uri(uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(registry_uri(uri))
+    mlflow.set_registry_uri(registry)
+    _registry_we_set = registry
     return uri
+
+
+def reset() -> None:
+    """Forget :func:`configure` (MLflow's global URIs and the environment it copied them to).
+
+    For tests and long-lived processes that switch stores; the next call
+    resolves the store from the environment again.
+    """
+    global _registry_we_set, _env_before
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    for key, value in (_env_before or {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _registry_we_set = _env_before = None
 
 
 def current_uri() -> str:

@@ -19,6 +19,19 @@ import pytest
 from tests.tracking.helpers import MLFLOW, child_env, free_port, start_server, stop
 
 
+@pytest.fixture(autouse=True)
+def _forget_store(monkeypatch):
+    """MLflow keeps the tracking URI in a global (and echoes it into the env): drop it after each test.
+
+    Depends on ``monkeypatch`` so that it is torn down first and monkeypatch's
+    env restoration has the last word.
+    """
+    yield
+    from nnpipe import tracking
+
+    tracking.reset()
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory) -> Path:
     """A migrated, empty MLflow SQLite database file."""

@@ -39,6 +39,7 @@ def registry(tmp_path_factory, sqlite_template, iris_splits):
         model_id = tracking.get_version(NAME, v3).source.removeprefix("models:/")
         weights = Path(urlparse(mlflow.get_logged_model(model_id).artifact_location).path) / "artifacts" / "nnpipe_model" / "weights.npz"
         weights.write_bytes(b"not a zip file")
+        tracking.reset()  # each CLI call configures from --tracking-uri
         yield {"uri": uri, "versions": (v1, v2, v3)}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from nnpipe import tracking
+from nnpipe import TrainConfig, tracking
 
 
 def test_tracking_uri_defaults_to_sqlite_in_cwd_and_follows_env(tmp_path, monkeypatch):
@@ -97,3 +97,31 @@ def test_training_artifacts_are_pngs_and_config(sqlite_store):
     assert cm == {"labels": ["a", "b", "c"], "counts": [[1, 0, 0], [0, 1, 1], [0, 0, 1]]}
     assert json.loads((local / "config" / "config.json").read_text())["train"]["hidden"] == [8]
     assert "lr: 0.01" in (local / "config" / "config.yaml").read_text()
+
+
+def test_configure_switches_store_and_reset_restores_env(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    assert tracking.configure(a) == a and mlflow.get_registry_uri() == a
+    # MLflow echoed ``a`` into MLFLOW_REGISTRY_URI; switching stores must not keep that registry
+    assert tracking.configure(b) == b and mlflow.get_registry_uri() == b
+    tracking.reset()
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", a)  # the user's own choice is kept
+    assert tracking.configure(b) == b and mlflow.get_registry_uri() == a
+
+
+def test_checkpoints_are_logged_for_resuming(sqlite_store, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "round-000010.npz").write_bytes(b"PK-fake-but-opaque")
+    with tracking.training_run("exp-ckpt", TrainConfig(epochs=2), {}) as run:
+        assert tracking.log_checkpoints(run.info.run_id, ckpt)
+        assert not tracking.log_checkpoints(run.info.run_id, tmp_path / "missing")
+    r = tracking.client().get_run(run.info.run_id)
+    assert r.data.params["epochs"] == "2"  # a TrainConfig is logged through its to_dict()
+    names = [f.path for f in tracking.client().list_artifacts(run.info.run_id, "checkpoints")]
+    assert names == ["checkpoints/round-000010.npz"]
