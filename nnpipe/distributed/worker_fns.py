@@ -38,6 +38,31 @@ def _pin_blas() -> None:
         pass
 
 
+# glibc mallopt parameters.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _keep_step_memory() -> bool:
+    """Let glibc reuse freed step buffers instead of returning them to the OS.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which
+    also pins glibc's mmap threshold at 128 kB: every activation buffer of a
+    256-row step (256 x 256 float32 = 256 kB) is then a fresh ``mmap`` and a
+    round of page faults, and a step costs ~40% more CPU than in a plain
+    process (measured: 13.7 vs 9.4 us per sample). Raising both thresholds
+    keeps a step's few MB of working set in the heap. Linux/glibc only; a
+    no-op elsewhere.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
 class ShardTrainer:
     """Trains on one shard; lives on a worker as a Dask actor.
 
@@ -59,6 +84,7 @@ class ShardTrainer:
     def __init__(self, spec: dict, shard: dict, config: TrainConfig, trainer_id: int, n_total: int,
                  delay_s: float = 0.0):
         _pin_blas()
+        _keep_step_memory()
         self.spec = NetworkSpec.from_dict(spec)
         self.net = Network(self.spec)
         self.X, self.Y, self.lo = shard["X"], shard["Y"], int(shard["lo"])
