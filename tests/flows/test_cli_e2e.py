@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -45,9 +46,17 @@ def test_first_command_then_bad_csv(tmp_path: Path):
     assert str(champion.version) == "1" and champion.run_id == run.info.run_id
 
     # The champion serves raw held-out features and returns the labels at the logged accuracy.
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    served = mlflow.pyfunc.load_model("models:/nnpipe-iris@champion")
+    try:
+        served = mlflow.pyfunc.load_model("models:/nnpipe-iris@champion")
+    finally:
+        # mlflow mirrors these into MLFLOW_*_URI env vars; leave none behind for later tests in this process
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     splits = split_and_scale(load_dataset("iris"), test_size=0.2, val_size=0.1, seed=0)
     frame = pd.DataFrame(splits.raw_test, columns=splits.feature_names)  # the signature names the columns
     pred = np.asarray(served.predict(frame)).ravel()
