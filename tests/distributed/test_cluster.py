@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -86,6 +87,35 @@ def test_connect_starts_and_closes_a_local_cluster(monkeypatch):
         # BLAS pinned to one thread in the worker process.
         env = client.run(lambda: os.environ.get("OPENBLAS_NUM_THREADS"))
         assert set(env.values()) == {"1"}
+    with pytest.raises((OSError, TimeoutError)):
+        distributed.Client(address, timeout=2)
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_fit_without_a_cluster_starts_and_closes_its_own(client, data, monkeypatch):
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    X, y = data
+    spec, theta0 = small_net("float32")
+    logger, records = logging.getLogger("nnpipe.distributed"), Records()
+    logger.addHandler(records)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        out = fit_distributed(spec, theta0, X, y, TrainConfig(mode="sync", workers=2, epochs=1, batch_size=100))
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(old_level)
+    address = out.info["address"]
+    assert address != client.scheduler.address and out.info["workers"] == 2
+    assert any("dashboard" in m and address in m for m in records.messages), records.messages
     with pytest.raises((OSError, TimeoutError)):
         distributed.Client(address, timeout=2)
 
