@@ -85,12 +85,13 @@ def promote(
     name: str = typer.Argument(..., help="Registered model name."),
     version: str = typer.Argument(..., help="Version to make champion."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="First load VERSION and predict on its input example."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
 ) -> None:
     """Make VERSION of model NAME the champion (no gate: a human decision)."""
     tracking = _setup(tracking_uri)
     number = _run(lambda: tracking.registry.version_number(version))
-    previous = _run(lambda: tracking.promote(name, number, reason=reason))
+    previous = _run(lambda: tracking.promote(name, number, reason=reason, check=check))
     if previous == number:
         _console().print(f"{name}: v{number} is already the champion; nothing changed")
     else:

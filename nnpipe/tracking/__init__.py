@@ -18,6 +18,7 @@ The only package in nnpipe that imports mlflow. Typical use (what the flow does)
 
 from nnpipe.tracking.errors import (
     LockTimeout,
+    NotServableError,
     RegistrationRefused,
     RollbackRefused,
     TrackingError,
@@ -55,6 +56,7 @@ __all__ = [
     "CHAMPION",
     "FAILURE_TAG",
     "LockTimeout",
+    "NotServableError",
     "NnpipePyfunc",
     "PromotionDecision",
     "RegistrationRefused",

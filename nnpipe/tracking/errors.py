@@ -19,6 +19,10 @@ class RegistrationRefused(TrackingError):
     """A model from a failed (or unfinished-and-failed) run must not be registered."""
 
 
+class NotServableError(TrackingError):
+    """A model version fails to load, or to predict on its own input example."""
+
+
 class RollbackRefused(TrackingError):
     """The rollback target cannot be used: no previous champion, or it fails to load or predict."""
 

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from nnpipe.tracking import history
-from nnpipe.tracking.errors import RollbackRefused, TrackingError
+from nnpipe.tracking.errors import NotServableError, RollbackRefused, TrackingError
 from nnpipe.tracking.locking import store_lock
 from nnpipe.tracking.registry import CHAMPION, RUN_ID_TAG, alias_version, get_registered, get_version, version_number
 from nnpipe.tracking.store import client
@@ -160,15 +160,35 @@ def promote_if_better(
     return PromotionDecision(promoted, number, score, champ, champ_score, metric, greater_is_better, reason)
 
 
-def promote(name: str, version: int, reason: str | None = None, actor: str | None = None) -> int | None:
-    """Make ``version`` the champion unconditionally (a human decision); returns the previous champion.
+def promote(
+    name: str, version: int, reason: str | None = None, actor: str | None = None, check: bool = True
+) -> int | None:
+    """Make ``version`` the champion without the gate (a human decision); returns the previous champion.
+
+    Parameters
+    ----------
+    name : str
+    version : int
+    reason : str, optional
+        Kept in the alias history.
+    actor : str, optional
+    check : bool
+        First load the version and predict on its input example (as rollback does).
 
     Raises
     ------
     UnknownModelError, UnknownVersionError
+    NotServableError
+        ``check`` is on and the version cannot load or predict.
     """
     c = client()
     number = version_number(version)
+    get_version(name, number, c)
+    if check and alias_version(name, CHAMPION, c) != number:
+        try:
+            check_servable(name, number)
+        except NotServableError as exc:
+            raise NotServableError(f"refusing to promote: {exc}") from exc
     with store_lock():
         get_version(name, number, c)
         previous = alias_version(name, CHAMPION, c)
@@ -184,7 +204,7 @@ def check_servable(name: str, version: int) -> Any:
 
     Raises
     ------
-    RollbackRefused
+    NotServableError
         If it has no input example, fails to load or to predict, or predicts
         the wrong number of rows or non-finite values.
     """
@@ -192,19 +212,19 @@ def check_servable(name: str, version: int) -> Any:
     try:
         model = mlflow.pyfunc.load_model(uri)
     except Exception as exc:
-        raise RollbackRefused(f"{uri} failed to load: {type(exc).__name__}: {exc}") from exc
+        raise NotServableError(f"{uri} failed to load: {type(exc).__name__}: {exc}") from exc
     example = model.input_example
     if example is None:
-        raise RollbackRefused(f"{uri} has no input example to test a prediction on")
+        raise NotServableError(f"{uri} has no input example to test a prediction on")
     try:
         pred = model.predict(example)
     except Exception as exc:
-        raise RollbackRefused(f"{uri} failed to predict on its input example: {type(exc).__name__}: {exc}") from exc
+        raise NotServableError(f"{uri} failed to predict on its input example: {type(exc).__name__}: {exc}") from exc
     values = np.asarray(pred)
     if len(values) != len(example):
-        raise RollbackRefused(f"{uri} returned {len(values)} predictions for {len(example)} example rows")
+        raise NotServableError(f"{uri} returned {len(values)} predictions for {len(example)} example rows")
     if values.dtype.kind in "fc" and not np.isfinite(values).all():
-        raise RollbackRefused(f"{uri} predicts non-finite values on its input example: {values.tolist()!r}")
+        raise NotServableError(f"{uri} predicts non-finite values on its input example: {values.tolist()!r}")
     return pred
 
 
@@ -243,7 +263,10 @@ def rollback(
     get_version(name, target, c)
     if target == current:
         raise RollbackRefused(f"v{target} of {name!r} is already the champion")
-    check_servable(name, target)
+    try:
+        check_servable(name, target)
+    except NotServableError as exc:
+        raise RollbackRefused(f"refusing to roll back: {exc}") from exc
     with store_lock():
         now = alias_version(name, CHAMPION, c)
         if now != current:

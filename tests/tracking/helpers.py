@@ -60,10 +60,14 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = SERV
     raise TimeoutError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-4000:]}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a server we started (its own process group: uvicorn workers go too)."""
+def stop(proc: subprocess.Popen, graceful: bool = True) -> None:
+    """Stop a server we started (its own process group: uvicorn workers go too).
+
+    A stateless scoring server can simply be killed; the tracking server gets
+    SIGTERM so that it closes its database cleanly.
+    """
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:

@@ -80,7 +80,11 @@ def test_rollback_refuses_a_version_that_cannot_predict(registry):
     before = tracking.alias_version(NAME, "champion")
     result = cli(registry, "rollback", NAME, "--to", str(v3), "--reason", "try v3")
     assert result.exit_code == 1, result.output
-    assert f"models:/{NAME}/{v3} failed to load" in result.output
+    assert f"refusing to roll back: models:/{NAME}/{v3} failed to load" in result.output
+    assert tracking.alias_version(NAME, "champion") == before
+    result = cli(registry, "promote", NAME, str(v3))
+    assert result.exit_code == 1, result.output
+    assert f"refusing to promote: models:/{NAME}/{v3} failed to load" in result.output
     assert tracking.alias_version(NAME, "champion") == before
     assert not any(e["action"] == "rollback" and e["to"] == v3 for e in tracking.alias_history(NAME))
 

@@ -43,4 +43,4 @@ def test_models_serve_answers_invocations_with_champion_predictions(sqlite_store
         got = np.array([[row[str(c)] for c in splits.classes.tolist()] for row in proba])
         np.testing.assert_allclose(got, model.predict_proba(X), rtol=1e-5, atol=1e-6)
     finally:
-        stop(proc)
+        stop(proc, graceful=False)
