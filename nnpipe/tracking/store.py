@@ -13,7 +13,6 @@ For SQLite stores nnpipe keeps artifacts next to the database
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import mlflow

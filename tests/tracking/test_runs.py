@@ -125,3 +125,17 @@ def test_checkpoints_are_logged_for_resuming(sqlite_store, tmp_path):
     assert r.data.params["epochs"] == "2"  # a TrainConfig is logged through its to_dict()
     names = [f.path for f in tracking.client().list_artifacts(run.info.run_id, "checkpoints")]
     assert names == ["checkpoints/round-000010.npz"]
+
+
+def test_champion_stack_walks_back_through_successive_rollbacks():
+    from nnpipe.tracking.history import champion_stack
+
+    def ev(action, to, alias="champion"):
+        return {"alias": alias, "action": action, "to": to}
+
+    events = [ev("gate", 1), ev("register", 2, "candidate"), ev("gate", 2), ev("promote", 3)]
+    assert champion_stack(events) == [1, 2, 3]
+    assert champion_stack(events + [ev("rollback", 2)]) == [1, 2]
+    assert champion_stack(events + [ev("rollback", 2), ev("rollback", 1)]) == [1]
+    # rolling back to a version that never reigned (--to) pushes it
+    assert champion_stack(events + [ev("rollback", 7)]) == [1, 2, 3, 7]
