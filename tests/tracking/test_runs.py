@@ -139,3 +139,25 @@ def test_champion_stack_walks_back_through_successive_rollbacks():
     assert champion_stack(events + [ev("rollback", 2), ev("rollback", 1)]) == [1]
     # rolling back to a version that never reigned (--to) pushes it
     assert champion_stack(events + [ev("rollback", 7)]) == [1, 2, 3, 7]
+
+
+def test_log_model_after_the_run_block_keeps_the_run_finished(sqlite_store, iris_splits):
+    import numpy as np
+
+    from nnpipe.model import Model
+    from nnpipe.modeling import build_spec
+    from nnpipe.network import init_params
+
+    _, splits = iris_splits
+    spec = build_spec("multiclass", 4, 3, (4,))
+    model = Model(spec, init_params(spec, np.random.default_rng(0)), classes=splits.classes,
+                  feature_names=splits.feature_names, mean=splits.mean, scale=splits.scale)
+    with tracking.training_run("exp-late", {}, {}) as run:
+        pass
+    uri = tracking.log_model(run.info.run_id, model, splits.raw_test)
+    assert mlflow.active_run() is None
+    assert tracking.run_status(run.info.run_id) == "FINISHED"
+    assert tracking.register_model(uri, "late-model", run.info.run_id) == 1
+    loaded = mlflow.pyfunc.load_model("models:/late-model@candidate")
+    assert loaded.predict(loaded.input_example).tolist() == model.predict(splits.raw_test[:5]).tolist()
+    assert loaded.metadata.signature.inputs.input_names() == splits.feature_names
