@@ -50,6 +50,11 @@ def default_model_name(dataset_name: str) -> str:
     return "nnpipe-" + re.sub(r"[^A-Za-z0-9_-]+", "-", dataset_name).strip("-").lower()
 
 
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes only) from free text."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
 def mlflow_run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """A browser link to the run: the server's own page, or the page `mlflow ui` will serve for a local store."""
     path = f"#/experiments/{experiment_id}/runs/{run_id}"
@@ -142,7 +147,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     link = mlflow_run_link(uri, result.experiment_id, run_id)
     create_markdown_artifact(
         summary_markdown(result, link, mlflow_ui_command(uri)),
-        key=re.sub(r"[^a-z0-9-]+", "-", f"train-{model_name}".lower())[:100],
+        key=artifact_key("train", model_name),
         description=f"{model_name} v{version}: {'promoted' if result.promoted else 'not promoted'}",
     )
     logger.info("%s version %s: %s (MLflow run %s)", model_name, version, decision.reason, link)

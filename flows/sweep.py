@@ -23,7 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import tasks
 from flows.config import TRAIN_FIELDS, ConfigError, PipelineConfig
-from flows.pipeline import PipelineResult, default_model_name, dask_cluster, mlflow_run_link, mlflow_ui_command, summary_markdown
+from flows.pipeline import PipelineResult, artifact_key, default_model_name, dask_cluster, mlflow_run_link, mlflow_ui_command, summary_markdown
 from nnpipe.data import Splits
 from nnpipe.modeling import train_model
 
@@ -176,7 +176,7 @@ def sweep_flow(config: PipelineConfig = PipelineConfig(), space: dict[str, list[
         summary_markdown(registered, mlflow_run_link(uri, registered.experiment_id, best["run_id"]), mlflow_ui_command(uri))
         + "\n## Trials\n\n| run | params | " + metric + " |\n|---|---|---|\n"
         + "\n".join(f"| `{r['run_id']}` | `{r['params']}` | {r['metrics'][metric]:.4f} |" for r in results),
-        key="sweep-" + default_model_name(ds.name),
+        key=artifact_key("sweep", model_name),
         description=f"sweep of {len(results)} trials; best registered as v{version}",
     )
     return {

@@ -9,7 +9,7 @@ from prefect import flow
 
 from flows import tasks
 from flows.config import build_config
-from flows.pipeline import training_flow
+from flows.pipeline import artifact_key, training_flow
 from flows.sweep import parse_grid, sweep_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -33,7 +33,9 @@ def test_split_is_cached_on_content_and_config():
 def test_sweep_nested_runs_best_registered(mlflow_uri: str):
     from mlflow import MlflowClient
 
-    cfg = build_config(overrides={"epochs": 8, "tracking_uri": mlflow_uri, "hidden": [16], "workers": 2})
+    # breast_cancer: a dataset name with an underscore, which Prefect artifact keys forbid.
+    cfg = build_config(overrides={"dataset": "breast_cancer", "epochs": 8, "tracking_uri": mlflow_uri,
+                                  "hidden": [16], "workers": 2})
     out = sweep_flow(cfg, parse_grid(["lr=0.05,0.0001"]))
     client = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
     parent = client.get_run(out["parent_run_id"])
@@ -42,6 +44,7 @@ def test_sweep_nested_runs_best_registered(mlflow_uri: str):
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
     assert all(len(client.get_metric_history(c.info.run_id, "train/loss")) == 8 for c in children)
     scores = {c.info.run_id: c.data.metrics["test/accuracy"] for c in children}
+    assert out["registered"]["model_name"] == "nnpipe-breast_cancer"
     assert out["best"]["run_id"] == max(scores, key=scores.get)
     champion = client.get_model_version_by_alias(out["registered"]["model_name"], "champion")
     assert champion.run_id == out["best"]["run_id"]
@@ -61,3 +64,8 @@ def test_failed_step_fails_flow_and_run(tmp_path: Path, mlflow_uri: str):
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert [r.info.status for r in runs] == ["FAILED"]
     assert client.search_registered_models() == []
+
+
+def test_artifact_keys_are_what_prefect_accepts():
+    assert artifact_key("sweep", "nnpipe-breast_cancer") == "sweep-nnpipe-breast-cancer"
+    assert artifact_key("train", "My Model.v2") == "train-my-model-v2"
