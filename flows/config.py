@@ -19,6 +19,11 @@ from nnpipe.config import TrainConfig
 
 TRAIN_FIELDS = frozenset(f.name for f in dc_fields(TrainConfig))
 
+# The pipeline trains until validation loss stops improving, so its defaults
+# differ from the library's Keras-like ones: a 100-epoch budget with early
+# stopping serves both a 150-row table and a large one.
+PIPELINE_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 100, "patience": 10}
+
 # Metrics where a smaller value is better; everything else (accuracy, r2) is "greater is better".
 LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse")
 
@@ -45,7 +50,7 @@ class PipelineConfig(BaseModel):
     greater_is_better: bool | None = Field(None, description="Direction of the promotion metric; inferred from its name when unset.")
     scheduler_address: str | None = Field(None, description="Dask scheduler address; unset: a local cluster is started for the run.")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; unset: MLFLOW_TRACKING_URI or sqlite:///mlflow.db.")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation, stopping and distributed coordination.")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(**PIPELINE_TRAIN_DEFAULTS), description="Optimisation, stopping and distributed coordination.")
 
     @field_validator("hidden")
     @classmethod
@@ -141,10 +146,9 @@ def build_config(
     """
     values: dict[str, Any] = split_train_fields(read_config_file(file)) if file else {}
     over = split_train_fields({k: v for k, v in (overrides or {}).items() if v is not None})
-    train = {**values.get("train", {}), **over.pop("train", {})}
+    train = {**PIPELINE_TRAIN_DEFAULTS, **values.get("train", {}), **over.pop("train", {})}
     values.update(over)
-    if train:
-        values["train"] = train
+    values["train"] = train
     try:
         return PipelineConfig.model_validate(values)
     except ValidationError as exc:

@@ -55,6 +55,8 @@ def _quiet_prefect_console(verbose: bool) -> None:
     if not verbose:  # MLflow's INFO chatter and its advice to library authors are not for this user
         import warnings
 
+        import mlflow  # noqa: F401  (its import configures its loggers; set the level after that)
+
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
     for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
