@@ -81,7 +81,12 @@ def run_async(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporte
                 for tr in pool.trainers:
                     served[tr.shard.index] += 1
                 shard = pool.shards[min(served, key=lambda i: (served[i], i))]
-                dispatch(pool.add_trainer(shard, address, "worker_joined", merges_so_far=version))
+                try:
+                    dispatch(pool.add_trainer(shard, address, "worker_joined", merges_so_far=version))
+                except Exception as exc:  # a worker that leaves as it joins must not end the run
+                    pool.lost.add(address)
+                    pool.events.append({"event": "join_failed", "worker": address, "error": repr(exc),
+                                        "time": time.time()})
         for fut in done:
             t, v0, sent_at = inflight.pop(fut)
             try:

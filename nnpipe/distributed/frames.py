@@ -13,6 +13,7 @@ themselves never travel to the driver.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,11 +101,12 @@ def place_frame_shards(client: Any, ddf: dd.DataFrame, n_shards: int, *, feature
     bounds = row_bounds(int(starts[-1]), n_shards)
     build = dask.delayed(frame_shard, pure=True)
     tasks = []
+    run = uuid.uuid4().hex[:8]  # shard keys unique per run: one run's release never touches another's
     for i in range(n_shards):
         lo, hi = int(bounds[i]), int(bounds[i + 1])
         idx = [j for j in range(len(parts)) if starts[j] < hi and starts[j + 1] > lo]
         tasks.append(build([parts[j] for j in idx], [int(starts[j]) for j in idx], lo, hi, features, target,
-                           mean, scale, head, classes, dtype, dask_key_name=f"nnpipe-frame-shard-{i}-{lo}-{hi}"))
+                           mean, scale, head, classes, dtype, dask_key_name=f"nnpipe-frame-shard-{i}-{lo}-{hi}-{run}"))
     futures = client.compute(tasks)  # one graph: a partition shared by two shards is read once
     return shards_from_futures(futures, [int(bounds[i + 1] - bounds[i]) for i in range(n_shards)])
 

@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures as cf
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +115,7 @@ class TrainerPool:
         self.rounds = 0
         self.overhead_s: list[float] = []  # per round: wall time minus the slowest trainer's compute
         self._next_id = 0
+        self._run = uuid.uuid4().hex[:8]  # trainer keys are unique per run, never reused across runs
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self, addresses: list[str]) -> None:
@@ -129,7 +131,7 @@ class TrainerPool:
         fut = self.client.submit(
             ShardTrainer, self.spec_dict, shard.future, self.config, tid, self.n_total,
             ROUND_DELAY_S.get(tid, 0.0), actor=True, workers=[address], allow_other_workers=False,
-            key=f"nnpipe-trainer-{tid}-{shard.future.key}",
+            key=f"nnpipe-trainer-{self._run}-{tid}-shard-{shard.index}",
         )
         return tid, address, fut
 
