@@ -14,7 +14,7 @@ from tests.tracking.helpers import child_env
 
 WORKER = str(Path(__file__).with_name("gate_worker.py"))
 # interleaved so that every ordering of the two processes' gates matters
-SCORES = {"a": [0.50, 0.90, 0.80], "b": [0.60, 0.95, 0.85]}
+SCORES = {"a": [0.50, 0.70, 0.90, 0.80], "b": [0.60, 0.65, 0.95, 0.85]}
 
 
 def test_two_processes_gating_at_once_keep_the_best_champion(store, unique_name, tmp_path):
@@ -31,7 +31,7 @@ def test_two_processes_gating_at_once_keep_the_best_champion(store, unique_name,
         results += json.loads(out.strip().splitlines()[-1])
 
     versions = sorted(r["version"] for r in results)
-    assert versions == list(range(1, 7)), "each registration got its own version"
+    assert versions == list(range(1, 9)), "each registration got its own version"
     score_of = {r["version"]: r["score"] for r in results}
     best = max(score_of, key=score_of.get)
     assert tracking.alias_version(unique_name, "champion") == best
