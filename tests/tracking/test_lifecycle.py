@@ -55,3 +55,9 @@ def test_train_gate_promote_rollback_serves_the_right_weights(store, unique_name
     assert last["actor"] == "oncall" and last["reason"] == "v1 is worse in production" and last["time"]
     candidates = [(e["from"], e["to"]) for e in tracking.alias_history(name, "candidate")]
     assert candidates == [(None, v1), (v1, v2), (v2, v3)]
+
+    # 6. unknown names and versions are clear errors on this store too
+    with pytest.raises(tracking.UnknownModelError, match=f"no registered model named '{name}-x'"):
+        tracking.rollback(f"{name}-x")
+    with pytest.raises(tracking.UnknownVersionError, match=f"model '{name}' has no version 42; versions: \\[1, 2, 3\\]"):
+        tracking.promote_if_better(name, 42)
