@@ -7,11 +7,15 @@ network 64-256-256-10 relu, Adam, float32. Prints:
 - samples/s single-process (BLAS pinned to one thread, like a worker) at the
   per-worker batch (256) and at the sync global batch (2048);
 - samples/s for sync (global batch 2048), local-sgd and async (K=50 and K=10,
-  256 rows per worker per step) with 1 and 2 workers, and the ratio to the
-  matching single-process figure;
+  256 rows per worker per step) with 1 and 2 workers, and the ratio to a
+  single-process epoch at the matching batch measured just before each run;
 - seconds to 0.9 validation accuracy (single-process and each mode, 2 workers);
 - bytes the driver sends and receives per round (payload of the arrays), next
   to the budget ``workers * 2 * param bytes``;
+- efficiency: throughput over the sum of the trainers' own compute rates
+  (1.0 = coordination costs nothing; unlike the ratio, other load on the
+  machine does not move it much), and the parallel ceiling right now: the
+  same step loop on one worker alone and on two at once;
 - coordination overhead per round with 8 workers (rounds of one tiny step, so
   the wall time per round is almost all coordination).
 
@@ -23,6 +27,7 @@ in the same run.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 
@@ -49,6 +54,60 @@ def make_task(n_samples: int):
 
 
 SPEC = NetworkSpec(64, (256, 256), ("relu", "relu"), 10, dtype="float32")
+
+
+def step_loop(seconds: float = 1.5, batch: int = 256) -> float:
+    """Samples/s of plain 256-row training steps for ``seconds`` (runs on a worker via ``client.run``)."""
+    from nnpipe.distributed.worker_fns import ShardTrainer, _keep_step_memory, _pin_blas
+
+    _pin_blas()
+    _keep_step_memory()
+    net = SPEC
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4096, 64)).astype(np.float32)
+    shard = {"X": X, "Y": rng.integers(0, 10, 4096), "lo": 0}
+    trainer = ShardTrainer(net.to_dict(), shard, TrainConfig(batch_size=batch), 0, 4096)
+    theta = init_params(net, 0)
+    trainer.local_round(theta, 5, 1e-3)
+    rows, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        rows += trainer.local_round(theta, 10, 1e-3)[2]
+    return rows / (time.perf_counter() - t0)
+
+
+def parallel_ceiling(client: Client) -> tuple[float, float]:
+    """(one worker alone, both at once summed) samples/s of the same step loop: the most 2 workers can give."""
+    workers = sorted(client.scheduler_info()["workers"])
+    alone = client.run(step_loop, workers=workers[:1])[workers[0]]
+    both = sum(client.run(step_loop, workers=workers[:2]).values())
+    return alone, both
+
+
+class EpochClock:
+    """Callback timing epoch ends; the rate between the first and the last is the steady rate.
+
+    Async rounds straddle epoch ends, so one epoch's own samples/s can over- or
+    under-count; the span from the first epoch end to the last averages that out
+    (and leaves start-up out).
+    """
+
+    def __init__(self, n_rows: int):
+        self.n_rows, self.times = n_rows, []
+
+    def __call__(self, epoch: int, logs: dict) -> None:
+        self.times.append(time.perf_counter())
+
+    def rate(self) -> float:
+        return (len(self.times) - 1) * self.n_rows / (self.times[-1] - self.times[0])
+
+
+def efficiency(rate: float, history: dict) -> float:
+    """Throughput over the sum of the trainers' own compute rates: 1.0 means no coordination cost.
+
+    Robust to other load on the machine, which slows both sides alike.
+    """
+    rates = [float(np.median(v[1:])) for k, v in history.items() if k.startswith("worker/") and len(v) > 1]
+    return rate / sum(rates) if rates else float("nan")
 
 
 def steady_rate(history: dict) -> float:
@@ -90,7 +149,7 @@ def main() -> None:
     ap.add_argument("--skip-accuracy", action="store_true", help="skip the time-to-0.9-accuracy runs")
     args = ap.parse_args()
     n_samples = 40_000 if args.quick else 200_000
-    epochs = 2 if args.quick else 3
+    epochs = 3
     acc_epochs = 3 if args.quick else 12
     Xtr, ytr, Xva, yva = make_task(n_samples)
     theta0 = init_params(SPEC, 0)
@@ -98,40 +157,44 @@ def main() -> None:
           f"{SPEC.n_params} params ({theta0.nbytes} bytes float32), Adam; {os.cpu_count()} cores")
 
     base = dict(optimizer="adam", lr=1e-3, dtype="float32", seed=0)
-    single: dict[int, float] = {}
+    single: dict[int, list[float]] = {256: [], 2048: []}
 
-    def measure_single(when: str) -> None:
-        # The better of the runs is kept: the ratios below are then conservative.
-        with threadpool_limits(1):
-            for batch in (256, 2048):
-                r = fit(SPEC, theta0, Xtr, ytr, TrainConfig(epochs=epochs, batch_size=batch, **base))
-                rate = steady_rate(r.history)
-                single[batch] = max(single.get(batch, 0.0), rate)
-                print(f"single-process batch {batch:5d} ({when}): {rate:10.0f} samples/s")
+    def single_rate(batch: int, n_epochs: int) -> float:
+        with threadpool_limits(1):  # one BLAS thread, like a worker
+            r = fit(SPEC, theta0, Xtr, ytr, TrainConfig(epochs=n_epochs, batch_size=batch, **base))
+        rate = steady_rate(r.history)
+        single[batch].append(rate)
+        return rate
 
-    measure_single("first")
+    for batch in (256, 2048):
+        print(f"single-process batch {batch:5d}: {single_rate(batch, epochs):10.0f} samples/s")
 
     runs = [("sync", dict(batch_size=2048), 2048)]
     for K in (50, 10):
         runs += [("local-sgd", dict(batch_size=256, sync_every=K), 256), ("async", dict(batch_size=256, sync_every=K), 256)]
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        rows = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
+        alone, both = parallel_ceiling(client)
+        print(f"\nparallel ceiling now: one worker {alone:.0f} samples/s, two workers at once {both:.0f} "
+              f"({both / alone:.2f}x; other load on the machine lowers this)")
+        # Each distributed run is paired with a single-process epoch measured just before it,
+        # so that load from other processes shifts both sides of a ratio alike.
+        print("\nratio: against the single-process epoch measured just before, at the matching batch")
+        print(f"{'mode':<10} {'K':>3} {'batch':>6} {'workers':>7} {'samples/s':>11} {'single':>9} {'ratio':>6} "
+              f"{'sent/round':>11} {'recv/round':>11} {'budget':>9} {'coord ms/round':>14} {'efficiency':>10}")
         for mode, kw, ref_batch in runs:
             for workers in (1, 2):
+                ref = single_rate(ref_batch, 1)
                 cfg = TrainConfig(mode=mode, workers=workers, epochs=epochs, **kw, **base)
-                r = fit_distributed(SPEC, theta0, Xtr, ytr, cfg, client=client)
-                rows.append((mode, kw, ref_batch, workers, steady_rate(r.history), r.info))
-
-        measure_single("again, after the distributed runs")
-        print(f"\nratios against the better single-process figure at the matching batch")
-        print(f"{'mode':<10} {'K':>3} {'batch':>6} {'workers':>7} {'samples/s':>11} {'ratio':>6} "
-              f"{'sent/round':>11} {'recv/round':>11} {'budget':>9} {'coord ms/round':>14}")
-        for mode, kw, ref_batch, workers, rate, info in rows:
-            print(f"{mode:<10} {kw.get('sync_every', ''):>3} {kw['batch_size']:>6} {workers:>7} {rate:11.0f} "
-                  f"{rate / single[ref_batch]:6.2f} {info['bytes_sent_per_round']:11.0f} "
-                  f"{info['bytes_received_per_round']:11.0f} {workers * 2 * theta0.nbytes:9d} "
-                  f"{info['coordination_s_per_round'] * 1e3:14.2f}")
+                clock = EpochClock(len(Xtr))
+                r = fit_distributed(SPEC, theta0, Xtr, ytr, cfg, client=client, callbacks=[clock])
+                rate, info = clock.rate(), r.info
+                print(f"{mode:<10} {kw.get('sync_every', ''):>3} {kw['batch_size']:>6} {workers:>7} {rate:11.0f} "
+                      f"{ref:9.0f} {rate / ref:6.2f} {info['bytes_sent_per_round']:11.0f} "
+                      f"{info['bytes_received_per_round']:11.0f} {workers * 2 * theta0.nbytes:9d} "
+                      f"{info['coordination_s_per_round'] * 1e3:14.2f} {efficiency(rate, r.history):10.2f}", flush=True)
+        spread = {b: (min(v), max(v)) for b, v in single.items()}
+        print(f"single-process spread over the run (min, max samples/s): {spread}")
 
         if not args.skip_accuracy:
             print(f"\ntime to 0.9 validation accuracy (at most {acc_epochs} epochs):")
@@ -150,8 +213,8 @@ def main() -> None:
                 print(f"  {mode:<9} 2 workers, K={kw.get('sync_every', '-'):<3} batch {kw['batch_size']:<4}: {fmt_hit(hit.hit)}")
 
     n_small = 8 * 64 * 20
-    with LocalCluster(n_workers=8, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with LocalCluster(n_workers=8, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         client.wait_for_workers(8)
         print("\ncoordination overhead per round, 8 workers (one 8-row step per trainer per round;")
         print("median over rounds of the round's wall time minus its slowest compute):")
