@@ -171,7 +171,7 @@ def main() -> None:
 
     runs = [("sync", dict(batch_size=2048), 2048)]
     for K in (50, 10):
-        runs += [("local-sgd", dict(batch_size=256, sync_every=K), 256), ("async", dict(batch_size=256, sync_every=K), 256)]
+        runs += [(mode, dict(batch_size=256, sync_every=K), 256) for mode in ("local-sgd", "async")]
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         alone, both = parallel_ceiling(client)
@@ -210,7 +210,8 @@ def main() -> None:
                 hit = TimeTo(0.9)
                 cfg = TrainConfig(mode=mode, workers=2, epochs=acc_epochs, **kw, **base)
                 hit.run(fit_distributed, SPEC, theta0, Xtr, ytr, cfg, client=client, validation=(Xva, yva))
-                print(f"  {mode:<9} 2 workers, K={kw.get('sync_every', '-'):<3} batch {kw['batch_size']:<4}: {fmt_hit(hit.hit)}")
+                K = kw.get("sync_every", "-")
+                print(f"  {mode:<9} 2 workers, K={K:<3} batch {kw['batch_size']:<4}: {fmt_hit(hit.hit)}")
 
     n_small = 8 * 64 * 20
     with LocalCluster(n_workers=8, threads_per_worker=1, processes=True, dashboard_address=":0",

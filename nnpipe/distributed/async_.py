@@ -107,7 +107,8 @@ def run_async(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporte
             else:
                 if not np.isfinite(delta).all():
                     raise DivergenceError(f"training diverged: worker {t.address} (trainer {t.id}, shard "
-                                          f"{t.shard.index}) sent a non-finite update at merge {version} (epoch {epoch})")
+                                          f"{t.shard.index}) sent a non-finite update at merge {version} "
+                                          f"(epoch {epoch})")
                 theta += (config.mixing * w) * delta
                 check_finite(theta, f"after merging worker {t.address} (trainer {t.id}) at merge {version} "
                                     f"(epoch {epoch})")
@@ -141,5 +142,4 @@ def run_async(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporte
         if fut.exception() is None:
             pool.record_round(time.perf_counter() - sent_at, pool.received(fut.result())[-1])
     pool.async_info = {"merges_by_trainer": merges_by_trainer, "merges": info_merges}
-    state = pool.received(pool.call(pool.trainers[0], "get_state").result(), per_round=False)["opt"] if pool.trainers else {}
-    return theta, state, epoch
+    return theta, pool.final_opt_state(), epoch

@@ -115,5 +115,4 @@ def run_local_sgd(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, rep
             logs["train/accuracy"] = correct / rows_seen
         if reporter.end_epoch(epoch, theta, logs, trainer_states=lambda: trainer_states(pool)):
             break
-    state = pool.received(pool.call(pool.trainers[0], "get_state").result(), per_round=False)["opt"] if pool.trainers else {}
-    return theta, state, epoch
+    return theta, pool.final_opt_state(), epoch

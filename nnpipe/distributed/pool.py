@@ -21,7 +21,7 @@ import concurrent.futures as cf
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,7 +56,6 @@ class Trainer:
     rounds: int = 0
     rows: int = 0
     busy_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def _payload_bytes(obj: Any) -> int:
@@ -200,9 +199,13 @@ class TrainerPool:
                 load[t.address] += 1
         address = min(live, key=lambda a: (load[a], a))
         new = self.add_trainer(trainer.shard, address, "shard_rebuilt", replaces=trainer.id, where=where)
-        if trainer.extra.get("state") is not None:
-            new.extra["state"] = trainer.extra["state"]
         return new
+
+    def final_opt_state(self) -> dict[str, np.ndarray]:
+        """Trainer 0's optimizer state (for ``FitResult.opt_state``); not round traffic."""
+        if not self.trainers:
+            return {}
+        return self.received(self.call(self.trainers[0], "get_state").result(), per_round=False)["opt"]
 
     def idle_workers(self) -> list[str]:
         """Live workers without a trainer (e.g. joined after the start)."""

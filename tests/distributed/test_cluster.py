@@ -7,11 +7,9 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import distributed
-import numpy as np
 import pytest
 
 from nnpipe.config import TrainConfig
