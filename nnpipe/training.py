@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from nnpipe import checkpoint
 from nnpipe.config import TrainConfig
 from nnpipe.network import Network, NetworkSpec, count_correct
 from nnpipe.optimizers import Optimizer, State, get_optimizer
@@ -119,6 +120,16 @@ class EarlyStopping:
         self.best_theta: np.ndarray | None = None
         self.wait = 0
 
+    def state(self) -> dict:
+        """JSON-serialisable record (the best parameters travel separately, as an array)."""
+        best = None if not np.isfinite(self.best) else float(self.best)
+        return {"best": best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+    def restore(self, state: dict, best_theta: np.ndarray | None) -> None:
+        self.best = np.inf if state["best"] is None else state["best"]
+        self.best_epoch, self.wait = state["best_epoch"], state["wait"]
+        self.best_theta = best_theta
+
     def update(self, epoch: int, value: float, theta: np.ndarray) -> bool:
         """Record ``value`` for ``epoch``; return True when training should stop."""
         if value < self.best:
@@ -181,23 +192,38 @@ def fit(
     opt, schedule = make_optimizer(config)
     theta = np.array(theta, dtype=dtype, copy=True)
     state = opt.init(theta) if opt_state is None else {k: np.array(v, copy=True) for k, v in opt_state.items()}
-    grad = np.empty_like(theta)
-    views, grad_views = net.views(theta), net.views(grad)
     rng = np.random.default_rng(config.seed)
-    batch = min(config.batch_size, n)
-    want_correct = train_metrics and net.head.task != "regression"
     stopper = EarlyStopping(config.patience, config.restore_best)
     history: dict[str, list[float]] = {}
-    epoch = 0
-    for epoch in range(config.epochs):
+    start = 0
+    resumed = checkpoint.load_latest(config.checkpoint_dir) if config.checkpoint_dir else None
+    if resumed is not None:
+        arrays, meta = resumed
+        if meta.get("mode") != "single" or arrays["theta"].shape != theta.shape:
+            raise ValueError(
+                f"checkpoint {meta['path']} is for mode {meta.get('mode')!r} with {arrays['theta'].shape[0]} "
+                f"parameters; this run is mode 'single' with {theta.size}"
+            )
+        theta = arrays["theta"].astype(dtype)
+        state = {k: np.array(v, copy=True) for k, v in arrays["opt"].items()}
+        rng.bit_generator.state = meta["rng"]
+        history = {k: list(v) for k, v in meta["history"].items()}
+        stopper.restore(meta["stopper"], arrays.get("best_theta"))
+        start = meta["epoch"] + 1
+    grad = np.empty_like(theta)
+    views, grad_views = net.views(theta), net.views(grad)
+    batch = min(config.batch_size, n)
+    want_correct = train_metrics and net.head.task != "regression"
+    epoch = start - 1
+    for epoch in range(start, config.epochs):
         lr = schedule(epoch)
         t0 = time.perf_counter()
         perm = rng.permutation(n)
         Xs, Ys = X[perm], Y[perm]
         total_loss = 0.0
         correct = 0
-        for start in range(0, n, batch):
-            Xb, Yb = Xs[start : start + batch], Ys[start : start + batch]
+        for begin in range(0, n, batch):
+            Xb, Yb = Xs[begin : begin + batch], Ys[begin : begin + batch]
             loss, c = net.step_views(views, grad_views, Xb, Yb, config.l2, want_correct)
             total_loss += loss * len(Xb)
             correct += c
@@ -216,8 +242,15 @@ def fit(
         append_logs(history, logs)
         for cb in callbacks:
             cb(epoch, logs)
-        monitored = logs.get("val/loss", logs["train/loss"])
-        if stopper.update(epoch, monitored, theta):
+        stop = stopper.update(epoch, logs.get("val/loss", logs["train/loss"]), theta)
+        if config.checkpoint_every and config.checkpoint_dir and (epoch + 1) % config.checkpoint_every == 0:
+            checkpoint.save(
+                config.checkpoint_dir, epoch,
+                arrays={"theta": theta, "opt": state, "best_theta": stopper.best_theta},
+                meta={"mode": "single", "rng": rng.bit_generator.state, "history": history,
+                      "stopper": stopper.state(), "config": config.to_dict()},
+            )
+        if stop:
             break
     stopped = stopper.patience is not None and epoch + 1 < config.epochs
     if stopper.best_theta is not None:
@@ -226,8 +259,8 @@ def fit(
         theta=theta,
         opt_state=state,
         history=history,
-        epochs_run=epoch + 1,
+        epochs_run=len(history.get("train/loss", [])),
         best_epoch=stopper.best_epoch,
         stopped_early=stopped,
-        info={"mode": "single", "workers": 1},
+        info={"mode": "single", "workers": 1, "resumed_from": None if resumed is None else resumed[1]["path"]},
     )

@@ -111,3 +111,30 @@ def test_config_errors_quote_the_value():
         TrainConfig(mode="turbo")
     with pytest.raises(ValueError, match="activation"):
         NetworkSpec(3, (4,), ("swish",), 2)
+
+
+def test_checkpoint_resume_continues_exactly(blobs, tmp_path):
+    """A run stopped after epoch 2 and resumed from its checkpoint ends where an uninterrupted run ends."""
+    X, y = blobs
+    spec = NetworkSpec(5, (16,), ("relu",), 3)
+    theta0 = init_params(spec, 0)
+    full = fit(spec, theta0, X, y, TrainConfig(epochs=6, seed=1))
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_3(epoch, logs):
+        if epoch == 3:
+            raise Crash()
+
+    cfg = TrainConfig(epochs=6, seed=1, checkpoint_every=1, checkpoint_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(Crash):
+        fit(spec, theta0, X, y, cfg, callbacks=[crash_at_3])
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir())[-1] == "ckpt-000002.npz"
+    resumed = fit(spec, theta0, X, y, cfg)
+    assert resumed.info["resumed_from"].endswith("ckpt-000002.npz")
+    assert resumed.theta.tobytes() == full.theta.tobytes()
+    assert resumed.history["train/loss"] == pytest.approx(full.history["train/loss"])
+    assert resumed.epochs_run == 6
+    with np.load(tmp_path / "ckpt" / "ckpt-000005.npz", allow_pickle=False) as z:
+        assert {"theta", "opt/m", "opt/v", "opt/t"} <= set(z.files)
