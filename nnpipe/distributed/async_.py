@@ -76,7 +76,7 @@ def run_async(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporte
         done, _ = cf.wait(inflight, timeout=JOIN_CHECK_S, return_when=cf.FIRST_COMPLETED)
         if time.monotonic() - last_join_check >= JOIN_CHECK_S:
             last_join_check = time.monotonic()
-            for address in pool.idle_workers():
+            for address in pool.joined_workers():
                 served = {s.index: 0 for s in pool.shards}
                 for tr in pool.trainers:
                     served[tr.shard.index] += 1

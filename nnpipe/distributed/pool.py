@@ -114,11 +114,15 @@ class TrainerPool:
         self.rounds = 0
         self.overhead_s: list[float] = []  # per round: wall time minus the slowest trainer's compute
         self._next_id = 0
+        self.known: set[str] = set()
         self._run = uuid.uuid4().hex[:8]  # trainer keys are unique per run, never reused across runs
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self, addresses: list[str]) -> None:
         """One trainer per shard, shard ``i`` on ``addresses[i % len(addresses)]``."""
+        # Workers already there and not chosen (config.workers < cluster size) stay
+        # out of this run; only workers that join later count as new capacity.
+        self.known = set(self.live_workers()) | set(addresses)
         futs = [self._submit(shard, addresses[i % len(addresses)]) for i, shard in enumerate(self.shards)]
         for shard, (tid, addr, fut) in zip(self.shards, futs):
             fut.result(timeout=120)
@@ -207,10 +211,11 @@ class TrainerPool:
             return {}
         return self.received(self.call(self.trainers[0], "get_state").result(), per_round=False)["opt"]
 
-    def idle_workers(self) -> list[str]:
-        """Live workers without a trainer (e.g. joined after the start)."""
-        busy = {t.address for t in self.trainers}
-        return [a for a in self.live_workers() if a not in busy]
+    def joined_workers(self) -> list[str]:
+        """Live workers that joined the cluster after this run started; each is reported once."""
+        new = [a for a in self.live_workers() if a not in self.known]
+        self.known.update(new)
+        return new
 
     def per_worker_logs(self) -> dict[str, float]:
         """``worker/<trainer id>/samples_per_s`` over the busy time since the last call, then reset."""

@@ -96,3 +96,15 @@ def test_async_divergence_names_merge_and_worker(client, data):
     cfg = TrainConfig(mode="async", optimizer="sgd", lr=1e25, sync_every=3, batch_size=50, epochs=2, dtype="float32")
     with pytest.raises(DivergenceError, match=r"worker tcp://\S+ \(trainer \d.*merge \d+"):
         fit_distributed(spec, theta0, X, y, cfg, client=client)
+
+
+def test_async_uses_only_the_workers_asked_for(client, data):
+    X, y = data
+    spec, theta0 = small_net("float32")
+    pool.ROUND_DELAY_S[0] = 0.01  # a run of ~1.5 s: long enough for the loop to look for new workers
+    cfg = TrainConfig(mode="async", workers=1, sync_every=5, batch_size=32, epochs=8, lr=0.01, dtype="float32")
+    out = fit_distributed(spec, theta0, np.tile(X, (4, 1)), np.tile(y, 4), cfg, client=client)
+    # The session cluster has two workers; the idle one was there from the start, so it is not a joiner.
+    assert out.info["workers"] == 1
+    assert set(out.info["merges_by_trainer"]) == {0}
+    assert not [e for e in out.info["events"] if e["event"] == "worker_joined"]
