@@ -22,7 +22,9 @@ TRAIN_FIELDS = frozenset(f.name for f in dc_fields(TrainConfig))
 # The pipeline trains until validation loss stops improving, so its defaults
 # differ from the library's Keras-like ones: a 100-epoch budget with early
 # stopping serves both a 150-row table and a large one.
-PIPELINE_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 100, "patience": 10}
+# Checkpoints every 10 epochs are logged to the MLflow run, so any run (a
+# failed one too) can be resumed with ``resume_from``.
+PIPELINE_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 100, "patience": 10, "checkpoint_every": 10}
 
 # Metrics where a smaller value is better; everything else (accuracy, r2) is "greater is better".
 LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse")
@@ -50,6 +52,7 @@ class PipelineConfig(BaseModel):
     greater_is_better: bool | None = Field(None, description="Direction of the promotion metric; inferred from its name when unset.")
     scheduler_address: str | None = Field(None, description="Dask scheduler address; unset: a local cluster is started for the run.")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; unset: MLFLOW_TRACKING_URI or sqlite:///mlflow.db.")
+    resume_from: str | None = Field(None, description="MLflow run id whose logged checkpoints this run continues from.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(**PIPELINE_TRAIN_DEFAULTS), description="Optimisation, stopping and distributed coordination.")
 
     @field_validator("hidden")

@@ -128,7 +128,8 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         lineage = tracking.run_tags(ds.name, ds.content_hash, address,
                                     train_cfg.workers if config.distributed else None)
         tracking.set_run_tags(run_id, lineage)
-        model, fit = tasks.train(splits, train_cfg, config.hidden, config.activation, address, run_id)
+        model, fit = tasks.train(splits, train_cfg, config.hidden, config.activation, address, run_id,
+                                 resume_from=config.resume_from)
         metrics = tasks.evaluate(model, splits)
         model_name = config.model_name or default_model_name(ds.name)
         model_uri, version = tasks.log_and_register(run_id, model, fit, train_cfg, splits, metrics, model_name, lineage)

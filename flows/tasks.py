@@ -8,6 +8,8 @@ retry cannot change.
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 import threading
 from contextlib import contextmanager
 from datetime import timedelta
@@ -136,6 +138,7 @@ def train(
     address: str | None = None,
     run_id: str | None = None,
     label: str = "",
+    resume_from: str | None = None,
 ) -> tuple[Model, FitResult]:
     """Train on the configured Dask cluster (or in-process for ``single``), logging every epoch/round."""
     from nnpipe import tracking
@@ -152,13 +155,32 @@ def train(
         callbacks.insert(0, tracking.metrics_callback(run_id))
     logger.info("%straining mode=%s workers=%s on %s", prefix, config.mode,
                 1 if config.mode == "single" else config.workers, address or "this process")
-    model, result = train_model(
-        splits, config, hidden=tuple(hidden), activation=activation, callbacks=callbacks,
-        address=address if config.mode != "single" else None,
-        metadata={"mlflow_run_id": run_id} if run_id else None,
-    )
+    with _checkpoint_dir(config) as ckpt_dir:
+        config = dataclasses.replace(config, checkpoint_dir=ckpt_dir)
+        if resume_from:
+            n = tracking.fetch_checkpoints(resume_from, ckpt_dir)
+            logger.info("%sresuming from %d checkpoint file(s) of MLflow run %s", prefix, n, resume_from)
+        try:
+            model, result = train_model(
+                splits, config, hidden=tuple(hidden), activation=activation, callbacks=callbacks,
+                address=address if config.mode != "single" else None,
+                metadata={"mlflow_run_id": run_id} if run_id else None,
+            )
+        finally:  # a failed run's checkpoints are what a resumed run needs most
+            if run_id and config.checkpoint_every:
+                tracking.log_checkpoints(run_id, ckpt_dir)
     logger.info("%strained %d %ss%s", prefix, result.epochs_run, unit, " (stopped early)" if result.stopped_early else "")
     return model, result
+
+
+@contextmanager
+def _checkpoint_dir(config: TrainConfig) -> Iterator[str]:
+    """The configured checkpoint directory, or a scratch one removed once its files are logged."""
+    if config.checkpoint_dir:
+        yield config.checkpoint_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="nnpipe-ckpt-") as tmp:
+        yield tmp
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

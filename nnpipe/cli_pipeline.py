@@ -155,10 +155,11 @@ def register(app: typer.Typer) -> None:
         model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model name (default nnpipe-<dataset>)."),
         scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS", help="Dask scheduler address; default: a local cluster for this run."),
         config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="TOML or YAML file with any of these settings; flags override it."),
+        resume_from: Optional[str] = typer.Option(None, "--resume-from", metavar="RUN_ID", help="Continue from the checkpoints an earlier MLflow run logged."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Prefect's log lines."),
     ) -> None:
         """Train, evaluate, register and gate one model (a Prefect flow; MLflow at ./mlflow.db by default)."""
-        overrides = {
+        overrides = {"resume_from": resume_from,
             "dataset": dataset, "target": target, "hidden": _parse_hidden(hidden), "activation": activation,
             "optimizer": optimizer, "lr": lr, "epochs": epochs, "batch_size": batch_size, "mode": mode,
             "workers": workers, "sync_every": sync_every, "max_staleness": max_staleness, "seed": seed,

@@ -28,7 +28,7 @@ from nnpipe.tracking.errors import (
 from nnpipe.tracking.history import alias_history, default_actor, previous_champion
 from nnpipe.tracking.lineage import git_revision, run_tags
 from nnpipe.tracking.locking import lock_path, store_lock
-from nnpipe.tracking.plots import log_checkpoints, log_training_artifacts
+from nnpipe.tracking.plots import fetch_checkpoints, log_checkpoints, log_training_artifacts
 from nnpipe.tracking.promotion import PromotionDecision, check_servable, promote, promote_if_better, rollback
 from nnpipe.tracking.pyfunc import NnpipePyfunc, log_model
 from nnpipe.tracking.registry import (
@@ -75,6 +75,7 @@ __all__ = [
     "git_revision",
     "list_versions",
     "lock_path",
+    "fetch_checkpoints",
     "log_checkpoints",
     "log_final_metrics",
     "log_model",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -157,3 +158,30 @@ def log_checkpoints(run_id: str, checkpoint_dir: str | os.PathLike | None) -> bo
         return False
     client().log_artifacts(run_id, str(checkpoint_dir), artifact_path="checkpoints")
     return True
+
+
+def fetch_checkpoints(run_id: str, checkpoint_dir: str | os.PathLike) -> int:
+    """Download the ``checkpoints/`` artefacts of ``run_id`` into ``checkpoint_dir``; returns how many files.
+
+    Raises
+    ------
+    TrackingError
+        If the run logged no checkpoints (nothing to resume from).
+    """
+    from nnpipe.tracking.errors import TrackingError
+
+    c = client()
+    try:
+        c.get_run(run_id)
+    except Exception as exc:
+        raise TrackingError(f"cannot resume: no MLflow run {run_id!r} in this store ({exc})") from None
+    files = [f for f in c.list_artifacts(run_id, "checkpoints") if not f.is_dir]
+    if not files:
+        raise TrackingError(f"cannot resume: run {run_id!r} logged no checkpoints")
+    dest = Path(checkpoint_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(c.download_artifacts(run_id, "checkpoints", tmp))
+        for f in local.iterdir():
+            shutil.copy2(f, dest / f.name)
+    return len(files)

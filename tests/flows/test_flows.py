@@ -69,3 +69,23 @@ def test_failed_step_fails_flow_and_run(tmp_path: Path, mlflow_uri: str):
 def test_artifact_keys_are_what_prefect_accepts():
     assert artifact_key("sweep", "nnpipe-breast_cancer") == "sweep-nnpipe-breast-cancer"
     assert artifact_key("train", "My Model.v2") == "train-my-model-v2"
+
+
+def test_run_logs_checkpoints_and_a_later_run_resumes_from_them(mlflow_uri: str):
+    from mlflow import MlflowClient
+
+    first = training_flow(build_config(overrides={
+        "tracking_uri": mlflow_uri, "epochs": 20, "patience": 100, "checkpoint_every": 5, "hidden": [8]}))
+    client = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
+    logged = sorted(f.path for f in client.list_artifacts(first["run_id"], "checkpoints"))
+    assert logged == [f"checkpoints/ckpt-{e:06d}.npz" for e in (4, 9, 14, 19)]
+
+    second = training_flow(build_config(overrides={
+        "tracking_uri": mlflow_uri, "epochs": 30, "patience": 100, "checkpoint_every": 5, "hidden": [8],
+        "resume_from": first["run_id"]}))
+    steps = [m.step for m in client.get_metric_history(second["run_id"], "train/loss")]
+    assert steps == list(range(20, 30))  # epochs 0-19 came from the first run's last checkpoint
+    assert client.get_run(second["run_id"]).info.status == "FINISHED"
+
+    with pytest.raises(Exception, match="logged no checkpoints|no MLflow run"):
+        training_flow(build_config(overrides={"tracking_uri": mlflow_uri, "resume_from": "0" * 32}))
