@@ -47,9 +47,7 @@ class Reporter:
                 f"parameters; this run is mode {self.mode!r} with {self.spec.n_params}"
             )
         self.history = {k: list(v) for k, v in state["history"].items()}
-        st = state["stopper"]
-        self.stopper.best, self.stopper.best_epoch, self.stopper.wait = st["best"], st["best_epoch"], st["wait"]
-        self.stopper.best_theta = state["best_theta"]
+        self.stopper.restore(state["stopper"], state["best_theta"])
         self.start_epoch = int(state["epoch"]) + 1
         self.resumed_from = state["path"]
         log.info("resuming %s training from %s (epoch %d)", self.mode, state["path"], self.start_epoch)
@@ -72,11 +70,10 @@ class Reporter:
         every = self.config.checkpoint_every
         if every and self.config.checkpoint_dir and (epoch + 1) % every == 0:
             states = trainer_states() if callable(trainer_states) else trainer_states
-            st = self.stopper
             ckpt.save(self.config.checkpoint_dir, epoch, theta=theta, opt_state=opt_state, trainer_states=states,
                       meta={"mode": self.mode, "history": self.history, "config": self.config.to_dict(),
-                            "stopper": {"best": float(st.best), "best_epoch": st.best_epoch, "wait": st.wait}},
-                      best_theta=st.best_theta)
+                            "stopper": self.stopper.state()},
+                      best_theta=self.stopper.best_theta)
         for cb in self.callbacks:
             cb(epoch, logs)
         return stop

@@ -11,7 +11,7 @@ import pytest
 
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed, worker_addresses
-from nnpipe.distributed.checkpoint import latest_path
+from nnpipe.checkpoint import latest_path
 from nnpipe.training import fit
 from tests.distributed.helpers import local_cluster, rel_diff, small_net
 
