@@ -22,9 +22,17 @@ from nnpipe.activations import sigmoid
 class Head(NamedTuple):
     task: str  # "multiclass", "binary" or "regression"
     forward: Callable[[np.ndarray], np.ndarray]
-    loss: Callable[[np.ndarray, np.ndarray], float]
+    # row_stat(P, Y) -> (n_samples,): what each row contributes to the loss, before
+    # the costly part (the log); loss_from_stats turns any number of rows into the
+    # mean loss. Split so a training loop can defer the log to once per epoch.
+    row_stat: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    loss_from_stats: Callable[[np.ndarray], float]
     # delta(P, Y) -> dZ for the *mean* loss; it may overwrite P.
     delta: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+    def loss(self, P: np.ndarray, Y: np.ndarray) -> float:
+        """Mean loss of predictions ``P`` against encoded targets ``Y``."""
+        return self.loss_from_stats(self.row_stat(P, Y))
 
 
 _EPS = {np.dtype(np.float32): float(np.finfo(np.float32).eps), np.dtype(np.float64): float(np.finfo(np.float64).eps)}
@@ -52,10 +60,16 @@ def _softmax(Z: np.ndarray) -> np.ndarray:
     return Z
 
 
-def _cross_entropy(P: np.ndarray, y: np.ndarray) -> float:
-    p_true = P[_rows(len(y)), y]
-    np.maximum(p_true, _eps(P), out=p_true)
-    return -float(np.add.reduce(np.log(p_true, out=p_true))) / len(y)
+def _true_class_probability(P: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return P[_rows(len(y)), y]
+
+
+def _negative_mean_log(p_true: np.ndarray) -> float:
+    """Cross-entropy from each row's probability of its true label (clipped away from 0)."""
+    if len(p_true) == 0:
+        return float("nan")
+    p = np.maximum(p_true, _eps(p_true))
+    return -float(np.add.reduce(np.log(p, out=p))) / len(p)
 
 
 def _cross_entropy_delta(P: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -64,10 +78,9 @@ def _cross_entropy_delta(P: np.ndarray, y: np.ndarray) -> np.ndarray:
     return P
 
 
-def _binary_cross_entropy(P: np.ndarray, Y: np.ndarray) -> float:
-    eps = _eps(P)
-    Pc = np.clip(P, eps, 1 - eps)
-    return float(-(Y * np.log(Pc) + (1 - Y) * np.log1p(-Pc)).mean())
+def _true_label_probability(P: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    # Binary cross-entropy per row is -log of the probability given to the true label.
+    return np.where(Y > 0.5, P, 1 - P)[:, 0]
 
 
 def _binary_cross_entropy_delta(P: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -76,9 +89,13 @@ def _binary_cross_entropy_delta(P: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return P
 
 
-def _mse(P: np.ndarray, Y: np.ndarray) -> float:
+def _row_squared_error(P: np.ndarray, Y: np.ndarray) -> np.ndarray:
     diff = P - Y
-    return float(np.mean(diff * diff))
+    return np.mean(diff * diff, axis=1)
+
+
+def _mean(stats: np.ndarray) -> float:
+    return float(np.mean(stats)) if len(stats) else float("nan")
 
 
 def _mse_delta(P: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -88,9 +105,9 @@ def _mse_delta(P: np.ndarray, Y: np.ndarray) -> np.ndarray:
 
 
 HEADS: dict[str, Head] = {
-    "softmax": Head("multiclass", _softmax, _cross_entropy, _cross_entropy_delta),
-    "sigmoid": Head("binary", sigmoid, _binary_cross_entropy, _binary_cross_entropy_delta),
-    "identity": Head("regression", lambda Z: Z, _mse, _mse_delta),
+    "softmax": Head("multiclass", _softmax, _true_class_probability, _negative_mean_log, _cross_entropy_delta),
+    "sigmoid": Head("binary", sigmoid, _true_label_probability, _negative_mean_log, _binary_cross_entropy_delta),
+    "identity": Head("regression", lambda Z: Z, _row_squared_error, _mean, _mse_delta),
 }
 
 # Names people coming from Keras use for the same pairs.

@@ -171,6 +171,13 @@ class Network:
         self.acts = [get_activation(a) for a in spec.activations]
         self.head = get_head(spec.head)
         self.dtype = np.dtype(spec.dtype)
+        self._ones = np.ones(0, dtype=self.dtype)
+
+    def _ones_for(self, n: int) -> np.ndarray:
+        # Bias gradients as ones @ dZ: a gemv, cheaper than a reduction along axis 0.
+        if len(self._ones) < n:
+            self._ones = np.ones(n, dtype=self.dtype)
+        return self._ones[:n]
 
     def views(self, flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         return layer_views(self.spec, flat)
@@ -230,11 +237,18 @@ class Network:
         Y: np.ndarray,
         l2: float = 0.0,
         want_correct: bool = False,
+        row_stats: np.ndarray | None = None,
     ) -> tuple[float, int]:
         """Forward and backward pass on precomputed views (the training hot path).
 
         Writes the gradient into ``grad_views`` and returns the batch's mean loss
         and, when ``want_correct``, the number of correctly classified rows.
+
+        With ``row_stats`` (shape (n_samples,)) each row's loss statistic is
+        written there instead and the returned loss is only the L2 term: the
+        caller turns a whole epoch of rows into its loss with one
+        ``head.loss_from_stats`` call, saving a log and a reduction per step
+        (a tenth of a step for small networks).
         """
         # np.dot rather than @: both call BLAS gemm, but dot's dispatch is about
         # 0.5 us cheaper, which shows for small layers and batches.
@@ -249,14 +263,19 @@ class Network:
         Z = np.dot(A, W)
         Z += b
         P = self.head.forward(Z)
-        loss = self.head.loss(P, Y)
+        if row_stats is None:
+            loss = self.head.loss(P, Y)
+        else:
+            row_stats[...] = self.head.row_stat(P, Y)
+            loss = 0.0
         correct = count_correct(self.head.task, P, Y) if want_correct else 0
         dZ = self.head.delta(P, Y)
+        ones = self._ones_for(len(X))
         for layer in range(len(views) - 1, -1, -1):
             W, _ = views[layer]
             gW, gb = grad_views[layer]
             np.dot(inputs[layer].T, dZ, out=gW)
-            np.add.reduce(dZ, axis=0, out=gb)
+            np.dot(ones, dZ, out=gb)
             if l2:
                 gW += l2 * W
             if layer:
