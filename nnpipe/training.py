@@ -12,7 +12,6 @@ from typing import Callable
 
 import numpy as np
 
-from nnpipe import checkpoint
 from nnpipe.config import TrainConfig
 from nnpipe.network import Network, NetworkSpec, count_correct
 from nnpipe.optimizers import Optimizer, State, get_optimizer
@@ -189,34 +188,25 @@ def fit(
     n = len(X)
     if n == 0:
         raise ValueError("cannot train on 0 rows")
+    from nnpipe.reporting import Reporter  # it builds on this module's pieces
+
     opt, schedule = make_optimizer(config)
     theta = np.array(theta, dtype=dtype, copy=True)
     state = opt.init(theta) if opt_state is None else {k: np.array(v, copy=True) for k, v in opt_state.items()}
     rng = np.random.default_rng(config.seed)
-    stopper = EarlyStopping(config.patience, config.restore_best)
-    history: dict[str, list[float]] = {}
-    start = 0
-    resumed = checkpoint.load_latest(config.checkpoint_dir) if config.checkpoint_dir else None
+    reporter = Reporter(spec, config, validation, callbacks, "single")
+    resumed = reporter.resume()
     if resumed is not None:
         arrays, meta = resumed
-        if meta.get("mode") != "single" or arrays["theta"].shape != theta.shape:
-            raise ValueError(
-                f"checkpoint {meta['path']} is for mode {meta.get('mode')!r} with {arrays['theta'].shape[0]} "
-                f"parameters; this run is mode 'single' with {theta.size}"
-            )
         theta = arrays["theta"].astype(dtype)
         state = {k: np.array(v, copy=True) for k, v in arrays["opt"].items()}
         rng.bit_generator.state = meta["rng"]
-        history = {k: list(v) for k, v in meta["history"].items()}
-        stopper.restore(meta["stopper"], arrays.get("best_theta"))
-        start = meta["epoch"] + 1
     grad = np.empty_like(theta)
     views, grad_views = net.views(theta), net.views(grad)
     row_stats = np.empty(n, dtype=dtype)
     batch = min(config.batch_size, n)
     want_correct = train_metrics and net.head.task != "regression"
-    epoch = start - 1
-    for epoch in range(start, config.epochs):
+    for epoch in range(reporter.start_epoch, config.epochs):
         lr = schedule(epoch)
         t0 = time.perf_counter()
         perm = rng.permutation(n)
@@ -237,34 +227,10 @@ def fit(
         logs = {"train/loss": train_loss, "lr": lr, "train/samples_per_s": n / elapsed}
         if want_correct:
             logs["train/accuracy"] = correct / n
-        if not np.isfinite(logs["train/loss"]):
-            raise DivergenceError(f"training diverged: train loss is {logs['train/loss']} at epoch {epoch}")
-        check_finite(theta, f"after epoch {epoch}")
-        if validation is not None:
-            for key, value in evaluate_arrays(net, theta, *validation).items():
-                logs[f"val/{key}"] = value
-        append_logs(history, logs)
-        for cb in callbacks:
-            cb(epoch, logs)
-        stop = stopper.update(epoch, logs.get("val/loss", logs["train/loss"]), theta)
-        if config.checkpoint_every and config.checkpoint_dir and (epoch + 1) % config.checkpoint_every == 0:
-            checkpoint.save(
-                config.checkpoint_dir, epoch,
-                arrays={"theta": theta, "opt": state, "best_theta": stopper.best_theta},
-                meta={"mode": "single", "rng": rng.bit_generator.state, "history": history,
-                      "stopper": stopper.state(), "config": config.to_dict()},
-            )
+        if np.isfinite(train_loss):
+            check_finite(theta, f"after epoch {epoch}")
+        stop = reporter.end_epoch(epoch, theta, logs, arrays={"opt": state},
+                                  meta=lambda: {"rng": rng.bit_generator.state})
         if stop:
             break
-    stopped = stopper.patience is not None and epoch + 1 < config.epochs
-    if stopper.best_theta is not None:
-        theta = stopper.best_theta
-    return FitResult(
-        theta=theta,
-        opt_state=state,
-        history=history,
-        epochs_run=len(history.get("train/loss", [])),
-        best_epoch=stopper.best_epoch,
-        stopped_early=stopped,
-        info={"mode": "single", "workers": 1, "resumed_from": None if resumed is None else resumed[1]["path"]},
-    )
+    return reporter.result(theta, state, {"mode": "single", "workers": 1})

@@ -1,54 +1,39 @@
-"""Checkpoints of a distributed run, stored with :mod:`nnpipe.checkpoint` (no pickle).
+"""What a distributed loop adds to a checkpoint (saved by :mod:`nnpipe.reporting`, no pickle).
 
-A checkpoint holds the global parameters, the driver's optimizer state (sync),
-every trainer's optimizer state and stream position (local-sgd, async), the
-epoch, the history, the early-stopping record and the config. Each trainer's
-arrays go under ``trainers/<id>/opt/...``; its random-stream state (plain
-ints) and position go into the JSON part.
+Besides the global parameters and the early-stopping record that every loop
+saves, a distributed checkpoint holds the driver's optimizer state (sync) and
+every trainer's optimizer state and stream position (local-sgd, async). Each
+trainer's arrays go under ``trainers/<id>/opt/...``; its random-stream state
+(plain ints) and position go into the JSON part.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nnpipe import checkpoint as core
 
-
-def save(directory: str | os.PathLike, epoch: int, *, theta: np.ndarray, opt_state: dict[str, np.ndarray] | None,
-         trainer_states: dict[int, dict[str, Any]] | None, meta: dict[str, Any],
-         best_theta: np.ndarray | None = None) -> Path:
-    """Write ``ckpt-<epoch>.npz`` into ``directory``; returns its path.
+def pack(opt_state: dict[str, np.ndarray] | None,
+         trainer_states: dict[int, dict[str, Any]] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(arrays, meta)`` for :meth:`nnpipe.reporting.Reporter.end_epoch`.
 
     Parameters
     ----------
-    theta : ndarray of shape (n_params,)
     opt_state : dict of ndarray, optional
         The driver's optimizer state (``sync``).
     trainer_states : dict of int to dict, optional
         Per shard: ``ShardTrainer.get_state()`` output (``opt`` arrays, ``pass_rng``, ``pos``, ``started``).
-    meta : dict
-        JSON-serialisable facts (mode, history, early stopping, config).
     """
     trainers = trainer_states or {}
-    arrays = {
-        "theta": theta, "best_theta": best_theta, "opt": opt_state or {},
-        "trainers": {str(i): {"opt": s["opt"]} for i, s in trainers.items()},
-    }
-    streams = {str(i): {k: v for k, v in s.items() if k != "opt"} for i, s in trainers.items()}
-    return core.save(directory, epoch, arrays, {**meta, "trainers": streams})
+    arrays = {"opt": opt_state or {}, "trainers": {str(i): {"opt": s["opt"]} for i, s in trainers.items()}}
+    meta = {"trainers": {str(i): {k: v for k, v in s.items() if k != "opt"} for i, s in trainers.items()}}
+    return arrays, meta
 
 
-def load_latest(directory: str | os.PathLike | None) -> dict[str, Any] | None:
-    """The newest checkpoint as one dict: ``theta``, ``best_theta``, ``opt_state``, ``trainer_states``, meta fields."""
-    found = core.load_latest(directory)
-    if found is None:
-        return None
-    arrays, meta = found
-    streams = meta.pop("trainers", {})
+def unpack(arrays: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """A loaded checkpoint as one dict: ``theta``, ``opt_state``, ``trainer_states`` and the meta fields."""
+    streams = meta.get("trainers", {})
     trainers = arrays.get("trainers", {})
     return {
         **meta,

@@ -95,7 +95,7 @@ def test_core_imports_no_dask_mlflow_or_prefect():
     code = textwrap.dedent(
         """
         import sys
-        import nnpipe, nnpipe.keras, nnpipe.model, nnpipe.training, nnpipe.modeling, nnpipe.data
+        import nnpipe, nnpipe.keras, nnpipe.model, nnpipe.training, nnpipe.reporting, nnpipe.checkpoint, nnpipe.modeling, nnpipe.data
         bad = sorted(m for m in sys.modules if m.split('.')[0] in {'dask', 'distributed', 'mlflow', 'prefect'})
         print(bad)
         """

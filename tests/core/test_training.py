@@ -114,7 +114,7 @@ def test_config_errors_quote_the_value():
 
 
 def test_checkpoint_resume_continues_exactly(blobs, tmp_path):
-    """A run stopped after epoch 2 and resumed from its checkpoint ends where an uninterrupted run ends."""
+    """A run that crashes after epoch 2's checkpoint resumes from it and ends where an uninterrupted run ends."""
     X, y = blobs
     spec = NetworkSpec(5, (16,), ("relu",), 3)
     theta0 = init_params(spec, 0)
@@ -123,13 +123,13 @@ def test_checkpoint_resume_continues_exactly(blobs, tmp_path):
     class Crash(Exception):
         pass
 
-    def crash_at_3(epoch, logs):
-        if epoch == 3:
+    def crash_at_2(epoch, logs):  # callbacks run after the epoch's checkpoint is saved
+        if epoch == 2:
             raise Crash()
 
     cfg = TrainConfig(epochs=6, seed=1, checkpoint_every=1, checkpoint_dir=str(tmp_path / "ckpt"))
     with pytest.raises(Crash):
-        fit(spec, theta0, X, y, cfg, callbacks=[crash_at_3])
+        fit(spec, theta0, X, y, cfg, callbacks=[crash_at_2])
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir())[-1] == "ckpt-000002.npz"
     resumed = fit(spec, theta0, X, y, cfg)
     assert resumed.info["resumed_from"].endswith("ckpt-000002.npz")

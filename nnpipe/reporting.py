@@ -1,0 +1,111 @@
+"""End-of-epoch bookkeeping shared by every training loop, single-process and distributed.
+
+Each loop computes an epoch's training logs its own way; what happens next is
+the same everywhere and lives here: stop on a non-finite loss, add the
+validation metrics, record the history, decide on early stopping, save a
+checkpoint when one is due, call the callbacks. Loops that advance in rounds
+report once per epoch-equivalent, so a history, ``patience`` and
+``checkpoint_every`` mean the same in every mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from nnpipe import checkpoint
+from nnpipe.config import TrainConfig
+from nnpipe.network import Network, NetworkSpec
+from nnpipe.training import Callback, DivergenceError, EarlyStopping, FitResult, append_logs, evaluate_arrays
+
+log = logging.getLogger("nnpipe")
+
+Lazy = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
+
+
+class Reporter:
+    """Validates, records, stops early, checkpoints and calls back once per epoch.
+
+    Parameters
+    ----------
+    spec : NetworkSpec
+    config : TrainConfig
+    validation : (X_val, Y_val), optional
+    callbacks : sequence of callable
+        Called as ``callback(epoch, logs)`` after the checkpoint of that epoch.
+    mode : str
+        Recorded in checkpoints; resuming refuses another mode's checkpoint.
+    """
+
+    def __init__(self, spec: NetworkSpec, config: TrainConfig, validation: tuple[np.ndarray, np.ndarray] | None,
+                 callbacks: tuple[Callback, ...] | list[Callback], mode: str):
+        self.spec, self.config, self.mode = spec, config, mode
+        self.net = Network(spec)
+        self.validation = validation
+        self.callbacks = list(callbacks)
+        self.stopper = EarlyStopping(config.patience, config.restore_best)
+        self.history: dict[str, list[float]] = {}
+        self.start_epoch = 0
+        self.resumed_from: str | None = None
+
+    def resume(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Load the newest checkpoint of ``config.checkpoint_dir``: ``(arrays, meta)``, or None.
+
+        Restores the history, the early-stopping record and :attr:`start_epoch`;
+        the loop restores its own state (parameters, optimizer, streams) from the rest.
+        """
+        found = checkpoint.load_latest(self.config.checkpoint_dir)
+        if found is None:
+            return None
+        arrays, meta = found
+        if meta.get("mode") != self.mode or arrays["theta"].shape != (self.spec.n_params,):
+            raise ValueError(
+                f"checkpoint {meta['path']} is for mode {meta.get('mode')!r} with {arrays['theta'].shape[0]} "
+                f"parameters; this run is mode {self.mode!r} with {self.spec.n_params}"
+            )
+        self.history = {k: list(v) for k, v in meta["history"].items()}
+        self.stopper.restore(meta["stopper"], arrays.get("best_theta"))
+        self.start_epoch = int(meta["epoch"]) + 1
+        self.resumed_from = meta["path"]
+        log.info("resuming %s training from %s (epoch %d)", self.mode, meta["path"], self.start_epoch)
+        return arrays, meta
+
+    def end_epoch(self, epoch: int, theta: np.ndarray, logs: dict[str, float], *,
+                  arrays: Lazy = None, meta: Lazy = None) -> bool:
+        """Finish ``epoch``; True means stop (early stopping).
+
+        ``arrays`` and ``meta`` are the loop's own state for a checkpoint (a
+        mapping, or a callable fetched only when a checkpoint is due).
+        """
+        if not np.isfinite(logs["train/loss"]):
+            raise DivergenceError(f"training diverged: train loss is {logs['train/loss']} at epoch {epoch}")
+        if self.validation is not None:
+            for key, value in evaluate_arrays(self.net, theta, *self.validation).items():
+                logs[f"val/{key}"] = value
+        append_logs(self.history, logs)
+        stop = self.stopper.update(epoch, logs.get("val/loss", logs["train/loss"]), theta)
+        every = self.config.checkpoint_every
+        if every and self.config.checkpoint_dir and (epoch + 1) % every == 0:
+            own_arrays = arrays() if callable(arrays) else (arrays or {})
+            own_meta = meta() if callable(meta) else (meta or {})
+            checkpoint.save(
+                self.config.checkpoint_dir, epoch,
+                {**own_arrays, "theta": theta, "best_theta": self.stopper.best_theta},
+                {**own_meta, "mode": self.mode, "history": self.history, "config": self.config.to_dict(),
+                 "stopper": self.stopper.state()},
+            )
+        for cb in self.callbacks:
+            cb(epoch, logs)
+        return stop
+
+    def result(self, theta: np.ndarray, opt_state: dict, info: dict[str, Any]) -> FitResult:
+        """The :class:`FitResult`: best parameters when early stopping restores them."""
+        epochs_run = len(self.history.get("train/loss", []))
+        stopped = self.stopper.patience is not None and epochs_run < self.config.epochs
+        if self.stopper.best_theta is not None:
+            theta = self.stopper.best_theta
+        info["resumed_from"] = self.resumed_from
+        return FitResult(theta=theta, opt_state=opt_state, history=self.history, epochs_run=epochs_run,
+                         best_epoch=self.stopper.best_epoch, stopped_early=stopped, info=info)
