@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import tasks
-from flows.config import TRAIN_FIELDS, ConfigError, PipelineConfig
+from flows.config import TRAIN_FIELDS, PipelineConfig
 from flows.pipeline import PipelineResult, artifact_key, default_model_name, dask_cluster, mlflow_run_link, mlflow_ui_command, summary_markdown
 from nnpipe.data import Splits
 from nnpipe.modeling import train_model

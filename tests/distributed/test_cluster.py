@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +18,9 @@ from tests.distributed.helpers import small_net
 
 pytestmark = pytest.mark.cluster
 
+from deploy.stack import free_port  # noqa: E402
+
 DASK = str(Path(sys.executable).with_name("dask"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

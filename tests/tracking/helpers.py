@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from deploy import stack
+from deploy.stack import free_port  # noqa: F401  (re-exported for the tests)
 from nnpipe import TrainConfig, tracking
 from nnpipe.modeling import train_model
 
@@ -38,26 +37,9 @@ def child_env(uri: str | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = SERVER_START_TIMEOUT) -> None:
     """Poll ``url`` until it answers 200; fail with the process log if it dies or times out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-4000:]}")
+    stack.wait_http(url, timeout, proc=proc, log=log)
 
 
 def stop(proc: subprocess.Popen, graceful: bool = True) -> None:
