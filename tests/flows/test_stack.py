@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploy.stack import REPO, down, status
-from tests.flows.conftest import BIN, clean_env
+from tests.flows.conftest import clean_env
 
 pytestmark = pytest.mark.server
 
