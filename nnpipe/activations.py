@@ -31,7 +31,8 @@ def _relu(Z: np.ndarray) -> np.ndarray:
 
 
 def _relu_backward(dA: np.ndarray, A: np.ndarray) -> np.ndarray:
-    dA *= np.greater(A, _ZERO)
+    # A = max(Z, 0) >= 0, so sign(A) is the 0/1 mask, in one call instead of compare-then-cast.
+    np.multiply(dA, np.sign(A), out=dA)
     return dA
 
 
