@@ -19,14 +19,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    import importlib
+    from nnpipe import cli_models, cli_pipeline
 
-    for module in ("nnpipe.cli_pipeline", "nnpipe.cli_models"):
-        try:
-            importlib.import_module(module).register(app)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    cli_pipeline.register(app)
+    cli_models.register(app)
 
 
 _register()
