@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from nnpipe.config import TrainConfig
-from nnpipe.distributed.local_sgd import restore_trainers, trainer_states
+from nnpipe.distributed.local_sgd import resume_trainers, trainer_states
 from nnpipe.distributed.loop import Reporter
 from nnpipe.distributed.pool import Trainer, TrainerPool, WorkerLost
 from nnpipe.training import DivergenceError, check_finite, make_optimizer
@@ -46,10 +46,7 @@ def staleness_weight(staleness: int, max_staleness: int, policy: str) -> float:
 def run_async(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporter: Reporter) -> tuple:
     """The asynchronous loop; returns ``(theta, opt_state, last_epoch)`` (opt state: trainer 0's)."""
     _, schedule = make_optimizer(config)
-    resumed = reporter.resume()
-    if resumed is not None:
-        theta = resumed["theta"].astype(theta.dtype)
-        restore_trainers(pool, resumed["trainer_states"])
+    theta = resume_trainers(pool, theta, reporter)
     K, n = config.sync_every, pool.n_total
     want_correct = reporter.net.head.task != "regression"
     inflight: dict[cf.Future, tuple[Trainer, int, float]] = {}

@@ -66,13 +66,19 @@ def restore_trainers(pool: TrainerPool, states: dict[int, dict]) -> None:
             pool.call(t, "set_state", states[t.shard.index]).result()
 
 
+def resume_trainers(pool: TrainerPool, theta: np.ndarray, reporter: Reporter) -> np.ndarray:
+    """Parameters to start from: the newest checkpoint's (every trainer's state restored too), else ``theta``."""
+    resumed = reporter.resume()
+    if resumed is None:
+        return theta
+    restore_trainers(pool, resumed["trainer_states"])
+    return resumed["theta"].astype(theta.dtype)
+
+
 def run_local_sgd(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporter: Reporter) -> tuple:
     """The local-SGD loop; returns ``(theta, opt_state, last_epoch)`` (opt state: trainer 0's)."""
     _, schedule = make_optimizer(config)
-    resumed = reporter.resume()
-    if resumed is not None:
-        theta = resumed["theta"].astype(theta.dtype)
-        restore_trainers(pool, resumed["trainer_states"])
+    theta = resume_trainers(pool, theta, reporter)
     K = config.sync_every
     batch = config.batch_size
     steps_per_epoch = -(-max(s.rows for s in pool.shards) // batch)
