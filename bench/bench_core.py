@@ -29,7 +29,8 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from nnpipe import NetworkSpec, TrainConfig, fit, init_params
+from nnpipe import NetworkSpec, TrainConfig, init_params
+from nnpipe.training import fit
 
 warnings.simplefilter("ignore", ConvergenceWarning)
 

@@ -8,7 +8,7 @@ Serve them locally (no work pool, no infrastructure)::
 or register them with a Prefect server and a process work pool, to be run by
 ``prefect worker start --pool nnpipe-local`` (see ``deploy/stack.py``)::
 
-    PREFECT_API_URL=http://127.0.0.1:4200/api python -m deploy.deployments --pool nnpipe-local
+    PREFECT_API_URL=http://127.0.0.1:4200/api python -m nnpipe.deploy.deployments --pool nnpipe-local
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from flows.config import build_config
+from nnpipe.flows.config import build_config
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/pipeline.py:training_flow"
@@ -58,7 +58,7 @@ DEPLOYMENTS: list[Scheduled] = [
 
 def runner_deployments(chosen: list[Scheduled], interval: float | None = None, tracking_uri: str | None = None) -> list:
     """``RunnerDeployment`` objects for ``flow.serve``/``prefect.serve``; ``interval`` replaces the cron schedule."""
-    from flows.pipeline import training_flow
+    from nnpipe.flows.pipeline import training_flow
 
     out = []
     for d in chosen:
@@ -82,7 +82,7 @@ def serve_deployments(chosen: list[Scheduled], interval: float | None = None, tr
     server = None
     api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
     if not api:
-        from deploy.stack import start_prefect_server, stop
+        from nnpipe.deploy.stack import start_prefect_server, stop
 
         home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
         state = home / "nnpipe-schedule"
@@ -109,7 +109,7 @@ def deploy_to_pool(pool: str, chosen: list[Scheduled] | None = None, source: Pat
     The flow is loaded from ``source`` (a directory the worker can read; for a
     remote worker use a git URL) so no image is built.
     """
-    from flows.pipeline import training_flow
+    from nnpipe.flows.pipeline import training_flow
 
     ids = []
     remote = training_flow.from_source(source=str(source), entrypoint=ENTRYPOINT)
@@ -121,7 +121,7 @@ def deploy_to_pool(pool: str, chosen: list[Scheduled] | None = None, source: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.deployments",
+    parser = argparse.ArgumentParser(prog="python -m nnpipe.deploy.deployments",
                                      description="Register the scheduled deployments with a Prefect server's work pool.")
     parser.add_argument("--pool", default="nnpipe-local", help="process work pool name")
     parser.add_argument("--name", action="append", default=[], help="only this deployment (repeatable)")

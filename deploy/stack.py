@@ -1,9 +1,9 @@
 """A local stack of real processes on 127.0.0.1: Dask, MLflow, Prefect server and a Prefect worker.
 
-    python -m deploy.stack up [--workers 2] [--backend-store-uri postgresql://...] [--state-dir .nnpipe-stack]
-    python -m deploy.stack status
-    python -m deploy.stack env        # export lines for a shell: PREFECT_API_URL, MLFLOW_TRACKING_URI, ...
-    python -m deploy.stack down
+    python -m nnpipe.deploy.stack up [--workers 2] [--backend-store-uri postgresql://...] [--state-dir .nnpipe-stack]
+    python -m nnpipe.deploy.stack status
+    python -m nnpipe.deploy.stack env        # export lines for a shell: PREFECT_API_URL, MLFLOW_TRACKING_URI, ...
+    python -m nnpipe.deploy.stack down
 
 Each process runs in its own session with a pid file and a log under the
 state directory, so ``down`` stops exactly what ``up`` started.
@@ -138,7 +138,7 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     if (state / "stack.json").exists() and any(_alive(int(p.read_text())) for p in (state / "pids").glob("*.pid")):
-        raise RuntimeError(f"a stack is already running from {state}; run `python -m deploy.stack down --state-dir {state}` first")
+        raise RuntimeError(f"a stack is already running from {state}; run `python -m nnpipe.deploy.stack down --state-dir {state}` first")
     dask_port, mlflow_port, prefect_port = free_port(), free_port(), free_port()
     info: dict[str, Any] = {"state_dir": str(state), "workers": workers}
     try:
@@ -204,7 +204,7 @@ def env_lines(state: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.stack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nnpipe.deploy.stack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("up", "down", "status", "env"))
     parser.add_argument("--state-dir", type=Path, default=Path(".nnpipe-stack"))
     parser.add_argument("--workers", type=int, default=2, help="Dask worker processes")

@@ -13,7 +13,7 @@ from dataclasses import fields as dc_fields
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nnpipe.config import TrainConfig
 
@@ -55,21 +55,15 @@ class PipelineConfig(BaseModel):
     resume_from: str | None = Field(None, description="MLflow run id whose logged checkpoints this run continues from.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(**PIPELINE_TRAIN_DEFAULTS), description="Optimisation, stopping and distributed coordination.")
 
-    @field_validator("hidden")
-    @classmethod
-    def _positive_layers(cls, v: list[int]) -> list[int]:
-        if not v or any(h < 1 for h in v):
-            raise ValueError(f"hidden layer sizes must be a non-empty list of integers >= 1, got {v!r}")
-        return v
+    @model_validator(mode="after")
+    def _network_is_valid(self) -> "PipelineConfig":
+        # The network's own checks (layer sizes, activation names), not a copy of them.
+        from nnpipe.network import NetworkSpec
 
-    @field_validator("activation")
-    @classmethod
-    def _known_activation(cls, v: str) -> str:
-        from nnpipe.activations import ACTIVATIONS
-
-        if v not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {v!r}")
-        return v
+        if not self.hidden:
+            raise ValueError(f"hidden layer sizes must be a non-empty list of integers >= 1, got {self.hidden!r}")
+        NetworkSpec(1, tuple(self.hidden), self.activation, 1)
+        return self
 
     @model_validator(mode="after")
     def _sizes_leave_training_rows(self) -> "PipelineConfig":

@@ -19,8 +19,8 @@ from typing import Any, Iterator
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows import tasks
-from flows.config import PipelineConfig
+from nnpipe.flows import tasks
+from nnpipe.flows.config import PipelineConfig
 
 
 @dataclass

@@ -21,11 +21,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import tasks
-from flows.config import TRAIN_FIELDS, PipelineConfig
-from flows.pipeline import PipelineResult, artifact_key, default_model_name, dask_cluster, mlflow_run_link, mlflow_ui_command, summary_markdown
+from nnpipe.flows import tasks
+from nnpipe.flows.config import TRAIN_FIELDS, PipelineConfig
+from nnpipe.flows.pipeline import PipelineResult, artifact_key, default_model_name, dask_cluster, mlflow_run_link, mlflow_ui_command, summary_markdown
 from nnpipe.data import Splits
-from nnpipe.modeling import train_model
+from nnpipe.api import train as train_network
 
 SEARCHABLE = TRAIN_FIELDS | {"hidden", "activation"}
 MAX_CONCURRENT_TRIALS = 4
@@ -79,7 +79,7 @@ def trial_config(base: PipelineConfig, combo: dict[str, Any]) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(values)
     except Exception as exc:
-        from flows.config import describe_validation_error
+        from nnpipe.flows.config import describe_validation_error
 
         detail = describe_validation_error(exc) if hasattr(exc, "errors") else str(exc)
         raise SweepError(f"trial {combo}: {detail}") from None
@@ -103,9 +103,10 @@ def run_trial(
         if config.train.mode == "single":
             # One trial = one Dask task on a worker; the per-epoch history is logged when it returns.
             with connect(address=address) as client:
-                future = client.submit(train_model, splits, config.train, tuple(config.hidden), config.activation,
-                                       pure=False)
-                model, fit = future.result()
+                future = client.submit(train_network, splits, config.train, hidden=tuple(config.hidden),
+                                       activation=config.activation, pure=False)
+                fit = future.result()
+                model = fit.model
             log = tracking.metrics_callback(run_id)
             for step in range(fit.epochs_run):
                 log(step, {k: v[step] for k, v in fit.history.items() if step < len(v)})

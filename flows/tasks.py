@@ -23,8 +23,8 @@ import nnpipe
 from nnpipe.config import TrainConfig
 from nnpipe.data import Dataset, Splits, load_dataset, split_and_scale
 from nnpipe.model import Model
-from nnpipe.modeling import train_model
-from nnpipe.training import Callback, FitResult
+from nnpipe.api import train as train_network
+from nnpipe.results import Callback, FitResult
 
 # ---------------------------------------------------------------- progress
 
@@ -161,11 +161,12 @@ def train(
             n = tracking.fetch_checkpoints(resume_from, ckpt_dir)
             logger.info("%sresuming from %d checkpoint file(s) of MLflow run %s", prefix, n, resume_from)
         try:
-            model, result = train_model(
+            result = train_network(
                 splits, config, hidden=tuple(hidden), activation=activation, callbacks=callbacks,
                 address=address if config.mode != "single" else None,
                 metadata={"mlflow_run_id": run_id} if run_id else None,
             )
+            model = result.model
         finally:  # a failed run's checkpoints are what a resumed run needs most
             if run_id and config.checkpoint_every:
                 tracking.log_checkpoints(run_id, ckpt_dir)

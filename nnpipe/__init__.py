@@ -1,11 +1,12 @@
 """nnpipe: a distributed, asynchronous training pipeline for NumPy neural networks."""
 
+from nnpipe.api import build_spec, train
 from nnpipe.config import TrainConfig
-from nnpipe.engine import train
+from nnpipe.data import load_dataset, split_and_scale
 from nnpipe.keras import Dense, Sequential
 from nnpipe.model import Model
 from nnpipe.network import Network, NetworkSpec, init_params
-from nnpipe.training import DivergenceError, FitResult, fit
+from nnpipe.results import DivergenceError, FitResult
 
 __version__ = "0.1.0"
 
@@ -19,7 +20,9 @@ __all__ = [
     "Sequential",
     "TrainConfig",
     "__version__",
-    "fit",
+    "build_spec",
     "init_params",
+    "load_dataset",
+    "split_and_scale",
     "train",
 ]

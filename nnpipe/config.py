@@ -9,8 +9,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from nnpipe.optimizers import DEFAULT_LR, OPTIMIZERS
-from nnpipe.schedules import SCHEDULES
+import math
+
+from nnpipe import optimizers, schedules
+from nnpipe.optimizers import DEFAULT_LR, OPTIMIZERS, Optimizer
+from nnpipe.schedules import SCHEDULES, Schedule
+
+# Hyperparameter fields of TrainConfig that belong to an optimizer or a schedule.
+# Left at None they take the registered class's own default; set, they must be
+# one the chosen optimizer (schedule) takes. So a new optimizer is one entry in
+# optimizers.OPTIMIZERS, plus a field here only if it brings a new name.
+OPTIMIZER_FIELDS = ("momentum", "nesterov", "beta1", "beta2", "eps", "rho")
+SCHEDULE_FIELDS = ("step_size", "gamma", "min_lr")
 
 MODES = ("single", "sync", "local-sgd", "async")
 Mode = Literal["single", "sync", "local-sgd", "async"]
@@ -26,9 +36,13 @@ class TrainConfig:
         ``sgd``, ``momentum``, ``nesterov``, ``adam`` or ``rmsprop``.
     lr : float, optional
         Learning rate; defaults to Keras'/PyTorch's default for the optimizer.
-    momentum, nesterov, beta1, beta2, eps : optimizer hyperparameters.
+    momentum, nesterov, beta1, beta2, eps, rho : float or bool, optional
+        Optimizer hyperparameters; None takes the optimizer's own default, and
+        a value the chosen optimizer does not take is an error.
     schedule : str
         ``constant``, ``step`` (``step_size`` epochs, ``gamma``) or ``cosine`` (``min_lr``).
+    step_size, gamma, min_lr : optional
+        Schedule options; None takes the schedule's default.
     epochs, batch_size : int
         Passes over the training data and rows per optimizer step (the global
         batch in ``sync`` mode; the per-worker batch in ``local-sgd`` and ``async``).
@@ -64,15 +78,16 @@ class TrainConfig:
 
     optimizer: str = "adam"
     lr: float | None = None
-    momentum: float = 0.9
-    nesterov: bool = False
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
+    momentum: float | None = None
+    nesterov: bool | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    rho: float | None = None
     schedule: str = "constant"
-    step_size: int = 30
-    gamma: float = 0.1
-    min_lr: float = 0.0
+    step_size: int | None = None
+    gamma: float | None = None
+    min_lr: float | None = None
     epochs: int = 20
     batch_size: int = 32
     l2: float = 0.0
@@ -104,14 +119,20 @@ class TrainConfig:
             raise bad("dtype", "'float32' or 'float64'")
         if self.staleness_policy not in ("downweight", "drop"):
             raise bad("staleness_policy", "'downweight' or 'drop'")
-        if self.lr is not None and not self.lr > 0:
-            raise bad("lr", "a positive number")
+        if self.lr is not None and not (_is_number(self.lr) and 0 < self.lr < math.inf):
+            raise bad("lr", "a positive finite number")
         for name in ("epochs", "batch_size", "workers", "sync_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
         for name in ("max_staleness", "checkpoint_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise bad(name, "an integer >= 0")
+        for name in ("l2", "mixing", "clip_norm", *OPTIMIZER_FIELDS, *SCHEDULE_FIELDS):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool) and not (_is_number(value) and math.isfinite(value)):
+                raise bad(name, "a finite number")
+        self._check_hyper("optimizer", self.optimizer, OPTIMIZER_FIELDS, optimizers.hyperparameters(self.optimizer))
+        self._check_hyper("schedule", self.schedule, SCHEDULE_FIELDS, schedules.hyperparameters(self.schedule))
         if self.l2 < 0:
             raise bad("l2", "a number >= 0")
         if self.clip_norm is not None and not self.clip_norm > 0:
@@ -121,24 +142,40 @@ class TrainConfig:
         if not 0 < self.mixing <= 1:
             raise bad("mixing", "a number in (0, 1]")
 
+    def _check_hyper(self, kind: str, name: str, fields_: tuple[str, ...], takes: list[str]) -> None:
+        extra = [f for f in fields_ if getattr(self, f) is not None and f not in takes]
+        if extra:
+            raise ValueError(f"config field {extra[0]!r}: {kind} {name!r} takes {takes or 'no options'}, "
+                             f"got {extra[0]}={getattr(self, extra[0])!r}")
+
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
     def optimizer_hyper(self) -> dict[str, Any]:
-        """The hyperparameters the chosen optimizer takes."""
-        if self.optimizer in ("momentum", "nesterov"):
-            return {"momentum": self.momentum, "nesterov": self.nesterov or self.optimizer == "nesterov"}
-        if self.optimizer == "adam":
-            return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
-        return {}
+        """The hyperparameters set for the chosen optimizer (unset ones keep its defaults)."""
+        return {f: getattr(self, f) for f in OPTIMIZER_FIELDS if getattr(self, f) is not None}
 
     def schedule_kwargs(self) -> dict[str, float]:
-        if self.schedule == "step":
-            return {"step_size": self.step_size, "gamma": self.gamma}
-        if self.schedule == "cosine":
-            return {"min_lr": self.min_lr}
-        return {}
+        """The options set for the chosen schedule (unset ones keep its defaults)."""
+        return {f: getattr(self, f) for f in SCHEDULE_FIELDS if getattr(self, f) is not None}
+
+    def make_optimizer(self) -> Optimizer:
+        """The optimizer this config describes (built once by the loop that owns the parameters)."""
+        return optimizers.get_optimizer(self.optimizer, **self.optimizer_hyper())
+
+    def make_schedule(self) -> Schedule:
+        """The learning-rate schedule this config describes: ``f(epoch) -> lr``."""
+        return schedules.get_schedule(self.schedule, self.learning_rate, self.epochs, **self.schedule_kwargs())
+
+    def effective(self) -> dict[str, Any]:
+        """Every setting with the value training really uses (defaults of the optimizer resolved)."""
+        out = self.to_dict()
+        out["lr"] = self.learning_rate
+        opt = self.make_optimizer()
+        for f in OPTIMIZER_FIELDS:
+            out[f] = getattr(opt, f, None)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,3 +188,12 @@ class TrainConfig:
             raise ValueError(f"unknown training config field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**d)
 
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, and not a bool (``True`` is not an epoch count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 
 from nnpipe.config import TrainConfig
-from nnpipe.engine import train
 from nnpipe.losses import get_head, head_name
 from nnpipe.network import Network, NetworkSpec, init_params
 from nnpipe.targets import decode_predictions, encode_targets, fit_classes
-from nnpipe.training import evaluate_arrays
+from nnpipe.evaluation import evaluate_arrays
 
 _KERAS_ACTIVATIONS = {None: "identity", "linear": "identity"}
 _OUTPUT_ACTIVATION = {"softmax": "softmax", "sigmoid": "sigmoid", "identity": "identity"}
@@ -149,7 +148,9 @@ class Sequential:
         cbs = list(callbacks or [])
         if verbose:
             cbs.append(_print_epoch(epochs))
-        result = train(self.spec, self.theta, X, self._targets(labels), config, validation=validation,
+        from nnpipe.api import train  # api imports the data layer; Sequential users may never need it
+
+        result = train((X, self._targets(labels)), config, spec=self.spec, theta=self.theta, validation=validation,
                        callbacks=cbs, client=client, address=address)
         self.theta = result.theta
         return History(result.history)

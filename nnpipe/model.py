@@ -15,7 +15,7 @@ import numpy as np
 
 from nnpipe.network import Network, NetworkSpec
 from nnpipe.targets import decode_predictions, encode_targets
-from nnpipe.training import evaluate_arrays
+from nnpipe.evaluation import evaluate_arrays
 
 FORMAT_VERSION = 1
 

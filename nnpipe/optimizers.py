@@ -141,10 +141,18 @@ class RMSprop(Optimizer):
         theta -= lr * grad / denom
 
 
+@dataclass(frozen=True)
+class Nesterov(Momentum):
+    """Momentum with Nesterov's look-ahead (``Momentum(nesterov=True)`` under its own name)."""
+
+    nesterov: bool = True
+    name = "nesterov"
+
+
 OPTIMIZERS: dict[str, type[Optimizer]] = {
     "sgd": SGD,
     "momentum": Momentum,
-    "nesterov": Momentum,
+    "nesterov": Nesterov,
     "adam": Adam,
     "rmsprop": RMSprop,
 }
@@ -153,14 +161,21 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 DEFAULT_LR: dict[str, float] = {"sgd": 0.01, "momentum": 0.01, "nesterov": 0.01, "adam": 0.001, "rmsprop": 0.001}
 
 
-def get_optimizer(name: str, **hyper: Any) -> Optimizer:
-    """Build the optimizer registered as ``name`` with the given hyperparameters."""
+def hyperparameters(name: str) -> list[str]:
+    """The hyperparameters the optimizer registered as ``name`` takes (its dataclass fields)."""
+    return list(get_optimizer_class(name).__dataclass_fields__)
+
+
+def get_optimizer_class(name: str) -> type[Optimizer]:
     try:
-        cls = OPTIMIZERS[name]
+        return OPTIMIZERS[name]
     except KeyError:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}") from None
-    if name == "nesterov":
-        hyper.setdefault("nesterov", True)
+
+
+def get_optimizer(name: str, **hyper: Any) -> Optimizer:
+    """Build the optimizer registered as ``name`` with the given hyperparameters."""
+    cls = get_optimizer_class(name)
     fields = set(cls.__dataclass_fields__)
     unknown = set(hyper) - fields
     if unknown:

@@ -18,11 +18,49 @@ import numpy as np
 from nnpipe import checkpoint
 from nnpipe.config import TrainConfig
 from nnpipe.network import Network, NetworkSpec
-from nnpipe.training import Callback, DivergenceError, EarlyStopping, FitResult, append_logs, evaluate_arrays
+from nnpipe.evaluation import evaluate_arrays
+from nnpipe.results import Callback, DivergenceError, FitResult
 
 log = logging.getLogger("nnpipe")
 
 Lazy = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
+
+
+class EarlyStopping:
+    """Tracks the monitored loss; keeps a copy of the best parameters."""
+
+    def __init__(self, patience: int | None, restore_best: bool):
+        self.patience = patience
+        self.restore_best = restore_best
+        self.best = np.inf
+        self.best_epoch: int | None = None
+        self.best_theta: np.ndarray | None = None
+        self.wait = 0
+
+    def state(self) -> dict:
+        """JSON-serialisable record (the best parameters travel separately, as an array)."""
+        best = None if not np.isfinite(self.best) else float(self.best)
+        return {"best": best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+    def restore(self, state: dict, best_theta: np.ndarray | None) -> None:
+        self.best = np.inf if state["best"] is None else state["best"]
+        self.best_epoch, self.wait = state["best_epoch"], state["wait"]
+        self.best_theta = best_theta
+
+    def update(self, epoch: int, value: float, theta: np.ndarray) -> bool:
+        """Record ``value`` for ``epoch``; return True when training should stop."""
+        if value < self.best:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.patience is not None and self.restore_best:
+                self.best_theta = theta.copy()
+            return False
+        self.wait += 1
+        return self.patience is not None and self.wait >= self.patience
+
+
+def append_logs(history: dict[str, list[float]], logs: dict[str, float]) -> None:
+    for key, value in logs.items():
+        history.setdefault(key, []).append(value)
 
 
 class Reporter:

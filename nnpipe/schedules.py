@@ -7,6 +7,7 @@ in rounds, not whole epochs).
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
@@ -33,10 +34,21 @@ def cosine(lr: float, epochs: int, min_lr: float = 0.0) -> Schedule:
 SCHEDULES: dict[str, Callable[..., Schedule]] = {"constant": constant, "step": step_decay, "cosine": cosine}
 
 
-def get_schedule(name: str, lr: float, epochs: int, **kwargs: float) -> Schedule:
-    """Build the schedule registered as ``name``."""
+def hyperparameters(name: str) -> list[str]:
+    """The keyword arguments the schedule registered as ``name`` takes beyond ``lr`` and ``epochs``."""
+    return list(inspect.signature(_factory(name)).parameters)[2:]
+
+
+def _factory(name: str) -> Callable[..., Schedule]:
     try:
-        factory = SCHEDULES[name]
+        return SCHEDULES[name]
     except KeyError:
         raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}") from None
-    return factory(lr, epochs, **kwargs)
+
+
+def get_schedule(name: str, lr: float, epochs: int, **kwargs: float) -> Schedule:
+    """Build the schedule registered as ``name``; unknown keyword arguments are refused by name."""
+    unknown = sorted(set(kwargs) - set(hyperparameters(name)))
+    if unknown:
+        raise ValueError(f"schedule {name!r} takes {hyperparameters(name) or 'no options'}, got {unknown}")
+    return _factory(name)(lr, epochs, **kwargs)

@@ -1,6 +1,6 @@
 """Training across a Dask cluster: ``sync``, ``local-sgd`` and ``async`` (the only package importing Dask).
 
-Entry point: :func:`fit_distributed` (called by :func:`nnpipe.engine.train`).
+Entry point: :func:`fit_distributed` (called by :func:`nnpipe.train`).
 Cluster helpers: :func:`connect` (a context manager the Prefect flows share
 with training), :func:`start_local_cluster`, :func:`worker_addresses`.
 Sources bigger than the driver's memory: :func:`nnpipe.distributed.frames.fit_source`.
@@ -58,7 +58,7 @@ import numpy as np
 from nnpipe.config import TrainConfig
 from nnpipe.distributed.cluster import connect, start_local_cluster, wait_for_workers, worker_addresses
 from nnpipe.network import NetworkSpec
-from nnpipe.training import Callback, FitResult
+from nnpipe.results import Callback, FitResult
 
 log = logging.getLogger("nnpipe.distributed")
 

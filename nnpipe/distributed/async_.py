@@ -27,7 +27,7 @@ from nnpipe.config import TrainConfig
 from nnpipe.distributed.local_sgd import resume_trainers, trainer_states
 from nnpipe.distributed.loop import Reporter
 from nnpipe.distributed.pool import Trainer, TrainerPool, WorkerLost
-from nnpipe.training import DivergenceError, check_finite, make_optimizer
+from nnpipe.results import DivergenceError, check_finite
 
 JOIN_CHECK_S = 1.0  # how often the scheduler is asked about new workers
 
@@ -45,7 +45,7 @@ def staleness_weight(staleness: int, max_staleness: int, policy: str) -> float:
 
 def run_async(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporter: Reporter) -> tuple:
     """The asynchronous loop; returns ``(theta, opt_state, last_epoch)`` (opt state: trainer 0's)."""
-    _, schedule = make_optimizer(config)
+    schedule = config.make_schedule()
     theta = resume_trainers(pool, theta, reporter)
     K, n = config.sync_every, pool.n_total
     want_correct = reporter.net.head.task != "regression"

@@ -28,7 +28,7 @@ from nnpipe.distributed.cluster import connect, wait_for_workers
 from nnpipe.distributed.shards import row_bounds, shards_from_futures
 from nnpipe.network import NetworkSpec, init_params
 from nnpipe.targets import encode_targets
-from nnpipe.training import Callback, FitResult
+from nnpipe.results import Callback, FitResult
 
 log = logging.getLogger("nnpipe.distributed")
 

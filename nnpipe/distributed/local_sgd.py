@@ -21,7 +21,7 @@ from nnpipe.config import TrainConfig
 from nnpipe.distributed.loop import Reporter
 from nnpipe.distributed.pool import TrainerPool
 from nnpipe.distributed.sync import gather_round
-from nnpipe.training import DivergenceError, make_optimizer
+from nnpipe.results import DivergenceError
 
 
 def weighted_average(thetas: list[np.ndarray], rows: list[int], out: np.ndarray | None = None) -> np.ndarray:
@@ -77,7 +77,7 @@ def resume_trainers(pool: TrainerPool, theta: np.ndarray, reporter: Reporter) ->
 
 def run_local_sgd(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporter: Reporter) -> tuple:
     """The local-SGD loop; returns ``(theta, opt_state, last_epoch)`` (opt state: trainer 0's)."""
-    _, schedule = make_optimizer(config)
+    schedule = config.make_schedule()
     theta = resume_trainers(pool, theta, reporter)
     K = config.sync_every
     batch = config.batch_size

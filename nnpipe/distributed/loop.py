@@ -13,7 +13,7 @@ import numpy as np
 
 from nnpipe import reporting
 from nnpipe.distributed import checkpoint as ckpt
-from nnpipe.training import FitResult
+from nnpipe.results import FitResult
 
 
 class Reporter(reporting.Reporter):

@@ -25,7 +25,8 @@ import numpy as np
 from nnpipe.config import TrainConfig
 from nnpipe.distributed.loop import Reporter
 from nnpipe.distributed.pool import TrainerPool, WorkerLost
-from nnpipe.training import DivergenceError, check_finite, clip_by_global_norm, make_optimizer
+from nnpipe.results import DivergenceError, check_finite
+from nnpipe.training import clip_by_global_norm
 
 
 def gather_round(pool: TrainerPool, method: str, args_for, where: str, inline: bool = False) -> tuple[list, float]:
@@ -55,7 +56,7 @@ def gather_round(pool: TrainerPool, method: str, args_for, where: str, inline: b
 
 def run_sync(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporter: Reporter) -> tuple:
     """The sync loop; returns ``(theta, opt_state, last_epoch)``."""
-    opt, schedule = make_optimizer(config)
+    opt, schedule = config.make_optimizer(), config.make_schedule()
     state = opt.init(theta)
     resumed = reporter.resume()
     if resumed is not None:

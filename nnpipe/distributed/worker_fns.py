@@ -16,7 +16,7 @@ import numpy as np
 
 from nnpipe.config import TrainConfig
 from nnpipe.network import Network, NetworkSpec
-from nnpipe.training import clip_by_global_norm, make_optimizer
+from nnpipe.training import clip_by_global_norm
 
 
 def build_shard(X: np.ndarray, Y: np.ndarray, lo: int) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class ShardTrainer:
         self.trainer_id = int(trainer_id)
         self.n_total = int(n_total)
         self.delay_s = float(delay_s)
-        self.opt, _ = make_optimizer(config)
+        self.opt = config.make_optimizer()
         self.theta = np.zeros(self.spec.n_params, dtype=self.net.dtype)
         self.grad = np.empty_like(self.theta)
         self.delta = np.empty_like(self.theta)

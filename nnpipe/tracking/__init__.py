@@ -7,7 +7,7 @@ The only package in nnpipe that imports mlflow. Typical use (what the flow does)
     tracking.configure()  # MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
     with tracking.training_run("iris", params=config, tags=tracking.run_tags("iris", digest)) as run:
         run_id = run.info.run_id
-        model, result = train_model(..., callbacks=[tracking.metrics_callback(run_id)])
+        result = nnpipe.train(splits, config, callbacks=[tracking.metrics_callback(run_id)])
         tracking.log_final_metrics(run_id, model.evaluate(X_test, y_test))
         tracking.log_training_artifacts(run_id, result.history, config, y_test, model.predict(X_test))
         uri = tracking.log_model(run_id, model, X_test[:5])

@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 
 from nnpipe import Dense, Model, Sequential, TrainConfig
 from nnpipe.data import load_dataset, split_and_scale
-from nnpipe.modeling import train_model
+from nnpipe.api import train
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_model_round_trip_predicts_original_string_labels(tmp_path):
     ds = load_dataset("iris")
     ds.y = np.array(["setosa", "versicolor", "virginica"])[ds.y]
     splits = split_and_scale(ds, seed=1)
-    model, _ = train_model(splits, TrainConfig(epochs=100, batch_size=16), hidden=(16,))
+    model = train(splits, TrainConfig(epochs=100, batch_size=16), hidden=(16,)).model
     assert set(model.predict(splits.raw_test)) <= {"setosa", "versicolor", "virginica"}
     assert model.evaluate(splits.raw_test, splits.y_test)["accuracy"] > 0.85
     model.save(tmp_path / "m")
@@ -74,12 +74,12 @@ def test_model_round_trip_predicts_original_string_labels(tmp_path):
 
 def test_binary_and_regression_models(tmp_path):
     bc = split_and_scale(load_dataset("breast_cancer"), seed=0)
-    model, _ = train_model(bc, TrainConfig(epochs=20, batch_size=32), hidden=(16,))
+    model = train(bc, TrainConfig(epochs=20, batch_size=32), hidden=(16,)).model
     assert model.spec.head == "sigmoid" and model.spec.n_outputs == 1
     assert model.predict_proba(bc.raw_test).shape == (len(bc.y_test), 2)
     assert model.evaluate(bc.raw_test, bc.y_test)["accuracy"] > 0.93
     reg = split_and_scale(load_dataset("diabetes"), seed=0)
-    rmodel, _ = train_model(reg, TrainConfig(epochs=60, batch_size=32, l2=0.01), hidden=(16,))
+    rmodel = train(reg, TrainConfig(epochs=60, batch_size=32, l2=0.01), hidden=(16,)).model
     scores = rmodel.evaluate(reg.raw_test, reg.y_test)
     # Targets are standardised for training and mapped back: scores are in the target's units.
     from sklearn.linear_model import LinearRegression
@@ -95,7 +95,7 @@ def test_core_imports_no_dask_mlflow_or_prefect():
     code = textwrap.dedent(
         """
         import sys
-        import nnpipe, nnpipe.keras, nnpipe.model, nnpipe.training, nnpipe.reporting, nnpipe.checkpoint, nnpipe.modeling, nnpipe.data
+        import nnpipe, nnpipe.keras, nnpipe.model, nnpipe.training, nnpipe.reporting, nnpipe.checkpoint, nnpipe.api, nnpipe.data
         bad = sorted(m for m in sys.modules if m.split('.')[0] in {'dask', 'distributed', 'mlflow', 'prefect'})
         print(bad)
         """

@@ -14,7 +14,7 @@ from sklearn.neural_network import MLPClassifier
 
 from nnpipe import TrainConfig
 from nnpipe.data import load_dataset, split_and_scale
-from nnpipe.modeling import train_model
+from nnpipe.api import train
 
 SEEDS = (0, 1, 2)
 
@@ -28,7 +28,7 @@ def test_accuracy_within_two_points_of_mlpclassifier(name, epochs):
         batch = min(200, len(s.y_train))
         # scikit-learn divides its L2 term by the batch size; ours is per step.
         cfg = TrainConfig(optimizer="adam", lr=1e-3, l2=1e-4 / batch, batch_size=batch, epochs=epochs, seed=seed, dtype="float64")
-        model, _ = train_model(s, cfg, hidden=(100,), activation="relu")
+        model = train(s, cfg, hidden=(100,), activation="relu").model
         ours.append(model.evaluate(s.raw_test, s.y_test)["accuracy"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)

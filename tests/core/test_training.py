@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from nnpipe import DivergenceError, Network, NetworkSpec, TrainConfig, fit, init_params
-from nnpipe.training import clip_by_global_norm, evaluate_arrays
+from nnpipe import DivergenceError, Network, NetworkSpec, TrainConfig, init_params
+from nnpipe.training import fit
+from nnpipe.evaluation import evaluate_arrays
+from nnpipe.training import clip_by_global_norm
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed, pool
 from nnpipe.distributed.async_ import staleness_weight
-from nnpipe.training import DivergenceError
+from nnpipe.results import DivergenceError
 from tests.distributed.helpers import local_cluster, small_net
 
 pytestmark = pytest.mark.cluster

@@ -18,7 +18,7 @@ from tests.distributed.helpers import small_net
 
 pytestmark = pytest.mark.cluster
 
-from deploy.stack import free_port  # noqa: E402
+from nnpipe.deploy.stack import free_port  # noqa: E402
 
 DASK = str(Path(sys.executable).with_name("dask"))
 

@@ -7,7 +7,8 @@ import pytest
 
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed
-from nnpipe.training import DivergenceError, fit
+from nnpipe.results import DivergenceError
+from nnpipe.training import fit
 from tests.distributed.helpers import rel_diff, small_net
 
 pytestmark = pytest.mark.cluster

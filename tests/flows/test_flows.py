@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
-from flows import tasks
-from flows.config import build_config
-from flows.pipeline import artifact_key, training_flow
-from flows.sweep import parse_grid, sweep_flow
+from nnpipe.flows import tasks
+from nnpipe.flows.config import build_config
+from nnpipe.flows.pipeline import artifact_key, training_flow
+from nnpipe.flows.sweep import parse_grid, sweep_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.stack import stop
+from nnpipe.deploy.stack import stop
 from tests.flows.conftest import BIN, clean_env
 
 pytestmark = pytest.mark.server

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.stack import REPO, down, status
+from nnpipe.deploy.stack import REPO, down, status
 from tests.flows.conftest import clean_env
 
 pytestmark = pytest.mark.server
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.server
 TRIGGER = """
 import sys
 from prefect.deployments import run_deployment
-from deploy.deployments import DEPLOYMENTS, deploy_to_pool
+from nnpipe.deploy.deployments import DEPLOYMENTS, deploy_to_pool
 chosen = [d for d in DEPLOYMENTS if d.name == "nightly-breast-cancer-sync"]
 (dep_id,) = deploy_to_pool("nnpipe-local", chosen)
 config = chosen[0].parameters()["config"]
@@ -31,7 +31,7 @@ def test_stack_up_deploy_run_down(tmp_path: Path):
 
     state = tmp_path / "stack"
     env = clean_env(tmp_path)
-    up = subprocess.run([sys.executable, "-m", "deploy.stack", "up", "--state-dir", str(state), "--workers", "2",
+    up = subprocess.run([sys.executable, "-m", "nnpipe.deploy.stack", "up", "--state-dir", str(state), "--workers", "2",
                          "--no-ui"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     try:
         assert up.returncode == 0, up.stderr + "".join(p.read_text()[-1500:] for p in (state / "logs").glob("*.log"))

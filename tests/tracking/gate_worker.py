@@ -16,7 +16,7 @@ import numpy as np
 
 from nnpipe import tracking
 from nnpipe.model import Model
-from nnpipe.modeling import build_spec
+from nnpipe.api import build_spec
 from nnpipe.network import init_params
 
 name, barrier, me, scores = sys.argv[1], Path(sys.argv[2]), sys.argv[3], [float(s) for s in sys.argv[4:]]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy import stack
-from deploy.stack import free_port  # noqa: F401  (re-exported for the tests)
+from nnpipe.deploy import stack
+from nnpipe.deploy.stack import free_port  # noqa: F401  (re-exported for the tests)
 from nnpipe import TrainConfig, tracking
-from nnpipe.modeling import train_model
+from nnpipe.api import train
 
 
 VENV_BIN = Path(sys.executable).parent
@@ -80,7 +80,8 @@ def train_logged(name: str, ds, splits, experiment: str, **config):
     params = {"train": cfg.to_dict(), "model": {"hidden": [16], "activation": "relu"}, "data": {"name": ds.name}}
     with tracking.training_run(experiment, params, tracking.run_tags(ds.name, ds.content_hash)) as run:
         run_id = run.info.run_id
-        model, result = train_model(splits, cfg, hidden=(16,), callbacks=[tracking.metrics_callback(run_id)])
+        result = train(splits, cfg, hidden=(16,), callbacks=[tracking.metrics_callback(run_id)])
+        model = result.model
         tracking.log_final_metrics(run_id, model.evaluate(splits.raw_test, splits.y_test))
         tracking.log_training_artifacts(run_id, result.history, params, splits.y_test,
                                         model.predict(splits.raw_test), splits.classes)

@@ -56,7 +56,7 @@ def test_params_tags_and_metrics_are_logged(sqlite_store):
 
 def test_failed_run_is_marked_and_cannot_be_registered(sqlite_store, iris_splits):
     from nnpipe.model import Model
-    from nnpipe.modeling import build_spec
+    from nnpipe.api import build_spec
     from nnpipe.network import init_params
     import numpy as np
 
@@ -145,7 +145,7 @@ def test_log_model_after_the_run_block_keeps_the_run_finished(sqlite_store, iris
     import numpy as np
 
     from nnpipe.model import Model
-    from nnpipe.modeling import build_spec
+    from nnpipe.api import build_spec
     from nnpipe.network import init_params
 
     _, splits = iris_splits

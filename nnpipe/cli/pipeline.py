@@ -73,7 +73,7 @@ def _default_tracking_uri(config_uri: str | None) -> str:
 @contextmanager
 def _progress(total: int | None, label: str) -> Iterator[Any]:
     """A rich progress bar on a terminal; plain lines otherwise. Yields a ``(step, logs)`` callback."""
-    from flows.tasks import _fmt_logs, progress_listener
+    from nnpipe.flows.tasks import _fmt_logs, progress_listener
 
     if sys.stdout.isatty():
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -96,7 +96,7 @@ def _progress(total: int | None, label: str) -> Iterator[Any]:
 
 
 def _build(config_file: Optional[Path], overrides: dict[str, Any]):
-    from flows.config import ConfigError, build_config
+    from nnpipe.flows.config import ConfigError, build_config
 
     try:
         return build_config(config_file, overrides)
@@ -122,7 +122,7 @@ def _run_flow(fn, *args: Any, **kwargs: Any) -> Any:
 
 
 def _print_result(result: dict[str, Any]) -> None:
-    from flows.pipeline import mlflow_ui_command
+    from nnpipe.flows.pipeline import mlflow_ui_command
 
     m = result["metrics"]
     shown = ", ".join(f"test/{k}={v:.4f}" for k, v in sorted(m.items()))
@@ -167,7 +167,7 @@ def register(app: typer.Typer) -> None:
         }
         cfg = _build(config, overrides)
         cfg.tracking_uri = _default_tracking_uri(cfg.tracking_uri)
-        from flows.pipeline import training_flow
+        from nnpipe.flows.pipeline import training_flow
 
         _quiet_prefect_console(verbose)
         total = cfg.train.epochs if cfg.train.mode in ("single", "sync") else None
@@ -191,7 +191,7 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Prefect's log lines."),
     ) -> None:
         """Train a grid or random sample of configurations concurrently; register and gate the best."""
-        from flows.sweep import SweepError, parse_grid, sweep_flow
+        from nnpipe.flows.sweep import SweepError, parse_grid, sweep_flow
 
         overrides = {"dataset": dataset, "target": target, "mode": mode, "workers": workers, "epochs": epochs,
                      "seed": seed, "model_name": model_name, "scheduler_address": scheduler}
@@ -221,7 +221,7 @@ def register(app: typer.Typer) -> None:
         Scheduling needs a Prefect server: PREFECT_API_URL if set, else a local
         one started for as long as this command runs.
         """
-        from deploy.deployments import DEPLOYMENTS, serve_deployments
+        from nnpipe.deploy.deployments import DEPLOYMENTS, serve_deployments
 
         names = set(deployment)
         unknown = sorted(names - {d.name for d in DEPLOYMENTS})

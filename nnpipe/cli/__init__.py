@@ -1,8 +1,9 @@
 """The ``nnpipe`` command: a thin Typer front; every command is a call below it.
 
 Command groups live beside this file and register themselves on ``app``:
-``cli_pipeline`` (train, sweep, schedule) and ``cli_models`` (models,
-promote, rollback, history).
+:mod:`.pipeline` (train, sweep, schedule) and :mod:`.models` (models,
+promote, rollback, history). The CLI is the top layer: it imports the flows,
+the deployments and the tracking layer, and nothing imports it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from nnpipe import cli_models, cli_pipeline
+    from nnpipe.cli import models, pipeline
 
-    cli_pipeline.register(app)
-    cli_models.register(app)
+    pipeline.register(app)
+    models.register(app)
 
 
 _register()

@@ -1,0 +1,126 @@
+"""``nnpipe.train``: the one entry point that trains, for every mode and every source.
+
+The Keras-style front, the Prefect flows, the sweep and the benches all call
+it. ``single`` runs in this process; the distributed modes are imported only
+when asked for, so the core never needs Dask installed or running.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nnpipe.config import TrainConfig
+from nnpipe.data import Splits
+from nnpipe.losses import TASK_HEADS
+from nnpipe.model import Model
+from nnpipe.network import NetworkSpec, init_params
+from nnpipe.results import Callback, FitResult
+from nnpipe.training import fit
+
+
+def build_spec(
+    task: str,
+    n_features: int,
+    n_outputs: int,
+    hidden: tuple[int, ...] | list[int],
+    activation: str | tuple[str, ...] = "relu",
+    dtype: str = "float32",
+) -> NetworkSpec:
+    """The network for a task: softmax for multiclass, one sigmoid unit for binary, identity for regression."""
+    hidden = tuple(int(h) for h in hidden)
+    acts = (activation,) * len(hidden) if isinstance(activation, str) else tuple(activation)
+    head = TASK_HEADS[task]
+    outputs = 1 if task == "binary" else n_outputs
+    return NetworkSpec(n_features, hidden, acts, outputs, head=head, dtype=dtype)
+
+
+def train(
+    data: Splits | tuple[np.ndarray, np.ndarray],
+    config: TrainConfig | None = None,
+    *,
+    spec: NetworkSpec | None = None,
+    theta: np.ndarray | None = None,
+    hidden: tuple[int, ...] | list[int] = (64, 32),
+    activation: str = "relu",
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: tuple[Callback, ...] | list[Callback] = (),
+    client: Any = None,
+    address: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train with ``config.mode`` (``single``, ``sync``, ``local-sgd`` or ``async``).
+
+    Parameters
+    ----------
+    data : Splits or (X, Y)
+        A split dataset (:func:`nnpipe.data.split_and_scale`): the network is
+        built from its task and shape (``hidden``, ``activation``), validation
+        comes from its validation part, and ``FitResult.model`` is a servable
+        :class:`~nnpipe.model.Model` that predicts on raw features. Or bare
+        arrays: ``X`` of shape (n_samples, n_features), scaled, and ``Y``
+        encoded for the head; then ``spec`` is required.
+    config : TrainConfig, optional
+        Defaults to ``TrainConfig()``.
+    spec : NetworkSpec, optional
+        The network, for bare arrays.
+    theta : ndarray of shape (n_params,), optional
+        Starting parameters; default: initialised from ``config.seed``.
+    validation : (X_val, Y_val), optional
+        For bare arrays; evaluated after every epoch (early stopping).
+    callbacks : sequence of callable
+        ``cb(epoch, logs)`` after every epoch (epoch-equivalent in the distributed modes).
+    client : distributed.Client, optional
+    address : str, optional
+        The Dask cluster for the distributed modes; with neither,
+        ``DASK_SCHEDULER_ADDRESS`` if set, else a local cluster for this call.
+    metadata : dict, optional
+        Stored in the servable model (``Model.metadata``).
+
+    Returns
+    -------
+    FitResult
+        The same type in every mode; ``model`` is set when ``data`` is a dataset.
+    """
+    config = config or TrainConfig()
+    model = None
+    if isinstance(data, Splits):
+        if spec is not None or validation is not None:
+            raise TypeError("spec and validation come from the dataset when data is a Splits")
+        model, X, Y, validation = _prepare(data, config, hidden, activation, metadata)
+        spec = model.spec
+    else:
+        if spec is None:
+            raise TypeError("train(data=(X, Y), ...) needs spec=NetworkSpec(...)")
+        X, Y = data
+    if theta is None:
+        theta = init_params(spec, np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0]))
+    if config.mode == "single":
+        result = fit(spec, theta, X, Y, config, validation=validation, callbacks=callbacks)
+    else:
+        from nnpipe.distributed import fit_distributed
+
+        result = fit_distributed(spec, theta, X, Y, config, validation=validation, callbacks=callbacks,
+                                 client=client, address=address)
+    if model is not None:
+        model.theta = result.theta
+        result.model = model
+    return result
+
+
+def _prepare(splits: Splits, config: TrainConfig, hidden: tuple[int, ...] | list[int], activation: str,
+             metadata: dict[str, Any] | None) -> tuple[Model, np.ndarray, np.ndarray, tuple | None]:
+    """The servable model (untrained) and the encoded training and validation arrays."""
+    n_out = len(splits.classes) if splits.classes is not None else (
+        1 if splits.y_train.ndim == 1 else splits.y_train.shape[1]
+    )
+    spec = build_spec(splits.task, splits.X_train.shape[1], n_out, hidden, activation, config.dtype)
+    # The model is built first so that training and serving encode targets the same way.
+    model = Model(spec, init_params(spec, 0), classes=splits.classes, mean=splits.mean, scale=splits.scale,
+                  feature_names=splits.feature_names, metadata=metadata,
+                  target_mean=splits.target_mean, target_scale=splits.target_scale)
+    validation = None
+    if len(splits.y_val):
+        validation = (splits.X_val.astype(spec.dtype), model.encode_targets(splits.y_val))
+    return model, splits.X_train.astype(spec.dtype), model.encode_targets(splits.y_train), validation
