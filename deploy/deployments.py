@@ -73,23 +73,21 @@ def serve_deployments(chosen: list[Scheduled], interval: float | None = None, tr
     """Serve ``chosen`` until interrupted.
 
     Prefect schedules runs only on a real server (an ephemeral API has no
-    scheduler), so without ``PREFECT_API_URL`` a local one is started for as
-    long as this runs, keeping its database in ``PREFECT_HOME``.
+    scheduler), so without ``PREFECT_API_URL`` this uses the user's local
+    server (:mod:`nnpipe.deploy.local_prefect`), started if none is running.
     """
     from prefect import serve
     from prefect.settings import PREFECT_API_URL, PREFECT_RUNNER_POLL_FREQUENCY, temporary_settings
 
-    server = None
     api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
     if not api:
-        from nnpipe.deploy.stack import start_prefect_server, stop
+        from nnpipe.deploy.local_prefect import ensure_server
 
-        home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
-        state = home / "nnpipe-schedule"
-        echo(f"starting a local Prefect server (logs in {state / 'logs'}) ...")
-        server, api = start_prefect_server(state, ui=True)
-        os.environ["PREFECT_API_URL"] = api  # flow-run subprocesses report to it too
+        api = ensure_server(echo=echo)["api"]
     echo(f"Prefect API: {api}")
+    # Flow runs are subprocesses of serve(): they read the API from the environment.
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api
     try:
         poll = min(PREFECT_RUNNER_POLL_FREQUENCY.value(), int(interval) if interval else 10)
         with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_RUNNER_POLL_FREQUENCY: max(poll, 1)}):
@@ -98,8 +96,10 @@ def serve_deployments(chosen: list[Scheduled], interval: float | None = None, tr
                 echo(f"serving {d.name}: {f'every {interval:g}s' if interval else d.cron}")
             serve(*deployments, print_starting_message=False, limit=1)  # one training at a time per store
     finally:
-        if server is not None:
-            stop(state, "prefect-server")
+        if saved is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = saved
 
 
 def deploy_to_pool(pool: str, chosen: list[Scheduled] | None = None, source: Path = REPO,
@@ -120,13 +120,59 @@ def deploy_to_pool(pool: str, chosen: list[Scheduled] | None = None, source: Pat
     return ids
 
 
+PREFECT_YAML = REPO / "deploy" / "prefect.yaml"
+_YAML_HEADER = """\
+# GENERATED from deploy/deployments.py (DEPLOYMENTS) by
+#   python -m nnpipe.deploy.deployments --write-prefect-yaml
+# Edit the Python definitions, not this file; a test checks that the two agree.
+# `prefect deploy --prefect-file deploy/prefect.yaml --all` from the repository root registers them with a work pool.
+# Local/process pool: run `python -m nnpipe.deploy.stack up`, or `prefect worker start --pool nnpipe-local`.
+# Kubernetes pool: set work_pool.name to nnpipe-k8s and job_variables.image to your nnpipe image.
+"""
+
+
+def prefect_yaml(chosen: list[Scheduled] | None = None, pool: str = "nnpipe-local") -> str:
+    """``prefect.yaml`` text for ``prefect deploy``: the same deployments, schedules and parameters as DEPLOYMENTS."""
+    import yaml
+
+    from nnpipe.flows.config import split_train_fields
+
+    deployments = []
+    for d in chosen if chosen is not None else DEPLOYMENTS:
+        schedule: dict[str, Any] = {"cron": d.cron, "timezone": getattr(d, "timezone", "UTC")}
+        entry: dict[str, Any] = {
+            "name": d.name, "description": d.description, "entrypoint": ENTRYPOINT, "tags": ["nnpipe", "scheduled"],
+            "schedules": [schedule], "parameters": {"config": split_train_fields(dict(d.settings))},
+            "work_pool": {"name": pool, "job_variables": {"env": {
+                "MLFLOW_TRACKING_URI": "{{ $MLFLOW_TRACKING_URI }}",
+                "DASK_SCHEDULER_ADDRESS": "{{ $DASK_SCHEDULER_ADDRESS }}"}}},
+        }
+        limit = getattr(d, "concurrency_limit", None)
+        if limit is not None:
+            entry["concurrency_limit"] = limit
+        deployments.append(entry)
+    doc = {
+        "name": "nnpipe", "prefect-version": "3",  # the major version the flows are written for
+        # SET NNPIPE_HOME: where the worker finds this checkout (or replace with a git_clone step).
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $NNPIPE_HOME }}"}}],
+        "deployments": deployments,
+    }
+    return _YAML_HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nnpipe.deploy.deployments",
                                      description="Register the scheduled deployments with a Prefect server's work pool.")
     parser.add_argument("--pool", default="nnpipe-local", help="process work pool name")
     parser.add_argument("--name", action="append", default=[], help="only this deployment (repeatable)")
     parser.add_argument("--source", default=str(REPO), help="directory or git URL the worker loads the flow from")
+    parser.add_argument("--write-prefect-yaml", action="store_true",
+                        help=f"write {PREFECT_YAML.relative_to(REPO)} from these definitions and exit")
     args = parser.parse_args(argv)
+    if args.write_prefect_yaml:
+        PREFECT_YAML.write_text(prefect_yaml())
+        print(f"wrote {PREFECT_YAML}")
+        return 0
     chosen = [d for d in DEPLOYMENTS if not args.name or d.name in args.name]
     for d, dep_id in zip(chosen, deploy_to_pool(args.pool, chosen, Path(args.source) if "://" not in args.source else args.source)):
         print(f"{d.name}: {dep_id} ({d.cron})")

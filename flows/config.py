@@ -98,7 +98,7 @@ def split_train_fields(values: dict[str, Any]) -> dict[str, Any]:
     train = dict(out.pop("train", None) or {})
     if not isinstance(train, dict):
         raise ConfigError(f"'train' must be a table of training fields, got {train!r}")
-    for key in TRAIN_FIELDS & values.keys():
+    for key in [k for k in values if k in TRAIN_FIELDS]:  # file order, so output is stable
         train[key] = values[key]
     if train:
         out["train"] = train

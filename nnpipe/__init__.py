@@ -7,8 +7,8 @@ from nnpipe.keras import Dense, Sequential
 from nnpipe.model import Model
 from nnpipe.network import Network, NetworkSpec, init_params
 from nnpipe.results import DivergenceError, FitResult
+from nnpipe.version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "Dense",

@@ -8,6 +8,8 @@ the deployments and the tracking layer, and nothing imports it.
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 app = typer.Typer(
@@ -20,10 +22,11 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from nnpipe.cli import models, pipeline
+    from nnpipe.cli import models, pipeline, server
 
     pipeline.register(app)
     models.register(app)
+    server.register(app)
 
 
 _register()
@@ -31,6 +34,11 @@ _register()
 
 def main() -> None:
     """Entry point of the ``nnpipe`` console script."""
+    # Telemetry off for this process and the servers it starts, set here (not on
+    # import) so that importing nnpipe.cli changes nothing for a library user.
+    for key, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
+                       ("MLFLOW_ENABLE_TELEMETRY", "false")):
+        os.environ.setdefault(key, value)
     app()
 
 

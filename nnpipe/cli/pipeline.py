@@ -18,11 +18,6 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-# Telemetry off before prefect/mlflow are imported by any command.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-
 MODE_HELP = "single (one process) | sync | local-sgd | async (Dask)."
 
 
@@ -43,26 +38,64 @@ def _parse_hidden(value: str | None) -> list[int] | None:
     return sizes
 
 
-def _quiet_prefect_console(verbose: bool) -> None:
-    """Hide Prefect's own console log lines (and its tracebacks) unless ``--verbose``.
+@contextmanager
+def _quiet_console(verbose: bool) -> Iterator[None]:
+    """Hide Prefect's console log lines and MLflow's INFO chatter unless ``--verbose``; restore after.
 
     The command prints its own progress and a one-line error; the full logs
-    still reach the Prefect API (and its UI) when one is configured.
+    still reach the Prefect API and its UI. Prefect's console handler is set
+    up by Prefect's own logging configuration on the "prefect" logger tree.
     """
+    if verbose:
+        yield
+        return
+    import warnings
+
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    level = logging.INFO if verbose else logging.CRITICAL + 1
-    if not verbose:  # MLflow's INFO chatter and its advice to library authors are not for this user
-        import warnings
+    import nnpipe.tracking  # noqa: F401  (imports mlflow, which configures its loggers; set levels after)
 
-        import mlflow  # noqa: F401  (its import configures its loggers; set the level after that)
-
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
-    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+    saved: list[tuple[logging.Handler | logging.Logger, int]] = []
+    mlflow_logger = logging.getLogger("mlflow")
+    saved.append((mlflow_logger, mlflow_logger.level))
+    mlflow_logger.setLevel(logging.WARNING)
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):  # Prefect's config puts it on root
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, PrefectConsoleHandler):
-                handler.setLevel(level)
+                saved.append((handler, handler.level))
+                handler.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
+            yield
+    finally:
+        for obj, level in saved:
+            obj.setLevel(level)
+
+
+@contextmanager
+def _prefect_api() -> Iterator[str | None]:
+    """Point Prefect at ``PREFECT_API_URL``, else at this user's local server (started once, then reused).
+
+    ``NNPIPE_PREFECT_SERVER=ephemeral`` keeps Prefect's own temporary server
+    per command instead (slower; nothing left running).
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    if os.environ.get("NNPIPE_PREFECT_SERVER", "").lower() == "ephemeral":
+        yield None
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from nnpipe.deploy.local_prefect import ensure_server
+
+    try:
+        info = ensure_server(echo=lambda line: typer.echo(line, err=True))
+    except (RuntimeError, OSError) as exc:
+        _fail(str(exc).splitlines()[0])
+    with temporary_settings(updates={PREFECT_API_URL: info["api"]}):
+        yield info["api"]
 
 
 def _default_tracking_uri(config_uri: str | None) -> str:
@@ -169,9 +202,8 @@ def register(app: typer.Typer) -> None:
         cfg.tracking_uri = _default_tracking_uri(cfg.tracking_uri)
         from nnpipe.flows.pipeline import training_flow
 
-        _quiet_prefect_console(verbose)
         total = cfg.train.epochs if cfg.train.mode in ("single", "sync") else None
-        with _progress(total, "epoch" if cfg.train.mode == "single" else "round"):
+        with _prefect_api(), _quiet_console(verbose), _progress(total, "epoch" if cfg.train.mode == "single" else "round"):
             result = _run_flow(training_flow, cfg)
         _print_result(result)
 
@@ -201,8 +233,8 @@ def register(app: typer.Typer) -> None:
             space = parse_grid(grid)
         except SweepError as exc:
             _fail(str(exc))
-        _quiet_prefect_console(verbose)
-        result = _run_flow(sweep_flow, cfg, space, trials)
+        with _prefect_api(), _quiet_console(verbose):
+            result = _run_flow(sweep_flow, cfg, space, trials)
         typer.echo(f"sweep:       {len(result['trials'])} trials under MLflow run {result['parent_run_id']}")
         for t in result["trials"]:
             typer.echo(f"  {t['run_id']}  {t['params']}  {t['metric']}={t['score']:.4f}")

@@ -62,16 +62,7 @@ from nnpipe.results import Callback, FitResult
 
 log = logging.getLogger("nnpipe.distributed")
 
-__all__ = ["fit_distributed", "fit_source", "connect", "start_local_cluster", "worker_addresses", "train_on_shards"]
-
-
-def __getattr__(name: str) -> Any:
-    # dask.dataframe (and pandas) load only when a source is actually trained on.
-    if name == "fit_source":
-        from nnpipe.distributed.frames import fit_source
-
-        return fit_source
-    raise AttributeError(f"module 'nnpipe.distributed' has no attribute {name!r}")
+__all__ = ["fit_distributed", "connect", "start_local_cluster", "worker_addresses", "train_on_shards"]
 
 
 def fit_distributed(

@@ -25,13 +25,15 @@ from nnpipe.tracking.errors import (
     UnknownModelError,
     UnknownVersionError,
 )
-from nnpipe.tracking.history import alias_history, default_actor, previous_champion
+from nnpipe.tracking.history import default_actor
 from nnpipe.tracking.lineage import git_revision, run_tags
 from nnpipe.tracking.locking import lock_path, store_lock
 from nnpipe.tracking.plots import fetch_checkpoints, log_checkpoints, log_training_artifacts
 from nnpipe.tracking.promotion import PromotionDecision, check_servable, promote, promote_if_better, rollback
 from nnpipe.tracking.pyfunc import NnpipePyfunc, log_model
 from nnpipe.tracking.registry import (
+    alias_history,
+    previous_champion,
     CANDIDATE,
     CHAMPION,
     alias_version,
@@ -44,6 +46,7 @@ from nnpipe.tracking.runs import (
     flatten_params,
     log_final_metrics,
     log_params,
+    flush_metrics,
     metrics_callback,
     run_status,
     set_run_tags,
@@ -81,6 +84,7 @@ __all__ = [
     "log_model",
     "log_params",
     "log_training_artifacts",
+    "flush_metrics",
     "metrics_callback",
     "previous_champion",
     "promote",

@@ -74,19 +74,6 @@ def record(
     return event
 
 
-def alias_history(name: str, alias: str | None = None) -> list[dict[str, Any]]:
-    """Alias moves of model ``name`` (optionally of one ``alias``), oldest first.
-
-    Raises
-    ------
-    UnknownModelError
-    """
-    from nnpipe.tracking.registry import get_registered
-
-    events = _events(get_registered(name).tags)
-    return [e for e in events if alias is None or e.get("alias") == alias]
-
-
 def champion_stack(events: list[dict[str, Any]], alias: str = "champion") -> list[int]:
     """Replay moves of ``alias`` into a stack of reigns: a promotion pushes, a rollback pops back.
 
@@ -104,13 +91,3 @@ def champion_stack(events: list[dict[str, Any]], alias: str = "champion") -> lis
         elif not stack or stack[-1] != to:
             stack.append(to)
     return stack
-
-
-def previous_champion(name: str, current: int | None) -> int | None:
-    """The champion before ``current`` according to the history, or None."""
-    stack = champion_stack(alias_history(name, "champion"))
-    while stack and stack[-1] == current:
-        stack.pop()
-    # entries equal to current deeper down (an old reign) are skipped too
-    stack = [v for v in stack if v != current]
-    return stack[-1] if stack else None

@@ -7,12 +7,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import nnpipe
+from nnpipe.version import __version__
 
 
 def git_revision(path: str | Path | None = None) -> tuple[str | None, bool | None]:
     """``(commit, dirty)`` of the git checkout holding ``path`` (default: nnpipe's source), or ``(None, None)``."""
-    where = Path(path) if path is not None else Path(nnpipe.__file__).resolve().parent
+    where = Path(path) if path is not None else Path(__file__).resolve().parents[1]
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
@@ -59,7 +59,7 @@ def run_tags(
     tags: dict[str, Any] = {
         "dataset.name": dataset_name,
         "dataset.hash": dataset_hash,
-        "nnpipe.version": nnpipe.__version__,
+        "nnpipe.version": __version__,
         "python.version": platform.python_version(),
     }
     commit, dirty = git_revision()

@@ -12,14 +12,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
+import numpy as np
+# The object-oriented API draws with the Agg canvas and touches no global
+# backend, so importing this module changes nothing for a user's notebook.
+from matplotlib.figure import Figure
 
-from nnpipe.tracking.runs import _as_mapping  # noqa: E402
-from nnpipe.tracking.store import client  # noqa: E402
+from nnpipe.tracking.runs import _as_mapping
+from nnpipe.tracking.store import client
 
 
 def plot_curves(history: Mapping[str, Sequence[float]], suffix: str, path: Path, title: str) -> Path | None:
@@ -27,20 +27,18 @@ def plot_curves(history: Mapping[str, Sequence[float]], suffix: str, path: Path,
     keys = sorted(k for k in history if k.endswith(suffix) and len(history[k]))
     if not keys:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    try:
-        for key in keys:
-            values = np.asarray(history[key], dtype=float)
-            ax.plot(np.arange(1, len(values) + 1), values, label=key, marker="." if len(values) < 30 else None)
-        ax.set_xlabel("epoch / round")
-        ax.set_ylabel(suffix)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
+    for key in keys:
+        values = np.asarray(history[key], dtype=float)
+        ax.plot(np.arange(1, len(values) + 1), values, label=key, marker="." if len(values) < 30 else None)
+    ax.set_xlabel("epoch / round")
+    ax.set_ylabel(suffix)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
     return path
 
 
@@ -63,23 +61,21 @@ def plot_confusion(C: np.ndarray, labels: list, path: Path) -> Path:
     """Confusion-matrix heat map with the count in each cell."""
     n = len(labels)
     size = max(4.0, 0.5 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
-    try:
-        ax.imshow(C, cmap="Blues")
-        ax.set_xticks(range(n), [str(x) for x in labels], rotation=45 if n > 6 else 0)
-        ax.set_yticks(range(n), [str(x) for x in labels])
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title("confusion matrix (test)")
-        threshold = C.max() / 2 if C.size else 0
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(C[i, j]), ha="center", va="center",
-                        color="white" if C[i, j] > threshold else "black")
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(size, size), dpi=100)
+    ax = fig.subplots()
+    ax.imshow(C, cmap="Blues")
+    ax.set_xticks(range(n), [str(x) for x in labels], rotation=45 if n > 6 else 0)
+    ax.set_yticks(range(n), [str(x) for x in labels])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (test)")
+    threshold = C.max() / 2 if C.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(C[i, j]), ha="center", va="center",
+                    color="white" if C[i, j] > threshold else "black")
+    fig.tight_layout()
+    fig.savefig(path)
     return path
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from nnpipe.tracking import history
+from nnpipe.tracking import history, registry
 from nnpipe.tracking.errors import NotServableError, RollbackRefused, TrackingError
 from nnpipe.tracking.locking import store_lock
 from nnpipe.tracking.registry import CHAMPION, RUN_ID_TAG, alias_version, get_registered, get_version, version_number
@@ -252,7 +252,7 @@ def rollback(
     get_registered(name, c)
     current = alias_version(name, CHAMPION, c)
     if to is None:
-        target = history.previous_champion(name, current)
+        target = registry.previous_champion(name, current)
         if target is None:
             raise RollbackRefused(
                 f"model {name!r} has no previous champion in its history (champion: "

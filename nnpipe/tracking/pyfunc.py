@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 
-import nnpipe
+from nnpipe.version import __version__
 from nnpipe.model import Model
 from nnpipe.tracking.store import client
 
@@ -122,7 +122,7 @@ def log_model(run_id: str, model: Model, input_example: Any) -> str:
                     f"numpy=={np.__version__}",
                     f"pandas=={pd.__version__}",
                 ],
-                metadata={"nnpipe_version": nnpipe.__version__, "task": model.task},
+                metadata={"nnpipe_version": __version__, "task": model.task},
             )
     return info.model_uri
 

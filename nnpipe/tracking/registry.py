@@ -181,3 +181,26 @@ def list_versions(name: str) -> list[dict[str, Any]]:
             "source": mv.source,
         })
     return rows
+
+
+# Reads of the alias history live here, beside the registry lookups they need,
+# so that history.py (the record format) imports nothing back from this module.
+def alias_history(name: str, alias: str | None = None) -> list[dict[str, Any]]:
+    """Alias moves of model ``name`` (optionally of one ``alias``), oldest first.
+
+    Raises
+    ------
+    UnknownModelError
+    """
+    events = history._events(get_registered(name).tags)
+    return [e for e in events if alias is None or e.get("alias") == alias]
+
+
+def previous_champion(name: str, current: int | None) -> int | None:
+    """The champion before ``current`` according to the history, or None."""
+    stack = history.champion_stack(alias_history(name, "champion"))
+    while stack and stack[-1] == current:
+        stack.pop()
+    # entries equal to current deeper down (an old reign) are skipped too
+    stack = [v for v in stack if v != current]
+    return stack[-1] if stack else None

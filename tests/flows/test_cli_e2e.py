@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -16,20 +17,32 @@ from tests.flows.conftest import BIN, clean_env
 pytestmark = pytest.mark.server
 
 
-def nnpipe(args: list[str], cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "nnpipe"), *args], cwd=cwd, env=clean_env(cwd), capture_output=True,
+@pytest.fixture(scope="module")
+def user_home(tmp_path_factory) -> Iterator[Path]:
+    """One new user's HOME for the module: the local Prefect server it starts is stopped at the end."""
+    home = tmp_path_factory.mktemp("home")
+    yield home
+    subprocess.run([str(BIN / "nnpipe"), "server", "stop"], env=clean_env(home), capture_output=True, timeout=60)
+
+
+def nnpipe(args: list[str], cwd: Path, home: Path, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "nnpipe"), *args], cwd=cwd, env=clean_env(home), capture_output=True,
                           text=True, timeout=timeout)
 
 
-def test_first_command_then_bad_csv(tmp_path: Path):
+def test_first_command_then_bad_csv(tmp_path: Path, user_home: Path):
     """`nnpipe train` with defaults registers v1 as champion; a bad CSV then fails cleanly and changes nothing."""
     import mlflow
     from mlflow import MlflowClient
 
     from nnpipe.data import load_dataset, split_and_scale
 
-    done = nnpipe(["train"], tmp_path)
+    done = nnpipe(["train"], tmp_path, user_home)
     assert done.returncode == 0, done.stdout + done.stderr
+    # A new user's first command starts the local Prefect server and says so; it stays for later commands.
+    assert "starting a local Prefect server" in done.stderr, done.stderr
+    status = nnpipe(["server", "status"], tmp_path, user_home, timeout=60)
+    assert status.returncode == 0 and "running: UI http://127.0.0.1:" in status.stdout, status.stdout + status.stderr
     out = done.stdout
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert (tmp_path / "mlflow.db").is_file()
@@ -69,7 +82,9 @@ def test_first_command_then_bad_csv(tmp_path: Path):
     # Bad input: a non-numeric cell. One clear line, non-zero exit, a FAILED run, nothing registered.
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,label\n1.0,2.0,x\n3.0,oops,y\n5.0,6.0,x\n")
-    failed = nnpipe(["train", "--dataset", str(bad), "--target", "label", "--model-name", "nnpipe-iris"], tmp_path)
+    failed = nnpipe(["train", "--dataset", str(bad), "--target", "label", "--model-name", "nnpipe-iris"], tmp_path,
+                    user_home)
+    assert "starting a local Prefect server" not in failed.stderr  # the running one was reused
     assert failed.returncode != 0
     assert "Traceback" not in failed.stderr + failed.stdout
     message = failed.stderr.strip().splitlines()[-1]
@@ -83,10 +98,10 @@ def test_first_command_then_bad_csv(tmp_path: Path):
     assert str(client.get_model_version_by_alias("nnpipe-iris", "champion").version) == "1"
 
 
-def test_bad_flag_values_exit_cleanly(tmp_path: Path):
+def test_bad_flag_values_exit_cleanly(tmp_path: Path, user_home: Path):
     """Bad option values: exit 1 with one line on stderr quoting the value, no traceback."""
     for args, quoted in ((["--mode", "turbo"], "turbo"), (["--lr", "-1"], "-1")):
-        done = nnpipe(["train", *args], tmp_path, timeout=200)
+        done = nnpipe(["train", *args], tmp_path, user_home, timeout=200)
         assert done.returncode == 1, done.stderr
         assert "Traceback" not in done.stderr
         assert quoted in done.stderr.strip().splitlines()[-1]

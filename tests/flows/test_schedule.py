@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nnpipe.deploy.stack import stop
+from nnpipe.deploy.local_prefect import stop_server
 from tests.flows.conftest import BIN, clean_env
 
 pytestmark = pytest.mark.server
@@ -57,11 +57,11 @@ def test_interval_schedule_runs_the_pipeline(tmp_path: Path):
         assert str(client.get_model_version_by_alias("nnpipe-iris", "champion").version) == "1"
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)  # the command pauses its schedule and stops its server
+            os.killpg(proc.pid, signal.SIGINT)  # the command pauses its schedule; the shared server stays
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        stop(tmp_path / ".prefect" / "nnpipe-schedule", "prefect-server")
+        stop_server(tmp_path / ".prefect")
         log.close()

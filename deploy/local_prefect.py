@@ -1,0 +1,132 @@
+"""This user's local Prefect server: started once in the background, reused by every command.
+
+Prefect 3 runs flows against an API. With no ``PREFECT_API_URL`` it would start
+a temporary server for each command and stop it at exit, which costs ~10 s of
+every ``nnpipe train`` and loses the flow-run history. Instead the first
+command that needs an API starts ``prefect server start`` in its own session
+(database in ``$PREFECT_HOME``), records it in
+``$PREFECT_HOME/nnpipe-server/server.json`` and leaves it running; later
+commands find it there and connect in milliseconds, and the Prefect UI at its
+address shows every past run. ``nnpipe server stop`` stops it.
+
+Starting is serialised by a file lock, so commands started together on a fresh
+machine share one server and one database initialisation instead of racing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from nnpipe.deploy.stack import _alive, free_port, spawn, stop, wait_http
+
+NAME = "prefect-server"
+START_TIMEOUT_S = float(os.environ.get("NNPIPE_PREFECT_START_TIMEOUT", "240"))
+
+
+def prefect_home() -> Path:
+    """``PREFECT_HOME`` as Prefect resolves it (default ``~/.prefect``)."""
+    return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+
+
+def state_dir(home: Path | None = None) -> Path:
+    return (home or prefect_home()) / "nnpipe-server"
+
+
+@contextmanager
+def _locked(state: Path) -> Iterator[None]:
+    state.mkdir(parents=True, exist_ok=True)
+    with open(state / "start.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _healthy(api: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def status(home: Path | None = None) -> dict | None:
+    """The running server's record (``api``, ``ui``, ``pid``, ``home``), or None."""
+    record = state_dir(home) / "server.json"
+    try:
+        info = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if not _alive(int(info.get("pid", 0))) or not _healthy(info["api"]):
+        return None
+    return info
+
+
+def ensure_server(home: Path | None = None, echo: Callable[[str], None] = print,
+                  timeout: float = START_TIMEOUT_S) -> dict:
+    """The record of this user's local Prefect server, starting it first if none answers.
+
+    Parameters
+    ----------
+    home : Path, optional
+        ``PREFECT_HOME``; the server's database and logs live under it.
+    echo : callable
+        Told once when a server has to be started (the first run takes a while).
+    timeout : float
+        Seconds to wait for a new server's health check (``NNPIPE_PREFECT_START_TIMEOUT``).
+    """
+    home = home or prefect_home()
+    state = state_dir(home)
+    found = status(home)
+    if found:
+        return found
+    with _locked(state):
+        found = status(home)  # another command may have started it while we waited
+        if found:
+            return found
+        stop(state, NAME)  # a stale pid file from a server that died
+        echo(f"starting a local Prefect server (first run only; logs in {state / 'logs'}) ...")
+        last_error: Exception | None = None
+        for _ in range(3):  # a free port can be taken before the server binds it: retry on another
+            port = free_port()
+            env: dict[str, str | None] = {
+                "PREFECT_HOME": str(home), "PREFECT_API_URL": None, "PREFECT_UI_ENABLED": "true",
+                # scheduled deployments get their runs within seconds, not the default minute
+                "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
+            }
+            proc = spawn(state, NAME, [*_server_command(), "--host", "127.0.0.1", "--port", str(port)], env=env)
+            api = f"http://127.0.0.1:{port}/api"
+            try:
+                wait_http(f"{api}/health", timeout, proc, state / "logs" / f"{NAME}.log")
+            except RuntimeError as exc:
+                last_error = exc
+                stop(state, NAME)
+                continue
+            info = {"api": api, "ui": f"http://127.0.0.1:{port}", "pid": proc.pid, "home": str(home),
+                    "started": time.time()}
+            (state / "server.json").write_text(json.dumps(info, indent=2))
+            echo(f"Prefect server at {info['ui']} (stays up for later runs; `nnpipe server stop` stops it)")
+            return info
+        raise RuntimeError(f"could not start a local Prefect server: {last_error}")
+
+
+def stop_server(home: Path | None = None) -> bool:
+    """Stop this user's local Prefect server; True if one was running."""
+    state = state_dir(home)
+    with _locked(state):
+        (state / "server.json").unlink(missing_ok=True)
+        return stop(state, NAME)
+
+
+def _server_command() -> list[str]:
+    from nnpipe.deploy.stack import BIN
+
+    return [str(BIN / "prefect"), "server", "start"]
