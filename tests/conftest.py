@@ -22,3 +22,23 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.pop("DASK_SCHEDULER_ADDRESS", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
+
+
+# Fixtures that start processes: a test using one is marked for it, so the quick
+# tier `pytest -m "not server and not cluster"` really starts none.
+SERVER_FIXTURES = {"prefect_harness", "mlflow_server", "http_store"}
+CLUSTER_FIXTURES = {"cluster", "client"}
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("store") == "http":
+            names.add("http_store")  # the `store` fixture picks it by parameter
+        if names & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.server)
+        if names & CLUSTER_FIXTURES:
+            item.add_marker(pytest.mark.cluster)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from nnpipe import TrainConfig, tracking
+from nnpipe.tracking.lineage import git_revision
 
 
 def test_tracking_uri_defaults_to_sqlite_in_cwd_and_follows_env(tmp_path, monkeypatch):
@@ -45,7 +48,8 @@ def test_params_tags_and_metrics_are_logged(sqlite_store):
     assert r.data.tags["dataset.name"] == "iris" and r.data.tags["dataset.hash"] == "abc123"
     assert r.data.tags["dask.address"] == "tcp://127.0.0.1:8786" and r.data.tags["dask.workers"] == "2"
     assert r.data.tags["nnpipe.version"]
-    assert len(r.data.tags["nnpipe.git_commit"]) == 40  # the tests run in a git checkout
+    # The revision of wherever nnpipe runs from (none for an installed package or a bare copy).
+    assert r.data.tags.get("nnpipe.git_commit") == git_revision()[0]
     history = {m.step: m.value for m in c.get_metric_history(run_id, "train/loss")}
     assert history == {0: 1.0, 1: 0.5}
     # non-finite values are skipped, not logged as NaN
@@ -161,3 +165,16 @@ def test_log_model_after_the_run_block_keeps_the_run_finished(sqlite_store, iris
     loaded = mlflow.pyfunc.load_model("models:/late-model@candidate")
     assert loaded.predict(loaded.input_example).tolist() == model.predict(splits.raw_test[:5]).tolist()
     assert loaded.metadata.signature.inputs.input_names() == splits.feature_names
+
+
+def test_git_revision_of_a_checkout_and_of_a_plain_folder(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    for args in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "first"]):
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert git_revision(repo) == (head, False)
+    (tmp_path / "plain").mkdir()
+    assert git_revision(tmp_path / "plain") == (None, None)
