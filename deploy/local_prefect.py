@@ -52,10 +52,20 @@ def _locked(state: Path) -> Iterator[None]:
 
 def _healthy(api: str, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{api}/health", timeout=timeout) as r:
+        with urllib.request.urlopen(f"{api.rstrip('/')}/health", timeout=timeout) as r:
             return r.status == 200
-    except OSError:
+    except (OSError, ValueError):
         return False
+
+
+def api_answers(api: str, tries: int = 2, timeout: float = 3.0) -> bool:
+    """True if the Prefect API at ``api`` answers its health check within a few seconds."""
+    for attempt in range(tries):
+        if _healthy(api, timeout):
+            return True
+        if attempt + 1 < tries:
+            time.sleep(0.5)
+    return False
 
 
 def status(home: Path | None = None) -> dict | None:

@@ -81,7 +81,14 @@ def _prefect_api() -> Iterator[str | None]:
     per command instead (slower; nothing left running).
     """
     if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"]
+        from nnpipe.deploy.local_prefect import api_answers
+
+        api = os.environ["PREFECT_API_URL"]
+        # Prefect itself retries for ~25 s before it gives up on a dead API; say so at once.
+        if not api_answers(api):
+            _fail(f"the Prefect API at PREFECT_API_URL={api} does not answer; start that server, "
+                  "or unset PREFECT_API_URL to use the local one")
+        yield api
         return
     if os.environ.get("NNPIPE_PREFECT_SERVER", "").lower() == "ephemeral":
         yield None
