@@ -153,7 +153,9 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
         info["mlflow_backend_store_uri"] = store
         mlflow = spawn(state, "mlflow", [str(BIN / "mlflow"), "server", "--backend-store-uri", store,
                                          "--artifacts-destination", str(state / "mlartifacts"),
-                                         "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"])
+                                         "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
+                       # its GenAI job runner (eight huey processes) has nothing to do for nnpipe
+                       env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         info["mlflow_uri"] = f"http://127.0.0.1:{mlflow_port}"
         _, api = start_prefect_server(state, prefect_port, ui=ui, timeout=timeout)
         info["prefect_api_url"] = api
