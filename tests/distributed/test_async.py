@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nnpipe.config import TrainConfig
-from nnpipe.distributed import fit_distributed, pool
+from nnpipe.distributed import fit_distributed
 from nnpipe.distributed.async_ import staleness_weight
 from nnpipe.results import DivergenceError
 from tests.distributed.helpers import local_cluster, small_net
@@ -47,10 +47,10 @@ def test_straggler_does_not_hold_the_fast_worker(client, data, policy):
     X, y = data
     spec, theta0 = small_net("float32")
     X, y = np.tile(X, (8, 1)), np.tile(y, 8)
-    pool.ROUND_DELAY_S[0] = 0.05  # trainer 0 sleeps 50 ms every round; a fast round takes ~2 ms
     cfg = TrainConfig(mode="async", sync_every=2, batch_size=32, epochs=2, lr=0.01, dtype="float32",
                       max_staleness=1, staleness_policy=policy)
-    out = fit_distributed(spec, theta0, X, y, cfg, client=client)
+    # Trainer 0 sleeps 50 ms every round; a fast round takes ~2 ms.
+    out = fit_distributed(spec, theta0, X, y, cfg, client=client, delays={0: 0.05})
     merges = out.info["merges"]
     by = out.info["merges_by_trainer"]
     assert by.get(1, 0) >= 5 * max(by.get(0, 0), 1)
@@ -74,7 +74,6 @@ def test_worker_joining_mid_run_is_put_to_work(data):
     spec, theta0 = small_net("float32")
     X, y = np.tile(X, (4, 1)), np.tile(y, 4)
     cfg = TrainConfig(mode="async", workers=1, sync_every=5, batch_size=32, epochs=8, lr=0.005, dtype="float32")
-    pool.ROUND_DELAY_S[0] = 0.02  # long enough a run for a new worker process to start
     with local_cluster(1) as cluster, distributed.Client(cluster) as client:
         scaled = []
 
@@ -84,7 +83,8 @@ def test_worker_joining_mid_run_is_put_to_work(data):
                 client.wait_for_workers(2, timeout=60)
                 scaled.append(epoch)
 
-        out = fit_distributed(spec, theta0, X, y, cfg, client=client, callbacks=[add_worker])
+        # Trainer 0 sleeps 20 ms a round: long enough a run for a new worker process to start.
+        out = fit_distributed(spec, theta0, X, y, cfg, client=client, callbacks=[add_worker], delays={0: 0.02})
     joined = [e for e in out.info["events"] if e["event"] == "worker_joined"]
     assert len(joined) == 1
     assert out.info["merges_by_trainer"].get(joined[0]["trainer"], 0) >= 1
@@ -101,9 +101,9 @@ def test_async_divergence_names_merge_and_worker(client, data):
 def test_async_uses_only_the_workers_asked_for(client, data):
     X, y = data
     spec, theta0 = small_net("float32")
-    pool.ROUND_DELAY_S[0] = 0.01  # a run of ~1.5 s: long enough for the loop to look for new workers
     cfg = TrainConfig(mode="async", workers=1, sync_every=5, batch_size=32, epochs=8, lr=0.01, dtype="float32")
-    out = fit_distributed(spec, theta0, np.tile(X, (4, 1)), np.tile(y, 4), cfg, client=client)
+    # Trainer 0 sleeps 10 ms a round: a run of ~1.5 s, long enough for the loop to look for new workers.
+    out = fit_distributed(spec, theta0, np.tile(X, (4, 1)), np.tile(y, 4), cfg, client=client, delays={0: 0.01})
     # The session cluster has two workers; the idle one was there from the start, so it is not a joiner.
     assert out.info["workers"] == 1
     assert set(out.info["merges_by_trainer"]) == {0}
