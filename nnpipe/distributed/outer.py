@@ -9,7 +9,8 @@ Douillard et al. 2023, DiLoCo):
 
 - ``sgd``: :class:`~nnpipe.optimizers.SGD`, or heavy-ball
   :class:`~nnpipe.optimizers.Momentum` when ``outer_momentum > 0`` (SlowMo);
-- ``nesterov``: :class:`~nnpipe.optimizers.Nesterov` (DiLoCo: lr 0.7, momentum 0.9).
+- ``nesterov``: :class:`~nnpipe.optimizers.Nesterov` (DiLoCo uses lr 0.7, momentum
+  0.9; the defaults here, lr 1.0 and momentum 0.5, measured better, see the README).
 
 The state (momentum buffer, step count) lives on the driver, is advanced once
 per merge in the order merges happen, and is checkpointed with the
@@ -55,7 +56,7 @@ class OuterOptimizer:
     @classmethod
     def from_config(cls, config: TrainConfig, theta: np.ndarray) -> "OuterOptimizer":
         lr, momentum = config.outer_settings()
-        return cls(config.outer_optimizer, lr, momentum, theta)
+        return cls(config.outer_name(), lr, momentum, theta)
 
     def apply(self, theta: np.ndarray, target: np.ndarray) -> float:
         """Step ``theta`` (in place) toward ``target``; returns the step's L2 norm.

@@ -8,19 +8,10 @@ import pytest
 
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed
-from nnpipe.distributed.async_ import staleness_weight
 from nnpipe.results import DivergenceError
 from tests.distributed.helpers import local_cluster, small_net
 
 pytestmark = pytest.mark.cluster
-
-
-def test_staleness_weight_policies():
-    assert staleness_weight(2, 2, "downweight") == 1.0
-    assert staleness_weight(5, 2, "downweight") == pytest.approx(1 / 4)
-    assert staleness_weight(3, 2, "drop") == 0.0
-    with pytest.raises(ValueError, match="'sometimes'"):
-        staleness_weight(9, 2, "sometimes")
 
 
 def test_async_learns_and_logs_staleness(client, data):
@@ -42,31 +33,22 @@ def test_async_learns_and_logs_staleness(client, data):
     assert out.info["bytes_sent_per_round"] + out.info["bytes_received_per_round"] <= 2 * 2 * theta0.nbytes
 
 
-@pytest.mark.parametrize("policy", ["downweight", "drop"])
-def test_straggler_does_not_hold_the_fast_worker(client, data, policy):
+def test_straggler_does_not_hold_the_fast_worker(client, data):
+    # The merge order in detail (and the drop policy) is checked on the in-process pool in test_rules.py;
+    # here a real slow worker process.
     X, y = data
     spec, theta0 = small_net("float32")
     X, y = np.tile(X, (8, 1)), np.tile(y, 8)
     cfg = TrainConfig(mode="async", sync_every=2, batch_size=32, epochs=2, lr=0.01, dtype="float32",
-                      max_staleness=1, staleness_policy=policy)
+                      max_staleness=1, staleness_policy="downweight")
     # Trainer 0 sleeps 50 ms every round; a fast round takes ~2 ms.
     out = fit_distributed(spec, theta0, X, y, cfg, client=client, delays={0: 0.05})
     merges = out.info["merges"]
     by = out.info["merges_by_trainer"]
-    assert by.get(1, 0) >= 5 * max(by.get(0, 0), 1)
-    # The fast trainer merged many times between two consecutive merges of the slow one...
-    slow_times = [m["time"] for m in merges if m["trainer"] == 0]
-    fast_times = [m["time"] for m in merges if m["trainer"] == 1]
-    assert len(fast_times) > 20
-    if len(slow_times) >= 2:
-        between = [t for t in fast_times if slow_times[0] < t < slow_times[1]]
-        assert len(between) >= 3
-    # ...so the slow one's results are stale, and the policy applies to them.
+    assert by[1] > 20 and by[1] >= 5 * by.get(0, 0)
+    # The slow trainer's results come back after several fast merges: stale, so down-weighted.
     slow = [m for m in merges if m["trainer"] == 0]
-    if policy == "downweight":
-        assert slow and all(m["staleness"] > 1 and m["weight"] < 1 for m in slow)
-    else:
-        assert sum(out.history["dist/dropped"]) >= 1 and not slow
+    assert slow and all(m["staleness"] > 1 and m["weight"] < 1 for m in slow)
 
 
 def test_worker_joining_mid_run_is_put_to_work(data):
