@@ -49,8 +49,10 @@ Warm-up epochs (``warmup_epochs``) of ``local-sgd`` and ``async`` log as ``sync`
 ``bytes_received_per_round`` (payload bytes of the arrays the driver sent and
 received, averaged over rounds; a round is one call to every trainer, and in
 ``async`` one dispatch of every trainer), ``rounds``, ``coordination_s_per_round``
-(median over rounds of the round's wall time minus its slowest compute) and,
-for ``async``, ``merges_by_trainer`` and ``merges`` (one dict per merge).
+(median over rounds of the round's wall time minus its slowest compute); for
+``local-sgd``, ``rounds_log`` (one dict per round: ``consensus_distance``,
+``outer_step_norm``); for ``async``, ``merges_by_trainer`` and ``merges``
+(one dict per merge: ``trainer``, ``staleness``, ``weight``, ``outer_step_norm``).
 """
 
 from __future__ import annotations
@@ -222,5 +224,5 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
         "param_bytes": int(theta.nbytes),
         "seconds": time.perf_counter() - t0,
     }
-    info.update(getattr(pool, "async_info", {}))
+    info.update(getattr(pool, "rule_info", {}))
     return reporter.result(theta, state, last_epoch, info)

@@ -121,14 +121,16 @@ class MergeOnArrival(MergeRule):
                     check_update(delta, t, "an update", where)
                     np.multiply(delta, config.mixing * w, out=self.target)
                     self.target += theta
-                    norms.append(self.outer.apply(theta, self.target))
+                    norm = self.outer.apply(theta, self.target)
+                    norms.append(norm)
                     check_finite(theta, f"after merging worker {t.address} (trainer {t.id}) {where}")
                     self.version += 1
                     stale.append(staleness)
                     weights.append(w)
                     self.merges_by_trainer[t.id] = self.merges_by_trainer.get(t.id, 0) + 1
                     self.merges.append({"merge": self.version, "trainer": t.id, "staleness": staleness,
-                                        "weight": w, "time": time.perf_counter()})
+                                        "weight": w, "outer_step_norm": norm,
+                                        "time": time.perf_counter()})
                 if tally.rows >= pool.n_total:  # an epoch's worth of rows: report; t goes out next epoch
                     self.idle.append(t)
                     return {"dist/staleness": float(np.mean(stale)) if stale else 0.0,
@@ -153,7 +155,7 @@ class MergeOnArrival(MergeRule):
                 t, _, sent_at = self.inflight[fut]
                 if fut.exception() is None:
                     pool.record_round(time.perf_counter() - sent_at, pool.received(fut.result())[-1])
-        pool.async_info = {"merges_by_trainer": self.merges_by_trainer, "merges": self.merges}
+        pool.rule_info = {"merges_by_trainer": self.merges_by_trainer, "merges": self.merges}
 
     def final_opt_state(self) -> dict[str, np.ndarray]:
         return self.pool.final_opt_state()  # trainer 0's: the optimizer a continued run would step with

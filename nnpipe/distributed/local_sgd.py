@@ -61,6 +61,7 @@ class AverageParameters(MergeRule):
         self.outer = OuterOptimizer.from_config(config, theta)
         self.avg = np.empty_like(theta)
         self.round = 0
+        self.rounds_log: list[dict] = []  # per round: FitResult.info["rounds_log"]
 
     def run_epoch(self, epoch: int, lr: float, theta: np.ndarray, tally: EpochTally) -> dict[str, float]:
         pool, K = self.pool, self.config.sync_every
@@ -77,6 +78,8 @@ class AverageParameters(MergeRule):
             weighted_average(thetas, [t.shard.rows for t in pool.trainers], out=self.avg)
             dist.append(consensus_distance(thetas, self.avg))
             norms.append(self.outer.apply(theta, self.avg))
+            self.rounds_log.append({"round": self.round, "epoch": epoch, "steps": k,
+                                    "consensus_distance": dist[-1], "outer_step_norm": norms[-1]})
             done_steps += k
             self.round += 1
         return {"dist/consensus_distance": float(np.mean(dist)), "dist/consensus_distance_last": dist[-1],
@@ -88,6 +91,9 @@ class AverageParameters(MergeRule):
 
     def load(self, opt_state: dict[str, np.ndarray]) -> None:
         self.outer.load(opt_state)
+
+    def finish(self) -> None:
+        self.pool.rule_info = {"rounds_log": self.rounds_log}
 
     def final_opt_state(self) -> dict[str, np.ndarray]:
         return self.pool.final_opt_state()  # trainer 0's: the optimizer a continued run would step with

@@ -111,5 +111,5 @@ def fit_in_process(spec: NetworkSpec, theta: np.ndarray, X: np.ndarray, Y: np.nd
     reporter = Reporter(spec, config, validation, callbacks, config.mode)
     theta = np.array(theta, dtype=spec.dtype, copy=True)
     theta, state, last_epoch = run_mode(pool, theta, config, reporter)
-    info = {"mode": config.mode, "events": pool.events, **getattr(pool, "async_info", {})}
+    info = {"mode": config.mode, "events": pool.events, **getattr(pool, "rule_info", {})}
     return reporter.result(theta, state, last_epoch, info), pool

@@ -216,3 +216,41 @@ def test_direct_actor_call_is_checked_against_this_distributed():
     assert lo <= installed < hi, (f"distributed {installed} is outside {rpc.CHECKED_DISTRIBUTED}: re-check "
                                   f"Worker.actor_execute and widen CHECKED_DISTRIBUTED")
     assert rpc.direct_path_available()
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(outer_optimizer="adam"), "'outer_optimizer'.*'adam'"),
+    (dict(mode="local-sgd", outer_lr=0.0), "'outer_lr'.*0.0"),
+    (dict(mode="local-sgd", outer_momentum=1.0), "'outer_momentum'.*1.0"),
+    (dict(mode="local-sgd", outer_optimizer="nesterov", outer_momentum=0.0), "'outer_momentum'.*'sgd'"),
+    (dict(mode="async", outer_lr=0.5), "'outer_lr'.*mode 'async'.*0.5"),
+    (dict(warmup_epochs=-1), "'warmup_epochs'.*-1"),
+    (dict(lr_scaling="cubic"), "'lr_scaling'.*'cubic'"),
+    (dict(lr_warmup_epochs=1.5), "'lr_warmup_epochs'.*1.5"),
+    (dict(staleness_policy="sometimes"), "'staleness_policy'.*'sometimes'"),
+])
+def test_new_settings_are_validated_and_quote_the_bad_value(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw)
+
+
+def test_outer_defaults_depend_on_the_mode():
+    assert TrainConfig(mode="local-sgd").effective()["outer_optimizer"] == "nesterov"
+    assert TrainConfig(mode="local-sgd").outer_settings() == (1.0, 0.5)
+    assert TrainConfig(mode="async").outer_name() == "none"
+    assert TrainConfig(mode="async", outer_optimizer="sgd", outer_momentum=0.3).outer_settings() == (1.0, 0.3)
+
+
+def test_local_sgd_logs_outer_step_and_consensus_per_round_and_per_epoch(data):
+    X, y = data
+    spec, theta0 = small_net("float64")
+    cfg = TrainConfig(mode="local-sgd", workers=2, epochs=2, batch_size=30, sync_every=4, dtype="float64")
+    out, _ = fit_in_process(spec, theta0, X, y, cfg)
+    rounds = out.info["rounds_log"]
+    assert len(rounds) == sum(out.history["dist/rounds"]) == 6  # 300 rows a shard, 10 steps an epoch, K=4
+    for epoch in (0, 1):
+        mine = [r for r in rounds if r["epoch"] == epoch]
+        assert out.history["dist/outer_step_norm"][epoch] == pytest.approx(np.mean([r["outer_step_norm"] for r in mine]))
+        assert out.history["dist/consensus_distance"][epoch] == pytest.approx(
+            np.mean([r["consensus_distance"] for r in mine]))
+        assert out.history["dist/consensus_distance_last"][epoch] == mine[-1]["consensus_distance"] > 0
