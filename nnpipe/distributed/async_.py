@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from nnpipe.config import TrainConfig
-from nnpipe.distributed.outer import OuterOptimizer
-from nnpipe.distributed.rounds import EpochTally, MergeRule, check_update
+from nnpipe.distributed.outer import OuterRule
+from nnpipe.distributed.rounds import EpochTally, check_update
 from nnpipe.distributed.rpc import WorkerLost
 from nnpipe.results import check_finite
 
@@ -56,14 +56,11 @@ def staleness_weight(staleness: int, max_staleness: int, policy: str) -> float:
     raise ValueError(f"staleness_policy must be 'inverse', 'downweight' or 'drop', got {policy!r}")
 
 
-class MergeOnArrival(MergeRule):
+class MergeOnArrival(OuterRule):
     """Merge each trainer's delta as it arrives, weighted by its staleness; re-dispatch at once."""
-
-    trainer_state = True
 
     def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray):
         super().__init__(pool, config, theta)
-        self.outer = OuterOptimizer.from_config(config, theta)
         self.target = np.empty_like(theta)
         self.inflight: dict[Any, tuple[Any, int, float]] = {}
         self.idle = list(pool.trainers)  # trainers waiting for their first (or next epoch's) dispatch
@@ -140,12 +137,6 @@ class MergeOnArrival(MergeRule):
                             "dist/merges": float(len(stale)), "dist/dropped": float(dropped)}
                 self._dispatch(t, theta, lr)
 
-    def driver_state(self) -> dict[str, np.ndarray]:
-        return self.outer.state
-
-    def load(self, opt_state: dict[str, np.ndarray]) -> None:
-        self.outer.load(opt_state)
-
     def finish(self) -> None:
         # Let the rounds still running finish before their actors are released.
         pool = self.pool
@@ -156,6 +147,3 @@ class MergeOnArrival(MergeRule):
                 if fut.exception() is None:
                     pool.record_round(time.perf_counter() - sent_at, pool.received(fut.result())[-1])
         pool.rule_info = {"merges_by_trainer": self.merges_by_trainer, "merges": self.merges}
-
-    def final_opt_state(self) -> dict[str, np.ndarray]:
-        return self.pool.final_opt_state()  # trainer 0's: the optimizer a continued run would step with

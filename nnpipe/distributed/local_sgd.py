@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from nnpipe.config import TrainConfig
-from nnpipe.distributed.outer import OuterOptimizer
-from nnpipe.distributed.rounds import EpochTally, MergeRule, check_update, gather_round
+from nnpipe.distributed.outer import OuterRule
+from nnpipe.distributed.rounds import EpochTally, check_update, gather_round
 
 
 def weighted_average(thetas: list[np.ndarray], rows: list[int], out: np.ndarray | None = None) -> np.ndarray:
@@ -51,14 +51,11 @@ def consensus_distance(thetas: list[np.ndarray], mean: np.ndarray) -> float:
     return float(np.mean([np.linalg.norm(t - mean) for t in thetas]))
 
 
-class AverageParameters(MergeRule):
+class AverageParameters(OuterRule):
     """K local steps on every trainer, then the outer step toward their row-weighted average."""
-
-    trainer_state = True
 
     def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray):
         super().__init__(pool, config, theta)
-        self.outer = OuterOptimizer.from_config(config, theta)
         self.avg = np.empty_like(theta)
         self.round = 0
         self.rounds_log: list[dict] = []  # per round: FitResult.info["rounds_log"]
@@ -86,14 +83,5 @@ class AverageParameters(MergeRule):
                 "dist/outer_step_norm": float(np.mean(norms)), "dist/straggler_wait_s": wait,
                 "dist/rounds": float(len(dist))}
 
-    def driver_state(self) -> dict[str, np.ndarray]:
-        return self.outer.state
-
-    def load(self, opt_state: dict[str, np.ndarray]) -> None:
-        self.outer.load(opt_state)
-
     def finish(self) -> None:
         self.pool.rule_info = {"rounds_log": self.rounds_log}
-
-    def final_opt_state(self) -> dict[str, np.ndarray]:
-        return self.pool.final_opt_state()  # trainer 0's: the optimizer a continued run would step with

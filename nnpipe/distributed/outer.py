@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from typing import Any
+
 from nnpipe.config import TrainConfig
+from nnpipe.distributed.rounds import MergeRule
 from nnpipe.optimizers import SGD, Momentum, Nesterov, Optimizer
 
 
@@ -85,3 +88,17 @@ class OuterOptimizer:
             raise ValueError(f"checkpoint's outer optimizer state has keys {sorted(state)}, "
                              f"outer_optimizer={self.name!r} needs {sorted(self.state)}")
         self.state = {k: np.array(v, dtype=self.state[k].dtype, copy=True) for k, v in state.items()}
+
+
+class OuterRule(MergeRule):
+    """A merge rule whose trainers step with their own optimizers and whose driver steps with :class:`OuterOptimizer`.
+
+    The base of ``local-sgd`` and ``async``: trainer states go into
+    checkpoints, the outer state is the driver's.
+    """
+
+    trainer_state = True
+
+    def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray):
+        super().__init__(pool, config, theta)
+        self.outer = OuterOptimizer.from_config(config, theta)

@@ -121,24 +121,27 @@ class MergeRule:
 
     def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray):
         self.pool, self.config = pool, config
+        self.outer: Any = None  # an :class:`.outer.OuterOptimizer` when the rule has one
 
     def run_epoch(self, epoch: int, lr: float, theta: np.ndarray, tally: EpochTally) -> dict[str, float]:
         """Train one epoch-equivalent, updating ``theta`` in place; returns the mode's ``dist/`` logs."""
         raise NotImplementedError
 
     def driver_state(self) -> dict[str, np.ndarray]:
-        """The driver's optimizer state (checkpointed; restored by :meth:`load`)."""
-        return {}
+        """The driver's optimizer state (checkpointed; restored by :meth:`load`): the outer optimizer's."""
+        return self.outer.state if self.outer is not None else {}
 
     def load(self, opt_state: dict[str, np.ndarray]) -> None:
         """Restore :meth:`driver_state` from a checkpoint."""
+        if self.outer is not None:
+            self.outer.load(opt_state)
 
     def finish(self) -> None:
         """Called once after the last epoch (or on an error)."""
 
     def final_opt_state(self) -> dict[str, np.ndarray]:
-        """``FitResult.opt_state``."""
-        return self.driver_state()
+        """``FitResult.opt_state``: trainer 0's when trainers step with their own optimizer, else the driver's."""
+        return self.pool.final_opt_state() if self.trainer_state else self.driver_state()
 
 
 def epoch_lr(config: TrainConfig, n_workers: int) -> Callable[[int], float]:
