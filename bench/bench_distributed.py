@@ -85,7 +85,7 @@ def _ref_time_to(target: float, n_epochs: int):
 
 def step_loop(seconds: float = 1.5, batch: int = 256) -> float:
     """Samples/s of plain 256-row training steps for ``seconds`` (runs on a worker via ``client.run``)."""
-    from nnpipe.distributed.worker_fns import ShardTrainer, _keep_step_memory, _pin_blas
+    from nnpipe.distributed.trainer import ShardTrainer, _keep_step_memory, _pin_blas
 
     _pin_blas()
     _keep_step_memory()

@@ -190,6 +190,12 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Dask workers (distributed modes)."),
         sync_every: Optional[int] = typer.Option(None, "--sync-every", metavar="K", help="Local steps per round (local-sgd, async)."),
         max_staleness: Optional[int] = typer.Option(None, "--max-staleness", metavar="S", help="Staleness bound (async)."),
+        outer_optimizer: Optional[str] = typer.Option(None, "--outer-optimizer", help="none | sgd | nesterov: the driver's step on the averaged/merged change (local-sgd, async). Default: nesterov for local-sgd, none for async."),
+        outer_lr: Optional[float] = typer.Option(None, "--outer-lr", help="Outer optimizer learning rate (default 1.0)."),
+        outer_momentum: Optional[float] = typer.Option(None, "--outer-momentum", help="Outer optimizer momentum (default: sgd 0, nesterov 0.5)."),
+        warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", metavar="N", help="Synchronous epochs before local steps (local-sgd, async; default 0)."),
+        lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help="none | linear | sqrt: scale the lr with the worker count (local-sgd, async; default linear)."),
+        lr_warmup_epochs: Optional[int] = typer.Option(None, "--lr-warmup-epochs", metavar="N", help="Epochs to ramp up to the scaled lr (default 5)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seeds the split, initialisation and shuffling."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | float64."),
         model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model name (default nnpipe-<dataset>)."),
@@ -204,6 +210,8 @@ def register(app: typer.Typer) -> None:
             "optimizer": optimizer, "lr": lr, "epochs": epochs, "batch_size": batch_size, "mode": mode,
             "workers": workers, "sync_every": sync_every, "max_staleness": max_staleness, "seed": seed,
             "dtype": dtype, "model_name": model_name, "scheduler_address": scheduler,
+            "outer_optimizer": outer_optimizer, "outer_lr": outer_lr, "outer_momentum": outer_momentum,
+            "warmup_epochs": warmup_epochs, "lr_scaling": lr_scaling, "lr_warmup_epochs": lr_warmup_epochs,
         }
         cfg = _build(config, overrides)
         cfg.tracking_uri = _default_tracking_uri(cfg.tracking_uri)

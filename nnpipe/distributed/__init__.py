@@ -7,9 +7,11 @@ Sources bigger than the driver's memory: :func:`nnpipe.distributed.frames.fit_so
 
 How a run goes: the rows are cut into one shard per worker and placed once
 (:mod:`.shards`); a trainer actor sits next to each shard (:mod:`.pool`) and
-is called directly, not through the scheduler; the driver owns the loop
-(:mod:`.sync`, :mod:`.local_sgd`, :mod:`.async_`). A lost worker's shard is
-recomputed by Dask and its trainer rebuilt on a live worker.
+is called directly, not through the scheduler (:mod:`.rpc`); the driver owns
+the one loop (:mod:`.rounds`), and each mode is its merge rule (:mod:`.sync`,
+:mod:`.local_sgd`, :mod:`.async_`), with the outer optimizer of
+:mod:`.outer`. A lost worker's shard is recomputed by Dask and its trainer
+rebuilt on a live worker.
 
 Reporting unit
 --------------
@@ -31,11 +33,15 @@ All modes:
 ``local-sgd``:
     ``dist/consensus_distance`` (mean over the epoch's rounds of the mean L2
     distance of the trainers' parameters from their average),
+    ``dist/consensus_distance_last`` (the epoch's last round),
+    ``dist/outer_step_norm`` (mean L2 norm of the outer optimizer's steps),
     ``dist/straggler_wait_s``, ``dist/rounds``.
 ``async``:
     ``dist/staleness`` (mean staleness of the epoch's merges),
-    ``dist/staleness_max``, ``dist/merges``, ``dist/dropped``. No straggler
+    ``dist/staleness_max``, ``dist/merge_weight`` (mean staleness weight),
+    ``dist/outer_step_norm``, ``dist/merges``, ``dist/dropped``. No straggler
     wait: there is no barrier.
+Warm-up epochs (``warmup_epochs``) of ``local-sgd`` and ``async`` log as ``sync``.
 
 ``FitResult.info`` carries ``mode``, ``workers``, ``address`` (scheduler),
 ``shards``, ``events`` (dicts with ``event`` in ``worker_lost``,
@@ -43,8 +49,10 @@ All modes:
 ``bytes_received_per_round`` (payload bytes of the arrays the driver sent and
 received, averaged over rounds; a round is one call to every trainer, and in
 ``async`` one dispatch of every trainer), ``rounds``, ``coordination_s_per_round``
-(median over rounds of the round's wall time minus its slowest compute) and,
-for ``async``, ``merges_by_trainer`` and ``merges`` (one dict per merge).
+(median over rounds of the round's wall time minus its slowest compute); for
+``local-sgd``, ``rounds_log`` (one dict per round: ``consensus_distance``,
+``outer_step_norm``); for ``async``, ``merges_by_trainer`` and ``merges``
+(one dict per merge: ``trainer``, ``staleness``, ``weight``, ``outer_step_norm``).
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ def fit_distributed(
     callbacks: tuple[Callback, ...] | list[Callback] = (),
     client: Any = None,
     address: str | None = None,
+    delays: dict[int, float] | None = None,
 ) -> FitResult:
     """Train ``theta`` on ``(X, Y)`` across Dask workers with ``config.mode``.
 
@@ -97,6 +106,9 @@ def fit_distributed(
     client : distributed.Client, optional
     address : str, optional
         Scheduler address; else ``DASK_SCHEDULER_ADDRESS``; else a local cluster for this call.
+    delays : dict of int to float, optional
+        Trainer id -> seconds each of its local rounds sleeps first: stragglers
+        on purpose, for tests and demos.
 
     Returns
     -------
@@ -118,7 +130,7 @@ def fit_distributed(
         shards = place_shards(c, X, np.asarray(Y), addresses[: config.workers])
         try:
             return train_on_shards(c, shards, spec, theta, config, validation=validation, callbacks=callbacks,
-                                   addresses=addresses)
+                                   addresses=addresses, delays=delays)
         finally:
             for s in shards:
                 s.future.release()
@@ -135,17 +147,36 @@ def _single_thread_blas():
         return contextlib.nullcontext()
 
 
+def run_mode(pool: Any, theta: np.ndarray, config: TrainConfig, reporter: Any) -> tuple[np.ndarray, dict, int]:
+    """Run ``config.mode``'s merge rule (after its sync warm-up epochs) on ``pool``'s trainers.
+
+    ``pool`` is a :class:`.pool.TrainerPool` or anything with its interface
+    (the tests use an in-process one). Returns ``(theta, opt_state, last_epoch)``.
+    """
+    from nnpipe.distributed import rounds
+    from nnpipe.distributed.async_ import MergeOnArrival
+    from nnpipe.distributed.local_sgd import AverageParameters
+    from nnpipe.distributed.sync import AverageGradients
+
+    if config.mode == "sync":
+        return rounds.run(pool, theta, config, reporter, AverageGradients(pool, config, theta))
+    rule = {"local-sgd": AverageParameters, "async": MergeOnArrival}[config.mode](pool, config, theta)
+    warmup = None
+    if config.warmup_epochs:
+        # Post-local-SGD: every worker steps on its own batch_size rows, gradients all-reduced.
+        warmup = AverageGradients(pool, config, theta, batch=config.batch_size * len(pool.shards))
+    return rounds.run(pool, theta, config, reporter, rule, warmup)
+
+
 def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndarray, config: TrainConfig, *,
                     validation: tuple[np.ndarray, np.ndarray] | None = None,
                     callbacks: tuple[Callback, ...] | list[Callback] = (),
-                    addresses: list[str] | None = None) -> FitResult:
+                    addresses: list[str] | None = None, delays: dict[int, float] | None = None) -> FitResult:
     """Train on shards already placed on the cluster (see :mod:`.shards`, :mod:`.frames`)."""
-    from nnpipe.distributed.async_ import run_async
-    from nnpipe.distributed.local_sgd import run_local_sgd
-    from nnpipe.distributed.loop import Reporter
+    from nnpipe.distributed import rounds
     from nnpipe.distributed.pool import TrainerPool
+    from nnpipe.distributed.reporter import Reporter
     from nnpipe.distributed.shards import describe
-    from nnpipe.distributed.sync import run_sync
 
     theta = np.array(theta, dtype=spec.dtype, copy=True)
     if theta.shape != (spec.n_params,):
@@ -157,15 +188,15 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
     reporter = Reporter(spec, config, validation, callbacks, config.mode)
     log.info("%s training: %d shards, %d rows, cluster %s", config.mode, len(shards), n_total,
              client.scheduler.address)
-    pool = TrainerPool(client, shards, spec, config, n_total)
+    rounds.warn_small_steps(config, [s.rows for s in shards])
+    pool = TrainerPool(client, shards, spec, config, n_total, delays=delays)
     t0 = time.perf_counter()
     try:
         pool.start(addresses[: len(shards)])
-        loop = {"sync": run_sync, "local-sgd": run_local_sgd, "async": run_async}[config.mode]
         # The driver shares the cores with local workers: a multi-threaded BLAS
         # here (validation, averaging) would fight them and can be 10x slower.
         with _single_thread_blas():
-            theta, state, last_epoch = loop(pool, theta, config, reporter)
+            theta, state, last_epoch = run_mode(pool, theta, config, reporter)
     finally:
         pool.close()
     # A round is one call to every trainer (sync, local-sgd) or one dispatch of one trainer (async).
@@ -184,5 +215,5 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
         "param_bytes": int(theta.nbytes),
         "seconds": time.perf_counter() - t0,
     }
-    info.update(getattr(pool, "async_info", {}))
+    info.update(getattr(pool, "rule_info", {}))
     return reporter.result(theta, state, last_epoch, info)

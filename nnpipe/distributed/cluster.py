@@ -65,7 +65,6 @@ def connect(address: str | None = None, client: Client | None = None, workers: i
     Yields
     ------
     distributed.Client
-        With ``.nnpipe_owned`` set to True when this call started the cluster.
     """
     if client is not None:
         yield client

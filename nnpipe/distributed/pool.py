@@ -1,12 +1,14 @@
 """The trainers on the workers, called directly, and rebuilt when a worker dies.
 
 A :class:`ShardTrainer` actor sits next to each shard. Calls go straight from
-the driver to the actor's worker over Dask's connection pool (the same
-``actor_execute`` handler ``distributed.Actor`` uses, minus the proxy hop
-through the scheduler that ``Actor`` takes when ``direct_to_workers`` is off):
-on this 2-core machine a round to two trainers with 340 kB of parameters
-each way measured 2.6 ms, against 5.5 ms through ``Actor`` and ~11 ms for a
-``client.submit`` round trip (the client batches its messages every 10 ms).
+the driver to the actor's worker (:func:`.rpc.call_actor`), not through the
+scheduler.
+
+The loops see only this interface: ``trainers``, ``shards``, ``n_total``,
+``call``, ``wait``, ``received``, ``record_round``, ``replace``,
+``joined_workers``, ``add_trainer``, ``per_worker_logs``, ``final_opt_state``,
+``events``, ``lost``. The tests drive the loops with an in-process pool of the
+same shape (``tests/distributed/fakes.py``).
 
 Actors die with their worker, so the pool watches for it: a call that fails
 with a comm error marks the worker lost, releases the actor, and starts a new
@@ -26,23 +28,17 @@ from typing import Any
 
 import numpy as np
 from distributed import Client, Future
-from distributed.protocol import to_serialize
 
 from nnpipe.config import TrainConfig
 from nnpipe.distributed.cluster import worker_addresses
 from nnpipe.distributed.shards import Shard
-from nnpipe.distributed.worker_fns import ShardTrainer
+from nnpipe.distributed.rpc import WorkerLost, call_actor
+from nnpipe.distributed.trainer import ShardTrainer
 from nnpipe.network import NetworkSpec
 
 log = logging.getLogger("nnpipe.distributed")
 
-# Test and demo hook: trainer id -> seconds each of its rounds sleeps first.
-# Lets a test make one worker a straggler on purpose without touching the math.
-ROUND_DELAY_S: dict[int, float] = {}
-
-
-class WorkerLost(Exception):
-    """A trainer's worker stopped answering."""
+__all__ = ["Trainer", "TrainerPool", "WorkerLost"]
 
 
 @dataclass
@@ -68,23 +64,6 @@ def _payload_bytes(obj: Any) -> int:
     return 0
 
 
-async def _actor_call(client: Client, address: str, key: str, method: str, args: tuple, inline: bool) -> Any:
-    try:
-        msg = await client.rpc(address).actor_execute(
-            function=method, actor=key, args=[to_serialize(a) for a in args],
-            # inline: run on the worker's event loop, skipping a thread hop; only
-            # for calls that take milliseconds, so the worker's heartbeats keep going.
-            kwargs={"separate_thread": False} if inline else {},
-        )
-    except OSError as exc:  # CommClosedError is an OSError
-        raise WorkerLost(f"worker {address} unreachable: {exc!r}") from exc
-    except KeyError as exc:  # the worker restarted and no longer has this actor
-        raise WorkerLost(f"actor {key} gone from {address}: {exc!r}") from exc
-    if msg["status"] != "OK":
-        raise msg["exception"]
-    return msg["result"]
-
-
 class TrainerPool:
     """Creates, calls and rebuilds the trainers of one training run.
 
@@ -96,21 +75,25 @@ class TrainerPool:
     config : TrainConfig
     n_total : int
         Rows across all shards.
+    delays : dict of int to float, optional
+        Trainer id -> seconds each of its local rounds sleeps first: a
+        straggler on purpose (tests, demos) without touching the math.
     """
 
-    def __init__(self, client: Client, shards: list[Shard], spec: NetworkSpec, config: TrainConfig, n_total: int):
+    def __init__(self, client: Client, shards: list[Shard], spec: NetworkSpec, config: TrainConfig, n_total: int,
+                 delays: dict[int, float] | None = None):
         self.client = client
         self.shards = shards
         self.spec_dict = spec.to_dict()
         self.config = config
         self.n_total = n_total
+        self.delays = dict(delays or {})
         self.trainers: list[Trainer] = []
         self.events: list[dict[str, Any]] = []
         self.lost: set[str] = set()
         self.bytes_sent = 0
         self.bytes_received = 0
         self.bytes_other = 0
-        self.calls = 0
         self.rounds = 0
         self.overhead_s: list[float] = []  # per round: wall time minus the slowest trainer's compute
         self._next_id = 0
@@ -133,7 +116,7 @@ class TrainerPool:
         self._next_id += 1
         fut = self.client.submit(
             ShardTrainer, self.spec_dict, shard.future, self.config, tid, self.n_total,
-            ROUND_DELAY_S.get(tid, 0.0), actor=True, workers=[address], allow_other_workers=False,
+            self.delays.get(tid, 0.0), actor=True, workers=[address], allow_other_workers=False,
             key=f"nnpipe-trainer-{self._run}-{tid}-shard-{shard.index}",
         )
         return tid, address, fut
@@ -157,10 +140,19 @@ class TrainerPool:
     # ---- calls -------------------------------------------------------------------------------
     def call(self, trainer: Trainer, method: str, *args: Any, inline: bool = False) -> cf.Future:
         """Call ``trainer.method(*args)`` on its worker; a concurrent future of the result."""
-        self.calls += 1
         self.bytes_sent += _payload_bytes(args)
-        coro = _actor_call(self.client, trainer.address, trainer.future.key, method, args, inline)
+        coro = call_actor(self.client, trainer.address, trainer.future.key, ShardTrainer, method, args, inline)
         return asyncio.run_coroutine_threadsafe(coro, self.client.loop.asyncio_loop)
+
+    def wait(self, futures: Any, timeout: float | None = None) -> set[cf.Future]:
+        """The futures among ``futures`` that are done, waiting for at least one (or ``timeout`` s)."""
+        done, _ = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return done
+
+    def wait_all(self, futures: Any, timeout: float | None = None) -> set[cf.Future]:
+        """The futures among ``futures`` done after waiting for all of them (at most ``timeout`` s)."""
+        done, _ = cf.wait(futures, timeout=timeout)
+        return done
 
     def record_round(self, wall_s: float, compute_s: float) -> None:
         """Count a round and the coordination time it cost beyond its slowest compute."""

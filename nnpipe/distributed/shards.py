@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from distributed import Client, Future
 
-from nnpipe.distributed.worker_fns import build_shard
+from nnpipe.distributed.trainer import build_shard
 
 
 @dataclass

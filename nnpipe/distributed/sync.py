@@ -11,91 +11,59 @@ a fixed seed the parameters equal single-process training's up to rounding.
 Per step the driver sends the parameters to each trainer and gets a gradient
 back: ``2 * param bytes`` per worker. If a worker dies, its trainer is rebuilt
 and the same step is retried with the same parameters, so the result is
-unchanged.
+unchanged. The same rule runs the synchronous warm-up epochs of ``local-sgd``
+and ``async``, with a global batch of ``batch_size`` rows per worker.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import time
 from typing import Any
 
 import numpy as np
 
 from nnpipe.config import TrainConfig
-from nnpipe.distributed.loop import Reporter
-from nnpipe.distributed.pool import TrainerPool, WorkerLost
-from nnpipe.results import DivergenceError, check_finite
+from nnpipe.distributed.rounds import EpochTally, MergeRule, check_update, gather_round
+from nnpipe.results import check_finite
 from nnpipe.training import clip_by_global_norm
 
 
-def gather_round(pool: TrainerPool, method: str, args_for, where: str, inline: bool = False) -> tuple[list, float]:
-    """Call ``method`` on every trainer and wait for all; rebuild and retry lost ones.
+class AverageGradients(MergeRule):
+    """Average the shards' gradients of each global batch; the driver takes the step.
 
-    Returns the results in trainer order and the straggler wait (seconds from
-    the first result to the last).
+    Parameters
+    ----------
+    batch : int, optional
+        Global batch size; default ``config.batch_size``.
     """
-    t0 = time.perf_counter()
-    pending = {pool.call(t, method, *args_for(t), inline=inline): t for t in pool.trainers}
-    results: dict[int, Any] = {}
-    arrivals = []
-    while pending:
-        done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-        for fut in done:
-            t = pending.pop(fut)
-            try:
-                results[t.id] = pool.received(fut.result())
-                arrivals.append(time.perf_counter())
-            except WorkerLost as exc:
-                new = pool.replace(t, exc, where)
-                pending[pool.call(new, method, *args_for(new), inline=inline)] = new
-    order = [results[t.id] for t in pool.trainers]
-    pool.record_round(time.perf_counter() - t0, max(r[-1] for r in order))
-    return order, (max(arrivals) - min(arrivals)) if arrivals else 0.0
 
+    def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray, batch: int | None = None):
+        super().__init__(pool, config, theta)
+        self.opt = config.make_optimizer()
+        self.state = self.opt.init(theta)
+        self.grad = np.empty_like(theta)
+        self.batch = min(batch or config.batch_size, pool.n_total)
 
-def run_sync(pool: TrainerPool, theta: np.ndarray, config: TrainConfig, reporter: Reporter) -> tuple:
-    """The sync loop; returns ``(theta, opt_state, last_epoch)``."""
-    opt, schedule = config.make_optimizer(), config.make_schedule()
-    state = opt.init(theta)
-    resumed = reporter.resume()
-    if resumed is not None:
-        theta = resumed["theta"].astype(theta.dtype)
-        state = {k: np.asarray(v) for k, v in resumed["opt_state"].items()}
-    grad = np.empty_like(theta)
-    n = pool.n_total
-    batch = min(config.batch_size, n)
-    n_steps = -(-n // batch)
-    want_correct = reporter.net.head.task != "regression"
-    epoch = reporter.start_epoch - 1
-    for epoch in range(reporter.start_epoch, config.epochs):
-        lr = schedule(epoch)
-        t0 = time.perf_counter()
-        loss_sum, correct, wait = 0.0, 0, 0.0
-        for step in range(n_steps):
+    def run_epoch(self, epoch: int, lr: float, theta: np.ndarray, tally: EpochTally) -> dict[str, float]:
+        pool, batch = self.pool, self.batch
+        wait = 0.0
+        for step in range(-(-pool.n_total // batch)):
             where = f"in epoch {epoch}, step {step}"
-            results, w = gather_round(pool, "sync_grad", lambda t: (theta, epoch, step), where, inline=True)
+            grads, rows, w = gather_round(pool, "sync_grad", lambda t: (theta, epoch, step, batch), where, tally,
+                                          inline=True)
             wait += w
-            rows = sum(r[2] for r in results)
-            grad.fill(0.0)
-            for t, (g, l_sum, r, c, secs) in zip(pool.trainers, results):
-                t.busy_s += secs
-                t.rows += r
+            self.grad.fill(0.0)
+            n_rows = sum(rows)
+            for t, g, r in zip(pool.trainers, grads, rows):
                 if r:
-                    if not np.isfinite(g).all():
-                        raise DivergenceError(f"training diverged: non-finite gradient from worker {t.address} "
-                                              f"(trainer {t.id}, shard {t.shard.index}) {where}")
-                    grad += (r / rows) * g  # the shard's share of the batch mean
-                loss_sum += l_sum
-                correct += c
-            clip_by_global_norm(grad, config.clip_norm)
-            opt.step(theta, grad, state, lr, inplace=True)
+                    check_update(g, t, "gradient", where)
+                    self.grad += (r / n_rows) * g  # the shard's share of the batch mean
+            clip_by_global_norm(self.grad, self.config.clip_norm)
+            self.opt.step(theta, self.grad, self.state, lr, inplace=True)
             check_finite(theta, f"after the update {where}")
-        elapsed = time.perf_counter() - t0
-        logs = {"train/loss": loss_sum / n, "lr": lr, "train/samples_per_s": n / elapsed,
-                "dist/straggler_wait_s": wait, **pool.per_worker_logs()}
-        if want_correct:
-            logs["train/accuracy"] = correct / n
-        if reporter.end_epoch(epoch, theta, logs, opt_state=state):
-            break
-    return theta, state, epoch
+        return {"dist/straggler_wait_s": wait}
+
+    def driver_state(self) -> dict[str, np.ndarray]:
+        return self.state
+
+    def load(self, opt_state: dict[str, np.ndarray]) -> None:
+        self.state = {k: np.asarray(v) for k, v in opt_state.items()}

@@ -27,15 +27,6 @@ def client(cluster):
         yield c
 
 
-@pytest.fixture(autouse=True)
-def _no_straggler_hooks():
-    from nnpipe.distributed import pool
-
-    pool.ROUND_DELAY_S.clear()
-    yield
-    pool.ROUND_DELAY_S.clear()
-
-
 @pytest.fixture(scope="session")
 def data():
     """A small 3-class problem: X (600, 8) float64 scaled, y (600,) int."""

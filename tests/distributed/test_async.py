@@ -7,20 +7,11 @@ import numpy as np
 import pytest
 
 from nnpipe.config import TrainConfig
-from nnpipe.distributed import fit_distributed, pool
-from nnpipe.distributed.async_ import staleness_weight
+from nnpipe.distributed import fit_distributed
 from nnpipe.results import DivergenceError
 from tests.distributed.helpers import local_cluster, small_net
 
 pytestmark = pytest.mark.cluster
-
-
-def test_staleness_weight_policies():
-    assert staleness_weight(2, 2, "downweight") == 1.0
-    assert staleness_weight(5, 2, "downweight") == pytest.approx(1 / 4)
-    assert staleness_weight(3, 2, "drop") == 0.0
-    with pytest.raises(ValueError, match="'sometimes'"):
-        staleness_weight(9, 2, "sometimes")
 
 
 def test_async_learns_and_logs_staleness(client, data):
@@ -42,31 +33,22 @@ def test_async_learns_and_logs_staleness(client, data):
     assert out.info["bytes_sent_per_round"] + out.info["bytes_received_per_round"] <= 2 * 2 * theta0.nbytes
 
 
-@pytest.mark.parametrize("policy", ["downweight", "drop"])
-def test_straggler_does_not_hold_the_fast_worker(client, data, policy):
+def test_straggler_does_not_hold_the_fast_worker(client, data):
+    # The merge order in detail (and the drop policy) is checked on the in-process pool in test_rules.py;
+    # here a real slow worker process.
     X, y = data
     spec, theta0 = small_net("float32")
     X, y = np.tile(X, (8, 1)), np.tile(y, 8)
-    pool.ROUND_DELAY_S[0] = 0.05  # trainer 0 sleeps 50 ms every round; a fast round takes ~2 ms
     cfg = TrainConfig(mode="async", sync_every=2, batch_size=32, epochs=2, lr=0.01, dtype="float32",
-                      max_staleness=1, staleness_policy=policy)
-    out = fit_distributed(spec, theta0, X, y, cfg, client=client)
+                      max_staleness=1, staleness_policy="downweight")
+    # Trainer 0 sleeps 50 ms every round; a fast round takes ~2 ms.
+    out = fit_distributed(spec, theta0, X, y, cfg, client=client, delays={0: 0.05})
     merges = out.info["merges"]
     by = out.info["merges_by_trainer"]
-    assert by.get(1, 0) >= 5 * max(by.get(0, 0), 1)
-    # The fast trainer merged many times between two consecutive merges of the slow one...
-    slow_times = [m["time"] for m in merges if m["trainer"] == 0]
-    fast_times = [m["time"] for m in merges if m["trainer"] == 1]
-    assert len(fast_times) > 20
-    if len(slow_times) >= 2:
-        between = [t for t in fast_times if slow_times[0] < t < slow_times[1]]
-        assert len(between) >= 3
-    # ...so the slow one's results are stale, and the policy applies to them.
+    assert by[1] > 20 and by[1] >= 5 * by.get(0, 0)
+    # The slow trainer's results come back after several fast merges: stale, so down-weighted.
     slow = [m for m in merges if m["trainer"] == 0]
-    if policy == "downweight":
-        assert slow and all(m["staleness"] > 1 and m["weight"] < 1 for m in slow)
-    else:
-        assert sum(out.history["dist/dropped"]) >= 1 and not slow
+    assert slow and all(m["staleness"] > 1 and m["weight"] < 1 for m in slow)
 
 
 def test_worker_joining_mid_run_is_put_to_work(data):
@@ -74,7 +56,6 @@ def test_worker_joining_mid_run_is_put_to_work(data):
     spec, theta0 = small_net("float32")
     X, y = np.tile(X, (4, 1)), np.tile(y, 4)
     cfg = TrainConfig(mode="async", workers=1, sync_every=5, batch_size=32, epochs=8, lr=0.005, dtype="float32")
-    pool.ROUND_DELAY_S[0] = 0.02  # long enough a run for a new worker process to start
     with local_cluster(1) as cluster, distributed.Client(cluster) as client:
         scaled = []
 
@@ -84,7 +65,8 @@ def test_worker_joining_mid_run_is_put_to_work(data):
                 client.wait_for_workers(2, timeout=60)
                 scaled.append(epoch)
 
-        out = fit_distributed(spec, theta0, X, y, cfg, client=client, callbacks=[add_worker])
+        # Trainer 0 sleeps 20 ms a round: long enough a run for a new worker process to start.
+        out = fit_distributed(spec, theta0, X, y, cfg, client=client, callbacks=[add_worker], delays={0: 0.02})
     joined = [e for e in out.info["events"] if e["event"] == "worker_joined"]
     assert len(joined) == 1
     assert out.info["merges_by_trainer"].get(joined[0]["trainer"], 0) >= 1
@@ -101,9 +83,9 @@ def test_async_divergence_names_merge_and_worker(client, data):
 def test_async_uses_only_the_workers_asked_for(client, data):
     X, y = data
     spec, theta0 = small_net("float32")
-    pool.ROUND_DELAY_S[0] = 0.01  # a run of ~1.5 s: long enough for the loop to look for new workers
     cfg = TrainConfig(mode="async", workers=1, sync_every=5, batch_size=32, epochs=8, lr=0.01, dtype="float32")
-    out = fit_distributed(spec, theta0, np.tile(X, (4, 1)), np.tile(y, 4), cfg, client=client)
+    # Trainer 0 sleeps 10 ms a round: a run of ~1.5 s, long enough for the loop to look for new workers.
+    out = fit_distributed(spec, theta0, np.tile(X, (4, 1)), np.tile(y, 4), cfg, client=client, delays={0: 0.01})
     # The session cluster has two workers; the idle one was there from the start, so it is not a joiner.
     assert out.info["workers"] == 1
     assert set(out.info["merges_by_trainer"]) == {0}

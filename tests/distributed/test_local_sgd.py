@@ -21,8 +21,10 @@ def test_k1_plain_sgd_equals_sync_with_unequal_shards(client, data):
     common = dict(optimizer="sgd", lr=0.1, epochs=4, seed=3, dtype="float64", workers=2, l2=1e-3)
     # Each worker's batch is its whole shard; the sync global batch is all rows:
     # then one averaging round is one sync step, if the weights are rows / total rows.
-    local = fit_distributed(spec, theta0, X, y, TrainConfig(mode="local-sgd", sync_every=1, batch_size=101, **common),
-                            client=client)
+    # Plain averaging: no outer optimizer, no learning-rate scaling or warm-up.
+    plain = dict(outer_optimizer="none", lr_scaling="none", lr_warmup_epochs=0)
+    local = fit_distributed(spec, theta0, X, y, TrainConfig(mode="local-sgd", sync_every=1, batch_size=101, **plain,
+                                                            **common), client=client)
     sync = fit_distributed(spec, theta0, X, y, TrainConfig(mode="sync", batch_size=201, **common), client=client)
     assert [s["hi"] - s["lo"] for s in local.info["shards"]] == [101, 100]
     assert rel_diff(local.theta, sync.theta) < 1e-9
@@ -64,3 +66,17 @@ def test_local_sgd_divergence_names_round_and_worker(client, data):
                       dtype="float32")
     with pytest.raises(DivergenceError, match=r"worker tcp://\S+ \(trainer \d, shard \d\).*round 0"):
         fit_distributed(spec, theta0, X, y, cfg, client=client)
+
+
+def test_public_actor_path_gives_the_same_result_as_the_direct_call(client, data, monkeypatch):
+    from nnpipe.distributed import rpc
+
+    X, y = data
+    spec, theta0 = small_net("float64")
+    cfg = TrainConfig(mode="local-sgd", sync_every=4, batch_size=32, epochs=2, seed=5, dtype="float64")
+    direct = fit_distributed(spec, theta0, X, y, cfg, client=client)
+    # As if Worker.actor_execute had changed: every call goes through distributed.Actor instead.
+    monkeypatch.setitem(rpc._direct, "ok", False)
+    monkeypatch.setitem(rpc._direct, "warned", True)
+    public = fit_distributed(spec, theta0, X, y, cfg, client=client)
+    np.testing.assert_array_equal(public.theta, direct.theta)

@@ -1,4 +1,4 @@
-"""The distributed loops' view of :class:`nnpipe.reporting.Reporter`.
+"""The distributed loop's view of :class:`nnpipe.reporting.Reporter` (per-epoch bookkeeping).
 
 The bookkeeping is the core's; this adapter only packs what a distributed
 loop must add to a checkpoint (driver optimizer state, trainer states) and

@@ -1,10 +1,15 @@
-"""What runs on the workers: a shard builder and the per-shard trainer.
+"""The per-shard trainer (what runs on the workers) and the shard it trains on.
 
 Everything here is module-level and takes plain arrays, so Dask can ship it by
 reference. :class:`ShardTrainer` lives on a worker as a Dask actor next to its
 shard; it keeps the shard, a parameter buffer, its optimizer state and its
 random stream between rounds, so a round moves parameters only. The math is
 the core's (:meth:`Network.step_views`, the optimizers); nothing is rewritten.
+It imports nothing from Dask: tests build it in-process and call it directly.
+
+Data access goes through :func:`shard_arrays` only: a shard is anything it
+can turn into ``(X, Y, lo)``, so another kind of shard (streamed from storage,
+say) plugs in there without touching the trainer.
 """
 
 from __future__ import annotations
@@ -26,6 +31,17 @@ def build_shard(X: np.ndarray, Y: np.ndarray, lo: int) -> dict[str, Any]:
 
 def shard_rows(shard: dict[str, Any]) -> int:
     return len(shard["X"])
+
+
+def shard_arrays(shard: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(X, Y, lo)`` of a shard: its rows, their targets and its first global row.
+
+    The trainer's one access to its data. A :func:`build_shard` dict today;
+    another shard type adds a branch here.
+    """
+    if isinstance(shard, dict) and {"X", "Y", "lo"} <= set(shard):
+        return shard["X"], shard["Y"], int(shard["lo"])
+    raise TypeError(f"a shard must be a dict with 'X', 'Y' and 'lo' (see build_shard), got {type(shard).__name__}")
 
 
 def _pin_blas() -> None:
@@ -71,14 +87,14 @@ class ShardTrainer:
     spec : dict
         ``NetworkSpec.to_dict()``.
     shard : dict
-        From :func:`build_shard` (Dask resolves the shard future to it).
+        From :func:`build_shard` (Dask resolves the shard future to it); read via :func:`shard_arrays`.
     config : TrainConfig
     trainer_id : int
         Seeds this trainer's stream: ``SeedSequence(config.seed).spawn(...)[trainer_id]``.
     n_total : int
         Rows in the whole training set (``sync`` rebuilds the global batch order).
     delay_s : float
-        Seconds to sleep per round; a hook to make a straggler on purpose.
+        Seconds to sleep per local round: a straggler on purpose (tests, demos), injected by the pool.
     """
 
     def __init__(self, spec: dict, shard: dict, config: TrainConfig, trainer_id: int, n_total: int,
@@ -87,7 +103,7 @@ class ShardTrainer:
         _keep_step_memory()
         self.spec = NetworkSpec.from_dict(spec)
         self.net = Network(self.spec)
-        self.X, self.Y, self.lo = shard["X"], shard["Y"], int(shard["lo"])
+        self.X, self.Y, self.lo = shard_arrays(shard)
         self.n = len(self.X)
         self.config = config
         self.trainer_id = int(trainer_id)
@@ -109,30 +125,37 @@ class ShardTrainer:
         # Global stream (sync): the single-process permutation sequence, replayed.
         self._sync_epoch = -1
         self._sync_rng = None
+        self._sync_batch = 0
 
     # ---- sync: this shard's rows of each global batch -------------------------------------
-    def _sync_prepare(self, epoch: int) -> None:
+    def _sync_prepare(self, epoch: int, batch: int) -> None:
         if epoch < self._sync_epoch or self._sync_rng is None:
             self._sync_rng, self._sync_epoch = np.random.default_rng(self.config.seed), -1
         while self._sync_epoch < epoch:  # replay to reach ``epoch`` (after a resume or a rebuild)
-            perm = self._sync_rng.permutation(self.n_total)
+            self._sync_perm = self._sync_rng.permutation(self.n_total)
             self._sync_epoch += 1
+        perm = self._sync_perm
         pos = np.flatnonzero((perm >= self.lo) & (perm < self.lo + self.n))
         local = perm[pos] - self.lo
-        batch = min(self.config.batch_size, self.n_total)
+        batch = min(batch, self.n_total)
+        self._sync_batch = batch
         edges = np.arange(0, self.n_total + batch, batch)
         self._sync_bounds = np.searchsorted(pos, edges)
         self._sync_X, self._sync_Y = self.X[local], self.Y[local]
 
-    def sync_grad(self, theta: np.ndarray, epoch: int, step: int) -> tuple:
+    def sync_grad(self, theta: np.ndarray, epoch: int, step: int, batch: int | None = None) -> tuple:
         """Gradient of this shard's part of global batch ``step`` of ``epoch``.
+
+        ``batch`` is the global batch size (default ``config.batch_size``; the
+        warm-up epochs of ``local-sgd`` and ``async`` use ``batch_size x shards``).
 
         Returns ``(grad or None, loss * rows, rows, correct, seconds)``; ``grad``
         is the mean-loss gradient over this shard's rows of the batch.
         """
         t0 = time.perf_counter()
-        if epoch != self._sync_epoch:
-            self._sync_prepare(epoch)
+        batch = int(batch or self.config.batch_size)
+        if epoch != self._sync_epoch or min(batch, self.n_total) != self._sync_batch:
+            self._sync_prepare(epoch, batch)
         a, b = self._sync_bounds[step], self._sync_bounds[step + 1]
         if b == a:
             return None, 0.0, 0, 0, time.perf_counter() - t0
@@ -185,8 +208,14 @@ class ShardTrainer:
                 "pass_rng": self._pass_rng_state, "pos": int(self.pos), "started": self.Xs is not None}
 
     def set_state(self, state: dict[str, Any]) -> bool:
-        """Restore :meth:`get_state`'s output; the stream continues exactly where it was."""
+        """Restore :meth:`get_state`'s output; the stream continues exactly where it was.
+
+        A state with ``opt`` only (the driver's optimizer state after sync
+        warm-up epochs) replaces the optimizer state and leaves the stream alone.
+        """
         self.state = {k: np.array(v, copy=True) for k, v in state["opt"].items()}
+        if "pass_rng" not in state:
+            return True
         self.rng.bit_generator.state = state["pass_rng"]
         self.pos = self.n
         if state["started"]:
@@ -194,5 +223,3 @@ class ShardTrainer:
             self.pos = int(state["pos"])
         return True
 
-    def ping(self) -> str:
-        return "ok"

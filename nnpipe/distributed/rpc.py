@@ -1,0 +1,96 @@
+"""One call to a trainer actor, straight to its worker: :func:`call_actor`.
+
+The fast path sends the same ``actor_execute`` message ``distributed.Actor``
+sends, minus the proxy hop through the scheduler that ``Actor`` takes when
+``direct_to_workers`` is off: on this 2-core machine a round to two trainers
+with 340 kB of parameters each way measured 2.6 ms, against 5.5 ms through
+``Actor`` and ~11 ms for a ``client.submit`` round trip.
+
+``actor_execute`` is a worker handler, not public API. It was checked against
+the ``distributed`` versions in :data:`CHECKED_DISTRIBUTED`; a test pins that
+range, so an upgrade past it is noticed. If the handler is missing or its
+signature or reply changes, calls fall back to the public ``distributed.Actor``
+proxy (slower, same results) and a warning says so once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import distributed
+from distributed.protocol import to_serialize
+
+log = logging.getLogger("nnpipe.distributed")
+
+# [lowest, highest) ``distributed`` release the direct call was checked against.
+CHECKED_DISTRIBUTED = ("2024.1.0", "2027.0.0")
+_HANDLER_ARGS = {"actor", "function", "args", "kwargs"}
+
+
+class WorkerLost(Exception):
+    """A trainer's worker stopped answering."""
+
+
+def direct_path_available() -> bool:
+    """True when the worker has ``actor_execute`` with the arguments this module sends."""
+    handler = getattr(distributed.Worker, "actor_execute", None)
+    if handler is None:
+        return False
+    try:
+        return _HANDLER_ARGS <= set(inspect.signature(handler).parameters)
+    except (TypeError, ValueError):
+        return False
+
+
+_direct = {"ok": direct_path_available(), "warned": False}
+
+
+def _give_up_direct(reason: str) -> None:
+    _direct["ok"] = False
+    if not _direct["warned"]:
+        _direct["warned"] = True
+        log.warning("direct actor calls unavailable with distributed %s (%s); using distributed.Actor",
+                    distributed.__version__, reason)
+
+
+async def call_actor(client: distributed.Client, address: str, key: str, cls: type, method: str, args: tuple,
+                     inline: bool = False) -> Any:
+    """``actor.method(*args)`` on the actor ``key`` at ``address``; runs on the client's event loop.
+
+    ``inline`` runs the method on the worker's event loop, skipping a thread
+    hop: only for calls that take milliseconds, so the worker's heartbeats
+    keep going (direct path only). Raises :class:`WorkerLost` when the worker
+    is gone or no longer holds the actor; the method's own errors propagate.
+    """
+    if not _direct["ok"]:
+        if not _direct["warned"]:
+            _give_up_direct("no actor_execute handler with the expected arguments")
+        return await _call_public(client, address, key, cls, method, args)
+    try:
+        msg = await client.rpc(address).actor_execute(
+            function=method, actor=key, args=[to_serialize(a) for a in args],
+            kwargs={"separate_thread": False} if inline else {},
+        )
+    except OSError as exc:  # CommClosedError is an OSError
+        raise WorkerLost(f"worker {address} unreachable: {exc!r}") from exc
+    except KeyError as exc:  # the worker restarted and no longer has this actor
+        raise WorkerLost(f"actor {key} gone from {address}: {exc!r}") from exc
+    if not isinstance(msg, dict) or "status" not in msg:
+        _give_up_direct(f"unexpected reply {type(msg).__name__}")
+        return await _call_public(client, address, key, cls, method, args)
+    if msg["status"] != "OK":
+        raise msg["exception"]
+    return msg["result"]
+
+
+async def _call_public(client: distributed.Client, address: str, key: str, cls: type, method: str,
+                       args: tuple) -> Any:
+    actor = distributed.Actor(cls, address, key)
+    try:
+        return await getattr(actor, method)(*args)
+    except OSError as exc:
+        raise WorkerLost(f"worker {address} unreachable: {exc!r}") from exc
+    except KeyError as exc:
+        raise WorkerLost(f"actor {key} gone from {address}: {exc!r}") from exc

@@ -1,0 +1,69 @@
+"""The per-shard trainer on its own, in this process (as dask-glm tests ``local_update``): no cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnpipe.config import TrainConfig
+from nnpipe.distributed.trainer import ShardTrainer, build_shard, shard_arrays
+from nnpipe.network import Network
+from tests.distributed.helpers import small_net
+
+
+def make(X, y, lo, hi, n_total, **cfg):
+    spec, theta0 = small_net("float64")
+    config = TrainConfig(dtype="float64", **cfg)
+    return ShardTrainer(spec.to_dict(), build_shard(X[lo:hi], y[lo:hi], lo), config, 0, n_total), spec, theta0
+
+
+def test_local_round_takes_plain_sgd_steps_on_its_shard(data):
+    X, y = data
+    # A batch as large as the shard: every step is one gradient step on the same 100 rows.
+    tr, spec, theta0 = make(X, y, 100, 200, len(X), optimizer="sgd", batch_size=100, l2=1e-3)
+    out, loss_sum, rows, correct, secs = tr.local_round(theta0, 3, 0.2)
+    out = out.copy()  # the trainer's own buffer, reused by its next round
+    net, want = Network(spec), theta0.copy()
+    for _ in range(3):
+        _, grad = net.loss_and_grad(want, X[100:200], y[100:200], 1e-3)
+        want -= 0.2 * grad
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-14)
+    assert rows == 300 and 0 <= correct <= 300 and loss_sum > 0 and secs >= 0
+    # As a delta, one more step from theta0 is one step's worth of change.
+    delta = tr.local_round(theta0, 1, 0.2, True)[0]
+    _, grad = net.loss_and_grad(theta0, X[100:200], y[100:200], 1e-3)
+    np.testing.assert_allclose(delta, -0.2 * grad, rtol=1e-10, atol=1e-14)
+
+
+def test_sync_grad_is_the_shards_part_of_the_global_batch(data):
+    X, y = data
+    lo, hi = 0, 250
+    tr, spec, theta0 = make(X, y, lo, hi, len(X), batch_size=100, seed=3)
+    perm = np.random.default_rng(3).permutation(len(X))
+    batch = perm[:100]
+    mine = batch[(batch >= lo) & (batch < hi)]
+    g, loss_rows, rows, _, _ = tr.sync_grad(theta0, 0, 0)
+    _, want = Network(spec).loss_and_grad(theta0, X[mine], y[mine], 0.0)
+    assert rows == len(mine)
+    np.testing.assert_allclose(g, want, rtol=1e-10)
+    # A larger global batch (the warm-up epochs of local-sgd) re-cuts the same permutation.
+    g2, _, rows2, _, _ = tr.sync_grad(theta0, 0, 0, 200)
+    assert rows2 == int(((perm[:200] >= lo) & (perm[:200] < hi)).sum())
+
+
+def test_state_round_trip_continues_the_stream_exactly(data):
+    X, y = data
+    a, _, theta0 = make(X, y, 0, 300, len(X), batch_size=32, seed=1)
+    b, _, _ = make(X, y, 0, 300, len(X), batch_size=32, seed=1)
+    a.local_round(theta0, 4, 0.01)
+    b.set_state(a.get_state())
+    np.testing.assert_array_equal(a.local_round(theta0, 5, 0.01)[0], b.local_round(theta0, 5, 0.01)[0])
+    # An optimizer state alone (handed over after warm-up epochs) leaves the stream where it is.
+    before = b.pos
+    b.set_state({"opt": a.get_state()["opt"]})
+    assert b.pos == before
+
+
+def test_shard_arrays_names_what_it_got():
+    with pytest.raises(TypeError, match="got list"):
+        shard_arrays([1, 2])
