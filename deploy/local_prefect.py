@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nnpipe.deploy.stack import _alive, free_port, spawn, stop, wait_http
+from nnpipe.deploy.stack import _alive, free_port, spawn, stop, ui_api_env, wait_http
 
 NAME = "prefect-server"
 START_TIMEOUT_S = float(os.environ.get("NNPIPE_PREFECT_START_TIMEOUT", "240"))
@@ -109,6 +109,7 @@ def ensure_server(home: Path | None = None, echo: Callable[[str], None] = print,
             port = free_port()
             env: dict[str, str | None] = {
                 "PREFECT_HOME": str(home), "PREFECT_API_URL": None, "PREFECT_UI_ENABLED": "true",
+                **ui_api_env(f"http://127.0.0.1:{port}/api"),
                 # scheduled deployments get their runs within seconds, not the default minute
                 "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
             }

@@ -78,6 +78,11 @@ def spawn(state: Path, name: str, args: list[str], env: dict[str, str | None] | 
     return proc
 
 
+def ui_api_env(api: str) -> dict[str, str]:
+    """Where the Prefect UI's browser code calls the API: unset, it calls 127.0.0.1:4200 whatever the port."""
+    return {"PREFECT_SERVER_UI_API_URL": api, "PREFECT_UI_API_URL": api}
+
+
 def prefect_server_args(port: int) -> list[str]:
     return [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
 
@@ -86,6 +91,7 @@ def start_prefect_server(state: Path, port: int | None = None, ui: bool = True, 
     """A real (non-ephemeral) Prefect server, with its scheduler, on 127.0.0.1; returns it and its API URL."""
     port = port or free_port()
     env: dict[str, str | None] = {"PREFECT_HOME": str(state / "prefect"), "PREFECT_UI_ENABLED": "true" if ui else "false",
+           **ui_api_env(f"http://127.0.0.1:{port}/api"),
            # new deployments get their runs scheduled within seconds, not the default minute
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10"}
     for key in ("PREFECT_API_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"):

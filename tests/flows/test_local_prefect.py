@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,9 @@ def test_four_commands_at_once_start_one_server_and_reuse_it(tmp_path: Path):
         assert not any("Traceback" in err for _, err in outs), [err for _, err in outs]
         info = local_prefect.status(home)
         assert info is not None and info["api"] in apis
+        # The UI in a browser calls the API at this port (not Prefect's default 4200).
+        with urllib.request.urlopen(f"{info['ui']}/ui-settings", timeout=30) as r:
+            assert json.loads(r.read())["api_url"] == info["api"]
         # A later command finds it without starting anything.
         again = subprocess.run([sys.executable, "-c", START], env=env, capture_output=True, text=True, timeout=60)
         assert again.stdout.strip() in apis
