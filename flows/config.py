@@ -142,6 +142,7 @@ def build_config(
         One line naming the field, the bad value and (if any) the file.
     """
     values: dict[str, Any] = split_train_fields(read_config_file(file)) if file else {}
+    values.pop("tune", None)  # the [tune] table is nnpipe tune's (nnpipe.tuning.TuneSettings.from_table)
     over = split_train_fields({k: v for k, v in (overrides or {}).items() if v is not None})
     train = {**PIPELINE_TRAIN_DEFAULTS, **values.get("train", {}), **over.pop("train", {})}
     values.update(over)

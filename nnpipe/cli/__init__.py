@@ -1,8 +1,8 @@
 """The ``nnpipe`` command: a thin Typer front; every command is a call below it.
 
 Command groups live beside this file and register themselves on ``app``:
-:mod:`.pipeline` (train, sweep, schedule) and :mod:`.models` (models,
-promote, rollback, history). The CLI is the top layer: it imports the flows,
+:mod:`.pipeline` (train, schedule), :mod:`.tune` (tune, sweep) and
+:mod:`.models` (models, promote, rollback, history). The CLI is the top layer: it imports the flows,
 the deployments and the tracking layer, and nothing imports it.
 """
 
@@ -22,9 +22,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from nnpipe.cli import models, pipeline, server
+    from nnpipe.cli import models, pipeline, server, tune
 
     pipeline.register(app)
+    tune.register(app)
     models.register(app)
     server.register(app)
 

@@ -1,4 +1,4 @@
-"""``nnpipe train``, ``nnpipe sweep`` and ``nnpipe schedule``: the pipeline commands.
+"""``nnpipe train`` and ``nnpipe schedule``: the pipeline commands (``sweep`` is in :mod:`.tune`).
 
 Each builds a validated :class:`flows.config.PipelineConfig` (file values,
 then flags on top) and runs a Prefect flow in this process. With no
@@ -174,7 +174,7 @@ def _print_result(result: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``sweep`` and ``schedule`` to the ``nnpipe`` app."""
+    """Add ``train`` and ``schedule`` to the ``nnpipe`` app."""
 
     @app.command()
     def train(
@@ -221,40 +221,6 @@ def register(app: typer.Typer) -> None:
         with _prefect_api(), _quiet_console(verbose), _progress(total, "epoch" if cfg.train.mode == "single" else "round"):
             result = _run_flow(training_flow, cfg)
         _print_result(result)
-
-    @app.command()
-    def sweep(
-        dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in name or CSV/Parquet path. Default: iris."),
-        target: Optional[str] = typer.Option(None, "--target", metavar="COLUMN", help="Target column of a file."),
-        grid: list[str] = typer.Option([], "--grid", metavar="NAME=V1,V2", help="A searched field and its values, e.g. lr=0.01,0.001 or hidden=32;64,32. Repeatable."),
-        trials: Optional[int] = typer.Option(None, "--trials", metavar="N", help="Random search: sample N combinations of the grid instead of all."),
-        mode: Optional[str] = typer.Option(None, "--mode", help=MODE_HELP),
-        workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Dask workers the trials share."),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per trial."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Seeds the split, the trials and the random search."),
-        model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model name for the best trial."),
-        scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS", help="Dask scheduler address."),
-        config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="TOML or YAML base configuration."),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Prefect's log lines."),
-    ) -> None:
-        """Train a grid or random sample of configurations concurrently; register and gate the best."""
-        from nnpipe.flows.sweep import SweepError, parse_grid, sweep_flow
-
-        overrides = {"dataset": dataset, "target": target, "mode": mode, "workers": workers, "epochs": epochs,
-                     "seed": seed, "model_name": model_name, "scheduler_address": scheduler}
-        cfg = _build(config, overrides)
-        cfg.tracking_uri = _default_tracking_uri(cfg.tracking_uri)
-        try:
-            space = parse_grid(grid)
-        except SweepError as exc:
-            _fail(str(exc))
-        with _prefect_api(), _quiet_console(verbose):
-            result = _run_flow(sweep_flow, cfg, space, trials)
-        typer.echo(f"sweep:       {len(result['trials'])} trials under MLflow run {result['parent_run_id']}")
-        for t in result["trials"]:
-            typer.echo(f"  {t['run_id']}  {t['params']}  {t['metric']}={t['score']:.4f}")
-        typer.echo(f"best:        {result['best']['params']} ({result['best']['run_id']})")
-        _print_result(result["registered"])
 
     @app.command()
     def schedule(

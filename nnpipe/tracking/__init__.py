@@ -28,6 +28,7 @@ from nnpipe.tracking.errors import (
 from nnpipe.tracking.history import default_actor
 from nnpipe.tracking.lineage import git_revision, run_tags
 from nnpipe.tracking.locking import lock_path, store_lock
+from nnpipe.tracking import nested
 from nnpipe.tracking.plots import fetch_checkpoints, log_checkpoints, log_training_artifacts
 from nnpipe.tracking.promotion import PromotionDecision, check_servable, promote, promote_if_better, rollback
 from nnpipe.tracking.pyfunc import NnpipePyfunc, log_model
@@ -86,6 +87,7 @@ __all__ = [
     "log_training_artifacts",
     "flush_metrics",
     "metrics_callback",
+    "nested",
     "previous_champion",
     "promote",
     "promote_if_better",

@@ -142,13 +142,15 @@ class _in_run:
         active = mlflow.active_run()
         if active is not None and active.info.run_id == self.run_id:
             return
-        if active is not None:
+        run = client().get_run(self.run_id)
+        # A child of the active run (a tuning trial under its study) may be resumed nested in it.
+        if active is not None and run.data.tags.get("mlflow.parentRunId") != active.info.run_id:
             raise ValueError(
                 f"cannot log a model to run {self.run_id!r} while run {active.info.run_id!r} is active; "
                 "log it inside that run's block or after it ends"
             )
-        self.status = client().get_run(self.run_id).info.status
-        mlflow.start_run(run_id=self.run_id)
+        self.status = run.info.status
+        mlflow.start_run(run_id=self.run_id, nested=active is not None)
 
     def __exit__(self, *exc: Any) -> None:
         if self.status is not None:

@@ -109,6 +109,7 @@ def training_run(
     tags: Mapping[str, Any] | None = None,
     run_name: str | None = None,
     nested: bool = False,
+    run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run, log ``params`` and ``tags``, and end it FINISHED or FAILED.
 
@@ -124,6 +125,8 @@ def training_run(
     run_name : str, optional
     nested : bool
         Start as a child of the active run (sweeps).
+    run_id : str, optional
+        Reopen this run instead of starting one (a resumed tuning study); ``params`` must match what it logged.
 
     Yields
     ------
@@ -137,7 +140,8 @@ def training_run(
     """
     exp_id = get_or_create_experiment(experiment)
     str_tags = {_key(k): _clip(str(v), MAX_TAG_VALUE) for k, v in (tags or {}).items() if v is not None}
-    run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, nested=nested, tags=str_tags)
+    run = mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=None if run_id else run_name,
+                           nested=nested, tags=str_tags)
     run_id = run.info.run_id
     try:
         log_params(run_id, params)

@@ -1,4 +1,4 @@
-"""Flows in-process under one Prefect test server: caching, the sweep, a failed step."""
+"""Flows in-process under one Prefect test server: caching, the sweep (the tune flow on a grid), a failed step."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from prefect import flow
 from nnpipe.flows import tasks
 from nnpipe.flows.config import build_config
 from nnpipe.flows.pipeline import artifact_key, training_flow
-from nnpipe.flows.sweep import parse_grid, sweep_flow
+from nnpipe.flows.tune import tune_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -31,22 +31,25 @@ def test_split_is_cached_on_content_and_config():
 
 @pytest.mark.cluster
 def test_sweep_nested_runs_best_registered(mlflow_uri: str):
+    """``nnpipe sweep --grid lr=0.05,0.0001``: the tune flow with the grid sampler and no pruner."""
     from mlflow import MlflowClient
 
     # breast_cancer: a dataset name with an underscore, which Prefect artifact keys forbid.
     cfg = build_config(overrides={"dataset": "breast_cancer", "epochs": 8, "tracking_uri": mlflow_uri,
                                   "hidden": [16], "workers": 2})
-    out = sweep_flow(cfg, parse_grid(["lr=0.05,0.0001"]))
+    out = tune_flow(cfg, ["lr=0.05,0.0001"], sampler="grid", pruner="none")
     client = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
     parent = client.get_run(out["parent_run_id"])
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert sorted(float(c.data.params["lr"]) for c in children) == [0.0001, 0.05]  # the whole grid
     assert all(len(client.get_metric_history(c.info.run_id, "train/loss")) == 8 for c in children)
-    scores = {c.info.run_id: c.data.metrics["test/accuracy"] for c in children}
-    assert out["registered"]["model_name"] == "nnpipe-breast_cancer"
-    assert out["best"]["run_id"] == max(scores, key=scores.get)
-    champion = client.get_model_version_by_alias(out["registered"]["model_name"], "champion")
+    # the best on the validation objective is registered and gated
+    scores = {c.info.run_id: c.data.metrics["tune/objective"] for c in children}
+    assert out["model_name"] == "nnpipe-breast_cancer"
+    assert scores[out["best"]["run_id"]] == max(scores.values())
+    champion = client.get_model_version_by_alias(out["model_name"], "champion")
     assert champion.run_id == out["best"]["run_id"]
 
 

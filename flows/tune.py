@@ -1,0 +1,97 @@
+"""Hyperparameter tuning as a Prefect flow: load -> validate -> split (tasks) -> an Optuna study on Dask.
+
+The study itself is :func:`nnpipe.tuning.tune` (the same call a notebook
+makes): trials in parallel on the cluster, pruned mid-training, each a nested
+MLflow run under the study's parent run; the best trial's model is registered
+and gated. ``nnpipe sweep`` is this flow with the grid sampler and no pruner.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Callable, Iterator
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from nnpipe.flows import tasks
+from nnpipe.flows.config import PipelineConfig
+from nnpipe.flows.pipeline import artifact_key, mlflow_run_link, mlflow_ui_command
+
+# Listeners outside Prefect (the CLI's per-trial lines); callables are not flow parameters.
+_LISTENERS: list[Callable[[Any], None]] = []
+_LOCK = threading.Lock()
+
+
+@contextmanager
+def trial_listener(callback: Callable[[Any], None]) -> Iterator[None]:
+    """Call ``callback(TrialResult)`` as each trial of a study started inside the block ends."""
+    with _LOCK:
+        _LISTENERS.append(callback)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _LISTENERS.remove(callback)
+
+
+def check_space(config: PipelineConfig, space: list[str] | None, **settings: Any) -> None:
+    """Validate the settings and the space entries against ``config`` (raises before any run exists)."""
+    from nnpipe.tuning import SpaceError, TuneSettings, parse_space
+
+    checked = TuneSettings(space=list(space or []), **{k: v for k, v in settings.items() if v is not None})
+    if config.train.mode != "single":
+        raise ValueError(f"config field 'train.mode': each trial trains in one process on a worker (trials run "
+                         f"in parallel instead), so mode must be 'single', got {config.train.mode!r}")
+    if checked.space:
+        parse_space(checked.space, base=replace(config.train, mode="single"))
+    elif checked.study is None:  # only a resumed study may omit the space (it reuses its own)
+        raise SpaceError("the search space is empty; give at least one --space NAME=EXPR, "
+                         "e.g. --space 'lr=loguniform(1e-4,1e-1)', or --study NAME to resume a study")
+
+
+@flow(name="nnpipe-tune", description="Optuna study on the Dask cluster; the best trial is registered and gated.")
+def tune_flow(config: PipelineConfig = PipelineConfig(), space: list[str] | None = None, trials: int | None = None,
+              timeout: float | None = None, sampler: str = "tpe", pruner: str = "median", parallel: int | None = None,
+              study: str | None = None, storage: str | None = None, metric: str | None = None) -> dict[str, Any]:
+    """Run (or resume) study ``study`` over ``space``; returns :class:`nnpipe.tuning.TuneResult` as a dict."""
+    from nnpipe import tracking
+    from nnpipe.tuning import tune
+
+    logger = get_run_logger()
+    settings = {"trials": trials, "timeout": timeout, "sampler": sampler, "pruner": pruner, "parallel": parallel,
+                "study": study, "storage": storage, "metric": metric}
+    check_space(config, space, **settings)
+    uri = tracking.configure(config.tracking_uri)
+    ds = tasks.load(config.dataset, config.target, config.task)
+    tasks.validate(ds, config.test_size, config.val_size)
+    splits = tasks.split_scale(ds, config.test_size, config.val_size, config.train.seed)
+    gate_metric, greater = config.metric_for(ds.task)
+
+    def on_result(r: Any) -> None:
+        logger.info("trial %d %s after %d epochs %s%s", r.number, r.state, r.epochs, r.params,
+                    "" if r.value is None else f": {r.value:.4f}")
+        for cb in list(_LISTENERS):
+            cb(r)
+
+    result = tune(
+        splits, space, **settings, train=config.train, hidden=config.hidden, activation=config.activation,
+        dataset_name=ds.name, content_hash=ds.content_hash, experiment=config.experiment, model_name=config.model_name,
+        promotion_metric=gate_metric, greater_is_better=greater, tracking_uri=uri,
+        address=config.scheduler_address, workers=config.train.workers, on_result=on_result,
+        actor=f"prefect:tune-{ds.name}",
+    )
+    reg = result.registered
+    verdict = "no trial completed; nothing registered" if reg is None else (
+        f"`{result.model_name}` version {reg['version']}: {reg['decision']}")
+    link = mlflow_run_link(uri, result.experiment_id, result.parent_run_id)
+    create_markdown_artifact(
+        f"# nnpipe tune: study `{result.study}`\n\n- MLflow parent run: [`{result.parent_run_id}`]({link}) "
+        f"(open the UI with `{mlflow_ui_command(uri)}`)\n- storage: `{result.storage}`\n- best: {result.best}\n"
+        f"- registry: {verdict}\n\n## Trials\n\n"
+        + result.summary,
+        key=artifact_key("tune", result.study), description=f"study {result.study}: {verdict}"[:200],
+    )
+    return result.to_dict()

@@ -1,0 +1,248 @@
+"""``nnpipe.tuning.tune``: a whole study from Python (a notebook), with no Prefect.
+
+The Prefect flow ``nnpipe-tune`` (``nnpipe tune``) calls the same function
+after loading and splitting the data as its own tasks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
+
+from nnpipe import tracking
+from nnpipe.config import TrainConfig
+from nnpipe.data import Dataset, Splits, load_dataset, split_and_scale
+from nnpipe.distributed.cluster import connect, worker_addresses
+from nnpipe.tuning import report
+from nnpipe.tuning.runner import StudyRunner, TrialResult
+from nnpipe.tuning.settings import DEFAULT_TRIALS, TuneSettings
+from nnpipe.tuning.space import SpaceError, parse_space
+from nnpipe.tuning.study import default_storage, direction_of, get_storage, make_pruner, make_sampler, open_study
+
+STUDY_ATTRS = ("nnpipe.dataset", "nnpipe.space", "nnpipe.metric", "nnpipe.parent_run_id", "nnpipe.experiment",
+               "nnpipe.base")
+
+
+@dataclass
+class TuneResult:
+    """What one invocation of a study did (a resumed study's earlier trials count in ``best``)."""
+
+    study: str
+    storage: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    metric: str
+    trials: list[TrialResult]
+    best: dict[str, Any] | None
+    registered: dict[str, Any] | None
+    model_name: str
+    epochs_trained: int
+    wall_s: float  # the whole call
+    resumed: bool
+    artifacts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. a resumed study trained with another base config
+    summary: str = ""  # the markdown table of every trial of the study
+    trials_s: float = 0.0  # the trials alone: first submitted to last finished
+
+    def counts(self) -> dict[str, int]:
+        out = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+        for t in self.trials:
+            out[t.state] += 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["trials"] = [asdict(t) for t in self.trials]
+        return out
+
+
+def _default_name(dataset: str) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"nnpipe-{re.sub(r'[^A-Za-z0-9_-]+', '-', dataset).strip('-').lower()}-{stamp}"
+
+
+def _base(train: TrainConfig, hidden: list[int] | tuple[int, ...], activation: str) -> dict[str, Any]:
+    """What every trial starts from (the seed aside: a resume may reseed), as the study records it."""
+    return {**{k: v for k, v in train.to_dict().items() if k != "seed"}, "hidden": list(hidden),
+            "activation": activation}
+
+
+def _base_changes(stored: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """``["epochs=40 -> 100", ...]``: settings a resumed study's new trials start from differently."""
+    if not stored:
+        return []
+    return [f"{k}={stored.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(stored) | set(now))
+            if stored.get(k) != now.get(k)]
+
+
+def _prepare_data(data: str | Dataset | Splits, target: str | None, test_size: float, val_size: float,
+                  seed: int) -> tuple[Splits, str, str | None]:
+    if isinstance(data, Splits):
+        return data, "data", None
+    ds = data if isinstance(data, Dataset) else load_dataset(data, target=target)
+    return split_and_scale(ds, test_size=test_size, val_size=val_size, seed=seed), ds.name, ds.content_hash
+
+
+def tune(
+    data: str | Dataset | Splits = "iris",
+    space: list[str] | dict[str, str] | None = None,
+    *,
+    trials: int | None = None,
+    timeout: float | None = None,
+    sampler: str | None = None,
+    pruner: str | None = None,
+    parallel: int | None = None,
+    study: str | None = None,
+    storage: str | None = None,
+    seed: int | None = None,
+    metric: str | None = None,
+    settings: TuneSettings | None = None,
+    train: TrainConfig | None = None,
+    hidden: list[int] | tuple[int, ...] = (64, 32),
+    activation: str = "relu",
+    target: str | None = None,
+    test_size: float = 0.2,
+    val_size: float = 0.1,
+    dataset_name: str | None = None,
+    content_hash: str | None = None,
+    experiment: str = "nnpipe",
+    model_name: str | None = None,
+    promotion_metric: str | None = None,
+    greater_is_better: bool | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    client: Any = None,
+    workers: int = 2,
+    tags: dict[str, Any] | None = None,
+    on_result: Callable[[TrialResult], None] | None = None,
+    actor: str | None = None,
+) -> TuneResult:
+    """Run (or resume) an Optuna study of trainings on a Dask cluster; register and gate the best model.
+
+    Parameters
+    ----------
+    data : str, Dataset or Splits
+        A built-in dataset name or CSV/Parquet path (with ``target``), or data already split.
+    space : list of str or dict
+        ``["lr=loguniform(1e-4,1e-1)", "optimizer=choice(adam,sgd)"]`` or ``{"lr": "loguniform(1e-4,1e-1)"}``
+        (grammar: :mod:`nnpipe.tuning.space`). May be omitted when resuming a study.
+    trials, timeout, sampler, pruner, parallel, study, storage, seed, metric
+        Override ``settings`` (:class:`TuneSettings`). ``parallel`` defaults to the
+        number of workers; ``seed`` to ``train.seed``; ``metric`` to ``val/accuracy``
+        (classification) or ``val/loss`` (regression).
+    dataset_name, content_hash : str, optional
+        Lineage of data given already split (the name and hash of the dataset it came from).
+    train : TrainConfig, optional
+        The base configuration every trial starts from (mode must be ``single``:
+        a trial is one process on a worker).
+    address, client, workers
+        The Dask cluster (:func:`nnpipe.distributed.connect`).
+
+    Returns
+    -------
+    TuneResult
+
+    Raises
+    ------
+    SpaceError
+        A bad search-space entry, before any run or study is created.
+    """
+    t0 = time.perf_counter()
+    if isinstance(space, dict):
+        space = [f"{k}={v}" for k, v in space.items()]
+    settings = (settings or TuneSettings()).override(
+        space=space,
+        trials=trials, timeout=timeout, sampler=sampler, pruner=pruner, parallel=parallel, study=study,
+        storage=storage, seed=seed, metric=metric)
+    train = replace(train or TrainConfig(), checkpoint_every=0)
+    if train.mode != "single":
+        raise ValueError(f"config field 'mode': tune trains each trial in one process on a worker, so mode must be "
+                         f"'single', got {train.mode!r} (trials run in parallel instead)")
+    entries = list(settings.space)
+    parsed = parse_space(entries, base=train) if entries else None  # fail on a bad entry before anything else
+    uri = tracking.configure(tracking_uri)
+    store = settings.storage or default_storage(uri)
+    name = settings.study
+    resumed, stored = False, {}
+    if name is not None:
+        try:
+            sid = get_storage(store).get_study_id_from_name(name)
+            stored = get_storage(store).get_study_user_attrs(sid)
+            resumed = True
+        except KeyError:
+            pass
+    splits, ds_name, loaded_hash = _prepare_data(data, target, test_size, val_size, train.seed)
+    ds_name, content_hash = dataset_name or ds_name, content_hash or loaded_hash
+    if resumed:
+        if stored.get("nnpipe.dataset") not in (None, ds_name):
+            raise ValueError(f"study {name!r} was run on dataset {stored['nnpipe.dataset']!r}, not {ds_name!r}")
+        if parsed is None:
+            entries = list(stored.get("nnpipe.space", []))
+            parsed = parse_space(entries, base=train)
+    if parsed is None:
+        raise SpaceError("the search space is empty; give at least one --space NAME=EXPR, "
+                         "e.g. --space 'lr=loguniform(1e-4,1e-1)'")
+    classification = splits.classes is not None
+    metric_name = settings.metric or stored.get("nnpipe.metric") or ("val/accuracy" if classification else "val/loss")
+    direction = direction_of(metric_name)
+    grid = parsed.grid() if settings.sampler == "grid" else None
+    grid_size = math.prod(len(v) for v in grid.values()) if grid else None
+    n_trials = settings.trials or (grid_size if grid_size else DEFAULT_TRIALS)
+    sampler_seed = train.seed if settings.seed is None else settings.seed
+    if resumed and grid is None:
+        # A resumed study must not replay its first configurations: offset the seed by the trials it
+        # has (still reproducible). The grid keeps its seed: it fixes the order grid ids refer to.
+        sampler_seed += len(get_storage(store).get_all_trials(sid, deepcopy=False))
+    sampler_obj = make_sampler(settings.sampler, sampler_seed, grid)
+    name = name or _default_name(ds_name)
+    the_study = open_study(name, store, direction, sampler_obj, make_pruner(settings.pruner, train.epochs))
+    base = _base(train, hidden, activation)
+    changes = _base_changes(stored.get("nnpipe.base"), base)
+    notes = [f"study {name!r} was run with other settings; its new trials use {', '.join(changes)} (pass the "
+             "earlier options to keep the trials comparable)"] if changes else []
+    if the_study.direction.name.lower() != direction:
+        raise ValueError(f"study {name!r} {the_study.direction.name.lower()}s; metric {metric_name!r} needs {direction}")
+    gate_metric = (promotion_metric or ("accuracy" if classification else "mse")).removeprefix("test/")
+    greater = greater_is_better if greater_is_better is not None else direction_of(gate_metric) == "maximize"
+    model_name = model_name or "nnpipe-" + re.sub(r"[^A-Za-z0-9_-]+", "-", ds_name).strip("-").lower()
+    params = {"dataset": ds_name, **train.to_dict(), "hidden": ",".join(map(str, hidden)), "activation": activation,
+              "tune.space": entries, "tune.sampler": settings.sampler, "tune.pruner": settings.pruner,
+              "tune.metric": metric_name, "tune.study": name, "tune.storage": store}
+    parent_id = stored.get("nnpipe.parent_run_id") if resumed else None
+    run_tags = {"nnpipe.flow": "nnpipe-tune", "nnpipe.tune.study": name, "nnpipe.tune.storage": store, **(tags or {})}
+    with tracking.training_run(experiment, {} if parent_id else params, tags=run_tags, run_name=f"tune-{name}",
+                               run_id=parent_id) as parent:
+        parent_id = parent.info.run_id
+        for key, value in {"nnpipe.dataset": ds_name, "nnpipe.space": entries, "nnpipe.metric": metric_name,
+                           "nnpipe.parent_run_id": parent_id, "nnpipe.experiment": experiment,
+                           "nnpipe.base": base}.items():
+            the_study.set_user_attr(key, value)
+        with connect(address=address, client=client, workers=workers) as dask_client:
+            n_workers = len(worker_addresses(dask_client)) or workers
+            k = settings.parallel or max(1, n_workers)
+            lineage = tracking.run_tags(ds_name, content_hash, dask_client.scheduler.address, None) \
+                if content_hash else {}
+            tracking.set_run_tags(parent_id, {**lineage, "nnpipe.tune.parallel": k})
+            runner = StudyRunner(the_study, parsed, splits, train, list(hidden), activation, dask_client,
+                                 storage=store, pruner=settings.pruner, metric=metric_name, parallel=k,
+                                 parent_run_id=parent_id, on_result=on_result, grid_size=grid_size)
+            t_trials = time.perf_counter()
+            results = runner.run(n_trials, settings.timeout)
+            t_trials = time.perf_counter() - t_trials
+        epochs = sum(r.epochs for r in results)
+        best_info, registered, artifacts = report.conclude(
+            the_study, parent_id, metric_name, epochs, runner.best_model, splits.raw_test[:5], model_name,
+            gate_metric, greater, actor or f"tune:{name}", {**lineage, "nnpipe.tune.parent": parent_id})
+    return TuneResult(study=name, storage=store, tracking_uri=uri, experiment_id=parent.info.experiment_id,
+                      parent_run_id=parent_id, metric=metric_name, trials=results, best=best_info,
+                      registered=registered, model_name=model_name, epochs_trained=epochs,
+                      wall_s=time.perf_counter() - t0, resumed=resumed, artifacts=artifacts,
+                      summary=report.summary_markdown(the_study, metric_name), trials_s=t_trials, notes=notes)
+
+
+__all__ = ["TuneResult", "tune"]

@@ -1,0 +1,131 @@
+"""Studies on a real local cluster with a real MLflow SQLite store and a real Optuna SQLite storage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from nnpipe.config import TrainConfig
+from nnpipe.tuning import tune
+from nnpipe.tuning.study import get_storage
+from nnpipe.tuning.runner import FAILURE_ATTR, RETRY_ATTR, RUN_ATTR
+from nnpipe.tuning.worker import WORKER_ATTR
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def client():
+    from nnpipe.distributed.cluster import connect
+
+    with connect(workers=2) as c:
+        c.wait_for_workers(2)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MLflow store and one Optuna storage for the module (creating a store costs seconds)."""
+    return tmp_path_factory.mktemp("tune")
+
+
+def _children(mlflow_client, parent):
+    return mlflow_client.search_runs([parent.info.experiment_id],
+                                     filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+
+
+def test_study_prunes_registers_gates_and_resumes(client, store: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    common = dict(train=TrainConfig(epochs=30, patience=10), hidden=[16], client=client, tracking_uri=uri,
+                  model_name="tune-iris", study="iris-small", pruner="median",
+                  storage=f"sqlite:///{store / 'optuna.db'}")  # an RDB here; the default journal file below
+    first = tune("iris", ["lr=loguniform(1e-5,1e-1)", "optimizer=choice(adam,sgd)"], trials=6, parallel=2,
+                 seed=0, **common)
+    counts = first.counts()
+    assert sum(counts.values()) == 6 and counts["PRUNED"] >= 1 and counts["COMPLETE"] >= 1 and counts["FAIL"] == 0
+
+    mc = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    parent = mc.get_run(first.parent_run_id)
+    children = _children(mc, parent)
+    by_run = {t.run_id: t for t in first.trials}
+    assert set(by_run) == {c.info.run_id for c in children}
+    for child in children:
+        t = by_run[child.info.run_id]
+        # pruned: PRUNED in Optuna, KILLED + pruned tag in MLflow, never FAILED
+        assert child.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[t.state]
+        assert (child.data.tags.get("pruned") == "true") == (t.state == "PRUNED")
+        assert child.data.params["lr"] == str(t.params["lr"])
+        assert len(mc.get_metric_history(child.info.run_id, "val/accuracy")) == t.epochs
+    pruned = [t for t in first.trials if t.state == "PRUNED"]
+    assert all(t.epochs < 30 for t in pruned)  # stopped mid-run on the worker
+
+    # the best trial's model is registered and went through the gate
+    reg = first.registered
+    version = mc.get_model_version("tune-iris", reg["version"])
+    assert version.run_id == first.best["run_id"] and reg["promoted"]
+    assert version.tags["nnpipe.gate.decision"] == "promoted"
+    assert str(mc.get_model_version_by_alias("tune-iris", "champion").version) == reg["version"]
+    assert {"tune/summary.md", "tune/trials.csv", "tune/optimization_history.png",
+            "tune/parallel_coordinate.png"} <= set(first.artifacts)
+    assert parent.data.metrics["best/val/accuracy"] == pytest.approx(first.best["value"])
+
+    # --study resumes: the same study and parent run, two more trials with new configurations
+    second = tune("iris", None, trials=2, seed=0, **common)
+    assert second.resumed and second.parent_run_id == first.parent_run_id and len(second.trials) == 2
+    assert second.notes == []  # same base settings
+    study = optuna.load_study(study_name="iris-small", storage=second.storage)
+    assert len(study.trials) == 8 and {t.number for t in second.trials} == {6, 7}
+    assert [t.params for t in second.trials] != [t.params for t in first.trials[:2]]
+    assert len(_children(mc, parent)) == 8
+    assert mc.get_run(first.parent_run_id).info.status == "FINISHED"
+
+
+def test_killed_worker_does_not_end_the_study(client, store: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    storage = str(store / "optuna.log")  # the default: a journal file next to the MLflow store
+    killed: list[int] = []
+
+    def kill_first_started_trial() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            try:
+                trials = optuna.load_study(study_name="iris-kill", storage=get_storage(storage)).trials
+            except KeyError:
+                trials = []
+            for t in trials:
+                if t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values and WORKER_ATTR in t.user_attrs:
+                    os.kill(int(t.user_attrs[WORKER_ATTR].rsplit(":", 1)[1]), signal.SIGKILL)
+                    killed.append(t.number)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_first_started_trial, daemon=True)
+    killer.start()
+    result = tune("iris", ["lr=choice(0.01,0.02,0.03)"], trials=3, parallel=2, pruner="none", study="iris-kill",
+                  train=TrainConfig(epochs=200), hidden=[8], client=client, tracking_uri=uri,
+                  model_name="tune-kill", seed=1)
+    killer.join()
+    assert result.storage == storage
+    assert killed, "no running trial was found to kill"
+    study = optuna.load_study(study_name="iris-kill", storage=get_storage(storage))
+    dead = study.trials[killed[0]]
+    assert dead.state == optuna.trial.TrialState.FAIL and "died" in dead.user_attrs[FAILURE_ATTR]
+    retries = [t for t in study.trials if t.user_attrs.get(RETRY_ATTR) == killed[0]]
+    assert len(retries) == 1 and retries[0].params == dead.params
+    assert retries[0].state == optuna.trial.TrialState.COMPLETE
+    # the study went on: 3 configurations, one of them run twice, and a registered best
+    assert len(study.trials) == 4 and sum(t.state.name == "COMPLETE" for t in study.trials) == 3
+    assert result.registered is not None
+    mc = MlflowClient(tracking_uri=uri)
+    failed = mc.get_run(dead.user_attrs[RUN_ATTR])
+    assert failed.info.status == "FAILED" and "died" in failed.data.tags["nnpipe.failure"]
