@@ -96,12 +96,29 @@ def worker_addresses(client: Client) -> list[str]:
 
 
 def wait_for_workers(client: Client, n: int, timeout: float = 60.0) -> list[str]:
-    """Wait until at least ``n`` workers are up (or ``timeout`` s), then list them."""
-    try:
-        client.wait_for_workers(n, timeout=timeout)
-    except (TimeoutError, OSError) as exc:
+    """Wait until at least ``n`` workers have registered (or ``timeout`` s), then list them.
+
+    A client handed over right after its cluster started may see no workers
+    yet; this waits for them (saying so), continues with fewer after the
+    timeout, and fails with a plain message if none came.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
         have = worker_addresses(client)
-        if not have:
-            raise RuntimeError(f"no Dask workers at {client.scheduler.address} after {timeout} s") from exc
-        log.warning("asked for %d workers, %d available after %s s; continuing", n, len(have), timeout)
-    return worker_addresses(client)
+        if len(have) >= n:
+            return have
+        if time.monotonic() >= deadline:
+            break
+        if not said:
+            log.info("waiting up to %.0f s for %d Dask worker(s) at %s (%d registered so far)", timeout, n,
+                     client.scheduler.address, len(have))
+            said = True
+        time.sleep(0.2)
+    if not have:
+        raise RuntimeError(f"no Dask workers registered at {client.scheduler.address} within {timeout:.0f} s; start "
+                           f"some (`dask worker {client.scheduler.address}`) or pass a client whose cluster has workers")
+    log.warning("asked for %d workers, %d registered after %.0f s; continuing with those", n, len(have), timeout)
+    return have

@@ -10,10 +10,15 @@ The loops see only this interface: ``trainers``, ``shards``, ``n_total``,
 ``events``, ``lost``. The tests drive the loops with an in-process pool of the
 same shape (``tests/distributed/fakes.py``).
 
-Actors die with their worker, so the pool watches for it: a call that fails
-with a comm error marks the worker lost, releases the actor, and starts a new
-one on a live worker from the same shard future, which Dask recomputes from
-its task if its data died too. Every such fact is appended to ``events``.
+Actors die with their worker, so the pool watches for it (:mod:`.watch`: the
+scheduler's ``remove-worker`` events fail pending calls at once; a comm error
+is the fallback): the loss marks the worker lost, releases the actor, and
+starts a new one on a live worker from the same shard future, which Dask
+recomputes from its task if its data died too. Every call that touches a
+trainer (rounds, checkpoints, the final state) goes through that path. With
+no live worker left after :data:`LOST_WAIT_S`, or no scheduler, the run stops
+with a message that says what was lost and how to resume. Every such fact is
+appended to ``events``.
 """
 
 from __future__ import annotations
@@ -34,11 +39,14 @@ from nnpipe.distributed.cluster import worker_addresses
 from nnpipe.distributed.shards import Shard
 from nnpipe.distributed.rpc import WorkerLost, call_actor
 from nnpipe.distributed.trainer import ShardTrainer
+from nnpipe.distributed.watch import RESUME_HINT, LossWatch, SchedulerLost
 from nnpipe.network import NetworkSpec
 
 log = logging.getLogger("nnpipe.distributed")
 
-__all__ = ["Trainer", "TrainerPool", "WorkerLost"]
+__all__ = ["Trainer", "TrainerPool", "WorkerLost", "SchedulerLost"]
+
+LOST_WAIT_S = 20.0  # how long a run with no live worker waits for one before it stops
 
 
 @dataclass
@@ -99,6 +107,8 @@ class TrainerPool:
         self._next_id = 0
         self.known: set[str] = set()
         self._run = uuid.uuid4().hex[:8]  # trainer keys are unique per run, never reused across runs
+        self.watch = LossWatch(client)
+        self.replaced_by: dict[int, Trainer] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self, addresses: list[str]) -> None:
@@ -108,8 +118,24 @@ class TrainerPool:
         self.known = set(self.live_workers()) | set(addresses)
         futs = [self._submit(shard, addresses[i % len(addresses)]) for i, shard in enumerate(self.shards)]
         for shard, (tid, addr, fut) in zip(self.shards, futs):
-            fut.result(timeout=120)
+            self._await(fut, 120)
             self.trainers.append(Trainer(tid, shard, addr, fut))
+
+    def _await(self, fut: Any, timeout: float) -> Any:
+        """``fut.result()``, checking the scheduler every second (a lost one raises :class:`SchedulerLost`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.watch.check_scheduler()
+            try:
+                return fut.result(timeout=min(1.0, max(deadline - time.monotonic(), 0.01)))
+            except (TimeoutError, cf.TimeoutError):
+                if time.monotonic() >= deadline:
+                    raise
+            except Exception as exc:
+                if self.client is not None and self.client.status not in ("running", "newly-created"):
+                    raise SchedulerLost(f"lost the Dask scheduler at {self.client.scheduler.address} while "
+                                        f"starting a trainer ({exc!r}); the run stopped: {RESUME_HINT}") from exc
+                raise
 
     def _submit(self, shard: Shard, address: str) -> tuple[int, str, Future]:
         tid = self._next_id
@@ -124,7 +150,7 @@ class TrainerPool:
     def add_trainer(self, shard: Shard, address: str, reason: str, **facts: Any) -> Trainer:
         """Start a trainer for ``shard`` on ``address`` and log why."""
         tid, addr, fut = self._submit(shard, address)
-        fut.result(timeout=120)
+        self._await(fut, 120)
         t = Trainer(tid, shard, addr, fut)
         self.trainers.append(t)
         self.events.append({"event": reason, "trainer": tid, "shard": shard.index, "worker": addr,
@@ -133,8 +159,12 @@ class TrainerPool:
         return t
 
     def close(self) -> None:
+        self.watch.close()
         for t in self.trainers:
-            t.future.release()
+            try:
+                t.future.release()
+            except Exception:  # a client that lost its scheduler cannot release; nothing to leak then
+                pass
         self.trainers = []
 
     # ---- calls -------------------------------------------------------------------------------
@@ -142,12 +172,34 @@ class TrainerPool:
         """Call ``trainer.method(*args)`` on its worker; a concurrent future of the result."""
         self.bytes_sent += _payload_bytes(args)
         coro = call_actor(self.client, trainer.address, trainer.future.key, ShardTrainer, method, args, inline)
-        return asyncio.run_coroutine_threadsafe(coro, self.client.loop.asyncio_loop)
+        return self.watch.track(trainer.address, asyncio.run_coroutine_threadsafe(coro, self.client.loop.asyncio_loop))
+
+    def call_sync(self, trainer: Trainer, method: str, *args: Any, where: str = "") -> Any:
+        """``trainer.method(*args)``'s result; a lost trainer is rebuilt and the call made on the new one.
+
+        For calls outside the rounds (checkpoint states, restores, the final state). Not round traffic.
+        """
+        while True:
+            try:
+                fut = self.call(trainer, method, *args)
+                while not self.wait([fut]):
+                    pass
+                return self.received(fut.result(), per_round=False)
+            except WorkerLost as exc:
+                trainer = self.replace(trainer, exc, where or f"during {method}")
 
     def wait(self, futures: Any, timeout: float | None = None) -> set[cf.Future]:
-        """The futures among ``futures`` that are done, waiting for at least one (or ``timeout`` s)."""
-        done, _ = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
-        return done
+        """The futures among ``futures`` that are done, waiting for at least one (or ``timeout`` s).
+
+        Checks the scheduler every second meanwhile (:class:`SchedulerLost`).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.watch.check_scheduler()  # cheap: the client's status, no round trip
+            left = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            done, _ = cf.wait(futures, timeout=left, return_when=cf.FIRST_COMPLETED)
+            if done or (deadline is not None and time.monotonic() >= deadline):
+                return done
 
     def wait_all(self, futures: Any, timeout: float | None = None) -> set[cf.Future]:
         """The futures among ``futures`` done after waiting for all of them (at most ``timeout`` s)."""
@@ -169,10 +221,22 @@ class TrainerPool:
 
     # ---- recovery ----------------------------------------------------------------------------
     def live_workers(self) -> list[str]:
-        return [a for a in worker_addresses(self.client) if a not in self.lost]
+        self.watch.check_scheduler()
+        try:
+            addresses = worker_addresses(self.client)
+        except Exception as exc:  # KeyError 'workers', comm errors: the scheduler is not answering
+            raise SchedulerLost(f"lost the Dask scheduler at {self.client.scheduler.address} ({exc!r}); the run "
+                                f"stopped: {RESUME_HINT}") from exc
+        return [a for a in addresses if a not in self.lost and a not in self.watch.removed]
 
-    def replace(self, trainer: Trainer, exc: BaseException, where: str, timeout: float = 120.0) -> Trainer:
-        """Replace ``trainer`` after its worker was lost; returns the new trainer."""
+    def replace(self, trainer: Trainer, exc: BaseException, where: str, timeout: float = LOST_WAIT_S) -> Trainer:
+        """Replace ``trainer`` after its worker was lost; returns the new trainer.
+
+        A trainer already replaced (its loss seen first by another call, e.g.
+        a checkpoint's state fetch) returns its replacement.
+        """
+        if trainer not in self.trainers and trainer.id in self.replaced_by:
+            return self.replaced_by[trainer.id]
         dead = trainer.address
         self.lost.add(dead)
         self.events.append({"event": "worker_lost", "worker": dead, "trainer": trainer.id,
@@ -186,7 +250,9 @@ class TrainerPool:
             if live:
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no live Dask workers left after losing {dead} {where}")
+                raise RuntimeError(f"no live Dask workers left: lost {dead} (trainer {trainer.id}, shard "
+                                   f"{trainer.shard.index}) {where} and none joined within {timeout:.0f} s; the run "
+                                   f"stopped: {RESUME_HINT}")
             time.sleep(0.2)
         # The least loaded live worker takes the shard.
         load = {a: 0 for a in live}
@@ -195,13 +261,23 @@ class TrainerPool:
                 load[t.address] += 1
         address = min(live, key=lambda a: (load[a], a))
         new = self.add_trainer(trainer.shard, address, "shard_rebuilt", replaces=trainer.id, where=where)
+        self.replaced_by[trainer.id] = new
         return new
 
     def final_opt_state(self) -> dict[str, np.ndarray]:
-        """Trainer 0's optimizer state (for ``FitResult.opt_state``); not round traffic."""
-        if not self.trainers:
-            return {}
-        return self.received(self.call(self.trainers[0], "get_state").result(), per_round=False)["opt"]
+        """The first reachable trainer's optimizer state (for ``FitResult.opt_state``); not round traffic."""
+        for t in list(self.trainers):
+            fut = self.call(t, "get_state")
+            try:
+                while not self.wait([fut]):
+                    pass
+                return self.received(fut.result(), per_round=False)["opt"]
+            except WorkerLost as exc:  # the result needs no rebuilt trainer: ask the next one
+                self.lost.add(t.address)
+                self.events.append({"event": "worker_lost", "worker": t.address, "trainer": t.id,
+                                    "shard": t.shard.index, "where": "fetching the final state", "error": str(exc),
+                                    "time": time.time()})
+        return {}
 
     def joined_workers(self) -> list[str]:
         """Live workers that joined the cluster after this run started; each is reported once."""

@@ -99,18 +99,18 @@ def gather_round(pool: Any, method: str, args_for: Callable[[Any], tuple], where
 def trainer_states(pool: Any) -> dict[int, dict]:
     """Each shard's trainer state (optimizer, stream), fetched for a checkpoint."""
     out = {}
-    for t in pool.trainers:
-        if t.shard.index not in out:
-            out[t.shard.index] = pool.received(pool.call(t, "get_state").result(), per_round=False)
+    for t in list(pool.trainers):
+        if t.shard.index not in out:  # a lost trainer is rebuilt and its (fresh) state taken
+            out[t.shard.index] = pool.call_sync(t, "get_state", where="fetching states for a checkpoint")
     return out
 
 
 def restore_trainers(pool: Any, states: dict[int, dict]) -> None:
     """Give every trainer its shard's saved state (or, with ``opt`` only, that optimizer state)."""
-    for t in pool.trainers:
+    for t in list(pool.trainers):
         state = states.get(t.shard.index)
         if state is not None:
-            pool.call(t, "set_state", state).result()
+            pool.call_sync(t, "set_state", state, where="restoring trainer states")
 
 
 class MergeRule:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import distributed
 import numpy as np
@@ -26,10 +27,12 @@ def kill_worker(client: distributed.Client, address: str) -> int:
 
 
 @pytest.mark.parametrize("mode", ["sync", "local-sgd", "async"])
-def test_killed_worker_mid_training(data, mode):
+def test_killed_worker_mid_training(data, mode, tmp_path):
     X, y = data
     spec, theta0 = small_net("float64")
     kw = dict(epochs=4, batch_size=60, seed=11, dtype="float64", lr=0.01)
+    # Checkpoints every epoch: fetching trainer states after the kill must survive it too.
+    ckpt = dict(checkpoint_every=1, checkpoint_dir=str(tmp_path))
     with local_cluster(2) as cluster, distributed.Client(cluster) as client:
         client.wait_for_workers(2)
         victim = worker_addresses(client)[0]  # shard 0 is placed on the first worker
@@ -39,7 +42,7 @@ def test_killed_worker_mid_training(data, mode):
             if epoch == 0:
                 killed.append(kill_worker(client, victim))
 
-        out = fit_distributed(spec, theta0, X, y, TrainConfig(mode=mode, workers=2, sync_every=3, **kw),
+        out = fit_distributed(spec, theta0, X, y, TrainConfig(mode=mode, workers=2, sync_every=3, **ckpt, **kw),
                               client=client, callbacks=[kill_after_first_epoch], validation=(X, y))
     assert killed
     events = out.info["events"]
@@ -48,6 +51,9 @@ def test_killed_worker_mid_training(data, mode):
     assert lost and lost[0]["worker"] == victim and lost[0]["shard"] == 0
     assert rebuilt and rebuilt[0]["shard"] == 0 and rebuilt[0]["worker"] != victim
     assert out.epochs_run == 4 and np.isfinite(out.theta).all()
+    assert latest_path(tmp_path).name == "ckpt-000003.npz"
+    # Noticed from the scheduler's word or a refused connection, never a 30 s connect timeout.
+    assert "Timed out" not in lost[0]["error"]
     if mode == "sync":
         # The lost step is retried with the same parameters: nothing changes.
         ref = fit(spec, theta0, X, y, TrainConfig(**kw))
@@ -93,3 +99,31 @@ def test_checkpoint_from_another_mode_is_refused(client, data, tmp_path):
         fit_distributed(spec, theta0, X, y, TrainConfig(mode="local-sgd", epochs=2, checkpoint_every=1,
                                                         checkpoint_dir=str(tmp_path), dtype="float64"),
                         client=client)
+
+
+def test_losing_the_last_worker_stops_the_run_with_a_resume_hint(data):
+    # async, the mode with the most calls in flight; every mode rebuilds through the same pool.replace.
+    X, y = data
+    spec, theta0 = small_net("float64")
+    cfg = TrainConfig(mode="async", workers=1, epochs=50, batch_size=60, dtype="float64", sync_every=3)
+    with local_cluster(1) as cluster, distributed.Client(cluster) as client:
+        client.wait_for_workers(1)
+
+        def remove_every_worker(epoch, logs):
+            if epoch == 0:
+                cluster.scale(0)  # the nanny goes too: nothing comes back
+                while worker_addresses(client):
+                    pass
+
+        with pytest.raises(RuntimeError, match=r"no live Dask workers left: lost tcp://\S+ .*--resume-from"):
+            fit_distributed(spec, theta0, X, y, cfg, client=client, callbacks=[remove_every_worker])
+
+
+def test_a_client_handed_over_before_its_workers_register_waits_for_them(data):
+    X, y = data
+    spec, theta0 = small_net("float32")
+    cfg = TrainConfig(mode="local-sgd", workers=2, epochs=2, batch_size=32, dtype="float32")
+    with local_cluster(0) as cluster, distributed.Client(cluster) as client:
+        threading.Timer(1.0, cluster.scale, args=(2,)).start()
+        out = fit_distributed(spec, theta0, X, y, cfg, client=client)
+    assert out.info["workers"] == 2 and len({s["shard"] for s in out.info["shards"]}) == 2
