@@ -22,7 +22,7 @@ and the median epoch at which the test accuracy first reached 95% of that
 seed's final sync accuracy.
 
     .venv/bin/python bench/bench_convergence.py                    # 2, 4, 8, 16 workers, 3 seeds
-    .venv/bin/python bench/bench_convergence.py --workers 2,8 --seeds 1
+    .venv/bin/python bench/bench_convergence.py --workers 2,8 --seeds 1 --modes async
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--workers", default="2,4,8,16")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--modes", default="local-sgd,async", help="subset of local-sgd,async")
     args = ap.parse_args()
     logging.getLogger("distributed").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -96,6 +97,8 @@ def main() -> None:
             with Client(cluster) as client:
                 client.wait_for_workers(n, timeout=300)
                 for mode, variants in VARIANTS.items():
+                    if mode not in args.modes.split(","):
+                        continue
                     for name, extra in variants.items():
                         finals, epochs = [], []
                         for s in seeds:

@@ -257,3 +257,13 @@ def test_local_sgd_logs_outer_step_and_consensus_per_round_and_per_epoch(data):
         assert out.history["dist/consensus_distance"][epoch] == pytest.approx(
             np.mean([r["consensus_distance"] for r in mine]))
         assert out.history["dist/consensus_distance_last"][epoch] == mine[-1]["consensus_distance"] > 0
+
+
+def test_an_async_round_is_at_most_one_pass_over_the_shard(data):
+    X, y = data
+    spec, theta0 = small_net("float64")
+    # 8 shards of 75 rows, batch 32: K=10 is capped at 3 steps, one pass (32 + 32 + 11 rows).
+    cfg = TrainConfig(mode="async", workers=8, epochs=2, batch_size=32, sync_every=10, dtype="float64")
+    _, pool = fit_in_process(spec, theta0, X, y, cfg)
+    rows = [r[2] for _, m, r in pool.log if m == "local_round"]
+    assert rows and set(rows) == {75}
