@@ -122,20 +122,24 @@ class TrainerPool:
             self.trainers.append(Trainer(tid, shard, addr, fut))
 
     def _await(self, fut: Any, timeout: float) -> Any:
-        """``fut.result()``, checking the scheduler every second (a lost one raises :class:`SchedulerLost`)."""
+        """``fut.result()``, checking the scheduler meanwhile (a lost one raises :class:`SchedulerLost`).
+
+        Polls ``fut.done()`` rather than calling ``result(timeout=...)`` in slices: short
+        timeouts in distributed's ``sync`` raced and failed (``UnboundLocalError``) here.
+        """
         deadline = time.monotonic() + timeout
-        while True:
+        while not fut.done():
             self.watch.check_scheduler()
-            try:
-                return fut.result(timeout=min(1.0, max(deadline - time.monotonic(), 0.01)))
-            except (TimeoutError, cf.TimeoutError):
-                if time.monotonic() >= deadline:
-                    raise
-            except Exception as exc:
-                if self.client is not None and self.client.status not in ("running", "newly-created"):
-                    raise SchedulerLost(f"lost the Dask scheduler at {self.client.scheduler.address} while "
-                                        f"starting a trainer ({exc!r}); the run stopped: {RESUME_HINT}") from exc
-                raise
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"trainer {fut.key} did not start within {timeout:.0f} s")
+            time.sleep(0.02)
+        try:
+            return fut.result()
+        except Exception as exc:
+            if self.client is not None and self.client.status not in ("running", "newly-created"):
+                raise SchedulerLost(f"lost the Dask scheduler at {self.client.scheduler.address} while "
+                                    f"starting a trainer ({exc!r}); the run stopped: {RESUME_HINT}") from exc
+            raise
 
     def _submit(self, shard: Shard, address: str) -> tuple[int, str, Future]:
         tid = self._next_id

@@ -40,6 +40,9 @@ class Held:
     def result(self, timeout: float | None = None) -> Any:
         return self.value
 
+    def done(self) -> bool:
+        return True
+
     def release(self) -> None:
         pass
 
