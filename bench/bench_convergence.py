@@ -43,7 +43,7 @@ from nnpipe.training import fit
 OLD = dict(outer_optimizer="none", lr_scaling="none", lr_warmup_epochs=0, staleness_policy="downweight")
 VARIANTS = {
     "local-sgd": {"default": {}, "outer=none": dict(outer_optimizer="none"), "old": OLD},
-    "async": {"default": {}, "outer=nesterov": dict(outer_optimizer="nesterov"), "old": OLD},
+    "async": {"default": {}, "outer=none": dict(outer_optimizer="none"), "old": OLD},
 }
 
 

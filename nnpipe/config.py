@@ -27,9 +27,9 @@ MODES = ("single", "sync", "local-sgd", "async")
 # Nesterov's lr 1.0 / momentum 0.5 measured better than DiLoCo's 0.7 / 0.9 on digits at 16
 # workers (0.969 vs 0.947 median test accuracy; bench/bench_convergence.py, README).
 OUTER_OPTIMIZERS = {"none": (None, None), "sgd": (1.0, 0.0), "nesterov": (1.0, 0.5)}
-# outer_optimizer=None picks the mode's: measured on digits at 2, 8 and 16 workers, Nesterov
-# closes local SGD's gap to sync; per-merge momentum made async unstable at 16 workers.
-OUTER_BY_MODE = {"local-sgd": "nesterov", "async": "none"}
+# outer_optimizer=None picks the mode's: measured on digits at 2-16 workers, Nesterov closes
+# most of local SGD's gap to sync, and async's at 16 workers (with one shard pass per round).
+OUTER_BY_MODE = {"local-sgd": "nesterov", "async": "nesterov"}
 STALENESS_POLICIES = ("inverse", "downweight", "drop")
 LR_SCALINGS = ("none", "linear", "sqrt")
 Mode = Literal["single", "sync", "local-sgd", "async"]
@@ -86,7 +86,7 @@ class TrainConfig:
         ``local-sgd`` and ``async``: ``none`` (take the average / the merge
         as is), ``sgd`` (momentum ``outer_momentum``, SlowMo) or ``nesterov``
         (DiLoCo) applied on the driver to ``theta - target`` as a
-        pseudo-gradient. None: ``nesterov`` for ``local-sgd``, ``none`` for ``async``.
+        pseudo-gradient. None: ``nesterov`` in ``local-sgd`` and ``async``.
     outer_lr, outer_momentum : float, optional
         The outer optimizer's step and momentum; None takes its default
         (``sgd``: 1.0 and 0.0; ``nesterov``: 1.0 and 0.5).

@@ -226,7 +226,7 @@ def test_direct_actor_call_is_checked_against_this_distributed():
     (dict(mode="local-sgd", outer_lr=0.0), "'outer_lr'.*0.0"),
     (dict(mode="local-sgd", outer_momentum=1.0), "'outer_momentum'.*1.0"),
     (dict(mode="local-sgd", outer_optimizer="nesterov", outer_momentum=0.0), "'outer_momentum'.*'sgd'"),
-    (dict(mode="async", outer_lr=0.5), "'outer_lr'.*mode 'async'.*0.5"),
+    (dict(mode="async", outer_optimizer="none", outer_lr=0.5), "'outer_lr'.*'none'.*0.5"),
     (dict(warmup_epochs=-1), "'warmup_epochs'.*-1"),
     (dict(lr_scaling="cubic"), "'lr_scaling'.*'cubic'"),
     (dict(lr_warmup_epochs=1.5), "'lr_warmup_epochs'.*1.5"),
@@ -237,10 +237,11 @@ def test_new_settings_are_validated_and_quote_the_bad_value(kw, match):
         TrainConfig(**kw)
 
 
-def test_outer_defaults_depend_on_the_mode():
+def test_outer_defaults():
     assert TrainConfig(mode="local-sgd").effective()["outer_optimizer"] == "nesterov"
     assert TrainConfig(mode="local-sgd").outer_settings() == (1.0, 0.5)
-    assert TrainConfig(mode="async").outer_name() == "none"
+    assert TrainConfig(mode="async").outer_name() == "nesterov"
+    assert TrainConfig(mode="sync").outer_name() == "none"
     assert TrainConfig(mode="async", outer_optimizer="sgd", outer_momentum=0.3).outer_settings() == (1.0, 0.3)
 
 
