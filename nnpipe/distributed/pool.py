@@ -137,7 +137,7 @@ class TrainerPool:
             return fut.result()
         except Exception as exc:
             if self.client is not None and self.client.status not in ("running", "newly-created"):
-                raise SchedulerLost(f"lost the Dask scheduler at {self.client.scheduler.address} while "
+                raise SchedulerLost(f"lost the Dask scheduler at {self.watch.address} while "
                                     f"starting a trainer ({exc!r}); the run stopped: {RESUME_HINT}") from exc
             raise
 
@@ -225,11 +225,15 @@ class TrainerPool:
 
     # ---- recovery ----------------------------------------------------------------------------
     def live_workers(self) -> list[str]:
-        self.watch.check_scheduler()
+        # Asking a scheduler the client has lost would block for the 30 s reconnect; wait out
+        # the grace period instead (check_scheduler raises SchedulerLost when it is over).
+        while self.client.status not in ("running", "newly-created"):
+            self.watch.check_scheduler()
+            time.sleep(0.2)
         try:
             addresses = worker_addresses(self.client)
         except Exception as exc:  # KeyError 'workers', comm errors: the scheduler is not answering
-            raise SchedulerLost(f"lost the Dask scheduler at {self.client.scheduler.address} ({exc!r}); the run "
+            raise SchedulerLost(f"lost the Dask scheduler at {self.watch.address} ({exc!r}); the run "
                                 f"stopped: {RESUME_HINT}") from exc
         return [a for a in addresses if a not in self.lost and a not in self.watch.removed]
 

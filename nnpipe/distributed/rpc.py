@@ -81,7 +81,11 @@ async def call_actor(client: distributed.Client, address: str, key: str, cls: ty
         _give_up_direct(f"unexpected reply {type(msg).__name__}")
         return await _call_public(client, address, key, cls, method, args)
     if msg["status"] != "OK":
-        raise msg["exception"]
+        exc = msg["exception"]
+        if isinstance(exc, RuntimeError) and "after shutdown" in str(exc):
+            # The worker is closing (its executor already shut down): as good as lost.
+            raise WorkerLost(f"worker {address} is shutting down: {exc!r}") from exc
+        raise exc
     return msg["result"]
 
 

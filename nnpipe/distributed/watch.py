@@ -38,6 +38,8 @@ class LossWatch:
 
     def __init__(self, client: Any):
         self.client = client
+        # Kept: a closed client forgets its scheduler, and the message must still name it.
+        self.address = client.scheduler.address if client is not None else None
         self.removed: set[str] = set()
         self._pending: dict[str, set[cf.Future]] = {}
         self._lock = threading.Lock()
@@ -98,7 +100,7 @@ class LossWatch:
         if self._away_since is None:
             self._away_since = now
         if status == "closed" or now - self._away_since > SCHEDULER_GRACE_S:
-            raise SchedulerLost(f"lost the Dask scheduler at {self.client.scheduler.address} (client {status} for "
+            raise SchedulerLost(f"lost the Dask scheduler at {self.address} (client {status} for "
                                 f"{now - self._away_since:.0f} s); the run stopped: {RESUME_HINT}")
 
     def close(self) -> None:

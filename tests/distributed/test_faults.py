@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 
+import dask
 import distributed
 import numpy as np
 import pytest
@@ -127,3 +128,25 @@ def test_a_client_handed_over_before_its_workers_register_waits_for_them(data):
         threading.Timer(1.0, cluster.scale, args=(2,)).start()
         out = fit_distributed(spec, theta0, X, y, cfg, client=client)
     assert out.info["workers"] == 2 and len({s["shard"] for s in out.info["shards"]}) == 2
+
+
+def test_losing_the_scheduler_stops_the_run_with_a_resume_hint(data):
+    from nnpipe.distributed.watch import SchedulerLost
+
+    X, y = data
+    spec, theta0 = small_net("float64")
+    cfg = TrainConfig(mode="local-sgd", workers=2, epochs=500, batch_size=60, dtype="float64", sync_every=3)
+    # A short reconnect window keeps the teardown of a cluster without a scheduler quick.
+    with dask.config.set({"distributed.comm.timeouts.connect": "3s"}), local_cluster(2) as cluster, \
+            distributed.Client(cluster) as client:
+        client.wait_for_workers(2)
+
+        def close_scheduler(epoch, logs):
+            if epoch == 1:
+                try:  # the scheduler takes its workers down with it
+                    cluster.sync(cluster.scheduler.close)
+                except RuntimeError:  # its own executor may already be shut
+                    pass
+
+        with pytest.raises(SchedulerLost, match=r"lost the Dask scheduler at tcp://\S+ .*--resume-from"):
+            fit_distributed(spec, theta0, X, y, cfg, client=client, callbacks=[close_scheduler])
