@@ -42,6 +42,10 @@ class PipelineConfig(BaseModel):
     dataset: str = Field("iris", description="Built-in dataset name (iris, wine, breast_cancer, digits, diabetes) or a CSV/Parquet path.")
     target: str | None = Field(None, description="Target column (required for CSV/Parquet files).")
     task: Literal["multiclass", "binary", "regression"] | None = Field(None, description="Override the inferred task.")
+    features: list[str] | None = Field(None, description="Feature columns of a file source; default every column but the target.")
+    large: bool | None = Field(None, description="Treat the dataset as a large source read on the workers (True) or load it in memory (False); unset: a directory, glob or URL, or a file over large_file_mb, is large.")
+    large_file_mb: float = Field(256, gt=0, description="A single file bigger than this (MB) is a large source.")
+    block_mb: float = Field(16, gt=0, description="Large sources: uncompressed MB per piece a worker reads at once.")
     hidden: list[int] = Field(default_factory=lambda: [64, 32], description="Hidden layer sizes.")
     activation: str = Field("relu", description="Hidden activation.")
     model_name: str | None = Field(None, description="Registered model name; default nnpipe-<dataset name>.")
@@ -70,6 +74,15 @@ class PipelineConfig(BaseModel):
         if self.test_size + self.val_size >= 1:
             raise ValueError(f"test_size + val_size must be < 1, got {self.test_size} + {self.val_size}")
         return self
+
+    @property
+    def large_source(self) -> bool:
+        """Whether the dataset trains as a large source (see :func:`nnpipe.sources.is_large`)."""
+        from nnpipe.sources import is_large
+
+        if self.large is not None:
+            return self.large
+        return is_large(self.dataset, int(self.large_file_mb * (1 << 20)))
 
     @property
     def distributed(self) -> bool:
@@ -145,6 +158,9 @@ def build_config(
     values.pop("tune", None)  # the [tune] table is nnpipe tune's (nnpipe.tuning.TuneSettings.from_table)
     over = split_train_fields({k: v for k, v in (overrides or {}).items() if v is not None})
     train = {**PIPELINE_TRAIN_DEFAULTS, **values.get("train", {}), **over.pop("train", {})}
+    # Round size left to us: a large source's distributed run chooses it (an explicit value always wins).
+    if not {"batch_size", "sync_every", "auto_round"} & train.keys():
+        train["auto_round"] = True
     values.update(over)
     values["train"] = train
     try:

@@ -112,7 +112,9 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     logger = get_run_logger()
     uri = tracking.configure(config.tracking_uri)
     train_cfg = config.train
-    run_name = f"{Path(config.dataset).stem}-{train_cfg.mode}"
+    from nnpipe.sources import short_name
+
+    run_name = f"{short_name(config.dataset) if config.large_source else Path(config.dataset).stem}-{train_cfg.mode}"
     with ExitStack() as stack:
         # The run first: everything after it that raises marks it FAILED with the reason.
         run = stack.enter_context(
@@ -121,19 +123,41 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         )
         run_id = run.info.run_id
         logger.info("MLflow run %s in %s", run_id, uri)
-        ds = tasks.load(config.dataset, config.target, config.task)
-        tasks.validate(ds, config.test_size, config.val_size)
-        splits = tasks.split_scale(ds, config.test_size, config.val_size, train_cfg.seed)
-        address = stack.enter_context(dask_cluster(config))
-        lineage = tracking.run_tags(ds.name, ds.content_hash, address,
-                                    train_cfg.workers if config.distributed else None)
-        tracking.set_run_tags(run_id, lineage)
-        model, fit = tasks.train(splits, train_cfg, config.hidden, config.activation, address, run_id,
-                                 resume_from=config.resume_from)
-        metrics = tasks.evaluate(model, splits)
-        model_name = config.model_name or default_model_name(ds.name)
-        model_uri, version = tasks.log_and_register(run_id, model, fit, train_cfg, splits, metrics, model_name, lineage)
-        metric, greater = config.metric_for(ds.task)
+        if config.large_source:  # the rows stay on the workers (or stream through one process)
+            from nnpipe.flows import source_tasks
+
+            source = source_tasks.describe(config)
+            address = stack.enter_context(dask_cluster(config))
+            prepared = source_tasks.validate_and_split(source, config, address)
+            ds_name, ds_source, ds_task = source.name, source.location, prepared.task
+            lineage = tracking.run_tags(source.name, source.fingerprint, address,
+                                        train_cfg.workers if config.distributed else None,
+                                        **source_tasks.lineage_extra(prepared))
+            tracking.set_run_tags(run_id, lineage)
+            model, fit = tasks.train(prepared, train_cfg, config.hidden, config.activation, address, run_id,
+                                     resume_from=config.resume_from)
+            tracking.set_run_tags(run_id, source_tasks.training_tags(fit))
+            logger.info("trained on %s shards; %s", fit.info.get("data_path"), source_tasks.training_tags(fit))
+            metrics, confusion = source_tasks.evaluate(model, prepared, train_cfg.mode, address)
+            model_name = config.model_name or default_model_name(ds_name)
+            model_uri, version = source_tasks.log_and_register(run_id, model, fit, train_cfg, prepared, metrics,
+                                                               confusion, model_name, lineage)
+        else:
+            ds = tasks.load(config.dataset, config.target, config.task, config.features)
+            tasks.validate(ds, config.test_size, config.val_size)
+            splits = tasks.split_scale(ds, config.test_size, config.val_size, train_cfg.seed)
+            address = stack.enter_context(dask_cluster(config))
+            ds_name, ds_source, ds_task = ds.name, ds.source, ds.task
+            lineage = tracking.run_tags(ds.name, ds.content_hash, address,
+                                        train_cfg.workers if config.distributed else None)
+            tracking.set_run_tags(run_id, lineage)
+            model, fit = tasks.train(splits, train_cfg, config.hidden, config.activation, address, run_id,
+                                     resume_from=config.resume_from)
+            metrics = tasks.evaluate(model, splits)
+            model_name = config.model_name or default_model_name(ds.name)
+            model_uri, version = tasks.log_and_register(run_id, model, fit, train_cfg, splits, metrics, model_name,
+                                                        lineage)
+        metric, greater = config.metric_for(ds_task)
         decision = tasks.promote(model_name, version, f"test/{metric}", greater, actor=f"prefect:{run_name}")
         tracking.set_run_tags(run_id, {"nnpipe.promoted": decision.promoted, "nnpipe.promotion": decision.reason})
     result = PipelineResult(
@@ -143,7 +167,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         # After the gate the champion is the new version if it won, else whoever held it.
         champion_version=str(version) if decision.promoted else (
             None if decision.champion_version is None else str(decision.champion_version)),
-        dataset=ds.source, mode=train_cfg.mode,
+        dataset=ds_source, mode=train_cfg.mode,
     )
     link = mlflow_run_link(uri, result.experiment_id, run_id)
     create_markdown_artifact(

@@ -79,9 +79,10 @@ def _retry_on_io(task, task_run, state) -> bool:
     retry_condition_fn=_retry_on_io,
     cache_policy=NO_CACHE,
 )
-def load(source: str, target: str | None = None, task: str | None = None) -> Dataset:
+def load(source: str, target: str | None = None, task: str | None = None,
+         features: list[str] | None = None) -> Dataset:
     """Load and validate a built-in dataset or a CSV/Parquet file."""
-    ds = load_dataset(source, target=target, task=task)
+    ds = load_dataset(source, target=target, task=task, features=features)
     get_run_logger().info(
         "loaded %s: %d rows, %d features, task %s, sha256 %s", ds.source, len(ds.y), ds.X.shape[1], ds.task, ds.content_hash[:12]
     )

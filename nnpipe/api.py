@@ -54,7 +54,12 @@ def train(
 
     Parameters
     ----------
-    data : Splits or (X, Y)
+    data : Splits, (X, Y), Source or PreparedSource
+        A large source (:func:`nnpipe.sources.open_source`) is validated and
+        split on the workers (``single``: in this process) with the default
+        test/validation fractions; a :class:`~nnpipe.source_prep.PreparedSource`
+        is already validated and split. Either way the rows never pass through
+        this process in the distributed modes. Otherwise:
         A split dataset (:func:`nnpipe.data.split_and_scale`): the network is
         built from its task and shape (``hidden``, ``activation``), validation
         comes from its validation part, and ``FitResult.model`` is a servable
@@ -84,6 +89,11 @@ def train(
         The same type in every mode; ``model`` is set when ``data`` is a dataset.
     """
     config = config or TrainConfig()
+    if _is_source(data):  # a large source: the rows stay where they are read
+        if validation is not None:
+            raise TypeError("validation comes from the source's split when data is a source")
+        return _train_source(data, config, spec=spec, theta=theta, hidden=hidden, activation=activation,
+                             callbacks=callbacks, client=client, address=address, metadata=metadata)
     model = None
     if isinstance(data, Splits):
         if spec is not None or validation is not None:
@@ -124,3 +134,51 @@ def _prepare(splits: Splits, config: TrainConfig, hidden: tuple[int, ...] | list
     if len(splits.y_val):
         validation = (splits.X_val.astype(spec.dtype), model.encode_targets(splits.y_val))
     return model, splits.X_train.astype(spec.dtype), model.encode_targets(splits.y_train), validation
+
+
+
+def _is_source(data: Any) -> bool:
+    from nnpipe.source_prep import PreparedSource
+    from nnpipe.sources import Source
+
+    return isinstance(data, (Source, PreparedSource))
+
+
+def source_spec(prepared: Any, hidden: tuple[int, ...] | list[int], activation: str = "relu",
+                dtype: str = "float32") -> NetworkSpec:
+    """The network for a prepared source (its task, features and classes)."""
+    n_out = len(prepared.classes) if prepared.classes is not None else 1
+    return build_spec(prepared.task, len(prepared.source.features), n_out, hidden, activation, dtype)
+
+
+def _train_source(data: Any, config: TrainConfig, *, spec: NetworkSpec | None, theta: np.ndarray | None,
+                  hidden: tuple[int, ...] | list[int], activation: str, callbacks: Any, client: Any,
+                  address: str | None, metadata: dict[str, Any] | None) -> FitResult:
+    """A large source: prepared where it is read, trained in this process (single) or on the cluster."""
+    from nnpipe.source_prep import PreparedSource, prepare
+
+    if config.mode != "single":
+        from nnpipe.distributed.cluster import connect
+        from nnpipe.distributed.frames import cluster_runner, fit_prepared
+
+        with connect(address=address, client=client, workers=config.workers) as c:  # one cluster for both
+            if not isinstance(data, PreparedSource):
+                data = prepare(data, cluster_runner(c), seed=config.seed)
+            spec = spec or source_spec(data, hidden, activation, config.dtype)
+            result = fit_prepared(data, spec, _initial(spec, config, theta), config, callbacks=callbacks, client=c)
+    else:
+        from nnpipe.source_fit import fit_single_source
+
+        if not isinstance(data, PreparedSource):
+            data = prepare(data, seed=config.seed)
+        spec = spec or source_spec(data, hidden, activation, config.dtype)
+        result = fit_single_source(data, spec, _initial(spec, config, theta), config, callbacks)
+    result.model = data.model(spec, result.theta, metadata)
+    result.info["source"] = data.source.describe()
+    return result
+
+
+def _initial(spec: NetworkSpec, config: TrainConfig, theta: np.ndarray | None) -> np.ndarray:
+    if theta is not None:
+        return theta
+    return init_params(spec, np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0]))

@@ -104,6 +104,14 @@ class TrainConfig:
         to ``lr`` when ``lr_scaling`` is ``none``).
     checkpoint_every : int
         Save a checkpoint every this many rounds/epochs (0: never).
+    memory_share : float
+        Large sources: a worker keeps its shard in memory as arrays when it
+        takes at most this share of the worker's memory limit; else it streams.
+    stream : bool, optional
+        Large sources: force streaming (True) or in-memory shards (False); None decides by ``memory_share``.
+    auto_round : bool
+        Large sources, distributed modes: choose ``batch_size`` and ``sync_every``
+        so coordination is at most ~10% of a round (set when neither was given).
     checkpoint_dir : str, optional
         Where checkpoints go; resuming reads the newest one there.
     """
@@ -142,6 +150,9 @@ class TrainConfig:
     lr_warmup_epochs: int = 5
     checkpoint_every: int = 0
     checkpoint_dir: str | None = None
+    memory_share: float = 0.5
+    stream: bool | None = None
+    auto_round: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> ValueError:
@@ -194,6 +205,8 @@ class TrainConfig:
             raise bad("outer_momentum", "a number in [0, 1)")
         if self.outer_name() == "nesterov" and self.outer_momentum == 0:
             raise bad("outer_momentum", "a number in (0, 1) for outer_optimizer='nesterov' (use 'sgd' without momentum)")
+        if not (_is_number(self.memory_share) and 0 < self.memory_share <= 1):
+            raise bad("memory_share", "a number in (0, 1]")
 
     def _check_hyper(self, kind: str, name: str, fields_: tuple[str, ...], takes: list[str]) -> None:
         extra = [f for f in fields_ if getattr(self, f) is not None and f not in takes]

@@ -96,7 +96,8 @@ def infer_task(y: np.ndarray) -> str:
     return "binary" if len(np.unique(y)) == 2 else "multiclass"
 
 
-def load_dataset(source: str | Path, target: str | None = None, task: str | None = None) -> Dataset:
+def load_dataset(source: str | Path, target: str | None = None, task: str | None = None,
+                 features: list[str] | None = None) -> Dataset:
     """Load a built-in dataset by name or a CSV/Parquet file with a target column.
 
     Parameters
@@ -108,6 +109,8 @@ def load_dataset(source: str | Path, target: str | None = None, task: str | None
         Target column (required for files).
     task : str, optional
         Override the inferred task.
+    features : list of str, optional
+        Feature columns of a file (default: every column but the target).
 
     Raises
     ------
@@ -119,11 +122,13 @@ def load_dataset(source: str | Path, target: str | None = None, task: str | None
         raise DataError(f"task must be one of {TASKS}, got {task!r}")
     src = str(source)
     if src in BUILTIN:
+        if features:
+            raise DataError(f"{src}: features={features!r} select columns of a file; built-in datasets use all")
         ds = _load_builtin(src)
     elif Path(src).suffix.lower() in (".csv", ".parquet", ".pq") or Path(src).exists():
         if not target:
             raise DataError(f"{src}: a target column is required for a file source (--target COLUMN)")
-        ds = _load_file(Path(src), target)
+        ds = _load_file(Path(src), target, features)
     else:
         raise DataError(
             f"unknown dataset {src!r}: expected a built-in name {sorted(BUILTIN)} or a .csv/.parquet file"
@@ -170,7 +175,7 @@ def _read_frame(path: Path):
         raise DataError(f"{path}: cannot be read as {suffix or 'CSV'}: {exc}") from exc
 
 
-def _load_file(path: Path, target: str) -> Dataset:
+def _load_file(path: Path, target: str, only: list[str] | None = None) -> Dataset:
     frame = _read_frame(path)
     src = str(path)
     if len(frame) == 0:
@@ -178,6 +183,12 @@ def _load_file(path: Path, target: str) -> Dataset:
     if target not in frame.columns:
         raise DataError(f"{src}: target column {target!r} not found; columns are {list(map(str, frame.columns))}")
     features = [c for c in frame.columns if c != target]
+    if only:
+        missing = [c for c in only if c not in frame.columns or c == target]
+        if missing:
+            raise DataError(f"{src}: feature column {missing[0]!r} not found (or is the target); "
+                            f"columns are {list(map(str, frame.columns))}")
+        features = list(only)
     if not features:
         raise DataError(f"{src}: no feature columns besides the target {target!r}")
     # CSV rows are reported as 1-based data rows; the file line is that plus the header.

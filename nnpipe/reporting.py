@@ -70,7 +70,8 @@ class Reporter:
     ----------
     spec : NetworkSpec
     config : TrainConfig
-    validation : (X_val, Y_val), optional
+    validation : (X_val, Y_val) or callable, optional
+        Arrays evaluated here, or ``f(theta) -> metrics`` (e.g. sums reduced on a cluster).
     callbacks : sequence of callable
         Called as ``callback(epoch, logs)`` after the checkpoint of that epoch.
     mode : str
@@ -120,7 +121,10 @@ class Reporter:
         if not np.isfinite(logs["train/loss"]):
             raise DivergenceError(f"training diverged: train loss is {logs['train/loss']} at epoch {epoch}")
         if self.validation is not None:
-            for key, value in evaluate_arrays(self.net, theta, *self.validation).items():
+            # A callable evaluates where the rows are (a source's validation rows on the workers).
+            metrics = (self.validation(theta) if callable(self.validation)
+                       else evaluate_arrays(self.net, theta, *self.validation))
+            for key, value in metrics.items():
                 logs[f"val/{key}"] = value
         append_logs(self.history, logs)
         stop = self.stopper.update(epoch, logs.get("val/loss", logs["train/loss"]), theta)

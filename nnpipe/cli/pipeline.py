@@ -38,6 +38,15 @@ def _parse_hidden(value: str | None) -> list[int] | None:
     return sizes
 
 
+def _parse_names(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise typer.BadParameter(f"expected comma-separated column names like a,b,c, got {value!r}")
+    return names
+
+
 @contextmanager
 def _quiet_console(verbose: bool) -> Iterator[None]:
     """Hide Prefect's console log lines and MLflow's INFO chatter unless ``--verbose``; restore after.
@@ -178,8 +187,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def train(
-        dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in name (iris, wine, breast_cancer, digits, diabetes) or a CSV/Parquet path. Default: iris."),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in name (iris, wine, breast_cancer, digits, diabetes), a CSV/Parquet file (.csv.gz too), a directory of Parquet parts, a glob or an fsspec URL. Default: iris."),
         target: Optional[str] = typer.Option(None, "--target", metavar="COLUMN", help="Target column of a CSV/Parquet file."),
+        features: Optional[str] = typer.Option(None, "--features", metavar="A,B,C", help="Feature columns of a file source (default: every column but the target)."),
+        large: Optional[bool] = typer.Option(None, "--large/--in-memory", help="Read the dataset on the workers as a large source, or load it in memory (default: large for a directory, glob, URL or a file over 256 MB)."),
+        stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="Large sources: stream pieces every epoch, or hold shards in memory (default: by the workers' memory)."),
         hidden: Optional[str] = typer.Option(None, "--hidden", help="Hidden layer sizes, e.g. 64,32."),
         activation: Optional[str] = typer.Option(None, "--activation", help="relu, tanh, sigmoid, leaky_relu, identity."),
         optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd, momentum, nesterov, adam, rmsprop."),
@@ -205,7 +217,7 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Prefect's log lines."),
     ) -> None:
         """Train, evaluate, register and gate one model (a Prefect flow; MLflow at ./mlflow.db by default)."""
-        overrides = {"resume_from": resume_from,
+        overrides = {"resume_from": resume_from, "features": _parse_names(features), "large": large, "stream": stream,
             "dataset": dataset, "target": target, "hidden": _parse_hidden(hidden), "activation": activation,
             "optimizer": optimizer, "lr": lr, "epochs": epochs, "batch_size": batch_size, "mode": mode,
             "workers": workers, "sync_every": sync_every, "max_staleness": max_staleness, "seed": seed,

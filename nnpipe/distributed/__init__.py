@@ -3,7 +3,7 @@
 Entry point: :func:`fit_distributed` (called by :func:`nnpipe.train`).
 Cluster helpers: :func:`connect` (a context manager the Prefect flows share
 with training), :func:`start_local_cluster`, :func:`worker_addresses`.
-Sources bigger than the driver's memory: :func:`nnpipe.distributed.frames.fit_source`.
+Sources bigger than the driver's memory: :func:`nnpipe.distributed.frames.fit_prepared`.
 
 How a run goes: the rows are cut into one shard per worker and placed once
 (:mod:`.shards`); a trainer actor sits next to each shard (:mod:`.pool`) and
@@ -181,7 +181,7 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
     theta = np.array(theta, dtype=spec.dtype, copy=True)
     if theta.shape != (spec.n_params,):
         raise ValueError(f"theta has shape {theta.shape}, expected ({spec.n_params},) for {spec}")
-    if validation is not None:
+    if validation is not None and not callable(validation):
         validation = (np.ascontiguousarray(validation[0], dtype=spec.dtype), np.asarray(validation[1]))
     n_total = sum(s.rows for s in shards)
     addresses = addresses or wait_for_workers(client, len(shards))

@@ -1,182 +1,226 @@
-"""Training from a CSV or Parquet source bigger than the driver's memory.
+"""Training on a large source with the rows staying on the workers.
 
-The workers read the source in partitions (``dask.dataframe``); the scaling
-statistics, the class list and the partition lengths are computed on the
-cluster and only those small results reach the driver. Shard ``i`` is a task
-that takes the partitions overlapping its global row range ``[lo_i, hi_i)``,
-slices, scales and encodes them on a worker, so shards are balanced by rows,
-keep the file's row order (``sync`` then equals in-memory training on the same
-scaled rows) and are rebuilt from the source if their worker dies. The rows
-themselves never travel to the driver.
+The core describes the source (:mod:`nnpipe.sources`), validates, splits and
+reduces its statistics (:mod:`nnpipe.source_prep`) and evaluates it
+(:mod:`nnpipe.source_eval`) through a *runner*; :func:`cluster_runner` is the
+Dask one: pieces are read and summarised on the workers, and a reduction
+runs on a worker too, so the driver receives one small result per step.
+
+Shards are tasks (:func:`place_source_shards`) that read the segments of
+training rows ``[lo_i, hi_i)`` on a worker, balanced by rows and rebuilt from
+the source if their worker dies. A shard is held as training-dtype arrays when
+its bytes fit ``config.memory_share`` of the worker's memory limit, else it is
+a :class:`~nnpipe.streaming.RowStream` that reads its pieces again every pass.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
-import dask
-import dask.dataframe as dd
 import numpy as np
-import pandas as pd
 
 from nnpipe.config import TrainConfig
 from nnpipe.distributed.cluster import connect, wait_for_workers
-from nnpipe.distributed.shards import row_bounds, shards_from_futures
-from nnpipe.network import NetworkSpec, init_params
-from nnpipe.targets import encode_targets
+from nnpipe.distributed.shards import Shard, row_bounds
+from nnpipe.network import Network, NetworkSpec, init_params
 from nnpipe.results import Callback, FitResult
+from nnpipe.source_eval import add_sums, array_sums, combine, evaluate, prep_fields
+from nnpipe.source_prep import TRAIN, VAL, PreparedSource, local_runner
+from nnpipe.streaming import RowStream, shard_arrays, shard_bytes
 
 log = logging.getLogger("nnpipe.distributed")
 
 
-@dataclass
-class SourceFit:
-    """What a model trained from a source needs besides its parameters.
-
-    Attributes
-    ----------
-    result : FitResult
-    spec : NetworkSpec
-    mean, scale : ndarray of shape (n_features,)
-        Standardisation: the network sees ``(x - mean) / scale``.
-    classes : ndarray or None
-        Sorted labels (classification); the network predicts indices into it.
-    features : list of str
-        Feature columns, in the order the network expects.
-    n_rows : int
-    """
-
-    result: FitResult
-    spec: NetworkSpec
-    mean: np.ndarray
-    scale: np.ndarray
-    classes: np.ndarray | None
-    features: list[str]
-    n_rows: int
+@contextmanager
+def runner_for(mode: str, address: str | None = None, client: Any = None, workers: int = 2) -> Iterator[Callable]:
+    """Where pieces are read: this process for ``single`` (no cluster given), else the Dask cluster."""
+    if mode == "single" and client is None and address is None:
+        yield local_runner
+        return
+    with connect(address=address, client=client, workers=workers) as c:
+        yield cluster_runner(c)
 
 
-def read_source(path: str | Path, blocksize: str | int = "64MB") -> dd.DataFrame:
-    """A lazy dataframe over a ``.csv`` or ``.parquet`` file or directory (read by the workers)."""
-    p = str(path)
-    if p.endswith((".parquet", ".pq")) or Path(p).is_dir():
-        return dd.read_parquet(p)
-    if p.endswith((".csv", ".csv.gz", ".txt")):
-        return dd.read_csv(p, blocksize=blocksize if not p.endswith(".gz") else None)
-    raise ValueError(f"unknown source format for {p!r}: expected .csv or .parquet")
+def cluster_runner(client: Any) -> Callable:
+    """``run(fn, items, reduce=None)`` on the workers; with ``reduce`` the combination runs on a worker too."""
+
+    def run(fn: Callable, items: list, reduce: Callable | None = None) -> Any:
+        futures = client.map(fn, items, pure=False)
+        try:
+            if reduce is None:
+                return client.gather(futures)
+            return client.submit(reduce, futures, pure=False).result()
+        finally:
+            for f in futures:
+                f.release()
+
+    return run
 
 
-def _distinct(labels: pd.Series) -> np.ndarray:
-    return np.unique(labels.to_numpy())
+def worker_memory_limit(client: Any, addresses: list[str]) -> int:
+    """The smallest memory limit among ``addresses`` (bytes); the machine's RAM when unlimited."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    limits = [int(info[a].get("memory_limit") or 0) for a in addresses if a in info]
+    limits = [x for x in limits if x > 0]
+    if limits:
+        return min(limits)
+    return int(np.prod([__import__("os").sysconf(k) for k in ("SC_PAGE_SIZE", "SC_PHYS_PAGES")]))
 
 
-def frame_shard(parts: list[pd.DataFrame], starts: list[int], lo: int, hi: int, features: list[str], target: str,
-                mean: np.ndarray, scale: np.ndarray, head: str, classes: np.ndarray | None,
-                dtype: str) -> dict[str, Any]:
-    """Runs on a worker: rows ``[lo, hi)`` of the source, scaled and encoded, as a shard."""
-    pieces = []
-    for df, start in zip(parts, starts):
-        a, b = max(lo - start, 0), min(hi - start, len(df))
-        if b > a:
-            pieces.append(df.iloc[a:b])
-    df = pd.concat(pieces) if len(pieces) > 1 else pieces[0]
-    X = df[features].to_numpy(dtype=np.float64)
-    if not np.isfinite(X).all():
-        bad = np.argwhere(~np.isfinite(X))[0]
-        raise ValueError(f"non-finite value in column {features[bad[1]]!r} at row {lo + int(bad[0])}")
-    X = ((X - mean) / scale).astype(dtype)
-    Y = encode_targets(df[target].to_numpy(), head, classes, dtype)
-    return {"X": np.ascontiguousarray(X), "Y": np.ascontiguousarray(Y), "lo": int(lo)}
+def _make_stream(segments: list, lo: int, seed: int, stream_id: int, **kw: Any) -> dict[str, Any]:
+    return {"stream": RowStream(segments, lo, seed, stream_id, **kw), "lo": int(lo)}
 
 
-def place_frame_shards(client: Any, ddf: dd.DataFrame, n_shards: int, *, features: list[str], target: str,
-                       mean: np.ndarray, scale: np.ndarray, head: str, classes: np.ndarray | None, dtype: str,
-                       lengths: list[int]) -> list:
-    """One recomputable shard future per worker, built on the workers from the partitions."""
-    parts = ddf.to_delayed()
-    starts = np.concatenate([[0], np.cumsum(lengths)])
-    bounds = row_bounds(int(starts[-1]), n_shards)
-    build = dask.delayed(frame_shard, pure=True)
-    tasks = []
-    run = uuid.uuid4().hex[:8]  # shard keys unique per run: one run's release never touches another's
-    for i in range(n_shards):
+def place_source_shards(client: Any, prepared: PreparedSource, spec: NetworkSpec, addresses: list[str], *,
+                        code: int = TRAIN, stream: bool, seed: int = 0) -> list[Shard]:
+    """One recomputable shard future per address: split ``code``'s rows cut evenly, read on the workers."""
+    n = prepared.rows(code)
+    bounds = row_bounds(n, len(addresses))
+    kw = {"spec": spec.to_dict(), "prep": prep_fields(prepared), "code": code, "read": prepared.read_kwargs()}
+    run = uuid.uuid4().hex[:8]  # keys unique per run: one run's release never touches another's
+    shards = []
+    for i, addr in enumerate(addresses):
         lo, hi = int(bounds[i]), int(bounds[i + 1])
-        idx = [j for j in range(len(parts)) if starts[j] < hi and starts[j + 1] > lo]
-        tasks.append(build([parts[j] for j in idx], [int(starts[j]) for j in idx], lo, hi, features, target,
-                           mean, scale, head, classes, dtype, dask_key_name=f"nnpipe-frame-shard-{i}-{lo}-{hi}-{run}"))
-    futures = client.compute(tasks)  # one graph: a partition shared by two shards is read once
-    return shards_from_futures(futures, [int(bounds[i + 1] - bounds[i]) for i in range(n_shards)])
+        segs = prepared.segments(code, lo, hi)
+        if stream:
+            fut = client.submit(_make_stream, segs, lo, seed, i, **kw, key=f"nnpipe-stream-{code}-{i}-{run}",
+                                workers=[addr], allow_other_workers=True, pure=False)
+        else:
+            fut = client.submit(shard_arrays, segs, lo, **kw, key=f"nnpipe-source-shard-{code}-{i}-{run}",
+                                workers=[addr], allow_other_workers=True, pure=False)
+        shards.append(Shard(i, lo, hi, fut))
+    return shards
 
 
-def fit_source(
-    path: str | Path,
-    target: str,
-    config: TrainConfig,
-    *,
-    hidden: tuple[int, ...] = (64,),
-    activations: str | tuple[str, ...] = "relu",
-    head: str = "softmax",
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
-    callbacks: tuple[Callback, ...] | list[Callback] = (),
-    client: Any = None,
-    address: str | None = None,
-    blocksize: str | int = "64MB",
-) -> SourceFit:
-    """Train on a CSV/Parquet source without loading it on the driver.
+def _shard_sums(shard: dict, spec: dict, theta: np.ndarray, n_classes: int) -> dict[str, Any]:
+    return array_sums(Network(NetworkSpec.from_dict(spec)), theta, shard["X"], shard["Y"], n_classes)
 
-    Parameters
-    ----------
-    path : str or Path
-        ``.csv`` file or ``.parquet`` file/directory; every column but ``target`` is a feature.
-    target : str
-        The label column.
-    config : TrainConfig
-        ``mode`` must be a distributed one; ``workers`` shards.
-    hidden, activations, head
-        The network (inputs and outputs follow from the source).
-    validation : (X_raw, y_raw), optional
-        Small held-out data in the source's raw units; scaled on the driver.
 
-    Returns
-    -------
-    SourceFit
+class SourceValidation:
+    """``f(theta) -> val metrics`` from sums reduced on the cluster (a :class:`Reporter` validation)."""
+
+    def __init__(self, client: Any, prepared: PreparedSource, spec: NetworkSpec, shards: list[Shard] | None):
+        self.client, self.prepared, self.spec, self.shards = client, prepared, spec, shards
+        self.n_classes = 0 if prepared.classes is None else len(prepared.classes)
+
+    def __call__(self, theta: np.ndarray) -> dict[str, float]:
+        if self.shards is None:  # streamed: read the validation rows where they are
+            return evaluate(self.prepared, self.spec, theta, VAL, cluster_runner(self.client), raw_units=False)[0]
+        futs = [self.client.submit(_shard_sums, s.future, self.spec.to_dict(), theta, self.n_classes, pure=False)
+                for s in self.shards]
+        total = self.client.submit(add_sums, futs, pure=False).result()
+        return combine(total, self.prepared.task, raw_units=False)
+
+
+class _Echo:
+    """A stand-in trainer: its method returns the parameters it was sent."""
+
+    def echo(self, theta: np.ndarray) -> np.ndarray:
+        return theta
+
+
+def _round_trips(client: Any, address: str, theta: np.ndarray, n: int, inline: bool) -> list[float]:
+    """Round trips of the parameters to an actor on ``address`` and back, by the loops' own direct call."""
+    import asyncio
+
+    from nnpipe.distributed.rpc import call_actor
+
+    actor = client.submit(_Echo, actor=True, workers=[address], key=f"nnpipe-echo-{uuid.uuid4().hex[:8]}")
+    try:
+        actor.result(timeout=60)
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            coro = call_actor(client, address, actor.key, _Echo, "echo", (theta,), inline)
+            asyncio.run_coroutine_threadsafe(coro, client.loop.asyncio_loop).result(timeout=60)
+            out.append(time.perf_counter() - t0)
+        return out
+    finally:
+        actor.release()
+
+
+def _time_steps(spec: dict, batch: int, steps: int = 20) -> float:
+    """Seconds of compute per row of one optimizer step at ``batch`` rows (on a worker)."""
+    from nnpipe.distributed.trainer import _keep_step_memory
+
+    _keep_step_memory()
+    ns = NetworkSpec.from_dict(spec)
+    net = Network(ns)
+    theta = init_params(ns, 0)
+    grad = np.empty_like(theta)
+    views, gviews = net.views(theta), net.views(grad)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((batch, ns.n_inputs)).astype(ns.dtype)
+    Y = (rng.integers(0, ns.n_outputs, batch) if ns.head == "softmax"
+         else rng.random((batch, ns.n_outputs)).round().astype(ns.dtype))
+    net.step_views(views, gviews, X, Y, 0.0, True)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        net.step_views(views, gviews, X, Y, 0.0, True)
+    return (time.perf_counter() - t0) / (steps * batch)
+
+
+def auto_round(client: Any, config: TrainConfig, spec: NetworkSpec, addresses: list[str], n_train: int
+               ) -> tuple[TrainConfig, dict[str, float]]:
+    """Measure the round trip and a step on a worker, then choose the round size (:func:`nnpipe.round_size.choose_round`).
+
+    The round trip carries the parameters to an actor and back by the same
+    direct call every round of the loops makes (not through the scheduler).
+    """
+    from nnpipe.round_size import LOCAL_BATCH, choose_round
+
+    theta = init_params(spec, 0)
+    rtts = _round_trips(client, addresses[0], theta, 10, inline=config.mode == "sync")
+    batch = config.batch_size if config.mode == "sync" else max(config.batch_size, LOCAL_BATCH)
+    row_s = client.submit(_time_steps, spec.to_dict(), max(batch, 64), workers=[addresses[0]], pure=False).result()
+    return choose_round(config, float(np.median(rtts)), float(row_s), n_train, len(addresses))
+
+
+def fit_prepared(prepared: PreparedSource, spec: NetworkSpec, theta: np.ndarray, config: TrainConfig, *,
+                 callbacks: tuple[Callback, ...] | list[Callback] = (), client: Any = None,
+                 address: str | None = None) -> FitResult:
+    """Train on a prepared source across the cluster; the rows stay on the workers.
+
+    ``FitResult.info`` adds ``data_path`` (``in-memory`` or ``streaming``),
+    ``shard_bytes``, ``memory_budget`` and, when the round size was chosen,
+    the ``round/*`` measurements.
     """
     from nnpipe.distributed import train_on_shards
 
-    ddf = read_source(path, blocksize)
-    if target not in ddf.columns:
-        raise ValueError(f"target column {target!r} not in {path}: columns are {list(ddf.columns)}")
-    features = [c for c in ddf.columns if c != target]
     with connect(address=address, client=client, workers=config.workers) as c:
-        addresses = wait_for_workers(c, config.workers)
-        stats = [ddf[features].mean(), ddf[features].std(ddof=0), ddf.map_partitions(len)]
-        if head != "identity":
-            # Distinct labels per partition, merged on the driver: a tree of tiny
-            # results instead of the shuffle that ``Series.unique`` would start.
-            distinct = [dask.delayed(_distinct)(p) for p in ddf[target].to_delayed()]
-        got = c.compute(stats, sync=True)  # small results only: vectors and counts
-        if head != "identity":
-            got.append(c.compute(distinct, sync=True))
-        mean = np.array(got[0], dtype=np.float64)
-        scale = np.array(got[1], dtype=np.float64)
-        scale[scale == 0] = 1.0  # a constant column: centre it, do not divide by zero
-        lengths = [int(v) for v in np.asarray(got[2])]
-        classes = np.unique(np.concatenate(got[3])) if head != "identity" else None
-        n_outputs = len(classes) if head == "softmax" else 1
-        spec = NetworkSpec(len(features), tuple(hidden), activations, n_outputs, head=head, dtype=config.dtype)
-        shards = place_frame_shards(c, ddf, config.workers, features=features, target=target, mean=mean,
-                                    scale=scale, head=head, classes=classes, dtype=config.dtype, lengths=lengths)
-        if validation is not None:
-            Xv = ((np.asarray(validation[0], dtype=np.float64) - mean) / scale).astype(config.dtype)
-            validation = (Xv, encode_targets(np.asarray(validation[1]), head, classes, config.dtype))
+        addresses = wait_for_workers(c, config.workers)[: config.workers]
+        n_train = prepared.rows(TRAIN)
+        rows = -(-n_train // len(addresses))
+        need = shard_bytes(spec, rows) + shard_bytes(spec, -(-prepared.rows(VAL) // len(addresses)))
+        budget = int(config.memory_share * worker_memory_limit(c, addresses))
+        stream = config.stream if config.stream is not None else need > budget
+        path = "streaming" if stream else "in-memory"
+        log.info("source %s: %s shards (%.1f MB per worker, budget %.1f MB = %.0f%% of the worker limit)",
+                 prepared.source.location, path, need / 1e6, budget / 1e6, 100 * config.memory_share)
+        round_facts: dict[str, float] = {}
+        if config.auto_round:
+            config, round_facts = auto_round(c, config, spec, addresses, n_train)
+            log.info("round size chosen: batch_size=%d sync_every=%d (round trip %.2f ms, %.2f us/row; "
+                     "expected coordination %.1f%%)", config.batch_size, config.sync_every,
+                     1e3 * round_facts["round/rtt_s"], 1e6 * round_facts["round/row_s"],
+                     100 * round_facts["round/expected_coordination_share"])
+        shards = place_source_shards(c, prepared, spec, addresses, stream=stream, seed=config.seed)
+        # Validation rows stay in memory on the workers unless streaming and they take a tenth of the budget.
+        val_bytes = shard_bytes(spec, -(-prepared.rows(VAL) // len(addresses)))
+        val_shards = None
+        if prepared.rows(VAL) >= len(addresses) and (not stream or val_bytes <= budget // 10):
+            val_shards = place_source_shards(c, prepared, spec, addresses, code=VAL, stream=False)
+        validation = SourceValidation(c, prepared, spec, val_shards) if prepared.rows(VAL) else None
         try:
-            result = train_on_shards(c, shards, spec, init_params(spec, config.seed), config,
-                                     validation=validation, callbacks=callbacks, addresses=addresses)
+            result = train_on_shards(c, shards, spec, theta, config, validation=validation, callbacks=callbacks,
+                                     addresses=addresses)
         finally:
-            for s in shards:
+            for s in shards + (val_shards or []):
                 s.future.release()
-    result.info["source"] = str(path)
-    return SourceFit(result, spec, mean, scale, classes, features, int(sum(lengths)))
+    result.info.update({"data_path": path, "shard_bytes": int(need), "memory_budget": budget,
+                        "batch_size": config.batch_size, "sync_every": config.sync_every, **round_facts})
+    return result

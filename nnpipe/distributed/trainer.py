@@ -103,8 +103,14 @@ class ShardTrainer:
         _keep_step_memory()
         self.spec = NetworkSpec.from_dict(spec)
         self.net = Network(self.spec)
-        self.X, self.Y, self.lo = shard_arrays(shard)
-        self.n = len(self.X)
+        # Source hook: a shard may be a stream (nnpipe.streaming.RowStream) read piece by piece, not arrays.
+        self.stream = shard["stream"].fork(trainer_id) if isinstance(shard, dict) and "stream" in shard else None
+        if self.stream is None:
+            self.X, self.Y, self.lo = shard_arrays(shard)
+            self.n = len(self.X)
+        else:
+            self.X = self.Y = None
+            self.lo, self.n = int(shard["lo"]), self.stream.rows
         self.config = config
         self.trainer_id = int(trainer_id)
         self.n_total = int(n_total)
@@ -152,6 +158,10 @@ class ShardTrainer:
         Returns ``(grad or None, loss * rows, rows, correct, seconds)``; ``grad``
         is the mean-loss gradient over this shard's rows of the batch.
         """
+        if self.stream is not None:  # source hook
+            from nnpipe.streaming import stream_sync_grad
+
+            return stream_sync_grad(self, theta, epoch, step, batch)
         t0 = time.perf_counter()
         batch = int(batch or self.config.batch_size)
         if epoch != self._sync_epoch or min(batch, self.n_total) != self._sync_batch:
@@ -166,9 +176,12 @@ class ShardTrainer:
 
     # ---- local-sgd and async: K steps on the local stream ---------------------------------
     def _next_batch(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.stream is not None:  # source hook
+            return self.stream.next_batch(batch)
         if self.pos >= self.n:
             self._pass_rng_state = self.rng.bit_generator.state  # for an exact resume
             perm = self.rng.permutation(self.n)
+            self.Xs = self.Ys = None  # free last pass's copy first: two copies of the shard at most, not three
             self.Xs, self.Ys, self.pos = self.X[perm], self.Y[perm], 0
         a = self.pos
         self.pos = min(a + batch, self.n)
@@ -204,6 +217,8 @@ class ShardTrainer:
     # ---- checkpointing ---------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
         """Optimizer state and stream position (the pass's starting rng state and offset)."""
+        if self.stream is not None:  # source hook
+            return {"opt": {k: v.copy() for k, v in self.state.items()}, "stream": self.stream.get_state()}
         return {"opt": {k: v.copy() for k, v in self.state.items()},
                 "pass_rng": self._pass_rng_state, "pos": int(self.pos), "started": self.Xs is not None}
 
@@ -214,6 +229,9 @@ class ShardTrainer:
         warm-up epochs) replaces the optimizer state and leaves the stream alone.
         """
         self.state = {k: np.array(v, copy=True) for k, v in state["opt"].items()}
+        if self.stream is not None and "stream" in state:  # source hook
+            self.stream.set_state(state["stream"])
+            return True
         if "pass_rng" not in state:
             return True
         self.rng.bit_generator.state = state["pass_rng"]

@@ -99,6 +99,7 @@ def log_training_artifacts(
     y_true: Sequence[Any] | None = None,
     y_pred: Sequence[Any] | None = None,
     classes: Sequence[Any] | None = None,
+    confusion: tuple[np.ndarray, list] | None = None,
 ) -> list[str]:
     """Log curves, the resolved configuration and (given labels) a confusion matrix.
 
@@ -113,6 +114,9 @@ def log_training_artifacts(
         Held-out labels and predictions (original labels).
     classes : array-like, optional
         Class order for the matrix; default: the sorted labels seen.
+    confusion : (counts, labels), optional
+        A confusion matrix already counted (e.g. on the workers, for a large source)
+        instead of ``y_true`` and ``y_pred``.
 
     Returns
     -------
@@ -129,8 +133,8 @@ def log_training_artifacts(
         plots.mkdir()
         plot_curves(history, "loss", plots / "loss.png", "loss")
         plot_curves(history, "accuracy", plots / "accuracy.png", "accuracy")
-        if y_true is not None and y_pred is not None:
-            C, labels = confusion_matrix(y_true, y_pred, classes)
+        if confusion is not None or (y_true is not None and y_pred is not None):
+            C, labels = confusion if confusion is not None else confusion_matrix(y_true, y_pred, classes)
             plot_confusion(C, labels, plots / "confusion_matrix.png")
             (plots / "confusion_matrix.json").write_text(
                 json.dumps({"labels": _plain(labels), "counts": C.tolist()}, indent=2)

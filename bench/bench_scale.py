@@ -1,0 +1,202 @@
+"""``nnpipe train`` on a partitioned Parquet source of N rows: driver and worker memory, speed, accuracy.
+
+Data: N rows x 40 float32 features (standard normal), labels from a fixed
+random teacher network (40-32-10 tanh, argmax; seed 1234), so the task is
+learnable and the same at every N. Written once per N as Parquet parts of
+250k rows (row groups of 64k) under ``--root``.
+
+Each configuration runs ``nnpipe train --dataset DIR --target label ...`` as
+a subprocess on a scratch MLflow store, exactly as a user would, and the
+bench samples every 0.2 s the resident memory (VmRSS from ``/proc``) of that
+process (the driver) and of each of its descendants (the Dask worker
+processes the run starts). It prints, per run: wall time of the command,
+training samples/s (mean of ``train/samples_per_s`` over epochs), test
+accuracy, the data path and round size the run chose, driver peak RSS and
+the largest worker peak RSS, next to the issue's targets.
+
+The reference is ``--mode single`` on the same source at 1M: the training
+rows in memory in one process (the same hash split), at the batch size the
+distributed runs choose per step (256), with one BLAS thread like a worker.
+
+Run: ``python bench/bench_scale.py`` (1M and 4M, ~15 min on 2 cores) or
+``--sizes 1000000`` (the 1M runs only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BIN = Path(sys.executable).parent
+N_FEATURES = 40
+PART_ROWS = 250_000
+
+
+def teacher_labels(X: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(1234)
+    W1 = rng.standard_normal((N_FEATURES, 32)) / np.sqrt(N_FEATURES)
+    W2 = rng.standard_normal((32, 10))
+    return np.argmax(np.tanh(X.astype(np.float64) @ W1 * 2.0) @ W2, axis=1)
+
+
+def write_dataset(root: Path, n: int) -> Path:
+    """N rows as Parquet parts (written once; reused when present)."""
+    import pandas as pd
+
+    folder = root / f"scale-{n}"
+    done = folder / "_SUCCESS"
+    if done.exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    cols = [f"x{i:02d}" for i in range(N_FEATURES)]
+    for part, start in enumerate(range(0, n, PART_ROWS)):
+        rows = min(PART_ROWS, n - start)
+        rng = np.random.default_rng([part, 99])
+        X = rng.standard_normal((rows, N_FEATURES)).astype(np.float32)
+        df = pd.DataFrame(X, columns=cols)
+        df["label"] = teacher_labels(X).astype(np.int64)
+        df.to_parquet(folder / f"part-{part:05d}.parquet", row_group_size=65536, index=False)
+    done.write_text("")
+    return folder
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every descendant, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _rss_mb(pid: int) -> tuple[float, str]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            rss = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return 0.0, ""
+    return rss / 1024, cmd
+
+
+class Sampler(threading.Thread):
+    """Peak RSS of the driver and of each worker process below it, sampled every ``every`` s."""
+
+    def __init__(self, pid: int, every: float = 0.2):
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.driver = 0.0
+        self.workers: dict[int, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for p in _tree(self.pid):
+                mb, cmd = _rss_mb(p)
+                if p == self.pid:
+                    self.driver = max(self.driver, mb)
+                elif "spawn_main" in cmd or "distributed" in cmd:  # worker processes, not the resource tracker
+                    self.workers[p] = max(self.workers.get(p, 0.0), mb)
+            self.stop.wait(self.every)
+
+
+def run_train(dataset: Path, args: list[str], scratch: Path) -> dict:
+    """One ``nnpipe train`` subprocess; its figures from /proc and from its MLflow run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DASK_"))}
+    env.update(HOME=str(scratch), PREFECT_HOME=str(scratch / ".prefect"), DO_NOT_TRACK="1",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_ENABLE_TELEMETRY="false",
+               # A loaded 2-core machine can take longer than Prefect's default 20 s to start its temporary API.
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300",
+               # One BLAS thread per process, as the Dask workers have: a small network on a shared
+               # 2-core machine runs several times slower with a multi-threaded BLAS.
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [str(BIN / "nnpipe"), "train", "--dataset", str(dataset), "--target", "label", *args]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sampler = Sampler(proc.pid)
+    sampler.start()
+    out, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    sampler.stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{scratch / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = max((r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])),
+              key=lambda r: r.info.start_time)
+    rates = [m.value for m in client.get_metric_history(run.info.run_id, "train/samples_per_s")]
+    return {"wall_s": wall, "samples_per_s": float(np.mean(rates)), "test_acc": run.data.metrics["test/accuracy"],
+            "driver_mb": sampler.driver, "worker_mb": max(sampler.workers.values(), default=0.0),
+            "path": run.data.tags.get("nnpipe.data_path", "in-memory"), "round": run.data.tags.get("nnpipe.round", ""),
+            "rows": int(run.data.tags.get("dataset.rows", 0))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000000,4000000", help="comma-separated row counts")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--only", default="", help="run only configurations whose name contains this")
+    ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "nnpipe-bench-scale"))
+    a = ap.parse_args()
+    sizes = [int(s) for s in a.sizes.split(",")]
+    common = ["--epochs", str(a.epochs), "--hidden", "64,32"]
+    configs = [
+        ("single (in memory, reference)", ["--mode", "single", "--batch-size", "256"], {sizes[0]}),
+        ("local-sgd, 2 workers, defaults", ["--mode", "local-sgd", "--workers", "2"], set(sizes)),
+        ("async, 2 workers, defaults", ["--mode", "async", "--workers", "2"], set(sizes)),
+        ("local-sgd, 2 workers, streaming", ["--mode", "local-sgd", "--workers", "2", "--stream"], set(sizes)),
+    ]
+    results = []
+    for n in sizes:
+        t0 = time.perf_counter()
+        folder = write_dataset(Path(a.root), n)
+        print(f"data: {n:,} rows x {N_FEATURES} float32 at {folder} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        for name, args, where in configs:
+            if n not in where or a.only not in name:
+                continue
+            with tempfile.TemporaryDirectory(prefix="nnpipe-bench-") as tmp:
+                r = run_train(folder, [*args, *common], Path(tmp))
+            r.update(name=name, n=n)
+            results.append(r)
+            print(f"  {name:34s} wall {r['wall_s']:6.1f} s  {r['samples_per_s']:9,.0f} samples/s  "
+                  f"test acc {r['test_acc']:.4f}  driver {r['driver_mb']:6.0f} MB  worker {r['worker_mb']:6.0f} MB  "
+                  f"[{r['path']}] {r['round']}", flush=True)
+    ref = next((r for r in results if r["name"].startswith("single")), None)
+    print("\nagainst the targets (single-process reference at 1M):")
+    for r in results:
+        if ref is None or r is ref:
+            continue
+        print(f"  {r['n']:>9,} {r['name']:34s} speed {r['samples_per_s'] / ref['samples_per_s']:.2f}x single "
+              f"(target >= 1.3x)  accuracy {100 * (r['test_acc'] - ref['test_acc']):+.2f} points (target within 1)")
+    drivers = {n: max((r["driver_mb"] for r in results if r["n"] == n and not r["name"].startswith("single")),
+                      default=0.0) for n in sizes}
+    print(f"  driver peak RSS by N: {', '.join(f'{n:,}: {mb:.0f} MB' for n, mb in drivers.items())} "
+          f"(target <= 500 MB, growing <= 10% from 1M to 4M)")
+
+
+if __name__ == "__main__":
+    main()

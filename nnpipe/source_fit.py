@@ -1,0 +1,57 @@
+"""``single`` mode on a prepared large source: the training rows in memory when they fit, else streamed.
+
+In memory it is exactly :func:`nnpipe.training.fit` on the training rows (read
+piece by piece into one array); streamed it is
+:func:`nnpipe.streaming.fit_stream`, with validation read where the rows are.
+The budget is ``config.memory_share`` of this machine's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from nnpipe.config import TrainConfig
+from nnpipe.network import NetworkSpec
+from nnpipe.results import Callback, FitResult
+from nnpipe.source_eval import evaluate, prep_fields
+from nnpipe.source_prep import TRAIN, VAL, PreparedSource, local_runner
+from nnpipe.streaming import RowStream, fit_stream, shard_arrays, shard_bytes
+from nnpipe.training import fit
+
+log = logging.getLogger("nnpipe")
+
+
+def physical_memory() -> int:
+    """This machine's RAM in bytes (the single-process budget's base)."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def fit_single_source(prepared: PreparedSource, spec: NetworkSpec, theta: np.ndarray, config: TrainConfig,
+                      callbacks: tuple[Callback, ...] | list[Callback] = ()) -> FitResult:
+    """Train in this process on ``prepared``'s training rows; ``info["data_path"]`` says how."""
+    kw = {"spec": spec.to_dict(), "prep": prep_fields(prepared), "read": prepared.read_kwargs()}
+    n_train, n_val = prepared.rows(TRAIN), prepared.rows(VAL)
+    need = shard_bytes(spec, n_train + n_val)
+    budget = int(config.memory_share * physical_memory())
+    stream = config.stream if config.stream is not None else need > budget
+    log.info("source %s, single process: %s (%.1f MB of rows, budget %.1f MB)", prepared.source.location,
+             "streaming" if stream else "in-memory", need / 1e6, budget / 1e6)
+    if stream:
+        rows = RowStream(prepared.segments(TRAIN, 0, n_train), 0, config.seed, 0, code=TRAIN, **kw)
+
+        def validation(theta: np.ndarray) -> dict[str, float]:
+            return evaluate(prepared, spec, theta, VAL, local_runner, raw_units=False)[0]
+
+        result = fit_stream(spec, theta, rows, config, validation=validation if n_val else None,
+                            callbacks=callbacks)
+    else:
+        train = shard_arrays(prepared.segments(TRAIN, 0, n_train), 0, code=TRAIN, **kw)
+        val = shard_arrays(prepared.segments(VAL, 0, n_val), 0, code=VAL, **kw) if n_val else None
+        result = fit(spec, theta, train["X"], train["Y"], config,
+                     validation=(val["X"], val["Y"]) if val else None, callbacks=callbacks)
+        result.info["data_path"] = "in-memory"
+    result.info.update({"shard_bytes": int(need), "memory_budget": budget})
+    return result

@@ -1,0 +1,318 @@
+"""Validating, splitting, scaling and evaluating a large source piece by piece.
+
+Every function here that takes a :class:`~nnpipe.sources.Piece` runs where
+the piece is read (a Dask worker, or this process in ``single`` mode) and
+returns a few numbers; :func:`prepare` and :func:`evaluate` combine them. A
+*runner* does the mapping: ``run(fn, items, reduce=None)`` returns
+``[fn(x) for x in items]`` or ``reduce`` of that list. :func:`local_runner`
+maps in this process; ``nnpipe.distributed.frames.cluster_runner`` maps on
+the workers and reduces there, so only the combined result reaches the driver.
+
+The split is a seeded hash of each row's *global* position (files in sorted
+order, rows in file order): row ``i`` goes to test when ``u(i) < test_size``,
+to validation when ``u(i) < test_size + val_size``, else to training, where
+``u`` is a SplitMix64 hash of ``i`` and the seed mapped to [0, 1). It does not
+depend on pieces, block sizes or workers. Unlike the in-memory split it is not
+stratified: with millions of rows each part gets each class's share anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+import numpy as np
+
+from nnpipe.data import DataError
+from nnpipe.network import NetworkSpec
+from nnpipe.sources import Piece, Source, read_piece
+
+log = logging.getLogger("nnpipe")
+
+TRAIN, VAL, TEST = 0, 1, 2
+SPLIT_NAMES = ("train", "val", "test")
+MAX_CLASSES = 10_000  # more distinct integral targets than this: treated as regression
+
+Runner = Callable[..., Any]
+
+
+def local_runner(fn: Callable, items: list, reduce: Callable | None = None) -> Any:
+    """Map ``fn`` over ``items`` in this process (``single`` mode)."""
+    out = [fn(x) for x in items]
+    return reduce(out) if reduce is not None else out
+
+
+# ---------------------------------------------------------------- the split
+
+_U64 = np.uint64
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+        return z ^ (z >> _U64(31))
+
+
+def split_codes(row0: int, n: int, seed: int, test_size: float, val_size: float) -> np.ndarray:
+    """Split of global rows ``row0 .. row0 + n - 1``: ``TRAIN`` (0), ``VAL`` (1) or ``TEST`` (2), uint8."""
+    with np.errstate(over="ignore"):
+        key = _mix64(np.array([seed], dtype=np.uint64) + _U64(0x9E3779B97F4A7C15))[0]
+        z = _mix64(np.arange(row0, row0 + n, dtype=np.uint64) ^ key)
+    u = (z >> _U64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    codes = np.full(n, TRAIN, dtype=np.uint8)
+    codes[u < test_size + val_size] = VAL
+    codes[u < test_size] = TEST
+    return codes
+
+
+# ---------------------------------------------------------------- on the workers
+
+def check_piece(piece: Piece, *, features: list[str], target: str, columns: list[str],
+                storage_options: dict) -> dict[str, Any]:
+    """Row count, first bad value (piece-relative row) and distinct labels of one piece."""
+    import pandas as pd
+
+    df = read_piece(piece, [*features, target], storage_options, columns)
+    out: dict[str, Any] = {"rows": len(df), "error": None, "labels": None, "integral": True}
+    missing = df[target].isna().to_numpy()
+    if missing.any():
+        out["error"] = {"column": target, "row": int(np.flatnonzero(missing)[0]), "what": "target"}
+        return out
+    for col in features:
+        s = df[col]
+        values = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        not_number = np.isnan(values) & s.notna().to_numpy()
+        bad = not_number | ~np.isfinite(values)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            what = "number" if not_number[i] else ("nan" if np.isnan(values[i]) else "inf")
+            out["error"] = {"column": col, "row": i, "what": what, "value": repr(s.iloc[i]) if what == "number"
+                            else repr(float(values[i]))}
+            return out
+    y = _labels(df[target])
+    if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
+        out["integral"] = False
+    else:
+        u = np.unique(y)
+        out["labels"] = u if len(u) <= MAX_CLASSES else None
+        out["integral"] = len(u) <= MAX_CLASSES
+    return out
+
+
+def _labels(series) -> np.ndarray:
+    y = series.to_numpy()
+    return y.astype(str) if y.dtype.kind in "OUS" else y
+
+
+def piece_rows(piece: Piece, row0: int, code: int | None, *, features: list[str], target: str, columns: list[str],
+               storage_options: dict, seed: int, test_size: float, val_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Raw features (float64) and labels of this piece's rows in split ``code`` (None: all rows)."""
+    df = read_piece(piece, [*features, target], storage_options, columns)
+    X, y = df[features].to_numpy(dtype=np.float64), _labels(df[target])
+    if code is not None:
+        keep = split_codes(row0, len(df), seed, test_size, val_size) == code
+        X, y = X[keep], y[keep]
+    return X, y
+
+
+def stats_piece(item: tuple[Piece, int], *, regression: bool, **read: Any) -> dict[str, Any]:
+    """Per split row counts, and training rows' count, mean and sum of squared deviations."""
+    piece, row0 = item
+    df = read_piece(piece, [*read["features"], read["target"]], read["storage_options"], read["columns"])
+    codes = split_codes(row0, len(df), read["seed"], read["test_size"], read["val_size"])
+    keep = codes == TRAIN
+    X = df[read["features"]].to_numpy(dtype=np.float64)[keep]
+    out = {"counts": np.bincount(codes, minlength=3).tolist(), "x": _moments(X)}
+    if regression:
+        out["y"] = _moments(df[read["target"]].to_numpy(dtype=np.float64)[keep].reshape(-1, 1))
+    else:
+        out["labels"] = np.unique(_labels(df[read["target"]])[keep])
+    return out
+
+
+def _moments(X: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    n = len(X)
+    if n == 0:
+        return 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    mean = X.mean(axis=0)
+    return n, mean, ((X - mean) ** 2).sum(axis=0)
+
+
+def merge_moments(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Chan et al.'s pairwise combination of (count, mean, M2): exact up to rounding."""
+    n, mean, m2 = parts[0]
+    for nb, mb, m2b in parts[1:]:
+        if nb == 0:
+            continue
+        tot = n + nb
+        delta = mb - mean
+        mean = mean + delta * (nb / tot)
+        m2 = m2 + m2b + delta**2 * (n * nb / tot)
+        n = tot
+    return n, mean, m2
+
+
+def merge_stats(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reduction of :func:`stats_piece` results (runs on a worker for a cluster runner)."""
+    out: dict[str, Any] = {"counts": [r["counts"] for r in results], "x": merge_moments([r["x"] for r in results])}
+    if "y" in results[0]:
+        out["y"] = merge_moments([r["y"] for r in results])
+    else:
+        out["labels"] = np.unique(np.concatenate([r["labels"] for r in results]))
+    return out
+
+
+# ---------------------------------------------------------------- on the driver
+
+@dataclass
+class PreparedSource:
+    """A validated source with its split, statistics and label mapping (all small).
+
+    Attributes
+    ----------
+    source : Source
+    task : str
+    classes : ndarray or None
+    mean, scale : ndarray of shape (n_features,)
+        Training rows' mean and population standard deviation (0 replaced by 1), as StandardScaler.
+    target_mean, target_scale : ndarray or None
+        Regression: training targets' statistics.
+    row0 : ndarray of shape (n_pieces + 1,)
+        Global first row of each piece (and the total).
+    counts : ndarray of shape (n_pieces, 3)
+        Rows of each piece in train, val, test.
+    seed, test_size, val_size
+        The split.
+    """
+
+    source: Source
+    task: str
+    classes: np.ndarray | None
+    mean: np.ndarray
+    scale: np.ndarray
+    target_mean: np.ndarray | None
+    target_scale: np.ndarray | None
+    row0: np.ndarray
+    counts: np.ndarray
+    seed: int
+    test_size: float
+    val_size: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.row0[-1])
+
+    def rows(self, code: int) -> int:
+        return int(self.counts[:, code].sum())
+
+    def read_kwargs(self) -> dict[str, Any]:
+        s = self.source
+        return {"features": s.features, "target": s.target, "columns": s.columns,
+                "storage_options": s.storage_options, "seed": self.seed, "test_size": self.test_size,
+                "val_size": self.val_size}
+
+    def segments(self, code: int, lo: int, hi: int) -> list[tuple[Piece, int, int, int]]:
+        """Rows ``[lo, hi)`` of split ``code`` (in global order) as ``(piece, row0, a, b)``.
+
+        ``a:b`` indexes the piece's rows of that split.
+        """
+        out = []
+        ends = np.cumsum(self.counts[:, code])
+        starts = ends - self.counts[:, code]
+        for k, piece in enumerate(self.source.pieces):
+            a, b = max(lo - starts[k], 0), min(hi - starts[k], self.counts[k, code])
+            if b > a:
+                out.append((piece, int(self.row0[k]), int(a), int(b)))
+        return out
+
+    def model(self, spec: NetworkSpec, theta: np.ndarray | None = None, metadata: dict | None = None):
+        """The servable model (raw features in, original labels out)."""
+        from nnpipe.model import Model
+
+        theta = np.zeros(spec.n_params, dtype=spec.dtype) if theta is None else theta
+        return Model(spec, theta, classes=self.classes, mean=self.mean, scale=self.scale,
+                     feature_names=list(self.source.features), metadata=metadata,
+                     target_mean=self.target_mean, target_scale=self.target_scale)
+
+
+def _bad_value_message(source: Source, piece: Piece, file_row: int, err: dict[str, Any]) -> str:
+    r = file_row + err["row"]
+    where = f"row {r + 1} (line {r + 2})" if piece.fmt == "csv" else f"row {r + 1}"
+    col = err["column"]
+    if err["what"] == "target":
+        return f"{piece.path}: target column {col!r} {where} is empty"
+    if err["what"] == "number":
+        return f"{piece.path}: column {col!r} {where}: value {err['value']} is not a number"
+    what = "is missing (NaN)" if err["what"] == "nan" else f"is infinite ({err['value']})"
+    return f"{piece.path}: column {col!r} {where} {what}; only finite numbers can be trained on"
+
+
+def prepare(source: Source, run: Runner = local_runner, *, seed: int = 0, test_size: float = 0.2,
+            val_size: float = 0.1, task: str | None = None) -> PreparedSource:
+    """Validate every piece, split, and reduce the scaler statistics and the class list.
+
+    Raises
+    ------
+    DataError
+        The first bad value in global order (file, column, row within the file,
+        value), a single class, or a split part left empty.
+    """
+    pieces = source.pieces
+    kw = {"features": source.features, "target": source.target, "columns": source.columns,
+          "storage_options": source.storage_options}
+    checks = run(partial(check_piece, **kw), pieces)
+    file_row: dict[str, int] = {}
+    for piece, chk in zip(pieces, checks):
+        start = file_row.get(piece.url, 0)
+        if chk["error"] is not None:
+            raise DataError(_bad_value_message(source, piece, start, chk["error"]))
+        file_row[piece.url] = start + chk["rows"]
+    rows = np.array([c["rows"] for c in checks], dtype=np.int64)
+    if rows.sum() == 0:
+        raise DataError(f"{source.location}: no data rows")
+    if task is None:
+        if not all(c["integral"] for c in checks):
+            task = "regression"
+        else:
+            n_classes = len(np.unique(np.concatenate([c["labels"] for c in checks])))
+            task = "binary" if n_classes == 2 else "multiclass"
+    classes = None
+    if task != "regression":
+        if any(c["labels"] is None for c in checks):
+            raise DataError(f"{source.location}: target {source.target!r} has non-integral or more than "
+                            f"{MAX_CLASSES} distinct values; use task=regression")
+        classes = np.unique(np.concatenate([c["labels"] for c in checks]))
+        if len(classes) < 2:
+            raise DataError(f"{source.location}: target column {source.target!r} has a single class "
+                            f"{classes.tolist()!r}; need at least 2 to train a classifier")
+    row0 = np.concatenate([[0], np.cumsum(rows)])
+    read = {**kw, "seed": seed, "test_size": test_size, "val_size": val_size}
+    stats = run(partial(stats_piece, regression=task == "regression", **read), list(zip(pieces, row0[:-1].tolist())),
+                reduce=merge_stats)
+    counts = np.array(stats["counts"], dtype=np.int64)
+    for code, name in enumerate(SPLIT_NAMES):
+        size = (1 - test_size - val_size, val_size, test_size)[code]
+        if size > 0 and counts[:, code].sum() == 0:
+            raise DataError(f"{source.location}: {rows.sum()} rows leave the {name} part empty; "
+                            f"need more rows or a larger {name} fraction")
+    n, mean, m2 = stats["x"]
+    scale = np.sqrt(m2 / n)
+    scale[scale == 0] = 1.0  # a constant column: centred, not divided by zero (as StandardScaler)
+    target_mean = target_scale = None
+    if task == "regression":
+        ny, ym, ym2 = stats["y"]
+        target_mean, target_scale = ym, np.sqrt(ym2 / ny)
+        target_scale[target_scale == 0] = 1.0
+    elif len(stats["labels"]) < len(classes):
+        lost = sorted(set(classes.tolist()) - set(stats["labels"].tolist()))
+        raise DataError(f"{source.location}: class {lost[0]!r} of target {source.target!r} has no training rows")
+    source.n_rows = int(row0[-1])
+    prepared = PreparedSource(source, task, classes, mean, scale, target_mean, target_scale, row0, counts,
+                              seed, test_size, val_size)
+    log.info("source %s: %d rows in %d pieces; train %d, val %d, test %d; task %s", source.location,
+             prepared.n_rows, len(pieces), prepared.rows(TRAIN), prepared.rows(VAL), prepared.rows(TEST), task)
+    return prepared

@@ -1,0 +1,276 @@
+"""Training rows of a large source: held as arrays, or streamed a piece at a time.
+
+A shard of a source is a list of *segments* ``(piece, row0, a, b)``: rows
+``a:b`` of a piece's training rows (see
+:meth:`nnpipe.source_prep.PreparedSource.segments`). :func:`shard_arrays`
+reads them into one training-dtype array pair (the in-memory path).
+:class:`RowStream` instead reads them again every pass, holding at most two
+segments at once (the current one and the next, read ahead in a thread):
+segment order and the rows within each segment are shuffled by a seeded
+stream, so a run is reproducible. Batches never straddle two segments (a
+segment's last batch may be short).
+
+``single`` mode on a source trains through :func:`fit_stream` with the same
+stream, in one process with bounded memory.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from nnpipe.config import TrainConfig
+from nnpipe.network import Network, NetworkSpec
+from nnpipe.reporting import Reporter
+from nnpipe.results import Callback, FitResult, check_finite
+from nnpipe.source_prep import piece_rows
+
+Segment = tuple[Any, int, int, int]
+
+
+def segment_arrays(seg: Segment, *, spec: dict, prep: dict, code: int, read: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One segment's rows, scaled and encoded in the network's dtype."""
+    from nnpipe.model import Model
+
+    piece, row0, a, b = seg
+    X, y = piece_rows(piece, row0, code, **read)
+    ns = NetworkSpec.from_dict(spec)
+    model = Model(ns, np.zeros(ns.n_params, dtype=ns.dtype), **prep)
+    # Model.transform's arithmetic, in place: one float64 copy of the piece at a time, not three.
+    X = np.ascontiguousarray(X[a:b])
+    X -= model.mean
+    X /= model.scale
+    return X.astype(ns.dtype), np.ascontiguousarray(model.encode_targets(y[a:b]))
+
+
+def shard_bytes(spec: NetworkSpec, rows: int) -> int:
+    """Bytes of ``rows`` held as arrays: features in the network's dtype plus the encoded targets."""
+    item = np.dtype(spec.dtype).itemsize
+    y = 8 if spec.head == "softmax" else spec.n_outputs * item
+    return rows * (spec.n_inputs * item + y)
+
+
+def shard_arrays(segments: list[Segment], lo: int, **kw: Any) -> dict[str, Any]:
+    """A whole shard in memory: ``{"X", "Y", "lo"}`` filled segment by segment (no concatenation copy)."""
+    n = sum(b - a for _, _, a, b in segments)
+    X = Y = None
+    at = 0
+    for seg in segments:
+        Xs, Ys = segment_arrays(seg, **kw)
+        if X is None:
+            X = np.empty((n, Xs.shape[1]), dtype=Xs.dtype)
+            Y = np.empty((n, *Ys.shape[1:]), dtype=Ys.dtype)
+        X[at : at + len(Xs)], Y[at : at + len(Ys)] = Xs, Ys
+        at += len(Xs)
+    return {"X": X, "Y": Y, "lo": int(lo)}
+
+
+class RowStream:
+    """A shard read from the source each pass: ``next_batch`` for local steps, ``sync_chunks`` for ``sync``.
+
+    Parameters
+    ----------
+    segments : list of (piece, row0, a, b)
+    lo : int
+        The shard's first row among all training rows.
+    seed, stream_id : int
+        Seed the pass order: ``SeedSequence(seed, spawn_key=(stream_id,))``.
+    **kw
+        ``spec``, ``prep``, ``code``, ``read`` for :func:`segment_arrays`.
+    """
+
+    def __init__(self, segments: list[Segment], lo: int, seed: int, stream_id: int = 0, local_id: int | None = None,
+                 **kw: Any):
+        self.segments = list(segments)
+        self.sizes = [b - a for _, _, a, b in self.segments]
+        self.rows = int(sum(self.sizes))
+        self.lo = int(lo)
+        self.seed, self.stream_id = int(seed), int(stream_id)
+        self.kw = kw
+        # The local stream follows the trainer (local_id), the sync order the shard (stream_id).
+        key = (self.stream_id,) if local_id is None else (self.stream_id, int(local_id))
+        self.rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=key))
+        self._reset_pass_cursor()
+        self._sync: dict[str, Any] = {}
+        self._pool: cf.ThreadPoolExecutor | None = None
+        self._ahead: tuple[int, cf.Future] | None = None
+        self.segments_read = 0
+
+    def fork(self, local_id: int) -> "RowStream":
+        """A fresh stream over the same rows for one trainer: trainers never share a cursor."""
+        return RowStream(self.segments, self.lo, self.seed, self.stream_id, local_id, **self.kw)
+
+    def __getstate__(self) -> dict[str, Any]:  # moved between workers: no thread, no buffers
+        state = dict(self.__dict__)
+        state.update(_pool=None, _ahead=None, _X=None, _Y=None, _sync={})
+        return state
+
+    def _reset_pass_cursor(self) -> None:
+        self._order: np.ndarray | None = None
+        self._k = 0
+        self._X = self._Y = None
+        self._pos = 0
+        self._pass_state = self.rng.bit_generator.state
+
+    def _load(self, k: int, ahead: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Segment ``k``'s arrays; then start reading ``ahead`` in the background (two in memory at most)."""
+        if self._ahead is not None and self._ahead[0] == k:
+            out = self._ahead[1].result()
+        else:
+            out = segment_arrays(self.segments[k], **self.kw)
+        self._ahead = None
+        self.segments_read += 1
+        if ahead is not None:
+            if self._pool is None:
+                self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="nnpipe-read")
+            self._ahead = (ahead, self._pool.submit(segment_arrays, self.segments[ahead], **self.kw))
+        return out
+
+    # ---- local stream: continuous passes ------------------------------------------------------
+    def next_batch(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``batch`` rows (fewer at a segment's end) of the endless shuffled stream."""
+        while self._X is None or self._pos >= len(self._X):
+            if self._order is None or self._k >= len(self._order):
+                self._pass_state = self.rng.bit_generator.state
+                self._order, self._k = self.rng.permutation(len(self.segments)), 0
+            k = int(self._order[self._k])
+            nxt = int(self._order[self._k + 1]) if self._k + 1 < len(self._order) else None
+            X, Y = self._load(k, nxt)
+            perm = self.rng.permutation(len(X))
+            self._X, self._Y, self._pos = X[perm], Y[perm], 0
+            self._k += 1
+        a = self._pos
+        self._pos = min(a + batch, len(self._X))
+        return self._X[a : self._pos], self._Y[a : self._pos]
+
+    def epoch_batches(self, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One full pass of the stream in batches (``single`` mode)."""
+        self._X, self._order = None, None
+        seen = 0
+        while seen < self.rows:
+            Xb, Yb = self.next_batch(batch)
+            seen += len(Xb)
+            yield Xb, Yb
+
+    def get_state(self) -> dict[str, Any]:
+        return {"pass_rng": self._pass_state, "k": int(self._k), "pos": int(self._pos),
+                "started": self._order is not None}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue exactly where :meth:`get_state` was taken (skipped segments are not read)."""
+        self.rng.bit_generator.state = state["pass_rng"]
+        self._reset_pass_cursor()
+        if not state["started"]:
+            return
+        self._order, self._k = self.rng.permutation(len(self.segments)), 0
+        for _ in range(state["k"] - 1):
+            self.rng.permutation(self.sizes[int(self._order[self._k])])
+            self._k += 1
+        if state["k"] > 0:
+            X, Y = self._load(int(self._order[self._k]))
+            perm = self.rng.permutation(len(X))
+            self._X, self._Y, self._k = X[perm], Y[perm], self._k + 1
+            self._pos = state["pos"]
+
+    # ---- sync: this shard's share of each global step ------------------------------------------
+    def sync_chunks(self, epoch: int, step: int, n_steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """This shard's rows of step ``step``: an even ``1/n_steps`` share of its epoch order, in chunks.
+
+        Epoch ``e`` walks the segments in an order seeded by ``(seed, stream_id, e)``,
+        rows shuffled within each; a chunk never spans two segments.
+        """
+        bounds = np.linspace(0, self.rows, n_steps + 1).round().astype(np.int64)
+        start, stop = int(bounds[step]), int(bounds[step + 1])
+        s = self._sync
+        if s.get("epoch") != epoch or s.get("at") != start or s.get("n_steps") != n_steps:
+            rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.stream_id, 1 << 20, epoch)))
+            order = rng.permutation(len(self.segments))
+            s.clear()
+            s.update(epoch=epoch, n_steps=n_steps, rng=rng, order=order, j=0, seg_start=0, at=0, X=None, Y=None)
+            # Skip whole segments before ``start`` without reading them.
+            while s["j"] < len(order) and s["seg_start"] + self.sizes[int(order[s["j"]])] <= start:
+                rng.permutation(self.sizes[int(order[s["j"]])])
+                s["seg_start"] += self.sizes[int(order[s["j"]])]
+                s["j"] += 1
+            s["at"] = start
+        while s["at"] < stop:
+            if s["X"] is None:
+                k = int(s["order"][s["j"]])
+                nxt = int(s["order"][s["j"] + 1]) if s["j"] + 1 < len(s["order"]) else None
+                X, Y = self._load(k, nxt)
+                perm = s["rng"].permutation(len(X))
+                s["X"], s["Y"] = X[perm], Y[perm]
+            a = s["at"] - s["seg_start"]
+            b = min(stop - s["seg_start"], len(s["X"]))
+            yield s["X"][a:b], s["Y"][a:b]
+            s["at"] = s["seg_start"] + b
+            if b == len(s["X"]):
+                s["seg_start"] += len(s["X"])
+                s["j"] += 1
+                s["X"] = s["Y"] = None
+
+
+def stream_sync_grad(trainer: Any, theta: np.ndarray, epoch: int, step: int, batch: int | None = None) -> tuple:
+    """``ShardTrainer.sync_grad`` for a streamed shard: the row-weighted mean of per-chunk gradients.
+
+    ``batch`` is the global batch (default ``config.batch_size``).
+    """
+    t0 = time.perf_counter()
+    stream: RowStream = trainer.stream
+    n_steps = -(-trainer.n_total // min(int(batch or trainer.config.batch_size), trainer.n_total))
+    np.copyto(trainer.theta, theta)
+    acc = np.zeros_like(trainer.grad)
+    loss_sum, rows, correct = 0.0, 0, 0
+    for Xc, Yc in stream.sync_chunks(epoch, step, n_steps):
+        loss, c = trainer.net.step_views(trainer.views, trainer.grad_views, Xc, Yc, trainer.config.l2,
+                                         trainer.want_correct)
+        acc += len(Xc) * trainer.grad
+        loss_sum += loss * len(Xc)
+        rows += len(Xc)
+        correct += c
+    if rows == 0:
+        return None, 0.0, 0, 0, time.perf_counter() - t0
+    np.divide(acc, rows, out=trainer.grad)
+    return trainer.grad, loss_sum, rows, correct, time.perf_counter() - t0
+
+
+def fit_stream(spec: NetworkSpec, theta: np.ndarray, stream: RowStream, config: TrainConfig, *,
+               validation: Callable[[np.ndarray], dict[str, float]] | tuple | None = None,
+               callbacks: tuple[Callback, ...] | list[Callback] = ()) -> FitResult:
+    """Single-process training on a stream: one epoch is one pass, memory bounded by two segments.
+
+    Same optimizer, schedule, early stopping and callbacks as :func:`nnpipe.training.fit`;
+    the batch order is the stream's (pieces shuffled, rows shuffled within each).
+    """
+    net = Network(spec)
+    opt, schedule = config.make_optimizer(), config.make_schedule()
+    theta = np.array(theta, dtype=net.dtype, copy=True)
+    state = opt.init(theta)
+    grad = np.empty_like(theta)
+    views, grad_views = net.views(theta), net.views(grad)
+    reporter = Reporter(spec, config, validation, callbacks, "single-stream")
+    want_correct = net.head.task != "regression"
+    from nnpipe.training import clip_by_global_norm
+
+    for epoch in range(config.epochs):
+        lr = schedule(epoch)
+        t0 = time.perf_counter()
+        loss_sum, correct, n = 0.0, 0, 0
+        for Xb, Yb in stream.epoch_batches(config.batch_size):
+            loss, c = net.step_views(views, grad_views, Xb, Yb, config.l2, want_correct)
+            loss_sum += loss * len(Xb)
+            correct += c
+            n += len(Xb)
+            clip_by_global_norm(grad, config.clip_norm)
+            opt.step(theta, grad, state, lr, inplace=True)
+        logs = {"train/loss": loss_sum / n, "lr": lr, "train/samples_per_s": n / (time.perf_counter() - t0)}
+        if want_correct:
+            logs["train/accuracy"] = correct / n
+        check_finite(theta, f"after epoch {epoch}")
+        if reporter.end_epoch(epoch, theta, logs):
+            break
+    return reporter.result(theta, state, {"mode": "single", "workers": 1, "data_path": "streaming",
+                                          "segments_read": stream.segments_read})
