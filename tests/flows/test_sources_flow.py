@@ -71,7 +71,7 @@ def test_parquet_directory_trains_registers_and_serves_raw_rows(tmp_path, store)
     df = table()
     files = write_parts(df, tmp_path / "lake")
     done = train("--dataset", str(tmp_path / "lake"), "--target", "label", "--mode", "local-sgd", "--workers", "2",
-                 "--epochs", "8", "--hidden", "16", "--batch-size", "32", "--sync-every", "4")
+                 "--epochs", "4", "--hidden", "16", "--batch-size", "32", "--sync-every", "4")
     assert done.exit_code == 0, done.output
     assert "nnpipe-lake version 1" in done.output and "promoted to champion" in done.output
     client, (run,) = runs(store)
