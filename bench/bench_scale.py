@@ -128,6 +128,8 @@ def run_train(dataset: Path, args: list[str], scratch: Path) -> dict:
                PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_ENABLE_TELEMETRY="false",
                # A loaded 2-core machine can take longer than Prefect's default 20 s to start its temporary API.
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300",
+               # Prefect's temporary API per command: nothing left running in the scratch HOME.
+               NNPIPE_PREFECT_SERVER="ephemeral",
                # One BLAS thread per process, as the Dask workers have: a small network on a shared
                # 2-core machine runs several times slower with a multi-threaded BLAS.
                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")

@@ -45,6 +45,7 @@ def store(tmp_path, monkeypatch):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("NNPIPE_PREFECT_SERVER", "ephemeral")  # the session's test API, no local server left behind
     monkeypatch.chdir(tmp_path)
     yield uri
     tracking.reset()
