@@ -42,3 +42,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.server)
         if names & CLUSTER_FIXTURES:
             item.add_marker(pytest.mark.cluster)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the local Prefect server a CLI test may have started in this session's PREFECT_HOME."""
+    from pathlib import Path
+
+    from nnpipe.deploy import local_prefect
+
+    local_prefect.stop_server(Path(os.environ["PREFECT_HOME"]))
