@@ -20,15 +20,16 @@ def test_async_learns_and_logs_staleness(client, data):
     # Long enough (~60 rounds) that a worker starved by a busy machine still gets turns.
     cfg = TrainConfig(mode="async", sync_every=5, batch_size=32, epochs=4, lr=0.01, dtype="float32", seed=2)
     seen = []
+    # Trainer 0 naps 30 ms a round, so trainer 1 always merges while it computes: its results
+    # are stale by construction, not by the luck of a race (which a busy machine can lose).
     out = fit_distributed(spec, theta0, np.tile(X, (4, 1)), np.tile(y, 4), cfg, validation=(X, y), client=client,
-                          callbacks=[lambda e, logs: seen.append((e, logs))])
+                          callbacks=[lambda e, logs: seen.append((e, logs))], delays={0: 0.03})
     assert [e for e, _ in seen] == list(range(4))
     assert out.history["val/accuracy"][-1] > 0.7
     for _, logs in seen:
         assert {"dist/staleness", "dist/staleness_max", "worker/0/samples_per_s", "train/loss"} <= set(logs)
         assert 0 <= logs["dist/staleness"] <= logs["dist/staleness_max"]
-    # With two trainers racing, some merges land on parameters that moved meanwhile.
-    assert max(m["staleness"] for m in out.info["merges"]) >= 1
+    assert max(m["staleness"] for m in out.info["merges"] if m["trainer"] == 0) >= 1
     assert set(out.info["merges_by_trainer"]) == {0, 1}
     assert out.info["bytes_sent_per_round"] + out.info["bytes_received_per_round"] <= 2 * 2 * theta0.nbytes
 
