@@ -13,7 +13,7 @@ from dataclasses import fields as dc_fields
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nnpipe.config import TrainConfig
 
@@ -59,6 +59,21 @@ class PipelineConfig(BaseModel):
     resume_from: str | None = Field(None, description="MLflow run id whose logged checkpoints this run continues from.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(**PIPELINE_TRAIN_DEFAULTS), description="Optimisation, stopping and distributed coordination.")
 
+    @field_validator("model_name")
+    @classmethod
+    def _model_name_is_valid(cls, value: str | None) -> str | None:
+        # MLflow's naming rules, checked now rather than at registration after training
+        from nnpipe.names import check_model_name
+
+        return None if value is None else check_model_name(value)
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_is_valid(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"experiment name must not be empty, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _network_is_valid(self) -> "PipelineConfig":
         # The network's own checks (layer sizes, activation names), not a copy of them.
@@ -99,7 +114,12 @@ class PipelineConfig(BaseModel):
 
     def mlflow_params(self) -> dict[str, Any]:
         """Flat parameters for the MLflow run (training fields unprefixed, as scripts expect)."""
+        from nnpipe.redact import redact
+
         params = {k: v for k, v in self.model_dump(exclude={"train"}).items()}
+        for key in ("tracking_uri", "scheduler_address", "dataset"):  # never a password in a param
+            if isinstance(params.get(key), str):
+                params[key] = redact(params[key])
         params["hidden"] = ",".join(map(str, self.hidden))
         params.update(self.train.to_dict())
         return params

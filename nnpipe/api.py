@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from nnpipe.checks import check_features, check_lengths
 from nnpipe.config import TrainConfig
 from nnpipe.data import Splits
 from nnpipe.losses import TASK_HEADS
@@ -88,7 +89,9 @@ def train(
     FitResult
         The same type in every mode; ``model`` is set when ``data`` is a dataset.
     """
-    config = config or TrainConfig()
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if _is_source(data):  # a large source: the rows stay where they are read
         if validation is not None:
             raise TypeError("validation comes from the source's split when data is a source")
@@ -103,7 +106,9 @@ def train(
     else:
         if spec is None:
             raise TypeError("train(data=(X, Y), ...) needs spec=NetworkSpec(...)")
-        X, Y = data
+        X, Y = _check_arrays(data, spec, validation)
+        if validation is not None:
+            validation = _check_arrays(validation, spec, None, "validation")
     if theta is None:
         theta = init_params(spec, np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0]))
     if config.mode == "single":
@@ -117,6 +122,19 @@ def train(
         model.theta = result.theta
         result.model = model
     return result
+
+
+def _check_arrays(data: Any, spec: NetworkSpec, validation: Any, what: str = "data") -> tuple[np.ndarray, np.ndarray]:
+    """``(X, Y)`` checked: 2-D finite X with the network's inputs, as many rows of finite Y."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{what} must be a Splits or an (X, Y) pair, got {type(data).__name__}")
+    X = check_features(data[0], f"{what} X", spec.n_inputs, dtype=spec.dtype)
+    Y = np.asarray(data[1])
+    check_lengths(**{f"{what} X": X, f"{what} Y": Y})
+    if Y.dtype.kind in "fc" and not np.isfinite(Y).all():
+        row = int(np.argwhere(~np.isfinite(Y))[0][0])
+        raise ValueError(f"{what} Y row {row} is {Y.reshape(len(Y), -1)[row].tolist()!r}; targets must be finite")
+    return X, Y
 
 
 def _prepare(splits: Splits, config: TrainConfig, hidden: tuple[int, ...] | list[int], activation: str,

@@ -182,8 +182,17 @@ class TrainConfig:
                 raise bad(name, "an integer >= 0")
         for name in ("l2", "mixing", "clip_norm", "outer_lr", "outer_momentum", *OPTIMIZER_FIELDS, *SCHEDULE_FIELDS):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, bool) and not (_is_number(value) and math.isfinite(value)):
+            if name == "nesterov":  # the one switch among the hyperparameters
+                if value is not None and not isinstance(value, bool):
+                    raise bad(name, "True, False or None")
+            elif value is not None and not (_is_number(value) and math.isfinite(value)):
                 raise bad(name, "a finite number")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise bad("seed", "an integer >= 0")
+        if self.patience is not None and not _is_int(self.patience):
+            raise bad("patience", "an integer >= 1 or None")
+        if not isinstance(self.restore_best, bool):
+            raise bad("restore_best", "True or False")
         self._check_hyper("optimizer", self.optimizer, OPTIMIZER_FIELDS, optimizers.hyperparameters(self.optimizer))
         self._check_hyper("schedule", self.schedule, SCHEDULE_FIELDS, schedules.hyperparameters(self.schedule))
         if self.l2 < 0:

@@ -24,6 +24,12 @@ BUILTIN: dict[str, str] = {
     "diabetes": "load_diabetes",  # regression
 }
 TASKS = ("multiclass", "binary", "regression")
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", "": "csv"}
+# Largest |value| accepted. Beyond it the scaler's variance (a sum of squares)
+# overflows float64 on realistic row counts and training "diverges" for no
+# reason the user can see; 1e100 leaves room for any physical quantity or a
+# nanosecond timestamp (~1e18).
+MAX_ABS_VALUE = 1e100
 
 
 class DataError(ValueError):
@@ -59,6 +65,7 @@ class Dataset:
     target: str
     task: str
     content_hash: str
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> np.ndarray | None:
@@ -115,24 +122,27 @@ def load_dataset(source: str | Path, target: str | None = None, task: str | None
     Raises
     ------
     DataError
-        Missing or empty file, unknown target column, non-numeric or
-        non-finite feature, missing target value.
+        Missing or empty file, unsupported format, duplicate column names,
+        unknown target column, non-numeric, non-finite or overflow-sized
+        feature, every feature constant, missing target value.
+
+    Notes
+    -----
+    Some (not all) constant feature columns are kept: they scale to zero and
+    carry no signal, and dropping them would change the columns the served
+    model expects. They are named in ``Dataset.warnings`` (the pipeline logs
+    them to the run). A dataset whose features are *all* constant is refused.
     """
     if task is not None and task not in TASKS:
         raise DataError(f"task must be one of {TASKS}, got {task!r}")
     src = str(source)
+    check_source(src, target)
     if src in BUILTIN:
         if features:
             raise DataError(f"{src}: features={features!r} select columns of a file; built-in datasets use all")
         ds = _load_builtin(src)
-    elif Path(src).suffix.lower() in (".csv", ".parquet", ".pq") or Path(src).exists():
-        if not target:
-            raise DataError(f"{src}: a target column is required for a file source (--target COLUMN)")
-        ds = _load_file(Path(src), target, features)
     else:
-        raise DataError(
-            f"unknown dataset {src!r}: expected a built-in name {sorted(BUILTIN)} or a .csv/.parquet file"
-        )
+        ds = _load_file(Path(src), str(target), features)
     if task is not None:
         ds.task = task
     if ds.task != "regression" and len(np.unique(ds.y)) < 2:
@@ -141,6 +151,81 @@ def load_dataset(source: str | Path, target: str | None = None, task: str | None
             "need at least 2 to train a classifier"
         )
     return ds
+
+
+def check_source(source: str | Path, target: str | None = None) -> list[str]:
+    """Cheap checks of a source before anything expensive starts; returns the feature column names.
+
+    A built-in name passes. A file must exist, be non-empty, have a supported
+    extension, and a header with unique column names that include ``target``
+    and at least one feature. Only the header is read.
+
+    Raises
+    ------
+    DataError
+    """
+    src = str(source)
+    if src in BUILTIN:
+        return []
+    path = Path(src)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS and (path.exists() or suffix in _KNOWN_OTHER):
+        raise DataError(
+            f"{src}: unsupported format {suffix!r}; nnpipe reads .csv and .parquet/.pq files"
+            + (" (save the sheet as CSV)" if suffix in (".xlsx", ".xls", ".ods") else "")
+        )
+    if not path.exists():
+        if suffix in FORMATS and suffix:
+            raise DataError(f"{src}: file not found")
+        raise DataError(
+            f"unknown dataset {src!r}: expected a built-in name {sorted(BUILTIN)} or a .csv/.parquet file"
+        )
+    if not path.is_file():
+        raise DataError(f"{src}: not a file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{src}: file is empty")
+    if not target:
+        raise DataError(f"{src}: a target column is required for a file source (--target COLUMN)")
+    names = _header(path)
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise DataError(f"{src}: duplicate column name {name!r} (column {i + 1}); column names must be unique")
+        seen.add(name)
+    if target not in seen:
+        raise DataError(f"{src}: target column {target!r} not found; columns are {names}")
+    features = [n for n in names if n != target]
+    if not features:
+        raise DataError(f"{src}: no feature columns besides the target {target!r}")
+    return features
+
+
+# extensions people try that nnpipe does not read (named even when the file is missing)
+_KNOWN_OTHER = (".xlsx", ".xls", ".ods", ".json", ".jsonl", ".txt", ".tsv", ".feather", ".arrow", ".h5",
+                ".hdf5", ".npy", ".npz", ".pkl", ".pickle", ".zip", ".gz", ".xml", ".sav", ".dta")
+
+
+def _header(path: Path) -> list[str]:
+    """The column names as written in the file (pandas would silently rename duplicates)."""
+    if FORMATS[path.suffix.lower()] == "parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            return [str(n) for n in pq.read_schema(path).names if not str(n).startswith("__index_level_")]
+        except Exception as exc:
+            raise DataError(f"{path}: cannot be read as Parquet: {str(exc).splitlines()[0]}") from exc
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            row = next(csv.reader(fh), None)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text CSV file ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: cannot be read as CSV: {exc}") from None
+    if not row or not any(c.strip() for c in row):
+        raise DataError(f"{path}: file is empty (no header and no rows)")
+    return [c.strip() if c.strip() else f"Unnamed: {i}" for i, c in enumerate(row)]
 
 
 def _load_builtin(name: str) -> Dataset:
@@ -158,15 +243,9 @@ def _load_builtin(name: str) -> Dataset:
 def _read_frame(path: Path):
     import pandas as pd
 
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
     suffix = path.suffix.lower()
     try:
-        if suffix in (".parquet", ".pq"):
+        if FORMATS[suffix] == "parquet":
             return pd.read_parquet(path)
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:
@@ -203,8 +282,38 @@ def _load_file(path: Path, target: str, only: list[str] | None = None) -> Datase
         X[:, j] = _numeric_column(frame[col], src, str(col), line)
     if y.dtype.kind in "OUS":
         y = y.astype(str)
+    elif y.dtype.kind == "f":
+        _check_magnitude(y.astype(np.float64), src, f"target column {target!r}", line)
+    warnings = _check_constant(X, list(map(str, features)), src)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Dataset(path.stem, src, X, y, list(map(str, features)), target, infer_task(y), digest)
+    return Dataset(path.stem, src, X, y, list(map(str, features)), target, infer_task(y), digest, warnings)
+
+
+def _check_constant(X: np.ndarray, names: list[str], src: str) -> list[str]:
+    """Refuse all-constant features; name the constant ones in a warning otherwise."""
+    if len(X) < 2:
+        return []
+    constant = np.all(X == X[0], axis=0)
+    if constant.all():
+        shown = ", ".join(f"{n!r}={X[0, j]:g}" for j, n in enumerate(names[:5]))
+        raise DataError(
+            f"{src}: every feature column is constant ({shown}{', ...' if len(names) > 5 else ''}); "
+            "there is nothing to learn from"
+        )
+    if constant.any():
+        cols = [names[j] for j in np.flatnonzero(constant)]
+        return [f"constant feature column(s) {cols} carry no information (kept; they scale to 0)"]
+    return []
+
+
+def _check_magnitude(values: np.ndarray, src: str, what: str, line: Callable[[int], str]) -> None:
+    big = np.abs(values) > MAX_ABS_VALUE
+    if big.any():
+        i = int(np.flatnonzero(big)[0])
+        raise DataError(
+            f"{src}: {what} {line(i)}: value {values[i]!r} is too large (|value| > {MAX_ABS_VALUE:g}); "
+            "rescale the column (e.g. log or units) before training"
+        )
 
 
 def _numeric_column(series, src: str, col: str, line: Callable[[int], str]) -> np.ndarray:
@@ -220,6 +329,7 @@ def _numeric_column(series, src: str, col: str, line: Callable[[int], str]) -> n
         i = int(np.flatnonzero(bad)[0])
         what = "is missing (NaN)" if np.isnan(values[i]) else f"is infinite ({values[i]!r})"
         raise DataError(f"{src}: column {col!r} {line(i)} {what}; only finite numbers can be trained on")
+    _check_magnitude(values, src, f"column {col!r}", line)
     return values
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from nnpipe.checks import check_features, check_lengths
 from nnpipe.config import TrainConfig
 from nnpipe.losses import get_head, head_name
 from nnpipe.network import Network, NetworkSpec, init_params
@@ -93,6 +94,9 @@ class Sequential:
 
     def _labels(self, y: np.ndarray) -> np.ndarray:
         y = np.asarray(y)
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            row = int(np.argwhere(~np.isfinite(y))[0][0])
+            raise ValueError(f"y row {row} is not finite ({y.reshape(len(y), -1)[row].tolist()!r}); labels must be finite")
         if self._compiled["loss"] == "categorical_crossentropy" and y.ndim == 2:
             return y.argmax(axis=1)  # one-hot rows to class indices
         return y
@@ -116,8 +120,9 @@ class Sequential:
             raise TypeError(f"fit() got unknown option(s) {unknown}")
         seed = seed if seed is not None else self.seed
         seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
-        X = np.asarray(x, dtype=self.spec.dtype)
+        X = check_features(x, "x", self.spec.n_inputs, dtype=self.spec.dtype)
         labels = self._labels(y)
+        check_lengths(x=X, y=labels)
         if not 0 <= validation_split < 1:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
         if validation_split and validation_data is None:
@@ -138,13 +143,15 @@ class Sequential:
                 )
             self.theta = init_params(self.spec, seed, init=tuple(l.kernel_initializer for l in self.layers))
         config = TrainConfig(
-            optimizer=self._compiled["optimizer"], lr=self._compiled["lr"], epochs=int(epochs),
-            batch_size=int(batch_size or 32), seed=seed, dtype=self.spec.dtype, **options,
+            optimizer=self._compiled["optimizer"], lr=self._compiled["lr"], epochs=epochs,
+            batch_size=32 if batch_size is None else batch_size, seed=seed, dtype=self.spec.dtype, **options,
         )
         validation = None
         if validation_data is not None:
             Xv, yv = validation_data
-            validation = (np.asarray(Xv, dtype=self.spec.dtype), self._targets(yv))
+            Xv = check_features(Xv, "validation x", self.spec.n_inputs, dtype=self.spec.dtype)
+            check_lengths(**{"validation x": Xv, "validation y": yv})
+            validation = (Xv, self._targets(yv))
         cbs = list(callbacks or [])
         if verbose:
             cbs.append(_print_epoch(epochs))
@@ -169,7 +176,7 @@ class Sequential:
     def predict(self, x: np.ndarray, verbose: int = 0, batch_size: int | None = None) -> np.ndarray:
         """Head outputs, as Keras returns them (probabilities for classification)."""
         self._require_fitted()
-        return Network(self.spec).forward(self.theta, np.asarray(x, dtype=self.spec.dtype))
+        return Network(self.spec).forward(self.theta, check_features(x, "x", self.spec.n_inputs, dtype=self.spec.dtype))
 
     def predict_classes(self, x: np.ndarray) -> np.ndarray:
         """Original labels for ``x``."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from nnpipe.checks import check_features
 from nnpipe.network import Network, NetworkSpec
 from nnpipe.targets import decode_predictions, encode_targets
 from nnpipe.evaluation import evaluate_arrays
@@ -73,13 +74,8 @@ class Model:
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Scaled features in the network's dtype; checks the number of columns."""
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim == 1:
-            X = X.reshape(1, -1)
-        if X.ndim != 2 or X.shape[1] != self.spec.n_inputs:
-            raise ValueError(
-                f"expected input of shape (n_samples, {self.spec.n_inputs}), got {X.shape}"
-            )
+        # finite, 2-D, the trained number of columns; errors name the column and row
+        X = check_features(X, "X", self.spec.n_inputs, columns=self.feature_names, allow_1d=True)
         return ((X - self.mean) / self.scale).astype(self.spec.dtype)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
