@@ -18,11 +18,15 @@ from typing import Any, Iterator, Optional
 
 import typer
 
+from nnpipe.cli.preflight import preflight, sigterm_as_interrupt
+
 MODE_HELP = "single (one process) | sync | local-sgd | async (Dask)."
 
 
 def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
+    from nnpipe.redact import redact
+
+    typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -163,8 +167,9 @@ def _run_flow(fn, *args: Any, **kwargs: Any) -> Any:
         _fail(str(exc))
     except (ValueError, TypeError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except KeyboardInterrupt as exc:
+        _fail(f"interrupted ({exc}); the MLflow run is marked KILLED, nothing was registered" if str(exc)
+              else "interrupted; the MLflow run is marked KILLED, nothing was registered", 130)
     except Exception as exc:  # a failed step: say which error, not where in the code
         first = str(exc).splitlines()[0] if str(exc) else ""
         _fail(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
@@ -226,11 +231,12 @@ def register(app: typer.Typer) -> None:
             "warmup_epochs": warmup_epochs, "lr_scaling": lr_scaling, "lr_warmup_epochs": lr_warmup_epochs,
         }
         cfg = _build(config, overrides)
-        cfg.tracking_uri = _default_tracking_uri(cfg.tracking_uri)
+        preflight(cfg, _default_tracking_uri, _fail)  # data, store, scheduler: seconds, before any start
         from nnpipe.flows.pipeline import training_flow
 
         total = cfg.train.epochs if cfg.train.mode in ("single", "sync") else None
-        with _prefect_api(), _quiet_console(verbose), _progress(total, "epoch" if cfg.train.mode == "single" else "round"):
+        with sigterm_as_interrupt(), _prefect_api(), _quiet_console(verbose), \
+                _progress(total, "epoch" if cfg.train.mode == "single" else "round"):
             result = _run_flow(training_flow, cfg)
         _print_result(result)
 

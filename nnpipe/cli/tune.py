@@ -15,6 +15,8 @@ import os
 
 import typer
 
+from nnpipe.cli.preflight import preflight, sigterm_as_interrupt
+
 from nnpipe.cli.pipeline import _build, _default_tracking_uri, _fail, _parse_hidden, _prefect_api, _quiet_console, _run_flow
 
 
@@ -40,6 +42,7 @@ def _run(cfg: Any, settings: Any, verbose: bool) -> None:
         check_space(cfg, settings.space, **options)
     except (SpaceError, ValueError) as exc:
         _fail(str(exc))
+    preflight(cfg, _default_tracking_uri, _fail)  # data, store, scheduler: seconds, before any start
     # One line per trial is the progress; MLflow's per-model download bars would bury it.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not verbose:
@@ -52,7 +55,7 @@ def _run(cfg: Any, settings: Any, verbose: bool) -> None:
         note = f"  ({r.reason})" if r.reason and r.state != "COMPLETE" else ""
         typer.echo(f"  trial {r.number:>3} {r.state:<8}{value:>8}  {r.epochs:>4} epochs  {r.params}{note}")
 
-    with _prefect_api(), _quiet_console(verbose), trial_listener(on_trial):
+    with sigterm_as_interrupt(), _prefect_api(), _quiet_console(verbose), trial_listener(on_trial):
         out = _run_flow(tune_flow, cfg, settings.space or None, **options)
     for note in out["notes"]:
         typer.echo(f"note:        {note}")

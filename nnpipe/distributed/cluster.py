@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -88,6 +89,30 @@ def connect(address: str | None = None, client: Client | None = None, workers: i
             c.close()
     finally:
         cluster.close()
+
+
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Raise ConnectionError (one line) unless a scheduler listens at ``address`` within ``timeout`` s.
+
+    A TCP connect only (also for ``tls://``, before any handshake): it tells a
+    wrong or dead address in milliseconds, where ``Client(address)`` waits for
+    its full connect timeout.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address, strict=False)
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"Dask scheduler address {address!r} is not host:port (e.g. tcp://10.0.0.5:8786): {exc}") from None
+    if scheme not in ("tcp", "tls", "ws", "wss"):
+        return  # inproc:// and others: nothing to probe from here
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "no answer within %g s" % timeout if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ConnectionError(f"Dask scheduler {address} is not reachable: {why}") from None
 
 
 def worker_addresses(client: Client) -> list[str]:

@@ -8,6 +8,16 @@ server. The registry URI follows the tracking URI unless
 For SQLite stores nnpipe keeps artifacts next to the database
 (``<db dir>/mlartifacts``) instead of MLflow's ``./mlruns`` relative to the
 *current* directory, so a store used from two directories stays in one place.
+
+A new SQLite database is created (MLflow runs its whole migration chain)
+under the store's lock, once per process: processes started at once on a
+brand-new store otherwise race through the migrations and can leave it
+broken (``table _alembic_tmp_latest_metrics already exists``).
+
+A tracking URI with credentials (``http://user:password@host``) is split: the
+user and password go to ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` (where
+MLflow's client reads them) and only the clean URI is configured, so it is
+the clean one that reaches parameters, logs and messages.
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
+
+from nnpipe.redact import move_credentials_to_env
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 ENV_REGISTRY_URI = "MLFLOW_REGISTRY_URI"
@@ -65,12 +77,40 @@ def configure(uri: str | None = None) -> str:
         raise ValueError(f"tracking URI must be a non-empty string, got {uri!r}")
     global _registry_we_set, _env_before
     if _env_before is None:
-        _env_before = {k: os.environ.get(k) for k in (ENV_URI, ENV_REGISTRY_URI)}
-    registry = registry_uri(uri)
+        _env_before = {k: os.environ.get(k) for k in _ENV_KEYS}
+    uri = move_credentials_to_env(uri)
+    registry = move_credentials_to_env(registry_uri(uri))
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry)
     _registry_we_set = registry
+    for store_uri in dict.fromkeys((uri, registry)):
+        if sqlite_path(store_uri) is not None:
+            _create_once(store_uri)
     return uri
+
+
+_ENV_KEYS = (ENV_URI, ENV_REGISTRY_URI, "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+_created: set[str] = set()
+
+
+def _create_once(uri: str) -> None:
+    """Open (creating and migrating if new) the SQLite store at ``uri`` under its lock, once per process.
+
+    MLflow creates the schema when a store object is first built for a URI,
+    and caches that object per process; building both stores here, under the
+    lock, makes every later use in this process a plain open.
+    """
+    if uri in _created:
+        return
+    from nnpipe.tracking.locking import store_lock  # locking builds on this module
+
+    db = sqlite_path(uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with store_lock(uri):
+        c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        c.search_experiments(max_results=1)
+        c.search_registered_models(max_results=1)
+    _created.add(uri)
 
 
 def reset() -> None:
@@ -88,6 +128,7 @@ def reset() -> None:
         else:
             os.environ[key] = value
     _registry_we_set = _env_before = None
+    _created.clear()
 
 
 def current_uri() -> str:

@@ -1,0 +1,70 @@
+"""What ``nnpipe train`` and ``nnpipe sweep`` check before anything expensive starts.
+
+Order, cheapest first: the configuration (already validated when built), the
+dataset (path, format, header; not the rows), the tracking store (a short
+probe without MLflow's minutes of retries) and a configured Dask scheduler
+(a TCP connect). Each failure is one line and exit code 1 within seconds,
+before Prefect, an MLflow run or a cluster is started. The checks themselves
+live in the layers below; this module only orders them and words the exit.
+
+Also here: SIGTERM handled like Ctrl-C (a ``KeyboardInterrupt`` in the main
+thread), so ``kill PID`` ends a training the way Ctrl-C does: the MLflow run
+KILLED, the cluster closed, the champion untouched, a message and exit 130.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+STORE_TIMEOUT = 5.0
+SCHEDULER_TIMEOUT = 5.0
+
+
+def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable[[str], None]) -> None:
+    """Check ``cfg`` (a ``PipelineConfig``) and set its clean tracking URI; ``fail(message)`` on a problem."""
+    from nnpipe.data import DataError, check_source
+
+    try:
+        check_source(cfg.dataset, cfg.target)
+    except DataError as exc:
+        fail(str(exc))
+    from nnpipe.redact import move_credentials_to_env, redact
+
+    # The URI travels as a Prefect flow parameter and an MLflow param: without its password.
+    uri = move_credentials_to_env(default_uri(cfg.tracking_uri))
+    cfg.tracking_uri = uri
+    from nnpipe.tracking.preflight import StoreUnavailable, check_store
+
+    try:
+        check_store(uri, timeout=STORE_TIMEOUT)
+    except StoreUnavailable as exc:
+        fail(redact(str(exc)))
+    address = cfg.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if cfg.distributed and address:
+        from nnpipe.distributed.cluster import check_scheduler
+
+        try:
+            check_scheduler(address, timeout=SCHEDULER_TIMEOUT)
+        except (ConnectionError, ValueError) as exc:
+            fail(redact(str(exc)))
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"terminated by {signal.Signals(signum).name}")
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``KeyboardInterrupt`` in the main thread, as SIGINT does."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
