@@ -135,12 +135,15 @@ class Model:
         if not spec_file.is_file():
             raise FileNotFoundError(f"no model.json in {str(path)!r}: not a saved nnpipe model")
         doc = json.loads(spec_file.read_text())
-        with np.load(path / "weights.npz", allow_pickle=False) as arrays:
+        spec = NetworkSpec.from_dict(doc["spec"])
+        weights = path / "weights.npz"
+        _check_weights(weights, spec)  # declared sizes and shapes, before a byte is decompressed
+        with np.load(weights, allow_pickle=False) as arrays:
             theta, mean, scale = arrays["theta"], arrays["mean"], arrays["scale"]
             target = {k: arrays[k] for k in ("target_mean", "target_scale") if k in arrays.files}
         classes = doc.get("classes")
         return cls(
-            NetworkSpec.from_dict(doc["spec"]),
+            spec,
             theta,
             classes=None if classes is None else np.asarray(classes),
             mean=mean,
@@ -149,3 +152,49 @@ class Model:
             metadata=doc.get("metadata"),
             **target,
         )
+
+
+def _check_weights(path: Path, spec: NetworkSpec) -> None:
+    """Refuse a ``weights.npz`` whose members are not the arrays the spec implies, before reading them.
+
+    A zip member can claim any size; a small file can expand to gigabytes (a
+    decompression bomb). Each member's ``.npy`` header (a few hundred bytes)
+    gives its dtype and shape: they must be a float array of the shape the
+    spec implies, and the member's declared uncompressed size must be that
+    array's bytes plus its header. ``np.load`` then reads exactly that much.
+    """
+    import zipfile
+
+    n_in, n_out = spec.n_inputs, spec.n_outputs
+    expected = {"theta": {(spec.n_params,)}, "mean": {(n_in,)}, "scale": {(n_in,)},
+                "target_mean": {(n_out,), (1, n_out)}, "target_scale": {(n_out,), (1, n_out)}}
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{path}: not a weights archive ({exc})") from None
+    with zf:
+        members = zf.infolist()
+        names = [m.filename.removesuffix(".npy") for m in members]
+        unexpected = sorted(set(names) - set(expected))
+        if unexpected or len(names) != len(set(names)):
+            raise ValueError(f"{path}: unexpected member(s) {unexpected or names}; expected {sorted(expected)}")
+        for key in ("theta", "mean", "scale"):
+            if key not in names:
+                raise ValueError(f"{path}: member {key!r} is missing")
+        for info, key in zip(members, names):
+            with zf.open(info) as fh:
+                try:
+                    version = np.lib.format.read_magic(fh)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(fh)
+                except ValueError as exc:
+                    raise ValueError(f"{path}: member {key!r} is not a NumPy array: {exc}") from None
+                header = fh.tell() if hasattr(fh, "tell") else 0
+            if dtype.kind != "f":
+                raise ValueError(f"{path}: member {key!r} has dtype {dtype}, expected floating point")
+            if tuple(shape) not in expected[key]:
+                raise ValueError(f"{path}: member {key!r} has shape {tuple(shape)}, the spec implies "
+                                 f"{sorted(expected[key])[0]}")
+            size = header + int(np.prod(shape)) * dtype.itemsize
+            if info.file_size != size:
+                raise ValueError(f"{path}: member {key!r} declares {info.file_size} bytes, its header implies {size}")

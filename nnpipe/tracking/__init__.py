@@ -26,6 +26,7 @@ from nnpipe.tracking.errors import (
     UnknownVersionError,
 )
 from nnpipe.tracking.history import default_actor
+from nnpipe.tracking.integrity import TamperedModel, load_model, verify
 from nnpipe.tracking.lineage import git_revision, run_tags
 from nnpipe.tracking.locking import lock_path, store_lock
 from nnpipe.tracking import nested
@@ -60,6 +61,9 @@ __all__ = [
     "CHAMPION",
     "FAILURE_TAG",
     "LockTimeout",
+    "TamperedModel",
+    "load_model",
+    "verify",
     "NotServableError",
     "NnpipePyfunc",
     "PromotionDecision",

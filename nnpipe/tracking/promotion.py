@@ -26,7 +26,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from nnpipe.tracking import history, registry
+from nnpipe.tracking import history, integrity, registry
 from nnpipe.tracking.errors import NotServableError, RollbackRefused, TrackingError
 from nnpipe.tracking.locking import store_lock
 from nnpipe.tracking.registry import CHAMPION, RUN_ID_TAG, alias_version, get_registered, get_version, version_number
@@ -143,6 +143,7 @@ def promote_if_better(
             promoted, reason = False, (f"v{number} {metric}={_fmt(score)} does not beat champion v{champ} "
                                        f"{_fmt(champ_score)} ({direction} is better)")
         if promoted:
+            integrity.verify(name, number, c)  # never crown a version whose files changed since registration
             _move_champion(c, name, number)
             history.record(c, name, CHAMPION, champ, number, action="gate", reason=reason, actor=actor)
         tags = {
@@ -210,7 +211,9 @@ def check_servable(name: str, version: int) -> Any:
     """
     uri = f"models:/{name}/{int(version)}"
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        model = integrity.load_model(name, int(version))  # digests checked first: no tampered file loads
+    except integrity.TamperedModel as exc:
+        raise NotServableError(str(exc)) from exc
     except Exception as exc:
         raise NotServableError(f"{uri} failed to load: {type(exc).__name__}: {exc}") from exc
     example = model.input_example

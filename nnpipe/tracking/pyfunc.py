@@ -1,11 +1,18 @@
 """nnpipe models as MLflow pyfunc models, without pickle.
 
-The logged model holds nnpipe's own files (``model.json`` with the spec, label
-mapping and feature names; ``weights.npz`` with the parameters and scaler) as
-an artifact, and its Python code is *model-from-code*: MLflow copies
-:mod:`nnpipe.tracking.model_code` into the model and runs it at load time,
-so no nnpipe object is ever pickled. The serving environment needs nnpipe
-installed (``--env-manager local`` in the environment that trained it).
+The logged model holds nnpipe's own files only: ``model.json`` (spec, label
+mapping, feature names) and ``weights.npz`` (parameters and scaler, arrays
+only) under ``data/``, plus MLflow's ``MLmodel`` whose ``loader_module`` is
+this module. Loading imports that module from the *installed* nnpipe and
+calls :func:`_load_pyfunc` on the data directory: no code and no pickle is
+read from the artifact store. The serving environment needs nnpipe installed
+(``--env-manager local`` in the environment that trained it).
+
+Prediction refuses rather than guesses: a missing feature column, a
+non-numeric, NaN or infinite value is a one-line ``ValueError`` naming the
+column and the row. The signature's input columns are marked optional so
+that MLflow's own schema check (which dumps the data in a long message)
+leaves the missing-column case to this one.
 
 Prediction takes raw feature columns (a DataFrame named like the training
 features, or a 2-D array in that order) and returns the original labels (or
@@ -23,17 +30,18 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import ColSpec, Schema
 
-from nnpipe.version import __version__
+from nnpipe.checks import check_features
 from nnpipe.model import Model
+from nnpipe.version import __version__
 from nnpipe.tracking.store import client
 
-ARTIFACT_KEY = "nnpipe_model"
 PROBA_PARAM = "predict_proba"
 MODEL_NAME = "model"  # the ``name`` of the logged model within its run
 EXAMPLE_ROWS = 5
-MODEL_CODE = Path(__file__).with_name("model_code.py")
+LOADER_MODULE = __name__  # MLmodel's loader_module: this installed module, never code from the store
 
 
 def _truthy(value: Any) -> bool:
@@ -55,32 +63,52 @@ def feature_frame(X: Any, feature_names: list[str] | None) -> pd.DataFrame:
     return pd.DataFrame(X.astype(np.float64), columns=names)
 
 
-class NnpipePyfunc(mlflow.pyfunc.PythonModel):
-    """Loads an nnpipe :class:`~nnpipe.model.Model` from its artifact and predicts on raw features."""
+def check_input(model: Model, model_input: Any) -> np.ndarray:
+    """Raw features of ``model_input`` in the trained column order; ValueError naming column and row."""
+    names = model.feature_names
+    if isinstance(model_input, pd.DataFrame):
+        if names:
+            missing = [n for n in names if n not in model_input.columns]
+            if missing:
+                raise ValueError(f"input is missing column(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
+                                 f"the model needs {len(names)} columns")
+            model_input = model_input[names]  # column order as trained, whatever order was sent
+        for col in model_input.columns:
+            values = pd.to_numeric(model_input[col], errors="coerce")
+            bad = values.isna() & model_input[col].notna()
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise ValueError(f"input column {str(col)!r} row {row} is {model_input[col].iloc[row]!r}, not a number")
+        model_input = model_input.to_numpy(dtype=np.float64, na_value=np.nan)
+    return check_features(model_input, "input", model.spec.n_inputs, columns=names, allow_1d=True)
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model = Model.load(context.artifacts[ARTIFACT_KEY])
 
-    # pd.DataFrame is a hint MLflow derives no schema from: the logged signature
-    # stays the one contract (other hints would add a second, hint-derived schema).
-    def predict(
-        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
-        params: dict[str, Any] | None = None,
-    ) -> np.ndarray | pd.DataFrame:
+class NnpipePyfunc:
+    """The loaded model MLflow wraps: predicts original labels (or values) on raw features."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray | pd.DataFrame:
         """Original labels (or values); class probabilities with ``params={"predict_proba": True}``."""
         model = self.model
-        if isinstance(model_input, pd.DataFrame):
-            names = model.feature_names
-            if names and all(n in model_input.columns for n in names):
-                model_input = model_input[names]  # column order as trained, whatever order was sent
-            X = model_input.to_numpy(dtype=np.float64)
-        else:
-            X = np.asarray(model_input, dtype=np.float64)
+        X = check_input(model, model_input)
         if params and _truthy(params.get(PROBA_PARAM, False)):
             if model.classes is None:
                 raise ValueError("predict_proba was requested but this is a regression model (no classes)")
             return pd.DataFrame(model.predict_proba(X), columns=[str(c) for c in model.classes.tolist()])
         return model.predict(X)
+
+
+def _load_pyfunc(data_path: str) -> NnpipePyfunc:
+    """MLflow's entry for ``loader_module`` models: read ``model.json`` and ``weights.npz`` (no pickle)."""
+    return NnpipePyfunc(Model.load(data_path))
+
+
+def _optional_inputs(signature: ModelSignature) -> ModelSignature:
+    """The signature with every input column optional: missing columns are reported by :func:`check_input`."""
+    cols = [ColSpec(c.type, c.name, required=False) for c in signature.inputs.inputs]
+    return ModelSignature(Schema(cols), signature.outputs, signature.params)
 
 
 def log_model(run_id: str, model: Model, input_example: Any) -> str:
@@ -106,14 +134,14 @@ def log_model(run_id: str, model: Model, input_example: Any) -> str:
     if len(example) == 0:
         raise ValueError("input example has no rows")
     outputs = model.predict(example.to_numpy(dtype=np.float64))
-    signature = infer_signature(example, outputs, params={PROBA_PARAM: False})
+    signature = _optional_inputs(infer_signature(example, outputs, params={PROBA_PARAM: False}))
     with tempfile.TemporaryDirectory(prefix="nnpipe-model-") as tmp:
         saved = model.save(Path(tmp) / "nnpipe_model")
         with _in_run(run_id):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
-                python_model=str(MODEL_CODE),
-                artifacts={ARTIFACT_KEY: str(saved)},
+                loader_module=LOADER_MODULE,
+                data_path=str(saved),
                 signature=signature,
                 input_example=example,
                 # listed, not inferred: inference loads the model in a subprocess (slow)

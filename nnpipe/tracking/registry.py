@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
-from nnpipe.tracking import history
+from nnpipe.tracking import history, integrity
 from nnpipe.tracking.errors import RegistrationRefused, UnknownModelError, UnknownVersionError
 from nnpipe.tracking.locking import store_lock
 from nnpipe.tracking.store import client
@@ -127,6 +127,7 @@ def register_model(
     with store_lock():
         mv = mlflow.register_model(model_uri, name, tags=all_tags)
         number = int(mv.version)
+        integrity.record(c, name, number)  # SHA-256 of every model file, checked before any load
         previous = alias_version(name, CANDIDATE, c)
         c.set_registered_model_alias(name, CANDIDATE, str(number))
         history.record(c, name, CANDIDATE, previous, number, action="register",

@@ -37,7 +37,7 @@ def registry(tmp_path_factory, sqlite_template, iris_splits):
         v3, _, _ = train_logged(NAME, ds, splits, experiment=NAME, **WEAK)
         # a damaged artifact (disk error, bad copy): v3 can no longer load
         model_id = tracking.get_version(NAME, v3).source.removeprefix("models:/")
-        weights = Path(urlparse(mlflow.get_logged_model(model_id).artifact_location).path) / "artifacts" / "nnpipe_model" / "weights.npz"
+        weights = Path(urlparse(mlflow.get_logged_model(model_id).artifact_location).path) / "data" / "nnpipe_model" / "weights.npz"
         weights.write_bytes(b"not a zip file")
         tracking.reset()  # each CLI call configures from --tracking-uri
         yield {"uri": uri, "versions": (v1, v2, v3)}
@@ -80,11 +80,13 @@ def test_rollback_refuses_a_version_that_cannot_predict(registry):
     before = tracking.alias_version(NAME, "champion")
     result = cli(registry, "rollback", NAME, "--to", str(v3), "--reason", "try v3")
     assert result.exit_code == 1, result.output
-    assert f"refusing to roll back: models:/{NAME}/{v3} failed to load" in result.output
+    # the damaged file no longer matches its digest from registration: refused before loading, by name
+    assert (f"refusing to roll back: model '{NAME}' v{v3}: file 'data/nnpipe_model/weights.npz' does not match"
+            in result.output)
     assert tracking.alias_version(NAME, "champion") == before
     result = cli(registry, "promote", NAME, str(v3))
     assert result.exit_code == 1, result.output
-    assert f"refusing to promote: models:/{NAME}/{v3} failed to load" in result.output
+    assert f"refusing to promote: model '{NAME}' v{v3}: file 'data/nnpipe_model/weights.npz'" in result.output
     assert tracking.alias_version(NAME, "champion") == before
     assert not any(e["action"] == "rollback" and e["to"] == v3 for e in tracking.alias_history(NAME))
 
