@@ -311,7 +311,7 @@ def _check_magnitude(values: np.ndarray, src: str, what: str, line: Callable[[in
     if big.any():
         i = int(np.flatnonzero(big)[0])
         raise DataError(
-            f"{src}: {what} {line(i)}: value {values[i]!r} is too large (|value| > {MAX_ABS_VALUE:g}); "
+            f"{src}: {what} {line(i)}: value {float(values[i])!r} is too large (|value| > {MAX_ABS_VALUE:g}); "
             "rescale the column (e.g. log or units) before training"
         )
 
@@ -327,7 +327,7 @@ def _numeric_column(series, src: str, col: str, line: Callable[[int], str]) -> n
     bad = ~np.isfinite(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        what = "is missing (NaN)" if np.isnan(values[i]) else f"is infinite ({values[i]!r})"
+        what = "is missing (NaN)" if np.isnan(values[i]) else f"is infinite ({float(values[i])!r})"
         raise DataError(f"{src}: column {col!r} {line(i)} {what}; only finite numbers can be trained on")
     _check_magnitude(values, src, f"column {col!r}", line)
     return values

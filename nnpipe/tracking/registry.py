@@ -127,11 +127,11 @@ def register_model(
     with store_lock():
         mv = mlflow.register_model(model_uri, name, tags=all_tags)
         number = int(mv.version)
-        integrity.record(c, name, number)  # SHA-256 of every model file, checked before any load
         previous = alias_version(name, CANDIDATE, c)
         c.set_registered_model_alias(name, CANDIDATE, str(number))
         history.record(c, name, CANDIDATE, previous, number, action="register",
                        reason=f"registered from run {run_id}")
+    integrity.record(c, name, number)  # SHA-256 of every model file, checked before any load (outside the lock)
     return number
 
 
