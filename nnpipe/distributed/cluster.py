@@ -6,6 +6,16 @@ the ``client`` given; else the ``address``; else ``DASK_SCHEDULER_ADDRESS``;
 else start a :class:`distributed.LocalCluster` of ``workers`` processes with
 one thread each and BLAS pinned to one thread, and close it on exit. A cluster
 this module did not start is never closed.
+
+TLS is configuration, as everywhere in Dask: a ``tls://`` scheduler address
+is reached with the certificates of ``distributed.comm.tls.*`` (e.g.
+``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``, ``..._CLIENT__CERT``,
+``..._CLIENT__KEY``), or with an explicit ``security=``. With
+``distributed.comm.require-encryption: true`` the local cluster nnpipe
+starts listens on ``tls://`` too, with the configured certificates or, if
+none, throwaway ones made for that cluster (``Security.temporary()``); for
+as long as it runs they are this process's client certificates, so the flow
+and training reach it by address like any other cluster.
 """
 
 from __future__ import annotations
@@ -16,7 +26,9 @@ import socket
 from contextlib import contextmanager
 from typing import Iterator
 
+import dask
 from distributed import Client, LocalCluster
+from distributed.security import Security
 
 log = logging.getLogger("nnpipe.distributed")
 
@@ -25,20 +37,47 @@ log = logging.getLogger("nnpipe.distributed")
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def start_local_cluster(workers: int) -> LocalCluster:
-    """A local cluster of ``workers`` single-threaded worker processes.
+def encryption_required() -> bool:
+    """Dask's ``distributed.comm.require-encryption`` setting."""
+    return bool(dask.config.get("distributed.comm.require-encryption", False))
+
+
+def local_security() -> Security | None:
+    """TLS for a local cluster when encryption is required: the configured certificates, else temporary ones."""
+    if not encryption_required():
+        return None
+    configured = Security()
+    if configured.tls_ca_file and configured.tls_scheduler_cert and configured.tls_worker_cert:
+        return configured
+    return Security.temporary()
+
+
+def start_local_cluster(workers: int, security: Security | None = None) -> LocalCluster:
+    """A local cluster of ``workers`` single-threaded worker processes (on ``tls://`` with ``security``).
 
     The dashboard takes a free port (``:0``) so that parallel runs never clash.
     """
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    tls = {} if security is None else {"security": security, "protocol": "tls://", "host": "127.0.0.1"}
     return LocalCluster(
         n_workers=workers,
         threads_per_worker=1,
         processes=True,
         env=dict(SINGLE_THREAD_ENV),
         dashboard_address=":0",
+        **tls,
     )
+
+
+def _as_client_config(security: Security) -> dict[str, object]:
+    """Dask config entries that make ``Client(address)`` in this process use ``security``'s certificates."""
+    return {
+        "distributed.comm.require-encryption": True,
+        "distributed.comm.tls.ca-file": security.tls_ca_file,
+        "distributed.comm.tls.client.cert": security.tls_client_cert,
+        "distributed.comm.tls.client.key": security.tls_client_key,
+    }
 
 
 def _log_dashboard(client: Client, how: str) -> None:
@@ -51,7 +90,8 @@ def _log_dashboard(client: Client, how: str) -> None:
 
 
 @contextmanager
-def connect(address: str | None = None, client: Client | None = None, workers: int = 2) -> Iterator[Client]:
+def connect(address: str | None = None, client: Client | None = None, workers: int = 2,
+            security: Security | None = None) -> Iterator[Client]:
     """A Dask client for the duration of a ``with`` block.
 
     Parameters
@@ -62,6 +102,8 @@ def connect(address: str | None = None, client: Client | None = None, workers: i
         An existing client: yielded as is and left open.
     workers : int
         Size of the local cluster started when neither is given.
+    security : distributed.Security, optional
+        TLS certificates; default: Dask's configuration (``distributed.comm.tls.*``).
 
     Yields
     ------
@@ -72,21 +114,23 @@ def connect(address: str | None = None, client: Client | None = None, workers: i
         return
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     if address:
-        c = Client(address)
+        c = Client(address, security=security)
         _log_dashboard(c, f"existing, {address}")
         try:
             yield c
         finally:
             c.close()  # our connection only; the cluster keeps running
         return
-    cluster = start_local_cluster(workers)
+    security = security or local_security()
+    cluster = start_local_cluster(workers, security)
     try:
-        c = Client(cluster)
-        try:
-            _log_dashboard(c, f"local, {workers} worker processes started for this run")
-            yield c
-        finally:
-            c.close()
+        with dask.config.set(_as_client_config(security) if security is not None else {}):
+            c = Client(cluster, security=security)
+            try:
+                _log_dashboard(c, f"local, {workers} worker processes started for this run")
+                yield c
+            finally:
+                c.close()
     finally:
         cluster.close()
 
