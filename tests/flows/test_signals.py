@@ -40,7 +40,7 @@ def test_signal_ends_the_run_killed_and_leaves_the_champion(signum, store_with_c
 
     (tmp_path / "long.toml").write_text("epochs = 100000\npatience = 100000\n")
     cmd = [str(BIN / "nnpipe"), "train", "--model-name", NAME, "--config", str(tmp_path / "long.toml")]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(tmp_path, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
