@@ -38,8 +38,15 @@ class Scheduled:
 
     def parameters(self, tracking_uri: str | None = None) -> dict[str, Any]:
         """The flow parameters, validated now so that a bad definition fails at deploy time, not at 2 a.m."""
+        from nnpipe.redact import has_credentials, redact
+
         over = dict(self.settings)
         if tracking_uri:
+            if has_credentials(tracking_uri):  # Prefect stores parameters in clear, and shows them in its UI
+                raise ValueError(
+                    f"tracking URI {redact(tracking_uri)} carries credentials, which would be stored as a Prefect "
+                    "parameter; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD on the worker instead"
+                )
             over["tracking_uri"] = tracking_uri
         return {"config": build_config(overrides=over).model_dump(mode="json")}
 

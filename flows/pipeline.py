@@ -145,6 +145,8 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         else:
             ds = tasks.load(config.dataset, config.target, config.task, config.features)
             tasks.validate(ds, config.test_size, config.val_size)
+            if ds.warnings:  # kept on the run, where whoever reviews the model looks
+                tracking.set_run_tags(run_id, {"nnpipe.data.warnings": "; ".join(ds.warnings)})
             splits = tasks.split_scale(ds, config.test_size, config.val_size, train_cfg.seed)
             address = stack.enter_context(dask_cluster(config))
             ds_name, ds_source, ds_task = ds.name, ds.source, ds.task

@@ -102,7 +102,10 @@ def validate(ds: Dataset, test_size: float, val_size: float) -> dict[str, Any]:
     }
     # Loading already rejected non-finite values and unknown targets; what is left
     # to check before splitting is the class counts, which split_and_scale does.
-    get_run_logger().info("validated %s: %s", ds.source, summary)
+    logger = get_run_logger()
+    logger.info("validated %s: %s", ds.source, summary)
+    for warning in ds.warnings:  # e.g. constant columns: kept, but worth a look
+        logger.warning("%s: %s", ds.source, warning)
     return summary
 
 

@@ -265,7 +265,10 @@ def register(app: typer.Typer) -> None:
             for d in chosen:
                 typer.echo(f"{d.name}: {d.cron if interval is None else f'every {interval:g}s'}  {d.parameters()}")
             return
-        tracking_uri = _default_tracking_uri(mlflow_uri)
+        from nnpipe.redact import move_credentials_to_env
+
+        # served in this process: the credentials stay in its environment, not in Prefect's parameters
+        tracking_uri = move_credentials_to_env(_default_tracking_uri(mlflow_uri))
         try:
             serve_deployments(chosen, interval=interval, tracking_uri=tracking_uri, echo=typer.echo)
         except KeyboardInterrupt:

@@ -64,5 +64,5 @@ def test_signal_ends_the_run_killed_and_leaves_the_champion(signum, store_with_c
     c = MlflowClient(tracking_uri=store_with_champion, registry_uri=store_with_champion)
     runs = c.search_runs([c.get_experiment_by_name("nnpipe").experiment_id], order_by=["start_time DESC"])
     assert runs[0].info.status == "KILLED"
-    assert c.get_model_version_by_alias(NAME, "champion").version == "1"
-    assert [v.version for v in c.search_model_versions(f"name='{NAME}'")] == ["1"]
+    assert str(c.get_model_version_by_alias(NAME, "champion").version) == "1"
+    assert [str(v.version) for v in c.search_model_versions(f"name='{NAME}'")] == ["1"]
