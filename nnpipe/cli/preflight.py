@@ -1,7 +1,7 @@
 """What ``nnpipe train`` and ``nnpipe sweep`` check before anything expensive starts.
 
 Order, cheapest first: the configuration (already validated when built), the
-dataset (path, format, header; not the rows), the tracking store (a short
+dataset (path, format, header; every row too for files up to 64 MiB), the tracking store (a short
 probe without MLflow's minutes of retries) and a configured Dask scheduler
 (a TCP connect). Each failure is one line and exit code 1 within seconds,
 before Prefect, an MLflow run or a cluster is started. The checks themselves
@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 STORE_TIMEOUT = 5.0
+FULL_CHECK_BYTES = 64 * 2**20  # files up to this size are read (and every row checked) before the flow
 SCHEDULER_TIMEOUT = 5.0
 
 
 def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable[[str], None]) -> None:
     """Check ``cfg`` (a ``PipelineConfig``) and set its clean tracking URI; ``fail(message)`` on a problem."""
-    from nnpipe.data import DataError, check_source
+    from nnpipe.data import DataError, check_source, load_dataset
 
     try:
         check_source(cfg.dataset, cfg.target)
+        if _small_file(cfg.dataset):  # every row checked now: a bad value is named in seconds, not after start-up
+            load_dataset(cfg.dataset, cfg.target, cfg.task)
     except DataError as exc:
         fail(str(exc))
     from nnpipe.redact import move_credentials_to_env, redact
@@ -50,6 +54,14 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
             check_scheduler(address, timeout=SCHEDULER_TIMEOUT)
         except (ConnectionError, ValueError) as exc:
             fail(redact(str(exc)))
+
+
+def _small_file(source: str) -> bool:
+    """A file small enough to read twice (here, then in the flow) at no noticeable cost."""
+    try:
+        return Path(source).is_file() and Path(source).stat().st_size <= FULL_CHECK_BYTES
+    except OSError:
+        return False
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -139,7 +139,8 @@ def test_cli_refuses_bad_input_before_any_work(case, store, monkeypatch):
     assert snapshot(store["uri"]) == before
 
 
-# Data files whose rows are bad: found when the file is loaded (the flow's first step, before training).
+# Data files whose rows are bad: found when the file is loaded (by the CLI's pre-flight for files up to
+# 64 MiB, else the flow's first step; before training either way).
 DATA_CASES = [
     ("constant-features", "const.csv", "every feature column is constant"),
     ("overflow", "huge.csv", "column 'b' row 8 (line 9): value 1e+300 is too large (|value| > 1e+100)"),
@@ -153,7 +154,7 @@ DATA_CASES = [
 
 
 @pytest.mark.parametrize("case", DATA_CASES, ids=[c[0] for c in DATA_CASES])
-def test_bad_rows_are_named_by_column_and_row(case, store):
+def test_bad_rows_are_named_by_column_and_row(case, store, monkeypatch):
     from nnpipe.data import DataError, load_dataset
 
     _, name, message = case
@@ -161,6 +162,9 @@ def test_bad_rows_are_named_by_column_and_row(case, store):
     with pytest.raises(DataError) as err:
         load_dataset(store["files"] / name, target="y")
     assert message in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    result = runner.invoke(app, ["train", "--dataset", str(store["files"] / name), "--target", "y"])
+    assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1, result.output
     assert snapshot(store["uri"]) == before
 
 
