@@ -83,13 +83,14 @@ def _check_http(uri: str, timeout: float) -> None:
     headers = _auth_header()
     if user is not None:  # credentials still in the URI (not configured yet): use them as MLflow would
         headers = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode()}
-    probes = (f"{base}/health", f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
-    for i, url in enumerate(probes):
-        request = urllib.request.Request(url, headers=headers if i else {})
-        if i:  # search is a POST in MLflow's REST API (GET works too, but not behind every proxy)
-            request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search", method="POST",
-                                             data=json.dumps({"max_results": 1}).encode(),
-                                             headers={**headers, "Content-Type": "application/json"})
+    search = f"{base}/api/2.0/mlflow/experiments/search"
+    probes = (  # /health needs no credentials; a read-only API call checks them
+        urllib.request.Request(f"{base}/health"),
+        urllib.request.Request(search, method="POST", data=json.dumps({"max_results": 1}).encode(),
+                               headers={**headers, "Content-Type": "application/json"}),
+    )
+    for i, request in enumerate(probes):
+        url = request.full_url
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 response.read(1024)

@@ -67,7 +67,9 @@ def check_input(model: Model, model_input: Any) -> np.ndarray:
     """Raw features of ``model_input`` in the trained column order; ValueError naming column and row."""
     names = model.feature_names
     if isinstance(model_input, pd.DataFrame):
-        positional = len(model_input.columns) > 0 and all(isinstance(c, (int, np.integer)) for c in model_input.columns)
+        # integer column labels: an array sent as-is, in the trained column order
+        positional = len(model_input.columns) > 0 and all(isinstance(c, (int, np.integer))
+                                                           for c in model_input.columns)
         if names and not positional:
             missing = [n for n in names if n not in model_input.columns]
             if missing:

@@ -135,7 +135,8 @@ def training_run(
     Notes
     -----
     On an exception the run gets ``nnpipe.failure = "<Type>: <message>"`` and
-    status ``FAILED`` (``KILLED`` on ``KeyboardInterrupt``), then the exception
+    status ``FAILED`` (``KILLED`` on ``KeyboardInterrupt``, a termination signal or
+    ``SystemExit``), then the exception
     is re-raised.
     """
     exp_id = get_or_create_experiment(experiment)
@@ -147,7 +148,9 @@ def training_run(
         log_params(run_id, params)
         yield run
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        # An Exception is a failure; any other BaseException is a stop from outside (Ctrl-C,
+        # SIGTERM as Prefect's TerminationSignal, SystemExit): the run was killed, not broken.
+        status = "FAILED" if isinstance(exc, Exception) else "KILLED"
         reason = _clip(f"{type(exc).__name__}: {exc}", MAX_TAG_VALUE)
         try:
             flush_metrics(run_id)  # a failed run's curves show where it went wrong
