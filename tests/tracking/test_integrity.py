@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+import pandas as pd
 import pytest
 
 from nnpipe import tracking
@@ -26,7 +27,8 @@ def test_tampered_files_are_refused_and_the_champion_stays(sqlite_store, unique_
     assert {"MLmodel", "data/nnpipe_model/model.json", "data/nnpipe_model/weights.npz"} <= set(digests)
 
     served = tracking.load_model(unique_name, v2)  # verified, then loaded from the verified copy
-    assert (served.predict(splits.raw_test[:5]) == model.predict(splits.raw_test[:5])).all()
+    frame = pd.DataFrame(splits.raw_test[:5], columns=splits.feature_names)
+    assert (served.predict(frame) == model.predict(splits.raw_test[:5])).all()
 
     mlmodel = _model_dir(unique_name, v2) / "MLmodel"
     original = mlmodel.read_text()
@@ -46,4 +48,4 @@ def test_tampered_files_are_refused_and_the_champion_stays(sqlite_store, unique_
     with pytest.raises(tracking.RollbackRefused, match=r"file 'data/nnpipe_model/weights.npz' is missing"):
         tracking.rollback(unique_name, to=v2)
     assert tracking.alias_version(unique_name, "champion") == v1
-    assert tracking.load_model(unique_name, "@champion").predict(splits.raw_test[:3]) is not None
+    assert len(tracking.load_model(unique_name, "@champion").predict(frame)) == 5
