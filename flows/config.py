@@ -67,6 +67,15 @@ class PipelineConfig(BaseModel):
 
         return None if value is None else check_model_name(value)
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials_in_the_uri(cls, value: str | None) -> str | None:
+        # This object becomes a Prefect flow-run parameter (stored and shown in clear): the user and
+        # password of an http(s) URI move to MLflow's credential variables and only the clean URI stays.
+        from nnpipe.redact import move_credentials_to_env
+
+        return move_credentials_to_env(value)
+
     @field_validator("experiment")
     @classmethod
     def _experiment_is_valid(cls, value: str) -> str:
