@@ -31,7 +31,14 @@ def _fail(message: str) -> None:
 def _setup(uri: str | None):
     """Configure the store and return the tracking module (imported lazily: mlflow is slow to import)."""
     from nnpipe import tracking
+    from nnpipe.redact import move_credentials_to_env, redact
+    from nnpipe.tracking.preflight import StoreUnavailable, check_store
 
+    uri = move_credentials_to_env(uri or tracking.tracking_uri())
+    try:  # seconds, not MLflow's minutes of retries, when the server is down or refuses us
+        check_store(uri)
+    except StoreUnavailable as exc:
+        _fail(redact(str(exc)))
     tracking.configure(uri)
     return tracking
 
