@@ -21,7 +21,6 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion

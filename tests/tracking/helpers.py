@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from contextlib import contextmanager
+from typing import Iterator
 import signal
 import subprocess
 import sys
@@ -72,6 +75,21 @@ def start_server(cmd: list[str], health: str, log: Path, env: dict[str, str], cw
 # learning rate leaves iris near chance; 40 epochs of Adam learn it.
 WEAK = dict(epochs=1, lr=1e-3, batch_size=16, seed=1)
 STRONG = dict(epochs=40, lr=1e-2, batch_size=16, seed=2)
+
+
+@contextmanager
+def scratch_store(tmp_path_factory, sqlite_template: Path, label: str) -> Iterator[tuple[Path, str]]:
+    """A copy of the migrated template store in a new folder, configured (env, cwd) for the block."""
+    import pytest
+
+    root = tmp_path_factory.mktemp(label)
+    shutil.copy(sqlite_template, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(root)
+        tracking.configure(uri)
+        yield root, uri
 
 
 def train_logged(name: str, ds, splits, experiment: str, **config):

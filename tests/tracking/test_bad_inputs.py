@@ -10,7 +10,6 @@ takes seconds.
 from __future__ import annotations
 
 import math
-import shutil
 
 import mlflow
 import numpy as np
@@ -21,7 +20,7 @@ from typer.testing import CliRunner
 from nnpipe import Dense, Sequential, TrainConfig, tracking
 from nnpipe.api import build_spec, train
 from nnpipe.cli import app
-from tests.tracking.helpers import STRONG, train_logged
+from tests.tracking.helpers import STRONG, scratch_store, train_logged
 
 NAME = "bad-inputs"
 runner = CliRunner()
@@ -30,14 +29,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, sqlite_template, iris_splits):
     """A store holding one champion (v1) of NAME, and a folder of bad data files."""
-    root = tmp_path_factory.mktemp("bad-inputs")
-    shutil.copy(sqlite_template, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
     ds, splits = iris_splits
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(root)
-        tracking.configure(uri)
+    with scratch_store(tmp_path_factory, sqlite_template, "bad-inputs") as (root, uri):
         version, model, _ = train_logged(NAME, ds, splits, experiment=NAME, **{**STRONG, "epochs": 5})
         assert tracking.promote_if_better(NAME, version).promoted
         tracking.reset()

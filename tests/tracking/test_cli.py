@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
@@ -13,7 +12,7 @@ from typer.testing import CliRunner
 
 from nnpipe import tracking
 from nnpipe.cli import app
-from tests.tracking.helpers import NNPIPE, STRONG, WEAK, child_env, train_logged
+from tests.tracking.helpers import NNPIPE, STRONG, WEAK, child_env, scratch_store, train_logged
 
 NAME = "cli-iris"
 runner = CliRunner()
@@ -22,14 +21,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, sqlite_template, iris_splits):
     """v1 weak (gated in), v2 strong (gated in, champion), v3 whose weights file is corrupt."""
-    root = tmp_path_factory.mktemp("cli-store")
-    shutil.copy(sqlite_template, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
     ds, splits = iris_splits
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(root)
-        tracking.configure(uri)
+    with scratch_store(tmp_path_factory, sqlite_template, "cli-store") as (root, uri):
         v1, _, _ = train_logged(NAME, ds, splits, experiment=NAME, **WEAK)
         tracking.promote_if_better(NAME, v1)
         v2, _, _ = train_logged(NAME, ds, splits, experiment=NAME, **STRONG)
