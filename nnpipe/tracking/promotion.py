@@ -119,6 +119,7 @@ def promote_if_better(
     """
     c = client()
     number = version_number(version)
+    get_version(name, number, c)  # an unknown name or version says so before anything is downloaded
     integrity.verify(name, number, c)  # never crown a version whose files changed since registration
     with store_lock():
         mv = get_version(name, number, c)
