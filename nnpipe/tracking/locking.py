@@ -26,21 +26,18 @@ not use this lock (the MLflow UI, another tool).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from nnpipe.tracking.errors import LockTimeout
+from nnpipe.tracking.flock import DEFAULT_TIMEOUT, ENV_LOCK_TIMEOUT, file_lock, sqlite_lock_path
 from nnpipe.tracking.store import current_uri, sqlite_path
 
 ENV_LOCK_DIR = "NNPIPE_LOCK_DIR"
-ENV_LOCK_TIMEOUT = "NNPIPE_LOCK_TIMEOUT"
-DEFAULT_TIMEOUT = 120.0
+__all__ = ["DEFAULT_TIMEOUT", "ENV_LOCK_DIR", "ENV_LOCK_TIMEOUT", "lock_path", "store_lock"]
 
 
 def lock_path(uri: str | None = None) -> Path:
@@ -48,7 +45,7 @@ def lock_path(uri: str | None = None) -> Path:
     uri = uri or current_uri()
     db = sqlite_path(uri)
     if db is not None:
-        return db.with_name(db.name + ".nnpipe.lock")
+        return sqlite_lock_path(db)
     digest = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
     root = Path(os.environ.get(ENV_LOCK_DIR) or tempfile.gettempdir())
     return root / f"nnpipe-registry-{digest}.lock"
@@ -68,26 +65,5 @@ def store_lock(uri: str | None = None, timeout: float | None = None, poll: float
     poll : float
         Seconds between attempts (non-blocking attempts keep the timeout honest).
     """
-    if timeout is None:
-        timeout = float(os.environ.get(ENV_LOCK_TIMEOUT) or DEFAULT_TIMEOUT)
-    path = lock_path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LockTimeout(
-                        f"could not take the registry lock {str(path)!r} within {timeout:g}s"
-                    ) from None
-                time.sleep(poll)
-        try:
-            yield path
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with file_lock(lock_path(uri), timeout, poll) as path:
+        yield path

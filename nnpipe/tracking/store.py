@@ -29,6 +29,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from nnpipe.redact import move_credentials_to_env
+from nnpipe.tracking.flock import file_lock, sqlite_lock_path
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 ENV_REGISTRY_URI = "MLFLOW_REGISTRY_URI"
@@ -102,11 +103,9 @@ def _create_once(uri: str) -> None:
     """
     if uri in _created:
         return
-    from nnpipe.tracking.locking import store_lock  # locking builds on this module
-
     db = sqlite_path(uri)
     db.parent.mkdir(parents=True, exist_ok=True)
-    with store_lock(uri):
+    with file_lock(sqlite_lock_path(db)):  # the lock that orders promotions (locking.lock_path)
         c = MlflowClient(tracking_uri=uri, registry_uri=uri)
         c.search_experiments(max_results=1)
         c.search_registered_models(max_results=1)
