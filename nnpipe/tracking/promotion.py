@@ -119,8 +119,6 @@ def promote_if_better(
     """
     c = client()
     number = version_number(version)
-    get_version(name, number, c)  # an unknown name or version says so before anything is downloaded
-    integrity.verify(name, number, c)  # never crown a version whose files changed since registration
     with store_lock():
         mv = get_version(name, number, c)
         score = version_score(c, mv, metric)
@@ -144,6 +142,7 @@ def promote_if_better(
             promoted, reason = False, (f"v{number} {metric}={_fmt(score)} does not beat champion v{champ} "
                                        f"{_fmt(champ_score)} ({direction} is better)")
         if promoted:
+            integrity.verify(name, number, c)  # never crown a version whose files changed since registration
             _move_champion(c, name, number)
             history.record(c, name, CHAMPION, champ, number, action="gate", reason=reason, actor=actor)
         tags = {

@@ -24,6 +24,7 @@ DataFrame of class probabilities, one column per label.
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from nnpipe.model import Model
 from nnpipe.version import __version__
 from nnpipe.tracking.store import client
 
+_LOG_LOCK = threading.Lock()
 PROBA_PARAM = "predict_proba"
 MODEL_NAME = "model"  # the ``name`` of the logged model within its run
 EXAMPLE_ROWS = 5
@@ -140,7 +142,10 @@ def log_model(run_id: str, model: Model, input_example: Any) -> str:
     signature = _optional_inputs(infer_signature(example, outputs, params={PROBA_PARAM: False}))
     with tempfile.TemporaryDirectory(prefix="nnpipe-model-") as tmp:
         saved = model.save(Path(tmp) / "nnpipe_model")
-        with _in_run(run_id):
+        # One at a time per process: while validating the serving example MLflow patches os.environ's
+        # class to record the variables read, and two threads doing so at once (a sweep's trials)
+        # fail with "Set changed size during iteration".
+        with _LOG_LOCK, _in_run(run_id):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
                 loader_module=LOADER_MODULE,

@@ -26,6 +26,9 @@ def test_password_in_the_tracking_uri_stays_secret(mlflow_server, monkeypatch, t
     monkeypatch.setenv("NNPIPE_LOCK_DIR", str(tmp_path))
     uri = mlflow_server.replace("http://", f"http://alice:{SECRET}@")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the session's test server, not a local one
     try:
         result = CliRunner().invoke(app, ["train", "--epochs", "2", "--model-name", "secret-test"])
     finally:
@@ -43,7 +46,7 @@ def test_password_in_the_tracking_uri_stays_secret(mlflow_server, monkeypatch, t
 
     async def parameters() -> str:
         async with get_client() as client:
-            runs = await client.read_flow_runs(limit=20)
+            runs = await client.read_flow_runs(limit=200)
         return repr([r.parameters for r in runs])
 
     params = asyncio.run(parameters())

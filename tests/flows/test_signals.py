@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -14,6 +15,14 @@ from tests.flows.conftest import BIN, clean_env
 
 pytestmark = pytest.mark.server
 NAME = "sig"
+
+
+@pytest.fixture(scope="module")
+def user_home(tmp_path_factory) -> Iterator[Path]:
+    """One user's HOME for both signals: the local Prefect server nnpipe starts is stopped at the end."""
+    home = tmp_path_factory.mktemp("home")
+    yield home
+    subprocess.run([str(BIN / "nnpipe"), "server", "stop"], env=clean_env(home), capture_output=True, timeout=60)
 
 
 @pytest.fixture
@@ -35,12 +44,12 @@ def store_with_champion(tmp_path: Path) -> str:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_ends_the_run_killed_and_leaves_the_champion(signum, store_with_champion, tmp_path: Path):
+def test_signal_ends_the_run_killed_and_leaves_the_champion(signum, store_with_champion, user_home, tmp_path: Path):
     from mlflow import MlflowClient
 
     (tmp_path / "long.toml").write_text("epochs = 100000\npatience = 100000\n")
     cmd = [str(BIN / "nnpipe"), "train", "--model-name", NAME, "--config", str(tmp_path / "long.toml")]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(tmp_path, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180"), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(user_home), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
