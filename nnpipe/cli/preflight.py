@@ -30,9 +30,11 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
     from nnpipe.data import DataError, check_source, load_dataset
 
     try:
-        check_source(cfg.dataset, cfg.target)
-        if _small_file(cfg.dataset):  # every row checked now: a bad value is named in seconds, not after start-up
-            load_dataset(cfg.dataset, cfg.target, cfg.task)
+        # a large source (directory, glob, URL, big file) is validated part by part on the workers
+        if not cfg.large_source:
+            check_source(cfg.dataset, cfg.target)
+        if not cfg.large_source and _small_file(cfg.dataset):  # every row checked now: a bad value is named in seconds, not after start-up
+            load_dataset(cfg.dataset, cfg.target, cfg.task, cfg.features)
     except DataError as exc:
         fail(str(exc))
     from nnpipe.redact import move_credentials_to_env, redact
