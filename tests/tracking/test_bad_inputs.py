@@ -52,7 +52,6 @@ def store(tmp_path_factory, sqlite_template, iris_splits):
     write("data.json", '[{"a": 1, "y": 0}]')
     (files / "sheet.xlsx").write_bytes(b"PK\x03\x04 not really a workbook")
     (files / "binary.csv").write_bytes(b"\xff\xfe\x00garbage\x00\x81\n")
-    (files / "adir.csv").mkdir()
     write("cfg.json", "{}")
     write("bad.toml", "epochs = [\n")
     yield {"uri": uri, "files": files, "model": model, "splits": splits}
@@ -77,7 +76,7 @@ CLI_CASES = [
     ("xlsx", ["--dataset", "{d}/sheet.xlsx", "--target", "y"], 1, "unsupported format '.xlsx'"),
     ("json", ["--dataset", "{d}/data.json", "--target", "y"], 1, "unsupported format '.json'"),
     ("missing-file", ["--dataset", "{d}/nope.csv", "--target", "y"], 1, "nope.csv: file not found"),
-    ("directory", ["--dataset", "{d}/adir.csv", "--target", "y"], 1, "adir.csv: not a file"),
+    ("missing-parquet", ["--dataset", "{d}/nope.pq", "--target", "y"], 1, "nope.pq: file not found"),
     ("empty-file", ["--dataset", "{d}/empty.csv", "--target", "y"], 1, "empty.csv: file is empty"),
     ("binary", ["--dataset", "{d}/binary.csv", "--target", "y"], 1, "not a UTF-8 text CSV file"),
     ("no-target-flag", ["--dataset", "{d}/dup.csv"], 1, "a target column is required"),
@@ -121,6 +120,7 @@ def test_cli_refuses_bad_input_before_any_work(case, store, monkeypatch):
     if argv[:1] == ["--tracking-uri-env"]:
         uri, argv = argv[1], argv[2:]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("NNPIPE_PREFECT_SERVER", "ephemeral")  # should a case get past pre-flight, leave no server
     monkeypatch.chdir(store["files"])
     before = snapshot(store["uri"])
     result = runner.invoke(app, ["train", *argv])
