@@ -53,6 +53,28 @@ def _run(action):
         _fail(str(exc))
 
 
+def _report_outside(tracking, name: str) -> None:
+    """Record and report alias moves made outside nnpipe (MLflow UI, another client) since the last one it saw."""
+    from nnpipe.tracking.promotion import describe_outside
+
+    for line in describe_outside(_run(lambda: tracking.sync_aliases(name))):
+        _console(stderr=True).print(f"[bold yellow]note:[/] moved outside nnpipe: {line}; recorded in the history",
+                                    markup=True, soft_wrap=True)
+
+
+def _links(tracking, name: str, version: int | None = None) -> None:
+    from nnpipe.tracking import links
+    from nnpipe.tracking.store import current_uri
+
+    uri = current_uri()
+    target = links.version_url(uri, name, version) if version is not None else links.model_url(uri, name)
+    line = f"MLflow:      {target}"
+    command = links.ui_command(uri)
+    if command:
+        line += f"  (serve it with: {command})"
+    _console().print(line, soft_wrap=True)
+
+
 def _num(value: str | None) -> str:
     if value is None:
         return ""
@@ -68,10 +90,11 @@ def models(
 ) -> None:
     """List the versions of model NAME with their metrics, aliases and status."""
     tracking = _setup(tracking_uri)
+    _report_outside(tracking, name)
     rows = _run(lambda: tracking.list_versions(name))
     present = [m for m in SHOWN_METRICS if any(m in r["metrics"] for r in rows)]
     table = Table(title=f"model {name!r}: {len(rows)} version(s)")
-    for col in ("version", "aliases", "status", "run status", *present, "gate", "created", "run id"):
+    for col in ("version", "aliases", "status", "run status", *present, "gate", "champion", "created", "run id"):
         table.add_column(col, justify="right" if col in ("version", *present) else "left")
     for r in rows:
         aliases = ", ".join(r["aliases"])
@@ -82,10 +105,12 @@ def models(
             r["run_status"] or "",
             *(_num(r["metrics"].get(m)) for m in present),
             r["gate"].get("decision", ""),
+            r.get("champion", ""),
             r["created"] or "",
             r["run_id"] or "",
         )
     _console().print(table)
+    _links(tracking, name)
 
 
 def promote(
@@ -93,17 +118,23 @@ def promote(
     version: str = typer.Argument(..., help="Version to make champion."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
     check: bool = typer.Option(True, "--check/--no-check", help="First load VERSION and predict on its input example."),
+    force: bool = typer.Option(False, "--force", help="Promote even though the promotion gate rejected VERSION."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
 ) -> None:
-    """Make VERSION of model NAME the champion (no gate: a human decision)."""
+    """Make VERSION of model NAME the champion (no gate: a human decision; --force over a gate rejection)."""
     tracking = _setup(tracking_uri)
     number = _run(lambda: tracking.registry.version_number(version))
-    previous = _run(lambda: tracking.promote(name, number, reason=reason, check=check))
+    _report_outside(tracking, name)
+    decision, gate_reason = _run(lambda: tracking.promotion.gate_verdict(tracking.get_version(name, number)))
+    previous = _run(lambda: tracking.promote(name, number, reason=reason, check=check, force=force))
     if previous == number:
         _console().print(f"{name}: v{number} is already the champion; nothing changed")
     else:
         was = "none" if previous is None else f"v{previous}"
-        _console().print(f"{name}: champion {was} -> v{number}")
+        _console().print(f"{name}: champion {was} -> v{number}", soft_wrap=True)
+        if decision == "rejected":
+            _console().print(f"forced over the promotion gate, which said: {gate_reason}", soft_wrap=True)
+    _links(tracking, name, number)
 
 
 def rollback(
@@ -114,10 +145,12 @@ def rollback(
 ) -> None:
     """Move the champion of NAME back (to the previous champion, or --to VERSION) after a test prediction."""
     tracking = _setup(tracking_uri)
+    _report_outside(tracking, name)
     before = _run(lambda: tracking.alias_version(name, tracking.CHAMPION))
     target = _run(lambda: tracking.rollback(name, to=to, reason=reason))
     was = "none" if before is None else f"v{before}"
     _console().print(f"{name}: champion {was} -> v{target} (rolled back; v{target} loaded and predicted on its input example)")
+    _links(tracking, name, target)
 
 
 def history(
@@ -126,17 +159,28 @@ def history(
 ) -> None:
     """Show who moved which alias of NAME, when, from which version to which, and why."""
     tracking = _setup(tracking_uri)
+    _report_outside(tracking, name)
     events = _run(lambda: tracking.alias_history(name))
-    table = Table(title=f"alias history of {name!r}: {len(events)} move(s)")
-    for col in ("#", "time (UTC)", "alias", "from", "to", "action", "actor", "reason"):
+    metrics = sorted({e["metric"] for e in events if e.get("metric")})
+    table = Table(title=f"alias history of {name!r}: {len(events)} move(s)"
+                  + (f"; scores: {', '.join(metrics)}" if metrics else ""))
+    for col in ("#", "time (UTC)", "alias", "move", "action", "actor", "scores", "reason"):
         table.add_column(col, overflow="fold")
+
+    def v(x) -> str:
+        return "none" if x is None else f"v{x}"
+
     for e in events:
+        scores = ""
+        if e.get("metric"):
+            scores = f"{_num(e.get('from_score')) or '-'} -> {_num(e.get('to_score')) or '-'}"
         table.add_row(
-            str(e.get("seq", "")), str(e.get("time", "")), str(e.get("alias", "")),
-            "" if e.get("from") is None else f"v{e['from']}", f"v{e.get('to')}",
-            str(e.get("action", "")), str(e.get("actor", "")), str(e.get("reason", "")),
+            str(e.get("seq", "")), str(e.get("time", ""))[:19].replace("T", " "), str(e.get("alias", "")),
+            f"{v(e.get('from'))} -> {v(e.get('to'))}", str(e.get("action", "")), str(e.get("actor", "")),
+            scores, str(e.get("reason", "")),
         )
     _console().print(table)
+    _links(tracking, name)
 
 
 def register(app: typer.Typer) -> None:

@@ -19,6 +19,7 @@ The only package in nnpipe that imports mlflow. Typical use (what the flow does)
 from nnpipe.tracking.errors import (
     LockTimeout,
     NotServableError,
+    PromotionRefused,
     RegistrationRefused,
     RollbackRefused,
     TrackingError,
@@ -31,17 +32,24 @@ from nnpipe.tracking.lineage import git_revision, run_tags
 from nnpipe.tracking.locking import lock_path, store_lock
 from nnpipe.tracking import nested
 from nnpipe.tracking.plots import fetch_checkpoints, log_checkpoints, log_training_artifacts
-from nnpipe.tracking.promotion import PromotionDecision, check_servable, promote, promote_if_better, rollback
+from nnpipe.tracking.promotion import (
+    PromotionDecision,
+    check_servable,
+    promote,
+    promote_if_better,
+    rollback,
+)
 from nnpipe.tracking.pyfunc import NnpipePyfunc, log_model
 from nnpipe.tracking.registry import (
-    alias_history,
-    previous_champion,
     CANDIDATE,
     CHAMPION,
+    alias_history,
     alias_version,
     get_version,
     list_versions,
+    previous_champion,
     register_model,
+    sync_aliases,
 )
 from nnpipe.tracking.runs import (
     FAILURE_TAG,
@@ -67,6 +75,7 @@ __all__ = [
     "NotServableError",
     "NnpipePyfunc",
     "PromotionDecision",
+    "PromotionRefused",
     "RegistrationRefused",
     "RollbackRefused",
     "TrackingError",
@@ -102,6 +111,7 @@ __all__ = [
     "run_tags",
     "set_run_tags",
     "store_lock",
+    "sync_aliases",
     "tracking_uri",
     "training_run",
 ]

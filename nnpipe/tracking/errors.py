@@ -29,3 +29,7 @@ class RollbackRefused(TrackingError):
 
 class LockTimeout(TrackingError):
     """The promotion lock could not be taken in time (another gate is stuck?)."""
+
+
+class PromotionRefused(TrackingError):
+    """A manual promotion of a version the gate rejected, without ``force``."""

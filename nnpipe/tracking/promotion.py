@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from nnpipe.tracking import history, integrity, registry
-from nnpipe.tracking.errors import NotServableError, RollbackRefused, TrackingError
+from nnpipe.tracking import history, integrity, story
+from nnpipe.tracking.errors import NotServableError, PromotionRefused, RollbackRefused, TrackingError
 from nnpipe.tracking.locking import store_lock
-from nnpipe.tracking.registry import CHAMPION, RUN_ID_TAG, alias_version, get_registered, get_version, version_number
+from nnpipe.tracking.registry import (
+    CHAMPION, RUN_ID_TAG, alias_version, get_registered, get_version, previous_champion, sync_aliases,
+    sync_aliases_locked, version_number,
+)
 from nnpipe.tracking.store import client
 
 GATE_PREFIX = "nnpipe.gate."
@@ -51,6 +54,9 @@ class PromotionDecision:
     metric : str
     greater_is_better : bool
     reason : str
+    outside_moves : list of str
+        Alias moves made outside nnpipe and noticed by this gate (recorded in
+        the history before deciding), e.g. ``champion v1 -> v3``.
     """
 
     promoted: bool
@@ -61,9 +67,18 @@ class PromotionDecision:
     metric: str
     greater_is_better: bool
     reason: str
+    outside_moves: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def describe_outside(events: list[dict[str, Any]]) -> list[str]:
+    """``champion v1 -> v3 (noticed 2026-11-29 05:53:02 UTC)`` for each outside-move event."""
+    def v(x: Any) -> str:
+        return "none" if x is None else f"v{x}"
+    return [f"{e['alias']} {v(e['from'])} -> {v(e['to'])} (noticed {story.when(e['time'])} UTC, who: unknown)"
+            for e in events]
 
 
 def version_score(c: MlflowClient, mv: ModelVersion, metric: str) -> float | None:
@@ -73,6 +88,10 @@ def version_score(c: MlflowClient, mv: ModelVersion, metric: str) -> float | Non
         return None
     value = c.get_run(run_id).data.metrics.get(metric)
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _score_of(c: MlflowClient, name: str, version: int | None, metric: str) -> float | None:
+    return None if version is None else version_score(c, c.get_model_version(name, str(version)), metric)
 
 
 def _fmt(x: float | None) -> str:
@@ -89,6 +108,18 @@ def _move_champion(c: MlflowClient, name: str, version: int) -> None:
         )
 
 
+def _record_champion_move(c: MlflowClient, name: str, previous: int | None, version: int, action: str,
+                          reason: str, actor: str | None, metric: str | None = None) -> dict[str, Any]:
+    """Move ``champion`` to ``version``, record it with both scores, and rewrite the descriptions."""
+    if metric is None:
+        metric, _ = story.promotion_metric(get_registered(name, c).tags)
+    _move_champion(c, name, version)
+    event = history.record(c, name, CHAMPION, previous, version, action=action, reason=reason, actor=actor,
+                           metric=metric, from_score=_score_of(c, name, previous, metric),
+                           to_score=_score_of(c, name, version, metric))
+    return event
+
+
 def promote_if_better(
     name: str,
     version: int,
@@ -99,8 +130,11 @@ def promote_if_better(
     """Make ``version`` the champion if it beats the current one on ``metric`` (or there is none).
 
     Ties keep the current champion. The decision, both scores and the reason
-    are recorded on the version as ``nnpipe.gate.*`` tags; a promotion is also
-    recorded in the alias history.
+    are recorded on the version as ``nnpipe.gate.*`` tags (the gate's verdict
+    at that time; the version's current champion status is the tag
+    ``nnpipe.champion`` and its description); a promotion is also recorded in
+    the alias history. A champion moved outside nnpipe since the last recorded
+    move is recorded first and named in the decision.
 
     Parameters
     ----------
@@ -121,6 +155,9 @@ def promote_if_better(
     number = version_number(version)
     with store_lock():
         mv = get_version(name, number, c)
+        outside = describe_outside(sync_aliases_locked(c, name))
+        c.set_registered_model_tag(name, story.METRIC_TAG, metric)
+        c.set_registered_model_tag(name, story.DIRECTION_TAG, str(bool(greater_is_better)))
         score = version_score(c, mv, metric)
         champ = alias_version(name, CHAMPION, c)
         champ_score = None
@@ -141,10 +178,11 @@ def promote_if_better(
         else:
             promoted, reason = False, (f"v{number} {metric}={_fmt(score)} does not beat champion v{champ} "
                                        f"{_fmt(champ_score)} ({direction} is better)")
+        if outside:
+            reason += "; note: moved outside nnpipe before this gate: " + "; ".join(outside)
         if promoted:
             integrity.verify(name, number, c)  # never crown a version whose files changed since registration
-            _move_champion(c, name, number)
-            history.record(c, name, CHAMPION, champ, number, action="gate", reason=reason, actor=actor)
+            _record_champion_move(c, name, champ, number, "gate", reason, actor, metric)
         tags = {
             "decision": "promoted" if promoted else "rejected",
             "metric": metric,
@@ -157,11 +195,18 @@ def promote_if_better(
         }
         for key, value in tags.items():
             c.set_model_version_tag(name, str(number), GATE_PREFIX + key, value)
-    return PromotionDecision(promoted, number, score, champ, champ_score, metric, greater_is_better, reason)
+        story.refresh(c, name, {number} | ({champ} if champ is not None else set()))
+    return PromotionDecision(promoted, number, score, champ, champ_score, metric, greater_is_better, reason, outside)
+
+
+def gate_verdict(mv: ModelVersion) -> tuple[str | None, str]:
+    """The gate's decision on a version (``promoted``, ``rejected`` or None if never gated) and its reason."""
+    return mv.tags.get(GATE_PREFIX + "decision"), mv.tags.get(GATE_PREFIX + "reason", "")
 
 
 def promote(
-    name: str, version: int, reason: str | None = None, actor: str | None = None, check: bool = True
+    name: str, version: int, reason: str | None = None, actor: str | None = None, check: bool = True,
+    force: bool = False,
 ) -> int | None:
     """Make ``version`` the champion without the gate (a human decision); returns the previous champion.
 
@@ -174,16 +219,27 @@ def promote(
     actor : str, optional
     check : bool
         First load the version and predict on its input example (as rollback does).
+    force : bool
+        Promote even though the gate rejected this version (the gate's reason
+        is kept in the history).
 
     Raises
     ------
     UnknownModelError, UnknownVersionError
+    PromotionRefused
+        The gate rejected ``version`` and ``force`` is off; the message says what the gate said.
     NotServableError
         ``check`` is on and the version cannot load or predict.
     """
     c = client()
     number = version_number(version)
-    get_version(name, number, c)
+    mv = get_version(name, number, c)
+    decision, gate_reason = gate_verdict(mv)
+    overruled = decision == "rejected"
+    if overruled and not force and alias_version(name, CHAMPION, c) != number:
+        raise PromotionRefused(
+            f"the promotion gate rejected v{number} of {name!r}: {gate_reason}; pass --force to promote it anyway"
+        )
     if check and alias_version(name, CHAMPION, c) != number:
         try:
             check_servable(name, number)
@@ -191,11 +247,14 @@ def promote(
             raise NotServableError(f"refusing to promote: {exc}") from exc
     with store_lock():
         get_version(name, number, c)
+        sync_aliases_locked(c, name)
         previous = alias_version(name, CHAMPION, c)
         if previous != number:
-            _move_champion(c, name, number)
-            history.record(c, name, CHAMPION, previous, number, action="promote",
-                           reason=reason or "manual promotion", actor=actor)
+            why = reason or "manual promotion"
+            if overruled:
+                why += f" (forced over the gate, which rejected it: {gate_reason})"
+            _record_champion_move(c, name, previous, number, "promote", why, actor)
+            story.refresh(c, name, {number} | ({previous} if previous is not None else set()))
     return previous
 
 
@@ -235,8 +294,10 @@ def rollback(
 ) -> int:
     """Move ``champion`` back to ``to`` (default: the previous champion in the history).
 
-    The target is loaded and run on its input example first; a target that
-    cannot serve is refused and the champion stays where it is.
+    Moves made outside nnpipe are recorded first, so the previous champion is
+    the one before wherever the champion really is now. The target is loaded
+    and run on its input example first; a target that cannot serve is refused
+    and the champion stays where it is.
 
     Returns
     -------
@@ -251,10 +312,10 @@ def rollback(
         or the champion moved while the target was being checked.
     """
     c = client()
-    get_registered(name, c)
+    sync_aliases(name)
     current = alias_version(name, CHAMPION, c)
     if to is None:
-        target = registry.previous_champion(name, current)
+        target = previous_champion(name, current)
         if target is None:
             raise RollbackRefused(
                 f"model {name!r} has no previous champion in its history (champion: "
@@ -276,7 +337,6 @@ def rollback(
                 f"champion of {name!r} moved from v{current} to v{now} while v{target} was being checked; "
                 "look at `nnpipe history` and retry"
             )
-        _move_champion(c, name, target)
-        history.record(c, name, CHAMPION, current, target, action="rollback",
-                       reason=reason or "rollback", actor=actor)
+        _record_champion_move(c, name, current, target, "rollback", reason or "rollback", actor)
+        story.refresh(c, name, {target} | ({current} if current is not None else set()))
     return target

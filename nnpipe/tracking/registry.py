@@ -8,6 +8,7 @@ Versions are numbered by MLflow. Each new version gets the alias
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from typing import Any, Mapping
 
 import mlflow
@@ -15,14 +16,14 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
-from nnpipe.tracking import history, integrity
+from nnpipe.tracking import history, integrity, story
 from nnpipe.tracking.errors import RegistrationRefused, UnknownModelError, UnknownVersionError
 from nnpipe.tracking.locking import store_lock
 from nnpipe.tracking.store import client
 
 CANDIDATE = "candidate"
-CHAMPION = "champion"
-RUN_ID_TAG = "nnpipe.run_id"
+CHAMPION = story.CHAMPION
+RUN_ID_TAG = story.RUN_ID_TAG
 
 
 def _not_found(exc: MlflowException) -> bool:
@@ -127,12 +128,89 @@ def register_model(
     with store_lock():
         mv = mlflow.register_model(model_uri, name, tags=all_tags)
         number = int(mv.version)
+        sync_aliases_locked(c, name)
         previous = alias_version(name, CANDIDATE, c)
         c.set_registered_model_alias(name, CANDIDATE, str(number))
         history.record(c, name, CANDIDATE, previous, number, action="register",
                        reason=f"registered from run {run_id}")
+        story.refresh(c, name, {number})
     integrity.record(c, name, number)  # SHA-256 of every model file, checked before any load (outside the lock)
     return number
+
+
+def alias_history(name: str, alias: str | None = None) -> list[dict[str, Any]]:
+    """Alias moves of model ``name`` (optionally of one ``alias``), oldest first.
+
+    Moves made outside nnpipe appear once nnpipe has noticed them
+    (:func:`sync_aliases`; ``nnpipe history`` syncs first).
+
+    Raises
+    ------
+    UnknownModelError
+    """
+    c = client()
+    get_registered(name, c)
+    return [e for e in history.load_events(c, name) if alias is None or e.get("alias") == alias]
+
+
+def previous_champion(name: str, current: int | None) -> int | None:
+    """The champion before ``current`` according to the history, or None."""
+    return history.previous_in(alias_history(name, CHAMPION), current)
+
+
+def sync_aliases_locked(c: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """Record alias moves made outside nnpipe (caller holds the store lock); returns the new events.
+
+    Compares where each alias points now with where its last recorded move
+    left it. A difference is a move nnpipe did not make (the MLflow UI's alias
+    dialog, another client): it is recorded as action ``outside``, actor
+    unknown, at the time it was noticed, with the metric on both sides.
+    """
+    events = history.load_events(c, name)
+    model = c.get_registered_model(name)
+    live = {alias: int(v) for alias, v in model.aliases.items()}
+    recorded = history.last_recorded(events)
+    metric, _ = story.promotion_metric(model.tags)
+    found = []
+    for alias in sorted(set(live) | {a for a, v in recorded.items() if v is not None}):
+        was, now = recorded.get(alias), live.get(alias)
+        if was == now:
+            continue
+        extra: dict[str, Any] = {}
+        if alias == CHAMPION:
+            extra = {"metric": metric, "from_score": _score(c, name, was, metric),
+                     "to_score": _score(c, name, now, metric)}
+        what = f"set to v{now}" if now is not None else "removed"
+        event = history.record(
+            c, name, alias, was, now, action="outside", actor=history.OUTSIDE_ACTOR,
+            reason=f"alias {alias!r} {what} outside nnpipe (MLflow UI or another client); "
+                   f"nnpipe last recorded {'none' if was is None else f'v{was}'}", detected=True, **extra)
+        found.append(event)
+        events.append(event)
+    if found:
+        story.refresh(c, name, {v for e in found for v in (e["from"], e["to"]) if v is not None}, events)
+    return found
+
+
+def sync_aliases(name: str) -> list[dict[str, Any]]:
+    """:func:`sync_aliases_locked` under the store lock, for readers (``models``, ``history``)."""
+    c = client()
+    get_registered(name, c)
+    with store_lock():
+        return sync_aliases_locked(c, name)
+
+
+def _score(c: MlflowClient, name: str, version: int | None, metric: str) -> float | None:
+    """``metric`` of the run behind ``version`` (None when unknown or not finite)."""
+    if version is None:
+        return None
+    try:
+        mv = c.get_model_version(name, str(version))
+        run_id = mv.run_id or mv.tags.get(RUN_ID_TAG)
+        value = c.get_run(run_id).data.metrics.get(metric) if run_id else None
+    except MlflowException:
+        return None
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _iso(ms: int | None) -> str | None:
@@ -178,30 +256,8 @@ def list_versions(name: str) -> list[dict[str, Any]]:
             "created": _iso(mv.creation_timestamp),
             "metrics": metrics,
             "gate": {k[len("nnpipe.gate."):]: v for k, v in mv.tags.items() if k.startswith("nnpipe.gate.")},
+            "champion": mv.tags.get(story.STATUS_TAG, ""),
             "tags": dict(mv.tags),
             "source": mv.source,
         })
     return rows
-
-
-# Reads of the alias history live here, beside the registry lookups they need,
-# so that history.py (the record format) imports nothing back from this module.
-def alias_history(name: str, alias: str | None = None) -> list[dict[str, Any]]:
-    """Alias moves of model ``name`` (optionally of one ``alias``), oldest first.
-
-    Raises
-    ------
-    UnknownModelError
-    """
-    events = history._events(get_registered(name).tags)
-    return [e for e in events if alias is None or e.get("alias") == alias]
-
-
-def previous_champion(name: str, current: int | None) -> int | None:
-    """The champion before ``current`` according to the history, or None."""
-    stack = history.champion_stack(alias_history(name, "champion"))
-    while stack and stack[-1] == current:
-        stack.pop()
-    # entries equal to current deeper down (an old reign) are skipped too
-    stack = [v for v in stack if v != current]
-    return stack[-1] if stack else None

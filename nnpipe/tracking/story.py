@@ -1,0 +1,182 @@
+"""The champion's story where MLflow users look: the registered model's and each version's description.
+
+MLflow renders both descriptions as markdown on the model pages. nnpipe
+regenerates them after every alias move it makes or notices (callers hold
+the store lock), from the history (:mod:`nnpipe.tracking.history`) and the
+versions' runs, so hand edits there are overwritten; the history itself is
+the ledger, not this text.
+
+* Registered model: the champion and candidate now, the gate metric, and a
+  table of ``champion`` moves, newest first: when, move, from, to, who, why,
+  and the metric on both sides.
+* Each version: its final metrics, the gate's decision, and when it became
+  and stopped being champion. The same champion status is kept in the
+  version tag ``nnpipe.champion`` (tags show in ``nnpipe models``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from nnpipe.tracking import history
+
+CHAMPION = "champion"
+RUN_ID_TAG = "nnpipe.run_id"
+METRIC_TAG = "nnpipe.promotion_metric"
+DIRECTION_TAG = "nnpipe.greater_is_better"
+STATUS_TAG = "nnpipe.champion"
+DEFAULT_METRIC = "test/accuracy"
+MAX_DESCRIPTION = 4800  # the registry's description columns hold 5000 characters
+SUMMARY_PREFIXES = ("test/", "val/")
+
+
+def promotion_metric(tags: dict[str, str]) -> tuple[str, bool]:
+    """The metric the gate last used on this model (from its tags), and its direction."""
+    return tags.get(METRIC_TAG, DEFAULT_METRIC), tags.get(DIRECTION_TAG, "True") == "True"
+
+
+def fmt(x: Any) -> str:
+    if x is None:
+        return "–"
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return "–" if not math.isfinite(x) else f"{x:.4g}"
+
+
+def when(iso: str | None) -> str:
+    """``2026-11-29T05:53:02.123+00:00`` -> ``2026-11-29 05:53:02``."""
+    return (iso or "")[:19].replace("T", " ")
+
+
+def _cell(text: Any) -> str:
+    """A markdown table cell: no pipes or line breaks to break the row."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip()
+
+
+def _v(version: Any) -> str:
+    return "–" if version is None else f"v{version}"
+
+
+def reigns(events: list[dict[str, Any]], alias: str = CHAMPION) -> dict[int, list[dict[str, Any]]]:
+    """Per version, its reigns as ``alias``: ``{"start": event, "end": event or None}``."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    holder: int | None = None
+    for e in events:
+        if e.get("alias") != alias:
+            continue
+        if holder is not None and out.get(holder) and out[holder][-1]["end"] is None:
+            out[holder][-1]["end"] = e
+        holder = e.get("to")
+        if holder is not None:
+            out.setdefault(int(holder), []).append({"start": e, "end": None})
+    return out
+
+
+def _move(e: dict[str, Any]) -> str:
+    return {"gate": "gate", "promote": "promote", "rollback": "rollback", "outside": "outside nnpipe",
+            "register": "register"}.get(e.get("action", ""), str(e.get("action", "")))
+
+
+def model_markdown(name: str, aliases: dict[str, Any], events: list[dict[str, Any]], metric: str,
+                   greater: bool, ledger: str | None = None) -> str:
+    """The registered model's description: current aliases and the champion history table."""
+    champ, cand = aliases.get(CHAMPION), aliases.get("candidate")
+    lines = [f"**Champion:** {_v(champ)} · **candidate:** {_v(cand)} · "
+             f"**gate metric:** `{metric}` ({'higher' if greater else 'lower'} is better)", ""]
+    moves = [e for e in events if e.get("alias") == CHAMPION]
+    lines += [f"### Champion history ({len(moves)} move{'s' if len(moves) != 1 else ''}, newest first)", ""]
+    if not moves:
+        lines.append("No champion yet: the gate promotes the first version with a finite "
+                     f"`{metric}`, or `nnpipe promote {name} VERSION`.")
+    header = ["| when (UTC) | move | from | to | who | why | " + f"{_cell(metric)}: from → to |",
+              "|---|---|---|---|---|---|---|"]
+    rows: list[str] = []
+    footer = [""]
+    size = sum(len(x) + 1 for x in lines + header) + 400
+    for e in reversed(moves):
+        row = "| {} | {} | {} | {} | {} | {} | {} → {} |".format(
+            when(e.get("time")), _move(e), _v(e.get("from")), _v(e.get("to")), _cell(e.get("actor", "")),
+            _cell(e.get("reason", ""))[:300], fmt(e.get("from_score")), fmt(e.get("to_score")))
+        if size + len(row) > MAX_DESCRIPTION:
+            footer.append(f"*{len(moves) - len(rows)} older move(s) not shown here.*")
+            break
+        rows.append(row)
+        size += len(row) + 1
+    if moves:
+        lines += header + rows
+    footer.append(f"*Written by nnpipe on every move (edits here are overwritten). Every alias move, "
+                  f"machine-readable: `nnpipe history {name}`"
+                  + (f", or `{history.ARTIFACT}` of run `{ledger}` in experiment `{history.LEDGER_EXPERIMENT}`"
+                     if ledger else "") + ".*")
+    return "\n".join(lines + footer)
+
+
+def status_text(version: int, aliases: dict[str, Any], spans: list[dict[str, Any]]) -> str:
+    """``champion since ...`` / ``champion ... until ... (replaced by v4: rollback)`` / ``never champion``."""
+    if not spans:
+        return "never champion"
+    parts = []
+    for s in spans:
+        start = f"{when(s['start'].get('time'))} ({_move(s['start'])} by {s['start'].get('actor', '?')})"
+        end = s["end"]
+        if end is None:
+            current = str(aliases.get(CHAMPION)) == str(version)
+            parts.append(f"champion since {start}" if current else f"champion from {start}")
+        else:
+            by = "removed" if end.get("to") is None else f"replaced by v{end.get('to')}"
+            parts.append(f"champion {start} until {when(end.get('time'))} ({by}: {_move(end)})")
+    return "; ".join(parts)
+
+
+def version_markdown(name: str, version: int, run: Any, tags: dict[str, str], status: str,
+                     aliases_of_version: list[str]) -> str:
+    """A version's description: final metrics, the gate's decision, its champion reigns."""
+    lines = [f"**{name} v{version}**" + (f" · aliases: {', '.join(aliases_of_version)}" if aliases_of_version else "")]
+    if run is not None:
+        metrics = run.data.metrics
+        shown = [f"`{k}` {fmt(v)}" for k, v in sorted(metrics.items()) if k.startswith(SUMMARY_PREFIXES)]
+        name_of_run = run.data.tags.get("mlflow.runName", run.info.run_id)
+        lines += ["", f"**Run:** {name_of_run} (`{run.info.run_id}`, {run.info.status})",
+                  "", "**Final metrics:** " + (" · ".join(shown) if shown else "none logged")]
+    gate = {k.removeprefix("nnpipe.gate."): v for k, v in tags.items() if k.startswith("nnpipe.gate.")}
+    if gate:
+        lines += ["", f"**Gate ({when(gate.get('time'))} UTC):** {gate.get('decision', '?')} — {gate.get('reason', '')}"]
+    else:
+        lines += ["", "**Gate:** not gated"]
+    lines += ["", f"**Champion:** {status}"]
+    return "\n".join(lines)[:MAX_DESCRIPTION]
+
+
+def refresh(c: MlflowClient, name: str, versions: Iterable[int] = (), events: list[dict[str, Any]] | None = None) -> None:
+    """Rewrite ``name``'s description and those of ``versions`` (caller holds the store lock)."""
+    events = history.load_events(c, name) if events is None else events
+    model = c.get_registered_model(name)
+    metric, greater = promotion_metric(model.tags)
+    c.update_registered_model(name, description=model_markdown(
+        name, model.aliases, events, metric, greater, history.ledger_run_id(c, name)))
+    spans = reigns(events)
+    by_version: dict[str, list[str]] = {}
+    for alias, v in model.aliases.items():
+        by_version.setdefault(str(v), []).append(alias)
+    for number in sorted({int(v) for v in versions}):
+        try:
+            mv = c.get_model_version(name, str(number))
+        except MlflowException:
+            continue  # deleted meanwhile: nothing to describe
+        run = None
+        run_id = mv.run_id or mv.tags.get(RUN_ID_TAG)
+        if run_id:
+            try:
+                run = c.get_run(run_id)
+            except MlflowException:
+                run = None
+        status = status_text(number, model.aliases, spans.get(number, []))
+        c.set_model_version_tag(name, str(number), STATUS_TAG, status)
+        c.update_model_version(name, str(number), description=version_markdown(
+            name, number, run, mv.tags, status, sorted(by_version.get(str(number), []))))
