@@ -8,6 +8,7 @@ data is read or any MLflow run is opened. The training fields are
 
 from __future__ import annotations
 
+import inspect
 import tomllib
 from dataclasses import fields as dc_fields
 from pathlib import Path
@@ -57,6 +58,7 @@ class PipelineConfig(BaseModel):
     scheduler_address: str | None = Field(None, description="Dask scheduler address; unset: a local cluster is started for the run.")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; unset: MLFLOW_TRACKING_URI or sqlite:///mlflow.db.")
     resume_from: str | None = Field(None, description="MLflow run id whose logged checkpoints this run continues from.")
+    metrics_port: int | None = Field(None, ge=0, lt=65536, description="Serve live training metrics for Prometheus on this port (0: a free one) while training; unset: NNPIPE_METRICS_PORT, else off.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(**PIPELINE_TRAIN_DEFAULTS), description="Optimisation, stopping and distributed coordination.")
 
     @field_validator("model_name")
@@ -122,16 +124,52 @@ class PipelineConfig(BaseModel):
         return metric, greater
 
     def mlflow_params(self) -> dict[str, Any]:
-        """Flat parameters for the MLflow run (training fields unprefixed, as scripts expect)."""
+        """The MLflow run's parameters: every setting with the value training really uses.
+
+        Optimizer and schedule options show their effective values (``lr``
+        0.001 for Adam, not None); settings that do not apply to the mode
+        (``workers`` on a single-process run, ``max_staleness`` outside
+        ``async``), unset options and where things ran (tracking URI, scheduler
+        address: tags and links say that) are left out. The promotion metric
+        depends on the task, known once the data is loaded: :meth:`promotion_params`.
+        """
+        skip = {"train", "tracking_uri", "scheduler_address", "promotion_metric", "greater_is_better", "metrics_port"}
+        params = {k: v for k, v in self.model_dump(exclude=skip).items() if v is not None}
         from nnpipe.redact import redact
 
-        params = {k: v for k, v in self.model_dump(exclude={"train"}).items()}
-        for key in ("tracking_uri", "scheduler_address", "dataset"):  # never a password in a param
-            if isinstance(params.get(key), str):
-                params[key] = redact(params[key])
+        if isinstance(params.get("dataset"), str):  # never a password in a param
+            params["dataset"] = redact(params["dataset"])
         params["hidden"] = ",".join(map(str, self.hidden))
-        params.update(self.train.to_dict())
+        effective = self.train.effective()
+        from nnpipe import schedules
+
+        factory = schedules.SCHEDULES[self.train.schedule]
+        for name, p in inspect.signature(factory).parameters.items():
+            if name in effective and effective[name] is None and p.default is not inspect.Parameter.empty:
+                effective[name] = p.default
+        for key, value in effective.items():
+            modes = MODE_ONLY.get(key)
+            if value is None or key == "checkpoint_dir" or (modes and self.train.mode not in modes):
+                continue
+            if key == "restore_best" and self.train.patience is None:
+                continue  # nothing to restore without early stopping
+            params[key] = value
         return params
+
+    def promotion_params(self, task: str) -> dict[str, Any]:
+        """``promotion_metric`` (as logged, ``test/...``) and ``greater_is_better`` resolved for ``task``."""
+        metric, greater = self.metric_for(task)
+        return {"promotion_metric": f"test/{metric}", "greater_is_better": greater}
+
+
+# Training fields that only mean something in some modes.
+MODE_ONLY: dict[str, tuple[str, ...]] = {
+    "workers": ("sync", "local-sgd", "async"),
+    "sync_every": ("local-sgd", "async"),
+    "max_staleness": ("async",),
+    "staleness_policy": ("async",),
+    "mixing": ("async",),
+}
 
 
 def split_train_fields(values: dict[str, Any]) -> dict[str, Any]:

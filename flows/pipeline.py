@@ -10,6 +10,7 @@ training task in it.
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -56,18 +57,88 @@ def artifact_key(*parts: str) -> str:
 
 
 def mlflow_run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """A browser link to the run: the server's own page, or the page `mlflow ui` will serve for a local store."""
-    path = f"#/experiments/{experiment_id}/runs/{run_id}"
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/{path}"
-    return f"http://127.0.0.1:5000/{path}"
+    """A browser link to the run: the server's own page, or the page :func:`mlflow_ui_command` serves."""
+    from nnpipe.tracking import links
+
+    return links.run_url(tracking_uri, experiment_id, run_id)
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:
-    """The command that opens the MLflow UI on this store."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+    """The command that serves the MLflow UI on this store (for a server: its URL, already serving)."""
+    from nnpipe.tracking import links
+
+    return links.ui_command(tracking_uri) or f"open {links.ui_base(tracking_uri)}"
+
+
+def stem(dataset: str) -> str:
+    """``iris`` for ``iris``, ``data`` for ``/path/data.csv``."""
+    return Path(dataset).stem or dataset
+
+
+def dataset_label(config: PipelineConfig) -> str:
+    """The dataset as run names show it: the file stem, or a large source's short name."""
+    if config.large_source:
+        from nnpipe.sources import short_name
+
+        return short_name(config.dataset)
+    return stem(config.dataset)
+
+
+def mlflow_run_name(config: PipelineConfig) -> str:
+    """Unique and descriptive: ``iris-single-64x32-20261129-060712`` (dataset, mode, network, start time UTC)."""
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{dataset_label(config)}-{config.train.mode}-{'x'.join(map(str, config.hidden))}-{now}"
+
+
+def flow_run_name() -> str:
+    """The Prefect flow run's name at start: dataset, mode and network (the version is added when known)."""
+    from prefect.runtime import flow_run
+
+    cfg = flow_run.parameters.get("config")
+    try:
+        cfg = cfg if isinstance(cfg, PipelineConfig) else PipelineConfig.model_validate(cfg or {})
+    except Exception:  # a bad config fails in the flow itself, with the real message
+        return "nnpipe-train"
+    return f"{dataset_label(cfg)}-{cfg.train.mode}-{'x'.join(map(str, cfg.hidden))}"
+
+
+def _rename_flow_run(name: str) -> None:
+    """Rename the current flow run (best effort: a view, never a failure)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=name)
+    except Exception as exc:
+        get_run_logger().warning("could not rename flow run %s: %s", flow_run.id, exc)
+
+
+def flow_run_url() -> str | None:
+    """The Prefect UI page of this flow run when a Prefect server is in use (None for a temporary API)."""
+    import os
+
+    from prefect.runtime import flow_run
+
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            return None
+    return flow_run.ui_url
+
+
+def run_description(config: PipelineConfig, ds: Any = None, outcome: str = "") -> str:
+    """The MLflow run's description (markdown): what trains on what, and (at the end) what became of it."""
+    t = config.train
+    where = "one process" if t.mode == "single" else f"{t.workers} Dask workers ({t.mode})"
+    data = f"`{config.dataset}`"
+    if ds is not None:
+        data += f" ({len(ds.y)} rows, {ds.X.shape[1]} features, {ds.task})"
+    text = (f"Trains a {'-'.join(map(str, config.hidden))} {config.activation} network on {data} "
+            f"with {t.optimizer} (lr {t.learning_rate:g}, batch {t.batch_size}, up to {t.epochs} epochs) on {where}; "
+            f"started by the nnpipe-train flow.")
+    return text + (f"\n\n{outcome}" if outcome else "")
 
 
 @contextmanager
@@ -81,48 +152,67 @@ def dask_cluster(config: PipelineConfig) -> Iterator[str | None]:
     logger = get_run_logger()
     with connect(address=config.scheduler_address, workers=config.train.workers) as client:
         address = client.scheduler.address
-        logger.info("Dask cluster %s (%d workers), dashboard %s", address,
-                    len(client.scheduler_info().get("workers", {})), client.dashboard_link)
+        logger.info("Dask cluster %s (%d workers)", address, len(client.scheduler_info().get("workers", {})))
+        tasks.announce(f"Dask:        {client.dashboard_link}")
         yield address
 
 
-def summary_markdown(result: PipelineResult, link: str, ui_command: str) -> str:
-    """The flow run's markdown artefact: metrics, version, decision, link to the MLflow run."""
-    rows = "\n".join(f"| `test/{k}` | {v:.4f} |" for k, v in sorted(result.metrics.items()))
+def summary_markdown(result: PipelineResult, links: dict[str, str], ui_command: str | None,
+                     val_metrics: dict[str, float] | None = None, champion_metrics: dict[str, float] | None = None) -> str:
+    """The flow run's markdown artefact: the decision, test and validation metrics beside the champion's, links.
+
+    ``links``: ``run``, ``version`` and ``model`` (registry) page URLs.
+    """
     verdict = "promoted to **champion**" if result.promoted else "not promoted"
-    return f"""# nnpipe training: `{result.model_name}` version {result.version}
+    champion = champion_metrics or {}
+    was = result.extra.get("champion_before")
+    head = "champion before" + (f" (v{was})" if was else "")
+    rows = [f"| metric | v{result.version} (this run) | {head} |", "|---|---|---|"]
+    for key, value in sorted(result.metrics.items()):
+        other = champion.get(f"test/{key}")
+        rows.append(f"| test/{key} | {value:.4f} | {'–' if other is None else f'{other:.4f}'} |")
+    for key, value in sorted((val_metrics or {}).items()):
+        other = champion.get(key)
+        rows.append(f"| {key} | {value:.4f} | {'–' if other is None else f'{other:.4f}'} |")
+    serve = f"\n\nThe store is local: start its UI with `{ui_command}` to open these links." if ui_command else ""
+    return f"""# {result.model_name} v{result.version}: {verdict}
 
-- dataset: `{result.dataset}`, mode `{result.mode}`
-- MLflow run: [`{result.run_id}`]({link}) (open the UI with `{ui_command}`)
-- model: `{result.model_uri}`
-- promotion: {verdict} — {result.decision}
-- champion now: version {result.champion_version}
+{result.decision}
 
-| metric | value |
-|---|---|
-{rows}
+- dataset **{result.dataset}**, mode **{result.mode}**
+- MLflow run: [{result.extra.get("run_name", result.run_id)}]({links["run"]})
+- model version: [{result.model_name} v{result.version}]({links["version"]}) · registry: [{result.model_name}]({links["model"]})
+- champion now: {"none" if result.champion_version is None else f"v{result.champion_version}"}
+
+{chr(10).join(rows)}{serve}
 """
 
 
-@flow(name="nnpipe-train", description="Train, evaluate, register and gate one nnpipe model.")
+@flow(name="nnpipe-train", description="Train, evaluate, register and gate one nnpipe model.",
+      flow_run_name=flow_run_name)
 def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     """Run the whole training pipeline for ``config``; returns a :class:`PipelineResult` as a dict."""
     from nnpipe import tracking
+    from nnpipe.tracking import links
+    from nnpipe.tracking.prometheus import port_from_env
 
     logger = get_run_logger()
     uri = tracking.configure(config.tracking_uri)
     train_cfg = config.train
-    from nnpipe.sources import short_name
-
-    run_name = f"{short_name(config.dataset) if config.large_source else Path(config.dataset).stem}-{train_cfg.mode}"
+    run_name = mlflow_run_name(config)
+    metrics_port = config.metrics_port if config.metrics_port is not None else port_from_env()
+    prefect_url = flow_run_url()
+    if prefect_url:
+        tasks.announce(f"Prefect:     {prefect_url}")
     with ExitStack() as stack:
         # The run first: everything after it that raises marks it FAILED with the reason.
         run = stack.enter_context(
             tracking.training_run(config.experiment, config.mlflow_params(), tags={"nnpipe.flow": "nnpipe-train"},
-                                  run_name=run_name)
+                                  run_name=run_name, description=run_description(config), system_metrics=True)
         )
         run_id = run.info.run_id
         logger.info("MLflow run %s in %s", run_id, uri)
+        tasks.announce(f"MLflow run:  {run_name}  {links.run_url(uri, run.info.experiment_id, run_id)}")
         if config.large_source:  # the rows stay on the workers (or stream through one process)
             from nnpipe.flows import source_tasks
 
@@ -134,8 +224,11 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
                                         train_cfg.workers if config.distributed else None,
                                         **source_tasks.lineage_extra(prepared))
             tracking.set_run_tags(run_id, lineage)
+            ds = None  # the rows stay on the workers: no in-memory dataset to describe
+            tracking.log_params(run_id, config.promotion_params(ds_task))
             model, fit = tasks.train(prepared, train_cfg, config.hidden, config.activation, address, run_id,
-                                     resume_from=config.resume_from)
+                                     resume_from=config.resume_from, metrics_port=metrics_port, run_name=run_name,
+                                     dataset=ds_name)
             tracking.set_run_tags(run_id, source_tasks.training_tags(fit))
             logger.info("trained on %s shards; %s", fit.info.get("data_path"), source_tasks.training_tags(fit))
             metrics, confusion = source_tasks.evaluate(model, prepared, train_cfg.mode, address)
@@ -148,20 +241,29 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
             if ds.warnings:  # kept on the run, where whoever reviews the model looks
                 tracking.set_run_tags(run_id, {"nnpipe.data.warnings": "; ".join(ds.warnings)})
             splits = tasks.split_scale(ds, config.test_size, config.val_size, train_cfg.seed)
-            address = stack.enter_context(dask_cluster(config))
             ds_name, ds_source, ds_task = ds.name, ds.source, ds.task
+            tracking.log_params(run_id, config.promotion_params(ds.task))
+            tracking.log_dataset(run_id, ds, split_rows={"train": len(splits.y_train), "val": len(splits.y_val),
+                                                         "test": len(splits.y_test)})
+            tracking.set_run_description(run_id, run_description(config, ds))
+            address = stack.enter_context(dask_cluster(config))
             lineage = tracking.run_tags(ds.name, ds.content_hash, address,
                                         train_cfg.workers if config.distributed else None)
             tracking.set_run_tags(run_id, lineage)
             model, fit = tasks.train(splits, train_cfg, config.hidden, config.activation, address, run_id,
-                                     resume_from=config.resume_from)
+                                     resume_from=config.resume_from, metrics_port=metrics_port, run_name=run_name,
+                                     dataset=ds.name)
             metrics = tasks.evaluate(model, splits)
             model_name = config.model_name or default_model_name(ds.name)
             model_uri, version = tasks.log_and_register(run_id, model, fit, train_cfg, splits, metrics, model_name,
-                                                        lineage)
+                                                        lineage, run_name=run_name,
+                                                        label_names=tasks.class_label_names(ds.source))
         metric, greater = config.metric_for(ds_task)
         decision = tasks.promote(model_name, version, f"test/{metric}", greater, actor=f"prefect:{run_name}")
         tracking.set_run_tags(run_id, {"nnpipe.promoted": decision.promoted, "nnpipe.promotion": decision.reason})
+        outcome = (f"Registered as **{model_name} v{version}**: "
+                   f"{'promoted to champion' if decision.promoted else 'not promoted'} ({decision.reason}).")
+        tracking.set_run_description(run_id, run_description(config, ds, outcome))
     result = PipelineResult(
         run_id=run_id, experiment_id=run.info.experiment_id, tracking_uri=uri, model_name=model_name,
         version=str(version), model_uri=model_uri, metrics=metrics, promoted=bool(decision.promoted),
@@ -170,12 +272,39 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         champion_version=str(version) if decision.promoted else (
             None if decision.champion_version is None else str(decision.champion_version)),
         dataset=ds_source, mode=train_cfg.mode,
+        extra={"run_name": run_name, "champion_before": decision.champion_version,
+               "run_url": links.run_url(uri, run.info.experiment_id, run_id),
+               "version_url": links.version_url(uri, model_name, version),
+               "model_url": links.model_url(uri, model_name), "prefect_url": prefect_url,
+               "outside_moves": list(decision.outside_moves)},
     )
-    link = mlflow_run_link(uri, result.experiment_id, run_id)
+    page = {"run": result.extra["run_url"], "version": result.extra["version_url"], "model": result.extra["model_url"]}
     create_markdown_artifact(
-        summary_markdown(result, link, mlflow_ui_command(uri)),
+        summary_markdown(result, page, links.ui_command(uri), _final_val(run_id),
+                         _champion_metrics(model_name, decision.champion_version)),
         key=artifact_key("train", model_name),
         description=f"{model_name} v{version}: {'promoted' if result.promoted else 'not promoted'}",
     )
-    logger.info("%s version %s: %s (MLflow run %s)", model_name, version, decision.reason, link)
+    _rename_flow_run(f"{flow_run_name()} → {model_name} v{version}")
+    logger.info("%s version %s: %s (MLflow run %s)", model_name, version, decision.reason, page["run"])
     return result.to_dict()
+
+
+def _final_val(run_id: str) -> dict[str, float]:
+    from nnpipe import tracking
+
+    metrics = tracking.client().get_run(run_id).data.metrics
+    return {k: v for k, v in metrics.items() if k.startswith("val/")}
+
+
+def _champion_metrics(name: str, version: int | None) -> dict[str, float]:
+    """The run metrics of the champion the candidate was compared with (empty when there was none)."""
+    from nnpipe import tracking
+
+    if version is None:
+        return {}
+    try:
+        mv = tracking.get_version(name, version)
+        return dict(tracking.client().get_run(mv.run_id).data.metrics) if mv.run_id else {}
+    except Exception:  # deleted run or version: the artefact shows dashes
+        return {}

@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
@@ -45,6 +45,31 @@ def progress_listener(callback: Callback) -> Iterator[None]:
     finally:
         with _LISTENERS_LOCK:
             _LISTENERS.remove(callback)
+
+
+_ANNOUNCERS: list[Callable[[str], None]] = []
+
+
+@contextmanager
+def announcements(echo: Callable[[str], None]) -> Iterator[None]:
+    """Call ``echo(line)`` for every link a training in the block announces (MLflow run, dashboards)."""
+    with _LISTENERS_LOCK:
+        _ANNOUNCERS.append(echo)
+    try:
+        yield
+    finally:
+        with _LISTENERS_LOCK:
+            _ANNOUNCERS.remove(echo)
+
+
+def announce(line: str) -> None:
+    """Log ``line`` and show it to whoever listens (the CLI prints it even without ``-v``)."""
+    try:
+        get_run_logger().info("%s", line)
+    except Exception:  # outside a flow or task run: no run logger
+        pass
+    for echo in list(_ANNOUNCERS):
+        echo(line)
 
 
 def _notify(step: int, logs: dict[str, float]) -> None:
@@ -143,8 +168,16 @@ def train(
     run_id: str | None = None,
     label: str = "",
     resume_from: str | None = None,
+    metrics_port: int | None = None,
+    run_name: str = "",
+    dataset: str = "",
 ) -> tuple[Model, FitResult]:
-    """Train on the configured Dask cluster (or in-process for ``single``), logging every epoch/round."""
+    """Train on the configured Dask cluster (or in-process for ``single``), logging every epoch/round.
+
+    Every epoch or round also shows on the Dask dashboard (distributed modes)
+    and, with ``metrics_port`` (0: a free port), on a Prometheus ``/metrics``
+    endpoint served for the duration of the training.
+    """
     from nnpipe import tracking
 
     logger = get_run_logger()
@@ -157,6 +190,28 @@ def train(
     callbacks: list[Callback] = [log_progress, _notify]
     if run_id:
         callbacks.insert(0, tracking.metrics_callback(run_id))
+    with ExitStack() as views:
+        if address and config.mode != "single":
+            from nnpipe.distributed.progress import DashboardProgress
+
+            # first: it adds the live/lost worker counts the others report
+            callbacks.insert(0, views.enter_context(DashboardProgress(address, run_name or label)))
+        if metrics_port is not None:
+            from nnpipe.tracking.prometheus import TrainingExporter
+
+            exporter = views.enter_context(TrainingExporter(
+                metrics_port, info={"run": run_name or label, "mode": config.mode, "dataset": dataset}))
+            callbacks.append(exporter.callback)
+            announce(f"Prometheus:  {exporter.url}")
+        return _train(splits, config, hidden, activation, address, run_id, resume_from, callbacks, prefix, unit)
+
+
+def _train(splits: Splits, config: TrainConfig, hidden: list[int], activation: str, address: str | None,
+           run_id: str | None, resume_from: str | None, callbacks: list[Callback], prefix: str,
+           unit: str) -> tuple[Model, FitResult]:
+    from nnpipe import tracking
+
+    logger = get_run_logger()
     logger.info("%straining mode=%s workers=%s on %s", prefix, config.mode,
                 1 if config.mode == "single" else config.workers, address or "this process")
     with _checkpoint_dir(config) as ckpt_dir:
@@ -206,17 +261,52 @@ def log_and_register(
     metrics: dict[str, float],
     model_name: str,
     tags: dict[str, str],
+    run_name: str = "",
+    label_names: dict[Any, str] | None = None,
 ) -> tuple[str, str]:
-    """Log test metrics, curves and the pyfunc model to the run, then register it; returns (model_uri, version)."""
+    """Log final metrics and the pyfunc model to the run, register it, then its plots; returns (model_uri, version).
+
+    The final metrics (test, and validation of the model as returned: the
+    restored best with early stopping) are logged one step after the last
+    epoch, the step the logged model takes its metrics from, so its page
+    shows these and not the first epoch's.
+    """
     from nnpipe import tracking
 
-    tracking.log_final_metrics(run_id, metrics, prefix="test/")
-    y_pred = model.predict(splits.raw_test)
-    tracking.log_training_artifacts(run_id, result.history, config.to_dict(), splits.y_test, y_pred, splits.classes)
-    model_uri = tracking.log_model(run_id, model, splits.raw_test[:5])
+    logger = get_run_logger()
+    final_step = max([result.epochs_run, *(len(v) for v in result.history.values())])
+    tracking.log_final_metrics(run_id, metrics, prefix="test/", step=final_step)
+    if len(splits.y_val):
+        raw_val = splits.X_val * splits.scale + splits.mean  # the model scales raw features itself
+        val = model.evaluate(raw_val, splits.y_val)
+        tracking.log_final_metrics(run_id, {k: float(v) for k, v in val.items()}, prefix="val/", step=final_step)
+    # the run's name (dataset, mode, network, time): unique, unlike MLflow's default "model"
+    model_uri = tracking.log_model(run_id, model, splits.raw_test[:5], name=(run_name or model_name)[:200],
+                                   step=final_step)
     version = tracking.register_model(model_uri, model_name, run_id, tags)
-    get_run_logger().info("registered %s version %s from %s", model_name, version, model_uri)
+    logger.info("registered %s version %s from %s", model_name, version, model_uri)
+    try:  # plots name the version, so they come after registering; a failed plot is no failed run
+        y_pred = model.predict(splits.raw_test)
+        tracking.log_training_artifacts(run_id, result.history, config.to_dict(), splits.y_test, y_pred,
+                                        splits.classes, title=f"run {run_name} · {model_name} v{version}",
+                                        label_names=label_names)
+    except Exception as exc:
+        logger.warning("could not log the plots of run %s: %s: %s", run_id, type(exc).__name__, exc)
     return model_uri, str(version)
+
+
+def class_label_names(source: str) -> dict[Any, str] | None:
+    """Readable class names of a built-in dataset (iris: 0 -> setosa, ...); None for files."""
+    from nnpipe.data import BUILTIN
+
+    if source not in BUILTIN:
+        return None
+    import sklearn.datasets
+
+    names = getattr(getattr(sklearn.datasets, BUILTIN[source])(), "target_names", None)
+    if names is None or getattr(names, "ndim", 1) != 1:
+        return None
+    return {i: str(n) for i, n in enumerate(names)}
 
 
 @task(name="register", cache_policy=NO_CACHE)

@@ -176,15 +176,21 @@ def _run_flow(fn, *args: Any, **kwargs: Any) -> Any:
 
 
 def _print_result(result: dict[str, Any]) -> None:
-    from nnpipe.flows.pipeline import mlflow_ui_command
+    from nnpipe.tracking import links
 
     m = result["metrics"]
+    extra = result.get("extra") or {}
+    uri = result["tracking_uri"]
     shown = ", ".join(f"test/{k}={v:.4f}" for k, v in sorted(m.items()))
-    typer.echo(f"MLflow run:  {result['run_id']}")
+    typer.echo(f"MLflow run:  {result['run_id']}  {extra.get('run_url') or links.run_url(uri, result['experiment_id'], result['run_id'])}")
     typer.echo(f"model:       {result['model_name']} version {result['version']}  ({shown})")
+    typer.echo(f"             {extra.get('version_url') or links.version_url(uri, result['model_name'], result['version'])}")
     verdict = "promoted to champion" if result["promoted"] else "not promoted"
     typer.echo(f"promotion:   {verdict}: {result['decision']}")
-    typer.echo(f"MLflow UI:   {mlflow_ui_command(result['tracking_uri'])}")
+    if extra.get("prefect_url"):
+        typer.echo(f"Prefect:     {extra['prefect_url']}")
+    command = links.ui_command(uri)
+    typer.echo(f"MLflow UI:   {command}  (then open the links above)" if command else f"MLflow UI:   {links.ui_base(uri)}")
 
 
 def register(app: typer.Typer) -> None:
@@ -219,10 +225,11 @@ def register(app: typer.Typer) -> None:
         scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS", help="Dask scheduler address; default: a local cluster for this run."),
         config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="TOML or YAML file with any of these settings; flags override it."),
         resume_from: Optional[str] = typer.Option(None, "--resume-from", metavar="RUN_ID", help="Continue from the checkpoints an earlier MLflow run logged."),
+        metrics_port: Optional[int] = typer.Option(None, "--metrics-port", metavar="PORT", help="Serve live training metrics for Prometheus at http://127.0.0.1:PORT/metrics while training (0: a free port, printed). Default: $NNPIPE_METRICS_PORT, else off."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Prefect's log lines."),
     ) -> None:
         """Train, evaluate, register and gate one model (a Prefect flow; MLflow at ./mlflow.db by default)."""
-        overrides = {"resume_from": resume_from, "features": _parse_names(features), "large": large, "stream": stream,
+        overrides = {"resume_from": resume_from, "metrics_port": metrics_port, "features": _parse_names(features), "large": large, "stream": stream,
             "dataset": dataset, "target": target, "hidden": _parse_hidden(hidden), "activation": activation,
             "optimizer": optimizer, "lr": lr, "epochs": epochs, "batch_size": batch_size, "mode": mode,
             "workers": workers, "sync_every": sync_every, "max_staleness": max_staleness, "seed": seed,
@@ -233,9 +240,10 @@ def register(app: typer.Typer) -> None:
         cfg = _build(config, overrides)
         preflight(cfg, _default_tracking_uri, _fail)  # data, store, scheduler: seconds, before any start
         from nnpipe.flows.pipeline import training_flow
+        from nnpipe.flows.tasks import announcements
 
         total = cfg.train.epochs if cfg.train.mode in ("single", "sync") else None
-        with sigterm_as_interrupt(), _prefect_api(), _quiet_console(verbose), \
+        with sigterm_as_interrupt(), _prefect_api(), _quiet_console(verbose), announcements(typer.echo), \
                 _progress(total, "epoch" if cfg.train.mode == "single" else "round"):
             result = _run_flow(training_flow, cfg)
         _print_result(result)

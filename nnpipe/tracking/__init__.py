@@ -27,8 +27,9 @@ from nnpipe.tracking.errors import (
     UnknownVersionError,
 )
 from nnpipe.tracking.history import default_actor
+from nnpipe.tracking import links
 from nnpipe.tracking.integrity import TamperedModel, load_model, verify
-from nnpipe.tracking.lineage import git_revision, run_tags
+from nnpipe.tracking.lineage import git_revision, log_dataset, run_tags
 from nnpipe.tracking.locking import lock_path, store_lock
 from nnpipe.tracking import nested
 from nnpipe.tracking.plots import fetch_checkpoints, log_checkpoints, log_training_artifacts
@@ -57,8 +58,10 @@ from nnpipe.tracking.runs import (
     log_final_metrics,
     log_params,
     flush_metrics,
+    metric_key,
     metrics_callback,
     run_status,
+    set_run_description,
     set_run_tags,
     training_run,
 )
@@ -94,11 +97,14 @@ __all__ = [
     "lock_path",
     "fetch_checkpoints",
     "log_checkpoints",
+    "links",
+    "log_dataset",
     "log_final_metrics",
     "log_model",
     "log_params",
     "log_training_artifacts",
     "flush_metrics",
+    "metric_key",
     "metrics_callback",
     "nested",
     "previous_champion",
@@ -109,6 +115,7 @@ __all__ = [
     "rollback",
     "run_status",
     "run_tags",
+    "set_run_description",
     "set_run_tags",
     "store_lock",
     "sync_aliases",

@@ -73,3 +73,36 @@ def run_tags(
         tags["dask.workers"] = int(workers)
     tags.update(extra)
     return {k: str(v) for k, v in tags.items() if v is not None}
+
+
+def log_dataset(run_id: str, ds: Any, context: str = "training", split_rows: dict[str, int] | None = None) -> str:
+    """Log ``ds`` (an :class:`nnpipe.data.Dataset`) as the run's MLflow dataset input; returns its digest.
+
+    The run page's Datasets panel then shows its name, source, schema (feature
+    and target columns with types), row count and fingerprint: the first 16
+    hex digits of its content hash, the same data as the ``dataset.hash`` tag.
+
+    Parameters
+    ----------
+    run_id : str
+    ds : nnpipe.data.Dataset
+    context : str
+        MLflow's input context tag (``training``, ``evaluation``).
+    split_rows : dict, optional
+        Rows per split part (``train``, ``val``, ``test``), kept as input tags.
+    """
+    import pandas as pd
+    from mlflow.data import from_pandas
+    from mlflow.entities import DatasetInput, InputTag
+
+    from nnpipe.tracking.store import client
+
+    frame = pd.DataFrame(ds.X, columns=list(ds.feature_names))
+    frame[ds.target] = ds.y
+    digest = str(ds.content_hash)[:16]
+    dataset = from_pandas(frame, source=str(ds.source), targets=ds.target, name=ds.name, digest=digest)
+    tags = [InputTag("mlflow.data.context", context), InputTag("nnpipe.task", str(ds.task))]
+    for part, rows in (split_rows or {}).items():
+        tags.append(InputTag(f"nnpipe.rows.{part}", str(int(rows))))
+    client().log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+    return digest

@@ -57,7 +57,7 @@ def confusion_matrix(y_true: Sequence[Any], y_pred: Sequence[Any], classes: Sequ
     return C, labels
 
 
-def plot_confusion(C: np.ndarray, labels: list, path: Path) -> Path:
+def plot_confusion(C: np.ndarray, labels: list, path: Path, title: str = "confusion matrix (test)") -> Path:
     """Confusion-matrix heat map with the count in each cell."""
     n = len(labels)
     size = max(4.0, 0.5 * n + 2)
@@ -68,7 +68,7 @@ def plot_confusion(C: np.ndarray, labels: list, path: Path) -> Path:
     ax.set_yticks(range(n), [str(x) for x in labels])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("confusion matrix (test)")
+    ax.set_title(title)
     threshold = C.max() / 2 if C.size else 0
     for i in range(n):
         for j in range(n):
@@ -100,6 +100,8 @@ def log_training_artifacts(
     y_pred: Sequence[Any] | None = None,
     classes: Sequence[Any] | None = None,
     confusion: tuple[np.ndarray, list] | None = None,
+    title: str = "",
+    label_names: Mapping[Any, str] | None = None,
 ) -> list[str]:
     """Log curves, the resolved configuration and (given labels) a confusion matrix.
 
@@ -117,6 +119,10 @@ def log_training_artifacts(
     confusion : (counts, labels), optional
         A confusion matrix already counted (e.g. on the workers, for a large source)
         instead of ``y_true`` and ``y_pred``.
+    title : str
+        Names the run and model version in every plot's title.
+    label_names : mapping, optional
+        Readable names of the labels (``{0: "setosa", ...}``) for the matrix axes.
 
     Returns
     -------
@@ -131,11 +137,13 @@ def log_training_artifacts(
         tmp = Path(tmp)
         plots = tmp / "plots"
         plots.mkdir()
-        plot_curves(history, "loss", plots / "loss.png", "loss")
-        plot_curves(history, "accuracy", plots / "accuracy.png", "accuracy")
+        head = f"{title}\n" if title else ""
+        plot_curves(history, "loss", plots / "loss.png", f"{head}loss")
+        plot_curves(history, "accuracy", plots / "accuracy.png", f"{head}accuracy")
         if confusion is not None or (y_true is not None and y_pred is not None):
             C, labels = confusion if confusion is not None else confusion_matrix(y_true, y_pred, classes)
-            plot_confusion(C, labels, plots / "confusion_matrix.png")
+            names = [str((label_names or {}).get(label, label)) for label in _plain(labels)]
+            plot_confusion(C, names, plots / "confusion_matrix.png", f"{head}confusion matrix (test)")
             (plots / "confusion_matrix.json").write_text(
                 json.dumps({"labels": _plain(labels), "counts": C.tolist()}, indent=2)
             )

@@ -116,8 +116,8 @@ def _optional_inputs(signature: ModelSignature) -> ModelSignature:
     return ModelSignature(Schema(cols), signature.outputs, signature.params)
 
 
-def log_model(run_id: str, model: Model, input_example: Any) -> str:
-    """Log ``model`` as a pyfunc named ``model`` in run ``run_id``.
+def log_model(run_id: str, model: Model, input_example: Any, name: str = MODEL_NAME, step: int = 0) -> str:
+    """Log ``model`` as a pyfunc named ``name`` in run ``run_id``.
 
     Parameters
     ----------
@@ -127,6 +127,11 @@ def log_model(run_id: str, model: Model, input_example: Any) -> str:
     input_example : ndarray of shape (n_samples, n_features) or DataFrame
         Raw features; the first rows become the input example, and with the
         model's predictions on them, the signature.
+    name : str
+        The logged model's name (shown in the run's and the experiment's model lists).
+    step : int
+        MLflow attaches the run's metrics logged at this step to the model
+        (its page shows them): the step of the final metrics.
 
     Returns
     -------
@@ -147,7 +152,8 @@ def log_model(run_id: str, model: Model, input_example: Any) -> str:
         # fail with "Set changed size during iteration".
         with _LOG_LOCK, _in_run(run_id):
             info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
+                name=name,
+                step=step,
                 loader_module=LOADER_MODULE,
                 data_path=str(saved),
                 signature=signature,

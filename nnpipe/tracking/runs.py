@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -29,6 +30,9 @@ MAX_KEY = 250
 BATCH_PARAMS = 100  # log_batch accepts at most 100 params ...
 BATCH_METRICS = 1000  # ... and 1000 metrics per call
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
+
+SYSTEM_METRICS_INTERVAL = 2.0  # seconds
+DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as the run's description
 
 MetricsCallback = Callable[[int, Mapping[str, float]], None]
 
@@ -110,6 +114,8 @@ def training_run(
     run_name: str | None = None,
     nested: bool = False,
     run_id: str | None = None,
+    description: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run, log ``params`` and ``tags``, and end it FINISHED or FAILED.
 
@@ -127,6 +133,12 @@ def training_run(
         Start as a child of the active run (sweeps).
     run_id : str, optional
         Reopen this run instead of starting one (a resumed tuning study); ``params`` must match what it logged.
+    description : str, optional
+        Markdown shown as the run's description (:func:`set_run_description` updates it).
+    system_metrics : bool
+        Sample CPU, memory, disk and network use into ``system/*`` metrics
+        while the run is active (MLflow's monitor; every
+        ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` s, default here 2 s).
 
     Yields
     ------
@@ -141,8 +153,11 @@ def training_run(
     """
     exp_id = get_or_create_experiment(experiment)
     str_tags = {_key(k): _clip(str(v), MAX_TAG_VALUE) for k, v in (tags or {}).items() if v is not None}
+    if system_metrics and not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)  # MLflow's 10 s misses short trainings
     run = mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=None if run_id else run_name,
-                           nested=nested, tags=str_tags)
+                           nested=nested, tags=str_tags, description=None if run_id else description,
+                           log_system_metrics=system_metrics or None)
     run_id = run.info.run_id
     try:
         log_params(run_id, params)
@@ -184,7 +199,20 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> dict[str, str]:
     return flat
 
 
-def _metrics(logs: Mapping[str, Any], step: int, prefix: str = "") -> list[Metric]:
+def metric_key(key: str) -> str:
+    """The MLflow key of a training log key, grouped the way the UI sections metrics by prefix.
+
+    ``lr`` -> ``train/lr``; ``worker/0/samples_per_s`` -> ``dist/worker/0/samples_per_s``
+    (one ``dist`` section rather than one per worker); other keys unchanged.
+    """
+    if "/" not in key:
+        return f"train/{key}"
+    if key.startswith("worker/"):
+        return f"dist/{key}"
+    return key
+
+
+def _metrics(logs: Mapping[str, Any], step: int, prefix: str = "", model_id: str | None = None) -> list[Metric]:
     now = int(time.time() * 1000)
     out = []
     for key, value in logs.items():
@@ -194,7 +222,7 @@ def _metrics(logs: Mapping[str, Any], step: int, prefix: str = "") -> list[Metri
             continue  # not a number (e.g. an event string): nothing to plot
         if math.isfinite(value):  # MLflow rejects NaN/inf in some stores; a gap is honest
             name = key if key.startswith(prefix) else f"{prefix}{key}"
-            out.append(Metric(_key(name), value, now, int(step)))
+            out.append(Metric(_key(name), value, now, int(step), model_id=model_id))
     return out
 
 
@@ -228,16 +256,16 @@ def flush_metrics(run_id: str | None = None) -> None:
 def metrics_callback(run_id: str) -> MetricsCallback:
     """A training callback ``(step, logs)`` that logs every finite value of ``logs`` at ``step``.
 
-    Keys are logged as they arrive (``train/loss``, ``dist/staleness``,
-    ``worker/0/samples_per_s``, ...). Writes are batched: at most one
-    ``log_batch`` per :data:`FLUSH_S` seconds; :func:`flush_metrics` (called when
-    a :func:`training_run` ends) writes the rest.
+    Keys are grouped by :func:`metric_key` (``train/loss``, ``train/lr``,
+    ``dist/staleness``, ``dist/worker/0/samples_per_s``, ...). Writes are
+    batched: at most one ``log_batch`` per :data:`FLUSH_S` seconds;
+    :func:`flush_metrics` (called when a :func:`training_run` ends) writes the rest.
     """
     if not run_id:
         raise ValueError(f"run_id must be a run id, got {run_id!r}")
 
     def callback(step: int, logs: Mapping[str, float]) -> None:
-        metrics = _metrics(logs, step)
+        metrics = _metrics({metric_key(k): v for k, v in logs.items()}, step)
         with _pending_lock:
             _pending.setdefault(run_id, []).extend(metrics)
             due = time.monotonic() - _last_flush.get(run_id, -math.inf) >= FLUSH_S
@@ -247,9 +275,13 @@ def metrics_callback(run_id: str) -> MetricsCallback:
     return callback
 
 
-def log_final_metrics(run_id: str, metrics: Mapping[str, float], prefix: str = "test/") -> dict[str, float]:
-    """Log held-out metrics as ``<prefix><key>`` (keys already prefixed are kept); returns them."""
-    logged = _metrics(metrics, 0, prefix)
+def log_final_metrics(run_id: str, metrics: Mapping[str, float], prefix: str = "test/", step: int = 0,
+                      model_id: str | None = None) -> dict[str, float]:
+    """Log held-out metrics as ``<prefix><key>`` (keys already prefixed are kept); returns them.
+
+    With ``model_id`` (a logged model's id) they also show on that model's page.
+    """
+    logged = _metrics(metrics, step, prefix, model_id)
     _log_metrics(run_id, logged)
     return {m.key: m.value for m in logged}
 
@@ -259,6 +291,11 @@ def set_run_tags(run_id: str, tags: Mapping[str, Any]) -> None:
     items = [RunTag(_key(k), _clip(str(v), MAX_TAG_VALUE)) for k, v in tags.items() if v is not None]
     if items:
         client().log_batch(run_id, tags=items)
+
+
+def set_run_description(run_id: str, text: str) -> None:
+    """Replace the run's description (markdown on the run page)."""
+    client().set_tag(run_id, DESCRIPTION_TAG, _clip(text, MAX_TAG_VALUE))
 
 
 def run_status(run_id: str) -> str:

@@ -142,7 +142,7 @@ def version_markdown(name: str, version: int, run: Any, tags: dict[str, str], st
         metrics = run.data.metrics
         shown = [f"`{k}` {fmt(v)}" for k, v in sorted(metrics.items()) if k.startswith(SUMMARY_PREFIXES)]
         name_of_run = run.data.tags.get("mlflow.runName", run.info.run_id)
-        lines += ["", f"**Run:** {name_of_run} (`{run.info.run_id}`, {run.info.status})",
+        lines += ["", f"**Run:** {name_of_run} (`{run.info.run_id}`)",
                   "", "**Final metrics:** " + (" · ".join(shown) if shown else "none logged")]
     gate = {k.removeprefix("nnpipe.gate."): v for k, v in tags.items() if k.startswith("nnpipe.gate.")}
     if gate:
