@@ -27,14 +27,54 @@ REPO = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/pipeline.py:training_flow"
 
 
+# Overlaps: each deployment runs at most ``concurrency`` flow runs at once (1 by
+# default). A run that comes due while the previous one still trains is
+# cancelled (``CANCEL_NEW``), not queued: the next scheduled run retrains on
+# newer data anyway, and a queue behind a slow training would only pile up
+# "Late" runs. Runs of *different* deployments may overlap; their promotion
+# gates take the store lock one after the other. Set ``overlap="ENQUEUE"`` on a
+# deployment to queue instead.
+OVERLAP_POLICIES = ("CANCEL_NEW", "ENQUEUE")
+
+
 @dataclass(frozen=True)
 class Scheduled:
-    """One deployment: a name, a cron schedule and the pipeline settings it binds."""
+    """One deployment: a name, a cron schedule (in ``timezone``) and the pipeline settings it binds.
+
+    ``concurrency`` and ``overlap`` set the deployment's concurrency limit and
+    what happens to a run that would exceed it (see ``OVERLAP_POLICIES``).
+    """
 
     name: str
     cron: str
     settings: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    timezone: str = "UTC"
+    concurrency: int = 1
+    overlap: str = "CANCEL_NEW"
+
+    def __post_init__(self) -> None:
+        if self.overlap not in OVERLAP_POLICIES:
+            raise ValueError(f"deployment {self.name!r}: overlap must be one of {OVERLAP_POLICIES}, got {self.overlap!r}")
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ValueError(f"deployment {self.name!r}: concurrency must be an integer >= 1, got {self.concurrency!r}")
+
+    def schedule(self, interval: float | None = None) -> Any:
+        """The Prefect schedule: the cron in its timezone, or every ``interval`` seconds."""
+        from prefect.schedules import Cron, Interval
+
+        return Interval(timedelta(seconds=interval)) if interval else Cron(self.cron, timezone=self.timezone)
+
+    @property
+    def concurrency_limit(self) -> dict[str, Any]:
+        """As ``prefect.yaml`` writes it: ``{"limit": 1, "collision_strategy": "CANCEL_NEW"}``."""
+        return {"limit": self.concurrency, "collision_strategy": self.overlap}
+
+    def concurrency_config(self) -> Any:
+        """The same, as Prefect's Python API takes it."""
+        from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+        return ConcurrencyLimitConfig(limit=self.concurrency, collision_strategy=ConcurrencyLimitStrategy(self.overlap))
 
     def parameters(self, tracking_uri: str | None = None) -> dict[str, Any]:
         """The flow parameters, validated now so that a bad definition fails at deploy time, not at 2 a.m."""
@@ -67,12 +107,23 @@ def runner_deployments(chosen: list[Scheduled], interval: float | None = None, t
     """``RunnerDeployment`` objects for ``flow.serve``/``prefect.serve``; ``interval`` replaces the cron schedule."""
     from nnpipe.flows.pipeline import training_flow
 
-    out = []
+    return [training_flow.to_deployment(name=d.name, parameters=d.parameters(tracking_uri), description=d.description,
+                                        tags=["nnpipe", "scheduled"], schedule=d.schedule(interval),
+                                        concurrency_limit=d.concurrency_config())
+            for d in chosen]
+
+
+def table(chosen: list[Scheduled], interval: float | None = None) -> list[str]:
+    """``nnpipe schedule --list``: one compact line per deployment (name, schedule, timezone, what it trains)."""
+    rows = [("deployment", "schedule", "timezone", "runs at once", "trains")]
     for d in chosen:
-        schedule: dict[str, Any] = {"interval": timedelta(seconds=interval)} if interval else {"cron": d.cron}
-        out.append(training_flow.to_deployment(name=d.name, parameters=d.parameters(tracking_uri),
-                                               description=d.description, tags=["nnpipe", "scheduled"], **schedule))
-    return out
+        cfg = build_config(overrides=d.settings)
+        what = f"{cfg.dataset}, {cfg.train.mode}" + (f" x{cfg.train.workers}" if cfg.distributed else "")
+        what += f", {cfg.train.epochs} epochs"
+        rows.append((d.name, d.cron if interval is None else f"every {interval:g}s", d.timezone,
+                     f"{d.concurrency} ({d.overlap.lower().replace('_', '-')})", what))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def serve_deployments(chosen: list[Scheduled], interval: float | None = None, tracking_uri: str | None = None,
@@ -83,7 +134,6 @@ def serve_deployments(chosen: list[Scheduled], interval: float | None = None, tr
     scheduler), so without ``PREFECT_API_URL`` this uses the user's local
     server (:mod:`nnpipe.deploy.local_prefect`), started if none is running.
     """
-    from prefect import serve
     from prefect.settings import PREFECT_API_URL, PREFECT_RUNNER_POLL_FREQUENCY, temporary_settings
 
     api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
@@ -100,13 +150,63 @@ def serve_deployments(chosen: list[Scheduled], interval: float | None = None, tr
         with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_RUNNER_POLL_FREQUENCY: max(poll, 1)}):
             deployments = runner_deployments(chosen, interval, tracking_uri)
             for d, dep in zip(chosen, deployments):
-                echo(f"serving {d.name}: {f'every {interval:g}s' if interval else d.cron}")
-            serve(*deployments, print_starting_message=False, limit=1)  # one training at a time per store
+                echo(f"serving {d.name}: {f'every {interval:g}s' if interval else f'{d.cron} ({d.timezone})'}")
+            # each deployment limits itself (Scheduled.concurrency); the runner takes one run per deployment
+            stopped = serve_until_signal(deployments, limit=len(deployments))
+            echo(f"{stopped}: stopping (runs in progress are cancelled) ...")
     finally:
         if saved is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = saved
+
+
+def serve_until_signal(deployments: list, limit: int | None = None, grace: float = 15.0) -> str:
+    """Serve ``deployments`` with a Prefect ``Runner`` until the first SIGINT (Ctrl-C) or SIGTERM.
+
+    ``prefect.serve`` needs a second Ctrl-C when a first one lands mid-poll,
+    and its SIGTERM handler exits the process without the caller's cleanup;
+    here either signal stops the runner (pausing the schedules, bounded by
+    ``grace`` seconds) and returns the signal's name.
+    """
+    import asyncio
+    import signal
+
+    from prefect.runner import Runner
+
+    runner = Runner(pause_on_shutdown=True, limit=limit)
+    for dep in deployments:
+        runner.add_deployment(dep)
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[str] = loop.create_future()
+
+        def on_signal(name: str) -> None:
+            if not got.done():
+                got.set_result(name)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+        # Runner.start installs its own SIGTERM handler with signal.signal; route it here too.
+        runner.handle_sigterm = lambda *_: loop.call_soon_threadsafe(on_signal, "SIGTERM")
+        serving = asyncio.ensure_future(runner.start())
+        done, _ = await asyncio.wait({serving, got}, return_when=asyncio.FIRST_COMPLETED)
+        if serving in done:
+            serving.result()  # the runner ended by itself: raise what ended it
+            return "runner stopped"
+        if runner.started:
+            try:
+                await asyncio.wait_for(runner.astop(), grace)
+            except Exception:  # stopping is best effort; cancelling below ends it regardless
+                pass
+        try:
+            await asyncio.wait_for(serving, grace)
+        except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            serving.cancel()
+        return got.result()
+
+    return asyncio.run(main())
 
 
 def deploy_to_pool(pool: str, chosen: list[Scheduled] | None = None, source: Path = REPO,
@@ -121,7 +221,8 @@ def deploy_to_pool(pool: str, chosen: list[Scheduled] | None = None, source: Pat
     ids = []
     remote = training_flow.from_source(source=str(source), entrypoint=ENTRYPOINT)
     for d in chosen if chosen is not None else DEPLOYMENTS:
-        ids.append(str(remote.deploy(name=d.name, work_pool_name=pool, cron=d.cron, parameters=d.parameters(tracking_uri),
+        ids.append(str(remote.deploy(name=d.name, work_pool_name=pool, schedule=d.schedule(),
+                                     concurrency_limit=d.concurrency_config(), parameters=d.parameters(tracking_uri),
                                      description=d.description, tags=["nnpipe", "scheduled"], print_next_steps=False,
                                      build=False, push=False)))
     return ids
@@ -182,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     chosen = [d for d in DEPLOYMENTS if not args.name or d.name in args.name]
     for d, dep_id in zip(chosen, deploy_to_pool(args.pool, chosen, Path(args.source) if "://" not in args.source else args.source)):
-        print(f"{d.name}: {dep_id} ({d.cron})")
+        print(f"{d.name}: {dep_id} ({d.cron} {d.timezone}, at most {d.concurrency} at once, {d.overlap})")
     return 0
 
 

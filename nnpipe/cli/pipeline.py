@@ -260,7 +260,7 @@ def register(app: typer.Typer) -> None:
         Scheduling needs a Prefect server: PREFECT_API_URL if set, else a local
         one started for as long as this command runs.
         """
-        from nnpipe.deploy.deployments import DEPLOYMENTS, serve_deployments
+        from nnpipe.deploy.deployments import DEPLOYMENTS, serve_deployments, table
 
         names = set(deployment)
         unknown = sorted(names - {d.name for d in DEPLOYMENTS})
@@ -270,8 +270,8 @@ def register(app: typer.Typer) -> None:
             _fail(f"--interval must be a positive number of seconds, got {interval!r}")
         chosen = [d for d in DEPLOYMENTS if not names or d.name in names]
         if list_only:
-            for d in chosen:
-                typer.echo(f"{d.name}: {d.cron if interval is None else f'every {interval:g}s'}  {d.parameters()}")
+            for line in table(chosen, interval):
+                typer.echo(line)
             return
         from nnpipe.redact import move_credentials_to_env
 

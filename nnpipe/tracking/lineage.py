@@ -97,10 +97,25 @@ def log_dataset(run_id: str, ds: Any, context: str = "training", split_rows: dic
 
     from nnpipe.tracking.store import client
 
+    from pathlib import Path
+
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
     frame = pd.DataFrame(ds.X, columns=list(ds.feature_names))
     frame[ds.target] = ds.y
     digest = str(ds.content_hash)[:16]
-    dataset = from_pandas(frame, source=str(ds.source), targets=ds.target, name=ds.name, digest=digest)
+    path = Path(str(ds.source))
+    if path.is_file():
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+        with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(path.resolve()))
+    else:  # a built-in dataset: made by code, not read from a file
+        source = CodeDatasetSource({"nnpipe.builtin": str(ds.source)})
+    dataset = from_pandas(frame, source=source, targets=ds.target, name=ds.name, digest=digest)
     tags = [InputTag("mlflow.data.context", context), InputTag("nnpipe.task", str(ds.task))]
     for part, rows in (split_rows or {}).items():
         tags.append(InputTag(f"nnpipe.rows.{part}", str(int(rows))))

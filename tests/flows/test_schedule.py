@@ -55,6 +55,17 @@ def test_interval_schedule_runs_the_pipeline(tmp_path: Path):
                     if r.info.status == "FINISHED"]
         assert finished, "the scheduled flow run left no finished MLflow run"
         assert str(client.get_model_version_by_alias("nnpipe-iris", "champion").version) == "1"
+        # the flow run says what it trained and what it became; the deployment limits overlaps
+        assert run["name"].startswith("iris-single-64x32"), run["name"]
+        with urllib.request.urlopen(f"{api}/deployments/{run['deployment_id']}", timeout=10) as r:
+            deployment = json.loads(r.read())
+        assert deployment["concurrency_limit"] == 1
+        assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+        # one SIGTERM (what a service manager sends) stops it cleanly, server included
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (tmp_path / "schedule.log").read_text()[-3000:]
+        assert "SIGTERM: stopping" in out and "local Prefect server stopped" in out
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)  # the command pauses its schedule; the shared server stays
