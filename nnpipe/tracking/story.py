@@ -136,15 +136,21 @@ def status_text(version: int, aliases: dict[str, Any], spans: list[dict[str, Any
 
 def version_markdown(name: str, version: int, run: Any, tags: dict[str, str], status: str,
                      aliases_of_version: list[str]) -> str:
-    """A version's description: final metrics, the gate's decision, its champion reigns."""
-    lines = [f"**{name} v{version}**" + (f" · aliases: {', '.join(aliases_of_version)}" if aliases_of_version else "")]
+    """A version's description: a one-line summary (what the versions table shows), then the details."""
+    metric = tags.get("nnpipe.gate.metric", DEFAULT_METRIC)
+    metrics = run.data.metrics if run is not None else {}
+    gate = {k.removeprefix("nnpipe.gate."): v for k, v in tags.items() if k.startswith("nnpipe.gate.")}
+    now = "champion" if CHAMPION in aliases_of_version else ("was champion" if status != "never champion" else "")
+    summary = " · ".join(x for x in (
+        now, f"{metric} {fmt(metrics.get(metric))}" if metric in metrics else "",
+        f"gate: {gate['decision']}" if gate.get("decision") else "not gated") if x)
+    lines = [summary, "", f"**{name} v{version}**"
+             + (f" · aliases: {', '.join(aliases_of_version)}" if aliases_of_version else "")]
     if run is not None:
-        metrics = run.data.metrics
         shown = [f"`{k}` {fmt(v)}" for k, v in sorted(metrics.items()) if k.startswith(SUMMARY_PREFIXES)]
         name_of_run = run.data.tags.get("mlflow.runName", run.info.run_id)
         lines += ["", f"**Run:** {name_of_run} (`{run.info.run_id}`)",
                   "", "**Final metrics:** " + (" · ".join(shown) if shown else "none logged")]
-    gate = {k.removeprefix("nnpipe.gate."): v for k, v in tags.items() if k.startswith("nnpipe.gate.")}
     if gate:
         lines += ["", f"**Gate ({when(gate.get('time'))} UTC):** {gate.get('decision', '?')} — {gate.get('reason', '')}"]
     else:

@@ -59,8 +59,9 @@ def test_interval_schedule_runs_the_pipeline(tmp_path: Path):
         assert run["name"].startswith("iris-single-64x32"), run["name"]
         with urllib.request.urlopen(f"{api}/deployments/{run['deployment_id']}", timeout=10) as r:
             deployment = json.loads(r.read())
-        assert deployment["concurrency_limit"] == 1
-        assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+        limit = (deployment.get("global_concurrency_limit") or {}).get("limit") or deployment.get("concurrency_limit")
+        assert limit == 1, deployment
+        assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW", deployment
         # one SIGTERM (what a service manager sends) stops it cleanly, server included
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
