@@ -51,3 +51,6 @@ def pytest_sessionfinish(session, exitstatus):
     from nnpipe.deploy import local_prefect
 
     local_prefect.stop_server(Path(os.environ["PREFECT_HOME"]))
+
+
+from tests.servers import mlflow_server  # noqa: E402,F401  (a session fixture every directory may use)

@@ -3,8 +3,8 @@
 * ``sqlite_store``: a fresh SQLite tracking + registry store in a temp dir
   (copied from a migrated template, since MLflow's schema migrations are the
   slow part of creating one).
-* ``mlflow_server``: one real ``mlflow server`` process per session on
-  127.0.0.1 and a free port, started from the venv's ``mlflow`` executable.
+* ``mlflow_server`` (from ``tests/servers.py``, shared with the flow tests):
+  one real ``mlflow server`` process per session.
 * ``store``: parametrised over both, for tests that must hold over HTTP too.
 """
 
@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.tracking.helpers import MLFLOW, child_env, free_port, start_server, stop
 
 
 @pytest.fixture(autouse=True)
@@ -59,26 +58,6 @@ def sqlite_store(tmp_path, sqlite_template, monkeypatch) -> str:
     monkeypatch.chdir(tmp_path)  # MLflow writes nothing outside the store's dir either way
     assert tracking.configure() == uri
     return uri
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> str:
-    """URL of a real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts)."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    cmd = [
-        MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--workers", "1",
-    ]
-    url = f"http://127.0.0.1:{port}"
-    # the server's background job runner (GenAI scorers; eight huey processes) has
-    # nothing to do for nnpipe and costs the 2-core machine seconds at start-up
-    env = child_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    proc = start_server(cmd, f"{url}/health", root / "server.log", env, root)
-    yield url
-    stop(proc)
 
 
 @pytest.fixture
