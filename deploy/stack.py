@@ -7,6 +7,13 @@
 
 Each process runs in its own session with a pid file and a log under the
 state directory, so ``down`` stops exactly what ``up`` started.
+
+Monitoring: the Dask scheduler's dashboard serves Prometheus metrics at
+``/metrics``, the MLflow server runs with ``--expose-prometheus`` (``/metrics``
+on its port), and flow runs on the worker serve nnpipe's live training
+metrics on ``NNPIPE_METRICS_PORT`` while they train. ``up`` writes
+``<state>/prometheus.yml`` scraping all three: ``prometheus --config.file
+<state>/prometheus.yml``.
 """
 
 from __future__ import annotations
@@ -146,12 +153,14 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
     if (state / "stack.json").exists() and any(_alive(int(p.read_text())) for p in (state / "pids").glob("*.pid")):
         raise RuntimeError(f"a stack is already running from {state}; run `python -m nnpipe.deploy.stack down --state-dir {state}` first")
     dask_port, mlflow_port, prefect_port = free_port(), free_port(), free_port()
+    dashboard_port, train_metrics_port = free_port(), free_port()
     info: dict[str, Any] = {"state_dir": str(state), "workers": workers}
     try:
         sched = spawn(state, "dask-scheduler", [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
-                                                str(dask_port), "--dashboard-address", "127.0.0.1:0"])
+                                                str(dask_port), "--dashboard-address", f"127.0.0.1:{dashboard_port}"])
         wait_port(dask_port, timeout, sched)
         info["dask_address"] = f"tcp://127.0.0.1:{dask_port}"
+        info["dask_dashboard"] = f"http://127.0.0.1:{dashboard_port}/status"
         spawn(state, "dask-workers", [str(BIN / "dask"), "worker", info["dask_address"], "--nworkers", str(workers),
                                       "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"],
               env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
@@ -159,6 +168,7 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
         info["mlflow_backend_store_uri"] = store
         mlflow = spawn(state, "mlflow", [str(BIN / "mlflow"), "server", "--backend-store-uri", store,
                                          "--artifacts-destination", str(state / "mlartifacts"),
+                                         "--expose-prometheus", str(state / "mlflow-prometheus"),
                                          "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
                        # its GenAI job runner (eight huey processes) has nothing to do for nnpipe
                        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
@@ -170,7 +180,12 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
         subprocess.run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process", "--overwrite"],
                        env={**os.environ, **QUIET_ENV, **env}, check=True, capture_output=True, timeout=timeout)
         # What every flow run on this worker inherits: where to track and where to train.
-        worker_env = {**env, "MLFLOW_TRACKING_URI": info["mlflow_uri"], "DASK_SCHEDULER_ADDRESS": info["dask_address"]}
+        worker_env = {**env, "MLFLOW_TRACKING_URI": info["mlflow_uri"], "DASK_SCHEDULER_ADDRESS": info["dask_address"],
+                      "NNPIPE_METRICS_PORT": str(train_metrics_port)}
+        info["metrics"] = {"dask": f"http://127.0.0.1:{dashboard_port}/metrics",
+                           "mlflow": f"{info['mlflow_uri']}/metrics",
+                           "nnpipe": f"http://127.0.0.1:{train_metrics_port}/metrics"}
+        info["prometheus_config"] = str(write_prometheus_config(state, info["metrics"]))
         spawn(state, "prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
               env=worker_env, cwd=REPO)
         info["work_pool"] = POOL
@@ -180,6 +195,21 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
         raise
     (state / "stack.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def write_prometheus_config(state: Path, targets: dict[str, str]) -> Path:
+    """``<state>/prometheus.yml``: one scrape job per ``/metrics`` URL (dask, mlflow, nnpipe training)."""
+    from urllib.parse import urlsplit
+
+    lines = ["# Written by `python -m nnpipe.deploy.stack up`; run: prometheus --config.file " + str(state / "prometheus.yml"),
+             "global:", "  scrape_interval: 5s", "scrape_configs:"]
+    for job, url in targets.items():
+        parts = urlsplit(url)
+        lines += [f"  - job_name: {job}", f"    metrics_path: {parts.path}",
+                  "    static_configs:", f"      - targets: ['{parts.netloc}']"]
+    path = state / "prometheus.yml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _wait_dask_workers(address: str, n: int, timeout: float) -> None:

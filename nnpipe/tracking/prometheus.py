@@ -23,12 +23,15 @@ Exposed (gauges unless noted), updated every epoch or round:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from typing import Any, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
+
+log = logging.getLogger(__name__)
 
 ENV_PORT = "NNPIPE_METRICS_PORT"
 ENV_HOST = "NNPIPE_METRICS_HOST"
@@ -76,7 +79,14 @@ class TrainingExporter:
         Info("nnpipe_training", "What is training", registry=r).info({k: str(v) for k, v in (info or {}).items()})
         self.live.set(1)
         self.host = host or os.environ.get(ENV_HOST) or "127.0.0.1"
-        self.server, self.thread = start_http_server(int(port), addr=self.host, registry=r)
+        try:
+            self.server, self.thread = start_http_server(int(port), addr=self.host, registry=r)
+        except OSError as exc:
+            if not port:
+                raise
+            # taken (another training on this machine): serve anyway, on a free port the caller prints
+            log.warning("metrics port %s is taken (%s); serving on a free port instead", port, exc)
+            self.server, self.thread = start_http_server(0, addr=self.host, registry=r)
         self.port = int(self.server.server_address[1])
         self._last = time.monotonic()
         self._lock = threading.Lock()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from nnpipe.deploy.stack import REPO, down, status
 from tests.flows.conftest import clean_env
@@ -50,6 +54,17 @@ def test_stack_up_deploy_run_down(tmp_path: Path):
         assert mlflow_run.info.status == "FINISHED"
         assert mlflow_run.data.tags["dask.address"] == exports["DASK_SCHEDULER_ADDRESS"]
         assert mlflow_run.data.params["mode"] == "sync"
+        # Monitoring: the Dask dashboard and the MLflow server answer on /metrics, and the
+        # written Prometheus config scrapes them and the training driver's port.
+        info = json.loads((state / "stack.json").read_text())
+        for job in ("dask", "mlflow"):
+            with urllib.request.urlopen(info["metrics"][job], timeout=30) as r:
+                families = {f.name for f in text_string_to_metric_families(r.read().decode())}
+            assert families, job
+        assert any(name.startswith("dask_scheduler") for name in families) or job == "mlflow"
+        config = Path(info["prometheus_config"]).read_text()
+        for job, url in info["metrics"].items():
+            assert f"job_name: {job}" in config and urllib.parse.urlsplit(url).netloc in config
     finally:
         stopped = down(state)
     assert "prefect-server" in stopped and "dask-scheduler" in stopped
