@@ -133,7 +133,7 @@ def register_model(
         c.set_registered_model_alias(name, CANDIDATE, str(number))
         history.record(c, name, CANDIDATE, previous, number, action="register",
                        reason=f"registered from run {run_id}")
-        story.refresh(c, name, {number})
+        story.refresh(c, name, {number} | ({previous} if previous is not None else set()))
     integrity.record(c, name, number)  # SHA-256 of every model file, checked before any load (outside the lock)
     return number
 
@@ -228,10 +228,12 @@ def list_versions(name: str) -> list[dict[str, Any]]:
         Keys: ``version`` (int), ``aliases`` (list of str), ``status`` (registry
         status), ``run_id``, ``run_status``, ``created`` (ISO time), ``metrics``
         (the run's latest value per key), ``gate`` (the promotion gate's
-        ``nnpipe.gate.*`` tags without the prefix), ``tags``, ``source``.
+        ``nnpipe.gate.*`` tags without the prefix), ``champion`` (when it was
+        champion, from the history: ``since ...`` or its last reign), ``tags``, ``source``.
     """
     c = client()
     model = get_registered(name, c)
+    spans = story.reigns(history.load_events(c, name))
     by_version: dict[int, list[str]] = {}
     for alias, v in model.aliases.items():
         by_version.setdefault(int(v), []).append(alias)
@@ -256,7 +258,7 @@ def list_versions(name: str) -> list[dict[str, Any]]:
             "created": _iso(mv.creation_timestamp),
             "metrics": metrics,
             "gate": {k[len("nnpipe.gate."):]: v for k, v in mv.tags.items() if k.startswith("nnpipe.gate.")},
-            "champion": mv.tags.get(story.STATUS_TAG, ""),
+            "champion": story.status_short(number, model.aliases, spans.get(number, [])),
             "tags": dict(mv.tags),
             "source": mv.source,
         })

@@ -83,6 +83,18 @@ def _move(e: dict[str, Any]) -> str:
             "register": "register"}.get(e.get("action", ""), str(e.get("action", "")))
 
 
+def status_short(version: int, aliases: dict[str, Any], spans: list[dict[str, Any]]) -> str:
+    """For a table cell: ``since 2026-11-29 06:21`` (champion now), ``06:11 – 06:21`` (last reign), or empty."""
+    if not spans:
+        return ""
+    last = spans[-1]
+    start = when(last["start"].get("time"))[:16]
+    if last["end"] is None and str(aliases.get(CHAMPION)) == str(version):
+        return f"since {start}"
+    end = when(last["end"].get("time"))[:16] if last["end"] is not None else "?"
+    return f"{start} – {end}" + (f" (+{len(spans) - 1} earlier)" if len(spans) > 1 else "")
+
+
 def model_markdown(name: str, aliases: dict[str, Any], events: list[dict[str, Any]], metric: str,
                    greater: bool, ledger: str | None = None) -> str:
     """The registered model's description: current aliases and the champion history table."""

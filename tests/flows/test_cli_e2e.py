@@ -90,7 +90,7 @@ def test_first_command_then_bad_csv(tmp_path: Path, user_home: Path):
     assert "Traceback" not in failed.stderr + failed.stdout
     message = failed.stderr.strip().splitlines()[-1]
     assert "bad.csv" in message and "'b'" in message and "row 2" in message and "'oops'" in message, failed.stderr
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    runs = [r for e in exps for r in client.search_runs([e.experiment_id])]
     assert sorted(r.info.status for r in runs) == ["FINISHED"]
     assert [str(v.version) for v in client.search_model_versions("name='nnpipe-iris'")] == ["1"]
     assert str(client.get_model_version_by_alias("nnpipe-iris", "champion").version) == "1"

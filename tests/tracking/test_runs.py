@@ -34,7 +34,8 @@ def test_params_tags_and_metrics_are_logged(sqlite_store):
     with tracking.training_run("exp-params", params, tags, run_name="r1") as run:
         run_id = run.info.run_id
         callback = tracking.metrics_callback(run_id)
-        callback(0, {"train/loss": 1.0, "val/accuracy": 0.5, "dist/staleness": 2, "worker/0/samples_per_s": 99.0})
+        callback(0, {"train/loss": 1.0, "val/accuracy": 0.5, "dist/staleness": 2, "worker/0/samples_per_s": 99.0,
+                     "lr": 0.01})
         callback(1, {"train/loss": 0.5, "val/accuracy": float("nan"), "dist/consensus_distance": math.inf})
         logged = tracking.log_final_metrics(run_id, {"accuracy": 0.9, "test/loss": 0.2})
     assert logged == {"test/accuracy": 0.9, "test/loss": 0.2}
@@ -55,7 +56,9 @@ def test_params_tags_and_metrics_are_logged(sqlite_store):
     # non-finite values are skipped, not logged as NaN
     assert [m.step for m in c.get_metric_history(run_id, "val/accuracy")] == [0]
     assert c.get_metric_history(run_id, "dist/consensus_distance") == []
-    assert r.data.metrics["worker/0/samples_per_s"] == 99.0 and r.data.metrics["dist/staleness"] == 2.0
+    # grouped as the UI sections them: one dist/ group for the workers, lr with the training metrics
+    assert r.data.metrics["dist/worker/0/samples_per_s"] == 99.0 and r.data.metrics["dist/staleness"] == 2.0
+    assert r.data.metrics["train/lr"] == 0.01 and "lr" not in r.data.metrics
 
 
 def test_failed_run_is_marked_and_cannot_be_registered(sqlite_store, iris_splits):
