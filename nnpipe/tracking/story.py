@@ -22,7 +22,7 @@ from typing import Any, Iterable
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from nnpipe.tracking import history
+import nnpipe.tracking.history as history
 
 CHAMPION = "champion"
 RUN_ID_TAG = "nnpipe.run_id"

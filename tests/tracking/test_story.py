@@ -6,7 +6,6 @@ One SQLite store per module: v1 weak (gated in), v2 strong (gated in), v3 weak (
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from mlflow import MlflowClient
@@ -15,7 +14,7 @@ from typer.testing import CliRunner
 from nnpipe import tracking
 from nnpipe.cli import app
 from nnpipe.tracking import history
-from tests.tracking.helpers import STRONG, WEAK, train_logged
+from tests.tracking.helpers import STRONG, WEAK, scratch_store, train_logged
 
 NAME = "story-iris"
 runner = CliRunner()
@@ -23,21 +22,14 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, sqlite_template, iris_splits):
-    root = tmp_path_factory.mktemp("story-store")
-    shutil.copy(sqlite_template, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
     ds, splits = iris_splits
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(root)
-        tracking.configure(uri)
+    with scratch_store(tmp_path_factory, sqlite_template, "story-store") as (root, uri):
         versions = []
         for cfg, promoted in ((WEAK, True), (STRONG, True), (WEAK, False)):
             v, _, _ = train_logged(NAME, ds, splits, experiment=NAME, **cfg)
             assert tracking.promote_if_better(NAME, v).promoted is promoted
             versions.append(v)
-        tracking.reset()
-        yield {"uri": uri, "versions": tuple(versions)}
+    yield {"uri": uri, "versions": tuple(versions)}
 
 
 def cli(registry, *args: str):
