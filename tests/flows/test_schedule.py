@@ -62,11 +62,11 @@ def test_interval_schedule_runs_the_pipeline(tmp_path: Path):
         limit = (deployment.get("global_concurrency_limit") or {}).get("limit") or deployment.get("concurrency_limit")
         assert limit == 1, deployment
         assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW", deployment
-        # one SIGTERM (what a service manager sends) stops it cleanly, server included
+        # one SIGTERM (what a service manager sends) stops it cleanly
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, (tmp_path / "schedule.log").read_text()[-3000:]
-        assert "SIGTERM: stopping" in out and "local Prefect server stopped" in out
+        assert "SIGTERM: stopping" in out
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)  # the command pauses its schedule; the shared server stays
