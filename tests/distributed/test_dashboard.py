@@ -10,6 +10,7 @@ import pytest
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed
 from nnpipe.distributed.progress import PREFIX, TOPIC, DashboardProgress
+from tests.browser import browser, shot  # noqa: F401  (browser is a fixture)
 from tests.distributed.helpers import small_net
 
 pytestmark = pytest.mark.cluster
@@ -54,3 +55,24 @@ def test_every_round_shows_on_the_dashboard(client, data):
             break
         time.sleep(0.5)
     assert done >= len(seen), f"{done} {PREFIX} tasks counted at {metrics_url}, expected {len(seen)}"
+
+
+def test_status_page_renders_the_rounds_in_a_browser(client, data, browser, tmp_path):
+    """The page a user opens while training: bokeh draws it, the nnpipe-round tasks are in its task stream."""
+    from selenium.webdriver.common.by import By
+
+    X, y = data
+    spec, theta0 = small_net("float32")
+    browser.get(client.dashboard_link)
+    with DashboardProgress(client.scheduler.address, label="browser") as progress:
+        fit_distributed(spec, theta0, X, y, TrainConfig(mode="local-sgd", workers=2, epochs=4, batch_size=50,
+                                                        sync_every=5, dtype="float32"),
+                        callbacks=[progress], client=client)
+    deadline = time.monotonic() + 60
+    roots = []
+    while not roots and time.monotonic() < deadline:
+        roots = browser.find_elements(By.CSS_SELECTOR, "[data-root-id], .bk-Root, .bk-root")
+        time.sleep(0.5)
+    assert roots, f"bokeh drew nothing at {client.dashboard_link}"
+    time.sleep(2)  # the task stream refreshes every second or so
+    assert shot(browser, tmp_path, "dask-status").stat().st_size > 10_000

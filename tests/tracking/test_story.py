@@ -29,7 +29,8 @@ def registry(tmp_path_factory, sqlite_template, iris_splits):
             v, _, _ = train_logged(NAME, ds, splits, experiment=NAME, **cfg)
             assert tracking.promote_if_better(NAME, v).promoted is promoted
             versions.append(v)
-    yield {"uri": uri, "versions": tuple(versions)}
+        tracking.reset()
+        yield {"uri": uri, "versions": tuple(versions)}
 
 
 def cli(registry, *args: str):
