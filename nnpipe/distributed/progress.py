@@ -3,8 +3,8 @@
 The trainers are actors, and actor calls are not tasks, so the dashboard's
 task stream and progress bars show nothing of a training. This callback makes
 each epoch-equivalent visible there: it submits one tiny task with the key
-``nnpipe-round-<step>-<id>`` (the task stream and the *Progress* page group
-them as ``nnpipe-round``; hovering one shows its step and loss), and logs the
+``nnpipe-round-<step>-<id>`` (the task stream draws each; the *Progress*
+bar ``nnpipe-round`` counts the rounds done until training ends), and logs the
 same logs as a scheduler event under the topic ``nnpipe`` (``Client.get_events``,
 and the scheduler's event log on the dashboard's ``/info`` pages).
 
@@ -19,7 +19,7 @@ import logging
 import uuid
 from typing import Any
 
-from distributed import Client, fire_and_forget
+from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class DashboardProgress:
         self.label = label
         self.tag = uuid.uuid4().hex[:8]
         self.started = set(self._workers())
+        self.futures: list[Any] = []
         self.dashboard_link = self.client.dashboard_link
 
     def _workers(self) -> list[str]:
@@ -61,13 +62,14 @@ class DashboardProgress:
             loss = logs.get("train/loss")
             fut = self.client.submit(_round, int(step), None if loss is None else float(loss),
                                      key=f"{PREFIX}-{int(step) + 1}-{self.tag}", pure=False)
-            fire_and_forget(fut)
+            self.futures.append(fut)  # held until the training ends: the Progress bar counts rounds done
             self.client.log_event(TOPIC, {"label": self.label, "step": int(step) + 1,
                                           **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}})
         except Exception as exc:  # the dashboard is a view: never fail a training over it
             log.warning("could not show round %d on the Dask dashboard: %s", step + 1, exc)
 
     def close(self) -> None:
+        self.futures.clear()
         self.client.close()
 
     def __enter__(self) -> "DashboardProgress":

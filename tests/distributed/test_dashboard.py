@@ -39,7 +39,11 @@ def test_every_round_shows_on_the_dashboard(client, data):
     # the callbacks after it get the worker counts
     assert seen and all(s["dist/workers_live"] == 2 and s["dist/workers_lost"] == 0 for s in seen)
     # one scheduler event per round, with the round's logs
-    events = [e for _, e in client.get_events(TOPIC) if e.get("label") == "dashboard-test"]
+    deadline = time.monotonic() + 30
+    events: list = []
+    while len(events) < len(seen) and time.monotonic() < deadline:  # log_event does not wait for the scheduler
+        events = [e for _, e in client.get_events(TOPIC) if e.get("label") == "dashboard-test"]
+        time.sleep(0.2)
     assert [e["step"] for e in events] == list(range(1, len(seen) + 1))
     assert all("train/loss" in e for e in events)
     # one task per round, grouped as "nnpipe-round" in the task stream and progress bars;
