@@ -62,21 +62,27 @@ def test_every_round_shows_on_the_dashboard(client, data):
 
 
 def test_status_page_renders_the_rounds_in_a_browser(client, data, browser, tmp_path):
-    """The page a user opens while training: bokeh draws it, the nnpipe-round tasks are in its task stream."""
+    """The page a user opens while training: bokeh draws it, the rounds so far are in its task stream and progress."""
     from selenium.webdriver.common.by import By
 
     X, y = data
     spec, theta0 = small_net("float32")
     browser.get(client.dashboard_link)
-    with DashboardProgress(client.scheduler.address, label="browser") as progress:
-        fit_distributed(spec, theta0, X, y, TrainConfig(mode="local-sgd", workers=2, epochs=4, batch_size=50,
-                                                        sync_every=5, dtype="float32"),
-                        callbacks=[progress], client=client)
     deadline = time.monotonic() + 60
     roots = []
     while not roots and time.monotonic() < deadline:
         roots = browser.find_elements(By.CSS_SELECTOR, "[data-root-id], .bk-Root, .bk-root")
         time.sleep(0.5)
     assert roots, f"bokeh drew nothing at {client.dashboard_link}"
-    time.sleep(2)  # the task stream refreshes every second or so
-    assert shot(browser, tmp_path, "dask-status").stat().st_size > 10_000
+    shots = []
+
+    def screenshot_mid_run(epoch: int, logs: dict) -> None:
+        if epoch == 2:
+            time.sleep(2)  # the page refreshes its plots about once a second
+            shots.append(shot(browser, tmp_path, "dask-status"))
+
+    with DashboardProgress(client.scheduler.address, label="browser") as progress:
+        fit_distributed(spec, theta0, X, y, TrainConfig(mode="local-sgd", workers=2, epochs=5, batch_size=50,
+                                                        sync_every=5, dtype="float32"),
+                        callbacks=[progress, screenshot_mid_run], client=client)
+    assert shots and shots[0].stat().st_size > 10_000
