@@ -84,15 +84,17 @@ def _move(e: dict[str, Any]) -> str:
 
 
 def status_short(version: int, aliases: dict[str, Any], spans: list[dict[str, Any]]) -> str:
-    """For a table cell: ``since 2026-11-29 06:21`` (champion now), ``06:11 – 06:21`` (last reign), or empty."""
+    """For a table cell: ``since 11-29 06:21`` (champion now), ``11-29 06:11 – 06:21`` (last reign), or empty."""
     if not spans:
         return ""
     last = spans[-1]
-    start = when(last["start"].get("time"))[:16]
+    start = when(last["start"].get("time"))[5:16]
     if last["end"] is None and str(aliases.get(CHAMPION)) == str(version):
         return f"since {start}"
-    end = when(last["end"].get("time"))[:16] if last["end"] is not None else "?"
-    return f"{start} – {end}" + (f" (+{len(spans) - 1} earlier)" if len(spans) > 1 else "")
+    end = when(last["end"].get("time"))[5:16] if last["end"] is not None else "?"
+    if end[:5] == start[:5]:
+        end = end[6:]  # same day: the time is enough
+    return f"{start} – {end}" + (f" (+{len(spans) - 1})" if len(spans) > 1 else "")
 
 
 def model_markdown(name: str, aliases: dict[str, Any], events: list[dict[str, Any]], metric: str,
