@@ -127,7 +127,10 @@ def log_training_artifacts(
     Returns
     -------
     list of str
-        Artifact paths logged, relative to the run's artifact root.
+        Artifact paths logged, relative to the run's artifact root: the plots
+        (``loss.png``, ``accuracy.png``, ``confusion_matrix.png``) at the root,
+        where MLflow's run comparison finds them; ``plots/confusion_matrix.json``
+        and ``config/*``.
     """
     import yaml
 
@@ -153,6 +156,12 @@ def log_training_artifacts(
         (cfg / "config.json").write_text(json.dumps(plain, indent=2, sort_keys=True, default=str))
         (cfg / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(plain, default=str)), sort_keys=True))
         (cfg / "history.json").write_text(json.dumps(_plain(dict(history)), default=str))
+        # The PNGs go at the artifact root: MLflow's run-comparison view shows only
+        # root-level files common to the runs ("No common artifacts" otherwise).
+        for png in sorted(plots.glob("*.png")):
+            c.log_artifact(run_id, str(png))
+            logged.append(png.name)
+            png.unlink()
         for folder in (plots, cfg):
             if any(folder.iterdir()):
                 c.log_artifacts(run_id, str(folder), artifact_path=folder.name)
