@@ -288,7 +288,7 @@ def log_and_register(
     try:  # plots name the version, so they come after registering; a failed plot is no failed run
         y_pred = model.predict(splits.raw_test)
         tracking.log_training_artifacts(run_id, result.history, config.to_dict(), splits.y_test, y_pred,
-                                        splits.classes, title=f"run {run_name} · {model_name} v{version}",
+                                        splits.classes, title=f"run {run_name}\n{model_name} v{version}",
                                         label_names=label_names)
     except Exception as exc:
         logger.warning("could not log the plots of run %s: %s: %s", run_id, type(exc).__name__, exc)

@@ -34,7 +34,7 @@ def plot_curves(history: Mapping[str, Sequence[float]], suffix: str, path: Path,
         ax.plot(np.arange(1, len(values) + 1), values, label=key, marker="." if len(values) < 30 else None)
     ax.set_xlabel("epoch / round")
     ax.set_ylabel(suffix)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -68,7 +68,7 @@ def plot_confusion(C: np.ndarray, labels: list, path: Path, title: str = "confus
     ax.set_yticks(range(n), [str(x) for x in labels])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     threshold = C.max() / 2 if C.size else 0
     for i in range(n):
         for j in range(n):
