@@ -8,7 +8,6 @@ import asyncio
 import pytest
 from typer.testing import CliRunner
 
-from tests.tracking.conftest import mlflow_server  # noqa: F401  (a real server, shared fixture)
 
 pytestmark = [pytest.mark.server, pytest.mark.usefixtures("prefect_harness")]
 SECRET = "S3cretPW"
