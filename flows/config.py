@@ -139,6 +139,8 @@ class PipelineConfig(BaseModel):
 
         if isinstance(params.get("dataset"), str):  # never a password in a param
             params["dataset"] = redact(params["dataset"])
+        if self.tracking_uri:  # where the run was tracked, as given (credentials redacted)
+            params["tracking_uri"] = redact(self.tracking_uri)
         params["hidden"] = ",".join(map(str, self.hidden))
         effective = self.train.effective()
         from nnpipe import schedules

@@ -212,7 +212,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         )
         run_id = run.info.run_id
         logger.info("MLflow run %s in %s", run_id, uri)
-        tasks.announce(f"MLflow run:  {run_name}  {links.run_url(uri, run.info.experiment_id, run_id)}")
+        tasks.announce(f"MLflow:      run {run_name}  {links.run_url(uri, run.info.experiment_id, run_id)}")
         if config.large_source:  # the rows stay on the workers (or stream through one process)
             from nnpipe.flows import source_tasks
 

@@ -182,7 +182,8 @@ def _print_result(result: dict[str, Any]) -> None:
     extra = result.get("extra") or {}
     uri = result["tracking_uri"]
     shown = ", ".join(f"test/{k}={v:.4f}" for k, v in sorted(m.items()))
-    typer.echo(f"MLflow run:  {result['run_id']}  {extra.get('run_url') or links.run_url(uri, result['experiment_id'], result['run_id'])}")
+    typer.echo(f"MLflow run:  {result['run_id']}")
+    typer.echo(f"             {extra.get('run_url') or links.run_url(uri, result['experiment_id'], result['run_id'])}")
     typer.echo(f"model:       {result['model_name']} version {result['version']}  ({shown})")
     typer.echo(f"             {extra.get('version_url') or links.version_url(uri, result['model_name'], result['version'])}")
     verdict = "promoted to champion" if result["promoted"] else "not promoted"

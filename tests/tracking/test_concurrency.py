@@ -106,7 +106,8 @@ def test_processes_starting_at_once_on_a_brand_new_sqlite_store(n, tmp_path, mon
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert not any(t.startswith("_alembic_tmp") for t in tables), tables
         assert len(con.execute("SELECT version_num FROM alembic_version").fetchall()) == 1
-        assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == n
+        assert con.execute("SELECT count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+                           "WHERE e.name != 'nnpipe-registry-history'").fetchone()[0] == n  # not the alias ledger
     finally:
         con.close()
 
