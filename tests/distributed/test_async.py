@@ -27,8 +27,10 @@ def test_async_learns_and_logs_staleness(client, data):
     assert [e for e, _ in seen] == list(range(4))
     assert out.history["val/accuracy"][-1] > 0.7
     for _, logs in seen:
-        assert {"dist/staleness", "dist/staleness_max", "worker/0/samples_per_s", "train/loss"} <= set(logs)
+        # the fast trainer reports every epoch; the napping one only in epochs where a round of it ended
+        assert {"dist/staleness", "dist/staleness_max", "worker/1/samples_per_s", "train/loss"} <= set(logs)
         assert 0 <= logs["dist/staleness"] <= logs["dist/staleness_max"]
+    assert "worker/0/samples_per_s" in set().union(*(logs for _, logs in seen))
     assert max(m["staleness"] for m in out.info["merges"] if m["trainer"] == 0) >= 1
     assert set(out.info["merges_by_trainer"]) == {0, 1}
     assert out.info["bytes_sent_per_round"] + out.info["bytes_received_per_round"] <= 2 * 2 * theta0.nbytes
