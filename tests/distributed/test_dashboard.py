@@ -36,6 +36,20 @@ def test_every_round_shows_on_the_dashboard(client, data):
         fit_distributed(spec, theta0, X, y, TrainConfig(mode="local-sgd", workers=2, epochs=3, batch_size=50,
                                                         sync_every=5, dtype="float32"),
                         callbacks=[progress, lambda e, logs: seen.append(dict(logs))], client=client)
+        # counted while the progress still holds the round tasks (closing it releases them)
+        # one task per round, grouped as "nnpipe-round" in the task stream and progress bars;
+        # the dashboard server's own /metrics counts them by prefix
+        metrics_url = client.dashboard_link.replace("/status", "/metrics")
+        deadline = time.monotonic() + 30
+        done = 0.0
+        while time.monotonic() < deadline:
+            done = sum(float(x.rsplit(" ", 1)[1]) for x in get(metrics_url).splitlines()
+                       if x.startswith("dask_scheduler_prefix_state_totals")
+                       and f'task_prefix_name="{PREFIX}"' in x and 'state="memory"' in x)
+            if done >= len(seen):
+                break
+            time.sleep(0.5)
+        assert done >= len(seen), f"{done} {PREFIX} tasks counted at {metrics_url}, expected {len(seen)}"
     # the callbacks after it get the worker counts
     assert seen and all(s["dist/workers_live"] == 2 and s["dist/workers_lost"] == 0 for s in seen)
     # one scheduler event per round, with the round's logs
@@ -46,19 +60,6 @@ def test_every_round_shows_on_the_dashboard(client, data):
         time.sleep(0.2)
     assert [e["step"] for e in events] == list(range(1, len(seen) + 1))
     assert all("train/loss" in e for e in events)
-    # one task per round, grouped as "nnpipe-round" in the task stream and progress bars;
-    # the dashboard server's own /metrics counts them by prefix
-    metrics_url = client.dashboard_link.replace("/status", "/metrics")
-    deadline = time.monotonic() + 30
-    done = 0.0
-    while time.monotonic() < deadline:
-        done = sum(float(x.rsplit(" ", 1)[1]) for x in get(metrics_url).splitlines()
-                   if x.startswith("dask_scheduler_prefix_state_totals")
-                   and f'task_prefix_name="{PREFIX}"' in x and 'state="memory"' in x)
-        if done >= len(seen):
-            break
-        time.sleep(0.5)
-    assert done >= len(seen), f"{done} {PREFIX} tasks counted at {metrics_url}, expected {len(seen)}"
 
 
 def test_status_page_renders_the_rounds_in_a_browser(client, data, browser, tmp_path):
