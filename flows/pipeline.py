@@ -257,7 +257,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
             model_name = config.model_name or default_model_name(ds.name)
             model_uri, version = tasks.log_and_register(run_id, model, fit, train_cfg, splits, metrics, model_name,
                                                         lineage, run_name=run_name,
-                                                        label_names=tasks.class_label_names(ds.source))
+                                                        label_names=tasks.class_label_names(ds))
         metric, greater = config.metric_for(ds_task)
         decision = tasks.promote(model_name, version, f"test/{metric}", greater, actor=f"prefect:{run_name}")
         tracking.set_run_tags(run_id, {"nnpipe.promoted": decision.promoted, "nnpipe.promotion": decision.reason})

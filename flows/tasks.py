@@ -295,18 +295,11 @@ def log_and_register(
     return model_uri, str(version)
 
 
-def class_label_names(source: str) -> dict[Any, str] | None:
+def class_label_names(ds: Dataset) -> dict[Any, str] | None:
     """Readable class names of a built-in dataset (iris: 0 -> setosa, ...); None for files."""
-    from nnpipe.data import BUILTIN
-
-    if source not in BUILTIN:
+    if not ds.class_names:
         return None
-    import sklearn.datasets
-
-    names = getattr(getattr(sklearn.datasets, BUILTIN[source])(), "target_names", None)
-    if names is None or getattr(names, "ndim", 1) != 1:
-        return None
-    return {i: str(n) for i, n in enumerate(names)}
+    return dict(enumerate(ds.class_names))
 
 
 @task(name="register", cache_policy=NO_CACHE)

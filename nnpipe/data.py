@@ -16,13 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-BUILTIN: dict[str, str] = {
-    "iris": "load_iris",
-    "wine": "load_wine",
-    "breast_cancer": "load_breast_cancer",
-    "digits": "load_digits",
-    "diabetes": "load_diabetes",  # regression
-}
+from nnpipe.builtin_data import LOADERS, load_bundle
+
+BUILTIN: dict[str, str] = LOADERS  # built-in dataset name -> scikit-learn loader
 TASKS = ("multiclass", "binary", "regression")
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", "": "csv"}
 # Largest |value| accepted. Beyond it the scaler's variance (a sum of squares)
@@ -55,6 +51,10 @@ class Dataset:
         ``multiclass``, ``binary`` or ``regression``.
     content_hash : str
         SHA-256 of the file bytes (or of the arrays for a built-in dataset).
+    warnings : list of str
+        Problems worth telling the user that did not stop the load.
+    class_names : list of str, optional
+        Readable names of the classes in label order (built-in datasets only).
     """
 
     name: str
@@ -66,6 +66,7 @@ class Dataset:
     task: str
     content_hash: str
     warnings: list[str] = field(default_factory=list)
+    class_names: list[str] | None = None
 
     @property
     def classes(self) -> np.ndarray | None:
@@ -229,15 +230,10 @@ def _header(path: Path) -> list[str]:
 
 
 def _load_builtin(name: str) -> Dataset:
-    import sklearn.datasets
-
-    bunch = getattr(sklearn.datasets, BUILTIN[name])()
-    X = np.asarray(bunch.data, dtype=np.float64)
-    y = np.asarray(bunch.target)
-    digest = hashlib.sha256(X.tobytes() + y.tobytes()).hexdigest()
-    names = [str(f) for f in getattr(bunch, "feature_names", [f"x{i}" for i in range(X.shape[1])])]
-    task = "regression" if name == "diabetes" else infer_task(y)
-    return Dataset(name, name, X, y, names, "target", task, digest)
+    b = load_bundle(name)
+    digest = hashlib.sha256(b.X.tobytes() + b.y.tobytes()).hexdigest()
+    task = "regression" if name == "diabetes" else infer_task(b.y)
+    return Dataset(name, name, b.X, b.y, b.feature_names, "target", task, digest, class_names=b.class_names)
 
 
 def _read_frame(path: Path):

@@ -37,8 +37,10 @@ def main() -> None:
     """Entry point of the ``nnpipe`` console script."""
     # Telemetry off for this process and the servers it starts, set here (not on
     # import) so that importing nnpipe.cli changes nothing for a library user.
+    # MLflow's per-download progress bars are off too: the integrity checks and the gate
+    # download model files, and six bars would bury the command's own output.
     for key, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
-                       ("MLFLOW_ENABLE_TELEMETRY", "false")):
+                       ("MLFLOW_ENABLE_TELEMETRY", "false"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
         os.environ.setdefault(key, value)
     app()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import os
 
 import typer
 
@@ -43,8 +42,6 @@ def _run(cfg: Any, settings: Any, verbose: bool) -> None:
     except (SpaceError, ValueError) as exc:
         _fail(str(exc))
     preflight(cfg, _default_tracking_uri, _fail)  # data, store, scheduler: seconds, before any start
-    # One line per trial is the progress; MLflow's per-model download bars would bury it.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not verbose:
         from nnpipe.tuning.study import quiet_optuna
 
