@@ -98,7 +98,8 @@ def main() -> None:
     print(f"{'what':48s} {'seconds':>8s}")
     print(f"{'nnpipe --help (median of 5)':48s} {statistics.median(helps):8.2f}")
     print(f"{'nnpipe train, first run (starts Prefect server)':48s} {cold:8.2f}")
-    print(f"{'nnpipe train, warm (median of 3)':48s} {statistics.median(warm):8.2f}")
+    print(f"{'nnpipe train, warm (median of 3)':48s} {statistics.median(warm):8.2f}"
+          f"   ({', '.join(f'{w:.2f}' for w in warm)})")
     print(f"{'reference: temporary Prefect server per run':48s} {statistics.median(ephemeral):8.2f}")
     print(f"{'warm speed-up over the reference':48s} {statistics.median(ephemeral) / statistics.median(warm):7.2f}x")
     print("\nbreakdown of one warm run (cProfile, cumulative; adds ~20% overhead):")
