@@ -38,8 +38,10 @@ def trial_listener(callback: Callable[[Any], None]) -> Iterator[None]:
 
 
 def check_space(config: PipelineConfig, space: list[str] | None, **settings: Any) -> None:
-    """Validate the settings and the space entries against ``config`` (raises before any run exists)."""
+    """Validate the settings, the space entries and the dataset's kind against ``config`` (raises before any run exists)."""
     from nnpipe.tuning import SpaceError, TuneSettings, parse_space
+
+    _check_in_memory(config)
 
     checked = TuneSettings(space=list(space or []), **{k: v for k, v in settings.items() if v is not None})
     if config.train.mode != "single":
@@ -50,6 +52,25 @@ def check_space(config: PipelineConfig, space: list[str] | None, **settings: Any
     elif checked.study is None:  # only a resumed study may omit the space (it reuses its own)
         raise SpaceError("the search space is empty; give at least one --space NAME=EXPR, "
                          "e.g. --space 'lr=loguniform(1e-4,1e-1)', or --study NAME to resume a study")
+
+
+def _check_in_memory(config: PipelineConfig) -> None:
+    """Refuse a source that only ``nnpipe train`` reads on the workers, saying what to do instead."""
+    from nnpipe.data import DataError, check_source
+
+    try:
+        check_source(config.dataset, config.target)
+    except DataError:
+        if not config.large_source:
+            raise  # a plain bad path or format: its own message says what is wrong
+        # Each trial trains on rows this process holds (shipped to a worker); reading a data lake
+        # per trial on the workers is not built. Say so instead of "not a file".
+        raise DataError(
+            f"{config.dataset}: tuning trains every trial on rows held in memory, from a built-in dataset or "
+            f"one CSV or Parquet file; this is a large source (a directory, glob, URL or compressed file). "
+            f"Tune on a sample file of it, then train on the whole source with "
+            f"`nnpipe train --dataset {config.dataset}` and the best parameters"
+        ) from None
 
 
 @flow(name="nnpipe-tune", description="Optuna study on the Dask cluster; the best trial is registered and gated.")
@@ -65,7 +86,7 @@ def tune_flow(config: PipelineConfig = PipelineConfig(), space: list[str] | None
                 "study": study, "storage": storage, "metric": metric}
     check_space(config, space, **settings)
     uri = tracking.configure(config.tracking_uri)
-    ds = tasks.load(config.dataset, config.target, config.task)
+    ds = tasks.load(config.dataset, config.target, config.task, config.features)
     tasks.validate(ds, config.test_size, config.val_size)
     splits = tasks.split_scale(ds, config.test_size, config.val_size, config.train.seed)
     gate_metric, greater = config.metric_for(ds.task)

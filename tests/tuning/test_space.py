@@ -92,6 +92,23 @@ def test_cli_bad_space_is_one_line_and_creates_nothing(tmp_path: Path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tune.toml"]  # no MLflow store, no study
 
 
+def test_cli_refuses_a_large_source_saying_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import pandas as pd
+
+    from nnpipe.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lake").mkdir()
+    for i in range(2):
+        pd.DataFrame({"a": [0.0, 1.0, 2.0], "label": [0, 1, i]}).to_parquet(tmp_path / "lake" / f"part-{i}.parquet")
+    result = CliRunner().invoke(app, ["tune", "--dataset", "lake", "--target", "label",
+                                      "--space", "lr=loguniform(1e-4,1e-1)"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("error: lake: tuning trains every trial on rows held in memory")
+    assert "nnpipe train --dataset lake" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lake"]  # no MLflow store, no study
+
+
 def test_a_resumed_study_names_the_base_settings_that_changed():
     from nnpipe.tuning.api import _base, _base_changes
 
