@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from nnpipe.flows import tasks
 from nnpipe.flows.config import PipelineConfig
-from nnpipe.flows.pipeline import artifact_key, mlflow_run_link, mlflow_ui_command
+from nnpipe.flows.pipeline import artifact_key, dataset_label, mlflow_run_link, mlflow_ui_command
 
 # Listeners outside Prefect (the CLI's per-trial lines); callables are not flow parameters.
 _LISTENERS: list[Callable[[Any], None]] = []
@@ -73,7 +73,22 @@ def _check_in_memory(config: PipelineConfig) -> None:
         ) from None
 
 
-@flow(name="nnpipe-tune", description="Optuna study on the Dask cluster; the best trial is registered and gated.")
+def tune_run_name() -> str:
+    """The Prefect flow run's name: ``tune-digits-tpe`` or ``tune-digits-tpe-STUDY`` (``sweep``: ``grid``)."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    try:
+        cfg = params.get("config")
+        cfg = cfg if isinstance(cfg, PipelineConfig) else PipelineConfig.model_validate(cfg or {})
+    except Exception:  # a bad config fails in the flow itself, with the real message
+        return "nnpipe-tune"
+    study = params.get("study")
+    return f"tune-{dataset_label(cfg)}-{params.get('sampler') or 'tpe'}" + (f"-{study}" if study else "")
+
+
+@flow(name="nnpipe-tune", description="Optuna study on the Dask cluster; the best trial is registered and gated.",
+      flow_run_name=tune_run_name)
 def tune_flow(config: PipelineConfig = PipelineConfig(), space: list[str] | None = None, trials: int | None = None,
               timeout: float | None = None, sampler: str = "tpe", pruner: str = "median", parallel: int | None = None,
               study: str | None = None, storage: str | None = None, metric: str | None = None) -> dict[str, Any]:
