@@ -34,7 +34,13 @@ def _setup(uri: str | None):
     from nnpipe.redact import move_credentials_to_env, redact
     from nnpipe.tracking.preflight import StoreUnavailable, check_store
 
+    from nnpipe.tracking.store import sqlite_path
+
     uri = move_credentials_to_env(uri or tracking.tracking_uri())
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():  # these commands read a registry: never create an empty store
+        _fail(f"no MLflow store at {db}: run `nnpipe train` here first, or point at the store with "
+              f"--tracking-uri or MLFLOW_TRACKING_URI")
     try:  # seconds, not MLflow's minutes of retries, when the server is down or refuses us
         check_store(uri)
     except StoreUnavailable as exc:
@@ -85,11 +91,14 @@ def _num(value: str | None) -> str:
 
 
 def models(
-    name: str = typer.Argument(..., help="Registered model name."),
+    name: Optional[str] = typer.Argument(None, help="Registered model name (omit it to list every model)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
 ) -> None:
-    """List the versions of model NAME with their metrics, aliases and status."""
+    """List the versions of model NAME with their metrics, aliases and status; without NAME, every model."""
     tracking = _setup(tracking_uri)
+    if name is None:
+        _all_models(tracking)
+        return
     _report_outside(tracking, name)
     rows = _run(lambda: tracking.list_versions(name))
     present = [m for m in SHOWN_METRICS if any(m in r["metrics"] for r in rows)]
@@ -111,6 +120,21 @@ def models(
         )
     _console().print(table)
     _links(tracking, name)
+
+
+def _all_models(tracking) -> None:
+    rows = _run(tracking.list_models)
+    if not rows:
+        _console().print("no registered models in this store yet: `nnpipe train` registers one")
+        return
+    table = Table(title=f"{len(rows)} registered model(s)")
+    for col in ("name", "versions", "champion", "candidate", "gate metric", "updated"):
+        table.add_column(col, justify="right" if col in ("versions", "champion", "candidate") else "left")
+    for r in rows:
+        table.add_row(r["name"], str(r["versions"]), *("" if v is None else f"v{v}" for v in (r["champion"], r["candidate"])),
+                      r["metric"], r["updated"] or "")
+    _console().print(table)
+    _console().print("versions of one model: nnpipe models NAME")
 
 
 def promote(

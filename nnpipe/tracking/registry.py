@@ -219,6 +219,34 @@ def _iso(ms: int | None) -> str | None:
     return _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def list_models() -> list[dict[str, Any]]:
+    """Every registered model in the store, by name, with its aliases and gate metric.
+
+    Returns
+    -------
+    list of dict
+        Keys: ``name``, ``versions`` (how many), ``champion`` and ``candidate``
+        (version numbers or None), ``metric`` (the gate's metric), ``updated`` (ISO time).
+    """
+    c = client()
+    rows, token = [], None
+    while True:  # the store pages its answer
+        page = c.search_registered_models(max_results=100, page_token=token)
+        for m in page:
+            metric, _ = story.promotion_metric(m.tags)
+            rows.append({
+                "name": m.name,
+                "versions": len(c.search_model_versions(_filter_name(m.name))),
+                "champion": int(m.aliases[CHAMPION]) if CHAMPION in m.aliases else None,
+                "candidate": int(m.aliases[CANDIDATE]) if CANDIDATE in m.aliases else None,
+                "metric": metric,
+                "updated": _iso(m.last_updated_timestamp),
+            })
+        token = page.token
+        if not token:
+            return sorted(rows, key=lambda r: r["name"])
+
+
 def list_versions(name: str) -> list[dict[str, Any]]:
     """Every version of ``name``, oldest first, with aliases, status and its run's metrics.
 

@@ -52,6 +52,24 @@ def test_models_lists_versions_with_metrics_aliases_and_status(registry):
     assert "promoted" in lines["2"]
 
 
+def test_models_without_a_name_lists_every_model(registry):
+    result = cli(registry, "models")
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if NAME in line]
+    cells = [c.strip() for c in line.split("│")[1:-1]]
+    assert cells[:5] == [NAME, "3", "v2", "v3", "test/accuracy"]
+
+
+@pytest.mark.parametrize("command", [["models"], ["models", NAME], ["history", NAME], ["rollback", NAME]])
+def test_registry_commands_never_create_a_store(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # what an earlier configure() left: the default store
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1
+    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args, message", [
     (["models", "no-such-model"], "no registered model named 'no-such-model'"),
     (["history", "no-such-model"], "no registered model named 'no-such-model'"),
