@@ -2,44 +2,80 @@
 
 MLflow's fluent API keeps one active run per thread; a driver that has K
 trials in flight opens, fills and ends their runs by id instead.
+
+Every write to a SQLite store is a transaction of ~10-40 ms of the driver's
+CPU, which on a small machine is CPU the trials' workers do not get. So a
+child run costs two writes to open (the run with its tags, then its params)
+and two to close (metrics and tags in one batch, then the status).
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 
-from nnpipe.tracking.runs import FAILURE_TAG, _log_metrics, _metrics, get_or_create_experiment, log_params, set_run_tags
+from nnpipe.tracking.runs import (BATCH_METRICS, FAILURE_TAG, MAX_TAG_VALUE, _clip, _key, _log_metrics, _metrics,
+                                  get_or_create_experiment, log_params, set_run_tags)
 from nnpipe.tracking.store import client
 
 PARENT_TAG = "mlflow.parentRunId"
+BATCH_TAGS = 100  # log_batch's limit on tags per call
+
+# A parent's experiment never changes: asked once per parent, not once per trial.
+_experiment_of: dict[str, str] = {}
+_lock = threading.Lock()
+
+
+def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    return {_key(k): _clip(str(v), MAX_TAG_VALUE) for k, v in tags.items() if v is not None}
 
 
 def start_child_run(parent_run_id: str, name: str, params: Mapping[str, Any],
                     tags: Mapping[str, Any] | None = None) -> str:
     """A RUNNING run nested under ``parent_run_id`` (same experiment) with ``params``; returns its id."""
     c = client()
-    parent = c.get_run(parent_run_id)
-    run = c.create_run(parent.info.experiment_id, run_name=name, tags={PARENT_TAG: parent_run_id})
-    run_id = run.info.run_id
-    log_params(run_id, params)
-    set_run_tags(run_id, dict(tags or {}))
-    return run_id
+    with _lock:
+        experiment = _experiment_of.get(parent_run_id)
+    if experiment is None:
+        experiment = c.get_run(parent_run_id).info.experiment_id
+        with _lock:
+            _experiment_of[parent_run_id] = experiment
+    run = c.create_run(experiment, run_name=name, tags={**_tags(tags or {}), PARENT_TAG: parent_run_id})
+    log_params(run.info.run_id, params)
+    return run.info.run_id
 
 
-def end_run(run_id: str, status: str, tags: Mapping[str, Any] | None = None, failure: str | None = None) -> None:
-    """Tag and end a run: ``FINISHED``, ``FAILED`` (with ``failure`` as ``nnpipe.failure``) or ``KILLED``."""
-    set_run_tags(run_id, {**(tags or {}), **({FAILURE_TAG: failure} if failure else {})})
+def _history_metrics(history: Mapping[str, list[float]]) -> list[Metric]:
+    metrics: list[Metric] = []
+    for step in range(max((len(v) for v in history.values()), default=0)):
+        metrics.extend(_metrics({k: v[step] for k, v in history.items() if step < len(v)}, step))
+    return metrics
+
+
+def end_run(run_id: str, status: str, tags: Mapping[str, Any] | None = None, failure: str | None = None, *,
+            history: Mapping[str, list[float]] | None = None, metrics: Mapping[str, float] | None = None) -> None:
+    """Log ``history`` (per epoch, steps 0, 1, ...), final ``metrics`` (step 0) and ``tags``, then end the run.
+
+    ``status``: ``FINISHED``, ``FAILED`` (with ``failure`` as ``nnpipe.failure``) or ``KILLED``.
+    A trial's whole record usually fits one ``log_batch``.
+    """
+    logged = _history_metrics(history or {}) + _metrics(metrics or {}, 0)
+    tag_items = [RunTag(k, v) for k, v in _tags({**(tags or {}), **({FAILURE_TAG: failure} if failure else {})}).items()]
+    if len(logged) <= BATCH_METRICS and len(tag_items) <= BATCH_TAGS:
+        if logged or tag_items:
+            client().log_batch(run_id, metrics=logged, tags=tag_items)
+    else:
+        _log_metrics(run_id, logged)
+        set_run_tags(run_id, {t.key: t.value for t in tag_items})
     client().set_terminated(run_id, status)
 
 
 def log_history(run_id: str, history: Mapping[str, list[float]]) -> int:
     """Log a whole per-epoch history (``{"val/loss": [...], ...}``) at steps 0, 1, ... in batches; returns the count."""
-    metrics: list[Metric] = []
-    for step in range(max((len(v) for v in history.values()), default=0)):
-        metrics.extend(_metrics({k: v[step] for k, v in history.items() if step < len(v)}, step))
+    metrics = _history_metrics(history)
     _log_metrics(run_id, metrics)
     return len(metrics)
 

@@ -209,21 +209,19 @@ class StudyRunner:
                 raise
 
     def _log(self, running: _Running, result: TrialResult, history: dict[str, list[float]], model: Any) -> None:
-        """The trial's MLflow run: per-epoch history, test metrics, final state."""
-        if history:
-            tracking.nested.log_history(running.run_id, history)
+        """The trial's MLflow run: per-epoch history, test metrics, final state (one batch, then the status)."""
         tags = {"nnpipe.tune.state": result.state, "nnpipe.tune.epochs": result.epochs}
         if result.state == "COMPLETE":
             metrics = model.evaluate(self.splits.raw_test, self.splits.y_test)
-            tracking.log_final_metrics(running.run_id, {**{f"test/{k}": float(v) for k, v in metrics.items()},
-                                                        "tune/objective": result.value}, prefix="")
-            tracking.nested.end_run(running.run_id, "FINISHED", tags)
+            tracking.nested.end_run(running.run_id, "FINISHED", tags, history=history,
+                                    metrics={**{f"test/{k}": float(v) for k, v in metrics.items()},
+                                             "tune/objective": result.value})
         elif result.state == "PRUNED":
             # A pruned trial did what it was asked: stopped early. MLflow's KILLED (never FAILED) says
             # "stopped on purpose"; the tag says by whom.
             tracking.nested.end_run(running.run_id, "KILLED",
-                                    {**tags, "pruned": "true", "nnpipe.tune.pruned": result.reason})
+                                    {**tags, "pruned": "true", "nnpipe.tune.pruned": result.reason}, history=history)
         else:
-            tracking.nested.end_run(running.run_id, "FAILED", tags, failure=result.reason)
+            tracking.nested.end_run(running.run_id, "FAILED", tags, failure=result.reason, history=history)
         self.results.append(result)
         self.on_result(result)
