@@ -38,8 +38,11 @@ def trial_listener(callback: Callable[[Any], None]) -> Iterator[None]:
 
 
 def check_space(config: PipelineConfig, space: list[str] | None, **settings: Any) -> None:
-    """Validate the settings, the space entries and the dataset's kind against ``config`` (raises before any run exists)."""
+    """Validate the settings, the space, the dataset's kind and a resumed study against ``config`` (before any run)."""
+    from nnpipe.tracking.store import tracking_uri
     from nnpipe.tuning import SpaceError, TuneSettings, parse_space
+    from nnpipe.tuning.resume import resolve, stored_attrs
+    from nnpipe.tuning.study import default_storage
 
     _check_in_memory(config)
 
@@ -52,6 +55,14 @@ def check_space(config: PipelineConfig, space: list[str] | None, **settings: Any
     elif checked.study is None:  # only a resumed study may omit the space (it reuses its own)
         raise SpaceError("the search space is empty; give at least one --space NAME=EXPR, "
                          "e.g. --space 'lr=loguniform(1e-4,1e-1)', or --study NAME to resume a study")
+    if checked.study is not None:
+        store = checked.storage or default_storage(config.tracking_uri or tracking_uri())
+        found = stored_attrs(checked.study, store)
+        chosen = resolve(checked.study, found[1] if found else None, space=checked.space, sampler=checked.sampler,
+                         pruner=checked.pruner, metric=checked.metric)
+        if not chosen["space"]:
+            raise SpaceError(f"no study {checked.study!r} in {store} to resume, and no search space given; give "
+                             "--space NAME=EXPR, e.g. --space 'lr=loguniform(1e-4,1e-1)'")
 
 
 def _check_in_memory(config: PipelineConfig) -> None:
@@ -90,7 +101,8 @@ def tune_run_name() -> str:
 @flow(name="nnpipe-tune", description="Optuna study on the Dask cluster; the best trial is registered and gated.",
       flow_run_name=tune_run_name)
 def tune_flow(config: PipelineConfig = PipelineConfig(), space: list[str] | None = None, trials: int | None = None,
-              timeout: float | None = None, sampler: str = "tpe", pruner: str = "median", parallel: int | None = None,
+              timeout: float | None = None, sampler: str | None = None, pruner: str | None = None,
+              parallel: int | None = None,
               study: str | None = None, storage: str | None = None, metric: str | None = None) -> dict[str, Any]:
     """Run (or resume) study ``study`` over ``space``; returns :class:`nnpipe.tuning.TuneResult` as a dict."""
     from nnpipe import tracking

@@ -17,14 +17,15 @@ from nnpipe import tracking
 from nnpipe.config import TrainConfig
 from nnpipe.data import Dataset, Splits, load_dataset, split_and_scale
 from nnpipe.distributed.cluster import connect, worker_addresses
-from nnpipe.tuning import report
+from nnpipe.tuning import report, resume
 from nnpipe.tuning.runner import StudyRunner, TrialResult
 from nnpipe.tuning.settings import DEFAULT_TRIALS, TuneSettings
 from nnpipe.tuning.space import SpaceError, parse_space
+from nnpipe.tuning.resume import stored_attrs
 from nnpipe.tuning.study import default_storage, direction_of, get_storage, make_pruner, make_sampler, open_study
 
-STUDY_ATTRS = ("nnpipe.dataset", "nnpipe.space", "nnpipe.metric", "nnpipe.parent_run_id", "nnpipe.experiment",
-               "nnpipe.base")
+STUDY_ATTRS = ("nnpipe.dataset", resume.SPACE_ATTR, resume.METRIC_ATTR, resume.SAMPLER_ATTR, resume.PRUNER_ATTR,
+               "nnpipe.parent_run_id", "nnpipe.experiment", "nnpipe.base")
 
 
 @dataclass
@@ -164,43 +165,40 @@ def tune(
         raise ValueError(f"config field 'mode': tune trains each trial in one process on a worker, so mode must be "
                          f"'single', got {train.mode!r} (trials run in parallel instead)")
     entries = list(settings.space)
-    parsed = parse_space(entries, base=train) if entries else None  # fail on a bad entry before anything else
+    if entries:
+        parse_space(entries, base=train)  # fail on a bad entry before anything else
     uri = tracking.configure(tracking_uri)
     store = settings.storage or default_storage(uri)
     name = settings.study
-    resumed, stored = False, {}
-    if name is not None:
-        try:
-            sid = get_storage(store).get_study_id_from_name(name)
-            stored = get_storage(store).get_study_user_attrs(sid)
-            resumed = True
-        except KeyError:
-            pass
-    splits, ds_name, loaded_hash = _prepare_data(data, target, test_size, val_size, train.seed)
-    ds_name, content_hash = dataset_name or ds_name, content_hash or loaded_hash
-    if resumed:
-        if stored.get("nnpipe.dataset") not in (None, ds_name):
-            raise ValueError(f"study {name!r} was run on dataset {stored['nnpipe.dataset']!r}, not {ds_name!r}")
-        if parsed is None:
-            entries = list(stored.get("nnpipe.space", []))
-            parsed = parse_space(entries, base=train)
-    if parsed is None:
+    found = stored_attrs(name, store) if name is not None else None
+    resumed, stored = found is not None, (found[1] if found else {})
+    # A resume continues with the study's own space, sampler, pruner and metric unless given, and
+    # refuses a space or metric that is not its own (before any data, run or cluster).
+    chosen = resume.resolve(name, stored, space=entries, sampler=settings.sampler, pruner=settings.pruner,
+                            metric=settings.metric)
+    entries, sampler_name, pruner_name = chosen["space"], chosen["sampler"], chosen["pruner"]
+    if not entries:
         raise SpaceError("the search space is empty; give at least one --space NAME=EXPR, "
                          "e.g. --space 'lr=loguniform(1e-4,1e-1)'")
+    parsed = parse_space(entries, base=train)
+    splits, ds_name, loaded_hash = _prepare_data(data, target, test_size, val_size, train.seed)
+    ds_name, content_hash = dataset_name or ds_name, content_hash or loaded_hash
+    if resumed and stored.get("nnpipe.dataset") not in (None, ds_name):
+        raise ValueError(f"study {name!r} was run on dataset {stored['nnpipe.dataset']!r}, not {ds_name!r}")
     classification = splits.classes is not None
-    metric_name = settings.metric or stored.get("nnpipe.metric") or ("val/accuracy" if classification else "val/loss")
+    metric_name = chosen["metric"] or ("val/accuracy" if classification else "val/loss")
     direction = direction_of(metric_name)
-    grid = parsed.grid() if settings.sampler == "grid" else None
+    grid = parsed.grid() if sampler_name == "grid" else None
     grid_size = math.prod(len(v) for v in grid.values()) if grid else None
     n_trials = settings.trials or (grid_size if grid_size else DEFAULT_TRIALS)
     sampler_seed = train.seed if settings.seed is None else settings.seed
     if resumed and grid is None:
         # A resumed study must not replay its first configurations: offset the seed by the trials it
         # has (still reproducible). The grid keeps its seed: it fixes the order grid ids refer to.
-        sampler_seed += len(get_storage(store).get_all_trials(sid, deepcopy=False))
-    sampler_obj = make_sampler(settings.sampler, sampler_seed, grid)
+        sampler_seed += len(get_storage(store).get_all_trials(found[0], deepcopy=False))
+    sampler_obj = make_sampler(sampler_name, sampler_seed, grid, n_trials)
     name = name or _default_name(ds_name)
-    the_study = open_study(name, store, direction, sampler_obj, make_pruner(settings.pruner, train.epochs))
+    the_study = open_study(name, store, direction, sampler_obj, make_pruner(pruner_name, train.epochs))
     base = _base(train, hidden, activation)
     changes = _base_changes(stored.get("nnpipe.base"), base)
     notes = [f"study {name!r} was run with other settings; its new trials use {', '.join(changes)} (pass the "
@@ -211,14 +209,15 @@ def tune(
     greater = greater_is_better if greater_is_better is not None else direction_of(gate_metric) == "maximize"
     model_name = model_name or "nnpipe-" + re.sub(r"[^A-Za-z0-9_-]+", "-", ds_name).strip("-").lower()
     params = {"dataset": ds_name, **train.to_dict(), "hidden": ",".join(map(str, hidden)), "activation": activation,
-              "tune.space": entries, "tune.sampler": settings.sampler, "tune.pruner": settings.pruner,
+              "tune.space": entries, "tune.sampler": sampler_name, "tune.pruner": pruner_name,
               "tune.metric": metric_name, "tune.study": name, "tune.storage": store}
     parent_id = stored.get("nnpipe.parent_run_id") if resumed else None
     run_tags = {"nnpipe.flow": "nnpipe-tune", "nnpipe.tune.study": name, "nnpipe.tune.storage": store, **(tags or {})}
     with tracking.training_run(experiment, {} if parent_id else params, tags=run_tags, run_name=f"tune-{name}",
                                run_id=parent_id) as parent:
         parent_id = parent.info.run_id
-        for key, value in {"nnpipe.dataset": ds_name, "nnpipe.space": entries, "nnpipe.metric": metric_name,
+        for key, value in {"nnpipe.dataset": ds_name, resume.SPACE_ATTR: entries, resume.METRIC_ATTR: metric_name,
+                           resume.SAMPLER_ATTR: sampler_name, resume.PRUNER_ATTR: pruner_name,
                            "nnpipe.parent_run_id": parent_id, "nnpipe.experiment": experiment,
                            "nnpipe.base": base}.items():
             the_study.set_user_attr(key, value)
@@ -229,7 +228,7 @@ def tune(
                 if content_hash else {}
             tracking.set_run_tags(parent_id, {**lineage, "nnpipe.tune.parallel": k})
             runner = StudyRunner(the_study, parsed, splits, train, list(hidden), activation, dask_client,
-                                 storage=store, pruner=settings.pruner, metric=metric_name, parallel=k,
+                                 storage=store, pruner=pruner_name, metric=metric_name, parallel=k,
                                  parent_run_id=parent_id, on_result=on_result, grid_size=grid_size)
             t_trials = time.perf_counter()
             results = runner.run(n_trials, settings.timeout)

@@ -4,8 +4,8 @@ A ``[tune]`` table next to the pipeline's settings::
 
     [tune]
     trials = 20
-    sampler = "tpe"          # tpe | random | grid
-    pruner = "median"        # median | hyperband | none
+    sampler = "tpe"          # tpe | random | grid (default tpe, or a resumed study's own)
+    pruner = "median"        # median | hyperband | none (default median, or a resumed study's own)
     parallel = 2
     timeout = 600            # seconds; no new trial starts after it
     study = "iris-lr"        # resumes the study if it exists
@@ -30,13 +30,17 @@ DEFAULT_TRIALS = 20
 
 @dataclass
 class TuneSettings:
-    """How to search. ``trials=None``: the whole grid for ``grid``, else :data:`DEFAULT_TRIALS`."""
+    """How to search. ``trials=None``: the whole grid for ``grid``, else :data:`DEFAULT_TRIALS`.
+
+    ``sampler``, ``pruner`` and ``metric`` left None are a resumed study's own
+    (:mod:`nnpipe.tuning.resume`), else ``tpe``, ``median`` and the task's metric.
+    """
 
     space: list[str] = field(default_factory=list)
     trials: int | None = None
     timeout: float | None = None
-    sampler: str = "tpe"
-    pruner: str = "median"
+    sampler: str | None = None
+    pruner: str | None = None
     parallel: int | None = None
     study: str | None = None
     storage: str | None = None
@@ -49,9 +53,9 @@ class TuneSettings:
 
         if isinstance(self.space, str) or not all(isinstance(e, str) for e in self.space):
             raise bad("space", "a list of NAME=EXPR strings")
-        if self.sampler not in SAMPLERS:
+        if self.sampler is not None and self.sampler not in SAMPLERS:
             raise bad("sampler", f"one of {list(SAMPLERS)}")
-        if self.pruner not in PRUNERS:
+        if self.pruner is not None and self.pruner not in PRUNERS:
             raise bad("pruner", f"one of {list(PRUNERS)}")
         for name in ("trials", "parallel"):
             value = getattr(self, name)
