@@ -57,7 +57,8 @@ def _run(cfg: Any, settings: Any, verbose: bool) -> None:
     for note in out["notes"]:
         typer.echo(f"note:        {note}")
     counts = {s: sum(t["state"] == s for t in out["trials"]) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    typer.echo(f"study:       {out['study']}{' (resumed)' if out['resumed'] else ''} in {out['storage']}")
+    typer.echo(f"study:       {out['study']}{' (resumed)' if out['resumed'] else ''} in {out['storage']} "
+               f"(sampler {out['sampler']}, pruner {out['pruner']})")
     typer.echo(f"trials:      {len(out['trials'])} this run: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, "
                f"{counts['FAIL']} failed; {out['epochs_trained']} epochs in {out['wall_s']:.1f} s")
     typer.echo(f"MLflow run:  {out['parent_run_id']} (the study; one nested run per trial)")
@@ -83,11 +84,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def tune(
-        space: list[str] = typer.Option([], "--space", metavar="NAME=EXPR", help="A searched field, e.g. 'lr=loguniform(1e-4,1e-1)', 'hidden=choice(32;64,32)', 'batch_size=int(16,256,log)', 'optimizer=choice(adam,sgd)'. Repeatable; or [tune.space] in --config."),
+        space: list[str] = typer.Option([], "--space", metavar="NAME=EXPR", help="A searched field, e.g. 'lr=loguniform(1e-4,1e-1)', 'hidden=choice(32;64,32)', 'batch_size=int(16,256,log)', 'optimizer=choice(adam,sgd)'. Repeatable; or [tune.space] in --config. Omit it to resume a --study with its own space."),
         trials: Optional[int] = typer.Option(None, "--trials", metavar="N", help="New trials to run (default 20; grid: the whole grid). A resumed study adds N more."),
         timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="Start no new trial after this long (running ones finish)."),
-        sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe (default) | random | grid."),
-        pruner: Optional[str] = typer.Option(None, "--pruner", help="median (default) | hyperband | none."),
+        sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe (default; a resumed study: its own) | random | grid."),
+        pruner: Optional[str] = typer.Option(None, "--pruner", help="median (default; a resumed study: its own) | hyperband | none."),
         parallel: Optional[int] = typer.Option(None, "--parallel", metavar="K", help="Trials at once on the cluster (default: its number of workers)."),
         study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="Study name; an existing study is resumed."),
         storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help="Optuna storage: a journal file (default: optuna.log next to the MLflow store) or an RDB URL (sqlite:///optuna.db, postgresql://...)."),

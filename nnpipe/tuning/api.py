@@ -49,6 +49,8 @@ class TuneResult:
     notes: list[str] = field(default_factory=list)  # e.g. a resumed study trained with another base config
     summary: str = ""  # the markdown table of every trial of the study
     trials_s: float = 0.0  # the trials alone: first submitted to last finished
+    sampler: str = ""  # what this invocation sampled and pruned with (a resume: the study's own unless given)
+    pruner: str = ""
 
     def counts(self) -> dict[str, int]:
         out = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
@@ -241,7 +243,8 @@ def tune(
                       parent_run_id=parent_id, metric=metric_name, trials=results, best=best_info,
                       registered=registered, model_name=model_name, epochs_trained=epochs,
                       wall_s=time.perf_counter() - t0, resumed=resumed, artifacts=artifacts,
-                      summary=report.summary_markdown(the_study, metric_name), trials_s=t_trials, notes=notes)
+                      summary=report.summary_markdown(the_study, metric_name), trials_s=t_trials, notes=notes,
+                      sampler=sampler_name, pruner=pruner_name)
 
 
 __all__ = ["TuneResult", "tune"]

@@ -11,6 +11,7 @@ from nnpipe.flows import tasks
 from nnpipe.flows.config import build_config
 from nnpipe.flows.pipeline import artifact_key, training_flow
 from nnpipe.flows.tune import tune_flow
+from tests.flows.test_artifact import read_artifact
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -51,6 +52,14 @@ def test_sweep_nested_runs_best_registered(mlflow_uri: str):
     assert scores[out["best"]["run_id"]] == max(scores.values())
     champion = client.get_model_version_by_alias(out["model_name"], "champion")
     assert champion.run_id == out["best"]["run_id"]
+    # the flow run's artefact: the study's summary, one row per trial, linking to each trial's run
+    text = read_artifact(artifact_key("tune", out["study"]))
+    assert text.startswith(f"# nnpipe tune: study `{out['study']}`") and out["parent_run_id"] in text
+    assert f"`{out['model_name']}` version {out['registered']['version']}" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "COMPLETE" in line]
+    assert len(rows) == 2 and all(any(f"`{c.info.run_id}`" in row for row in rows) for c in children)
+    best_row = next(row for row in rows if out["best"]["run_id"] in row)
+    assert f"| {out['best']['value']:.4f} |" in best_row
 
 
 def test_failed_step_fails_flow_and_run(tmp_path: Path, mlflow_uri: str):

@@ -116,3 +116,17 @@ def test_a_resumed_study_names_the_base_settings_that_changed():
     assert _base_changes(first, _base(TrainConfig(epochs=40, seed=2), [16], "relu")) == []  # a reseed is fine
     assert _base_changes(first, _base(TrainConfig(epochs=100), [32], "relu")) == ["epochs=40 -> 100",
                                                                                   "hidden=[16] -> [32]"]
+
+
+def test_a_resume_takes_the_stored_settings_and_the_same_space_in_any_spelling():
+    from nnpipe.tuning.resume import resolve
+
+    stored = {"nnpipe.space": ["lr=choice(0.01,0.001)", "optimizer=choice(adam,sgd)"], "nnpipe.sampler": "random",
+              "nnpipe.pruner": "hyperband", "nnpipe.metric": "val/loss"}
+    assert resolve("s", stored, space=[], sampler=None, pruner=None, metric=None) == {
+        "space": stored["nnpipe.space"], "sampler": "random", "pruner": "hyperband", "metric": "val/loss"}
+    same = resolve("s", stored, space=["optimizer=adam,sgd", "lr=0.01,0.001"], sampler="tpe", pruner=None, metric=None)
+    assert same["space"] == ["optimizer=adam,sgd", "lr=0.01,0.001"] and same["sampler"] == "tpe"
+    with pytest.raises(SpaceError, match=r"\('lr=0.01,0.1' where the study has 'lr=choice\(0.01,0.001\)'\)"):
+        resolve("s", stored, space=["lr=0.01,0.1", "optimizer=adam,sgd"], sampler=None, pruner=None, metric=None)
+    assert resolve(None, None, space=["lr=0.1"], sampler=None, pruner=None, metric=None)["sampler"] == "tpe"

@@ -129,3 +129,63 @@ def test_killed_worker_does_not_end_the_study(client, store: Path):
     mc = MlflowClient(tracking_uri=uri)
     failed = mc.get_run(dead.user_attrs[RUN_ATTR])
     assert failed.info.status == "FAILED" and "died" in failed.data.tags["nnpipe.failure"]
+
+
+def test_hyperband_prunes_and_a_resume_reuses_the_study_settings(client, store: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from nnpipe.cli import app
+    from nnpipe.tuning import SpaceError
+
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    common = dict(train=TrainConfig(epochs=27, patience=10), hidden=[16], client=client, tracking_uri=uri,
+                  model_name="tune-hb", study="iris-hb", seed=0)
+    space = ["lr=loguniform(1e-5,1e-1)", "optimizer=choice(adam,sgd)"]
+    # parallel 1: which trials share a Hyperband bracket and rung, and in what order, is then fixed
+    first = tune("iris", space, trials=6, parallel=1, sampler="random", pruner="hyperband", **common)
+    counts = first.counts()
+    assert counts["PRUNED"] >= 1 and counts["COMPLETE"] >= 1 and counts["FAIL"] == 0
+    assert all(t.epochs < 27 and t.reason.startswith("pruned after epoch") for t in first.trials
+               if t.state == "PRUNED")
+    assert (first.sampler, first.pruner) == ("random", "hyperband")
+
+    # no space, sampler or pruner given: the study's own
+    second = tune("iris", None, trials=2, **common)
+    assert second.resumed and (second.sampler, second.pruner) == ("random", "hyperband")
+    assert [t.number for t in second.trials] == [6, 7]
+    assert all(1e-5 <= t.params["lr"] <= 1e-1 and t.params["optimizer"] in ("adam", "sgd") for t in second.trials)
+
+    mc = MlflowClient(tracking_uri=uri)
+    experiment = mc.get_run(first.parent_run_id).info.experiment_id
+    runs_before = len(mc.search_runs([experiment]))
+    # another space, or another metric, is refused in one line before anything starts
+    with pytest.raises(SpaceError) as err:
+        tune("iris", ["lr=loguniform(1e-3,1e-1)", "optimizer=choice(adam,sgd)"], trials=1, **common)
+    message = str(err.value)
+    assert "\n" not in message and "'lr=loguniform(1e-3,1e-1)' where the study has 'lr=loguniform(1e-5,1e-1)'" in message
+    with pytest.raises(ValueError, match="study 'iris-hb' optimises 'val/accuracy', not 'val/loss'"):
+        tune("iris", None, trials=1, metric="val/loss", **common)
+    monkeypatch.chdir(tmp_path)
+    cli = CliRunner().invoke(app, ["tune", "--dataset", "iris", "--study", "iris-hb", "--storage", str(store / "optuna.log"),
+                                   "--space", "lr=loguniform(1e-5,1e-1)"])
+    assert cli.exit_code == 1 and len(cli.output.strip().splitlines()) == 1
+    assert cli.output.startswith("error: study 'iris-hb' searches ") and "'optimizer=choice(adam,sgd)' is missing" in cli.output
+    assert len(mc.search_runs([experiment])) == runs_before
+    study = optuna.load_study(study_name="iris-hb", storage=get_storage(second.storage))
+    assert len(study.trials) == 8 and study.user_attrs["nnpipe.space"] == space
+    assert list(tmp_path.iterdir()) == []  # the CLI created no store and no study of its own
+
+
+def test_timeout_stops_the_study_with_fewer_trials(client, store: Path):
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    asked = 500  # far more than fit in the time: ~0.1 s a trial
+    result = tune("iris", ["lr=loguniform(1e-4,1e-1)"], trials=asked, timeout=1.0, parallel=2, sampler="random",
+                  pruner="none", study="iris-timeout", train=TrainConfig(epochs=40), hidden=[16], client=client,
+                  tracking_uri=uri, model_name="tune-timeout", seed=0)
+    assert 1 <= len(result.trials) < asked and result.counts()["COMPLETE"] == len(result.trials)
+    study = optuna.load_study(study_name="iris-timeout", storage=get_storage(result.storage))
+    # trials running at the deadline finished; none was left RUNNING or WAITING
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * len(result.trials)
+    assert result.registered is not None and result.best is not None
