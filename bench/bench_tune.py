@@ -174,11 +174,13 @@ def table(rows: list[dict], setup: dict) -> None:
         one, two = by.get((label, 1)), by.get((label, 2))
         if one and two:
             refs = ", ".join(f"{x:.2f}x" for x in two["reference"])
+            rate = (two["epochs"] / two["trials_s"]) / (one["epochs"] / one["trials_s"])
             print(f"{label}: --parallel 1 / --parallel 2 trials' wall time {one['trials_s'] / two['trials_s']:.2f}x "
-                  f"(whole call {one['wall_s'] / two['wall_s']:.2f}x; target >= 1.5x); reference in the same "
-                  f"invocation, before and after: {refs}")
+                  f"(whole call {one['wall_s'] / two['wall_s']:.2f}x; epochs per second {rate:.2f}x; target >= 1.5x); "
+                  f"reference in the same invocation, before and after: {refs}")
     print("(TPE with pruning is not the same study at --parallel 1 and 2: what the sampler and the pruner "
-          "have seen when a trial starts depends on the order trials finish)")
+          "have seen when a trial starts depends on the order trials finish, so its epochs differ; epochs per "
+          "second compares the work done)")
     for r in rows:
         if r["parallel"] == 2:
             print(f"best of {r['method']}: {r['best']}")

@@ -20,8 +20,8 @@ from nnpipe.distributed.cluster import connect, worker_addresses
 from nnpipe.tuning import report, resume
 from nnpipe.tuning.runner import StudyRunner, TrialResult
 from nnpipe.tuning.settings import DEFAULT_TRIALS, TuneSettings
-from nnpipe.tuning.space import SpaceError, parse_space
 from nnpipe.tuning.resume import stored_attrs
+from nnpipe.tuning.space import SpaceError, parse_space
 from nnpipe.tuning.study import default_storage, direction_of, get_storage, make_pruner, make_sampler, open_study
 
 STUDY_ATTRS = ("nnpipe.dataset", resume.SPACE_ATTR, resume.METRIC_ATTR, resume.SAMPLER_ATTR, resume.PRUNER_ATTR,
@@ -198,7 +198,7 @@ def tune(
         # A resumed study must not replay its first configurations: offset the seed by the trials it
         # has (still reproducible). The grid keeps its seed: it fixes the order grid ids refer to.
         sampler_seed += len(get_storage(store).get_all_trials(found[0], deepcopy=False))
-    sampler_obj = make_sampler(sampler_name, sampler_seed, grid, n_trials)
+    sampler_obj = make_sampler(sampler_name, sampler_seed, grid)
     name = name or _default_name(ds_name)
     the_study = open_study(name, store, direction, sampler_obj, make_pruner(pruner_name, train.epochs))
     base = _base(train, hidden, activation)

@@ -31,7 +31,6 @@ PRUNERS = ("median", "hyperband", "none")
 # (Optuna's own default of 5 startup trials would prune nothing in a study of 6).
 MEDIAN_STARTUP_TRIALS = 2
 MEDIAN_WARMUP_EPOCHS = 3
-TPE_STARTUP_TRIALS = 10  # Optuna's default
 LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse")
 
 _storages: dict[str, optuna.storages.BaseStorage] = {}
@@ -109,26 +108,15 @@ def direction_of(metric: str) -> str:
     return "minimize" if metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER else "maximize"
 
 
-def make_sampler(name: str, seed: int | None, grid: dict | None = None,
-                 trials: int | None = None) -> optuna.samplers.BaseSampler:
-    """``tpe``, ``random`` or ``grid`` (``grid``: the space's choices), seeded.
-
-    ``trials``: the study's planned size, which sets TPE's random start-up (see :func:`tpe_startup`).
-    """
+def make_sampler(name: str, seed: int | None, grid: dict | None = None) -> optuna.samplers.BaseSampler:
+    """``tpe``, ``random`` or ``grid`` (``grid``: the space's choices), seeded."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=tpe_startup(trials))
+        return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
         return optuna.samplers.GridSampler(grid or {}, seed=seed)
     raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {name!r}")
-
-
-def tpe_startup(trials: int | None) -> int:
-    """Random trials before TPE models the space: Optuna's 10, or a third of a smaller study (at least 4)."""
-    if trials is None:
-        return TPE_STARTUP_TRIALS
-    return max(4, min(TPE_STARTUP_TRIALS, trials // 3))
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
