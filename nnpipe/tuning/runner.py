@@ -3,9 +3,11 @@
 The driver asks the study for a configuration (Optuna's ask-and-tell
 interface), opens the trial's MLflow run, and submits the trial as one Dask
 task (:func:`nnpipe.tuning.worker.run_trial`); it keeps ``parallel`` of them
-in flight and, as each ends, tells the study the outcome, logs the trial's
-per-epoch history and ends its run. Only the driver samples, so a fixed seed
-with ``parallel=1`` gives the same sequence of configurations every time.
+in flight and, as each ends, tells the study the outcome, refills the freed
+worker, and hands the trial's MLflow run (per-epoch history, test metrics,
+final state) to one bookkeeping thread, so that the next trial never waits on
+MLflow writes. Only the driver samples, so a fixed seed with ``parallel=1``
+gives the same sequence of configurations every time.
 
 Worker loss: a trial whose worker dies is recorded FAIL (Optuna) and FAILED
 (MLflow), and its configuration is enqueued once as a new trial (user
@@ -18,6 +20,7 @@ rejects) is FAIL without a retry: running it again would fail again.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -84,18 +87,27 @@ class StudyRunner:
         # The data goes to the cluster once, as a future Dask can rebuild; trials refer to it.
         self._data = place(self.client, self.splits, "tune-data")
         pending: dict[Any, _Running] = {}
+        # Each trial's MLflow run is filled and ended by one bookkeeping thread (in order), so the
+        # loop is back waiting for the next trial at once: with short trials the driver's MLflow
+        # writes, not the workers, were what every trial waited for.
+        self._books = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnpipe-tune-mlflow")
+        self._booked: list[Future] = []
         try:
             self._top_up(pending)
             while pending:
                 done = wait_first(pending)
                 # Tell the study first (the sampler and the pruner see the outcome), refill the freed
-                # workers, and only then do the slower MLflow bookkeeping of the finished trials.
+                # workers, and only then hand the finished trials' MLflow bookkeeping over.
                 settled = [self._settle(running, self._outcome(future, running))
                            for future, running in ((f, pending.pop(f)) for f in done)]
                 self._top_up(pending)
                 for running, result, history, model in settled:
-                    self._log(running, result, history, model)
+                    self._record(running, result, history, model)
+                self._check_books()
+            self._books.shutdown(wait=True)
+            self._check_books()
         except BaseException:
+            self._books.shutdown(wait=True)  # finished trials' runs are ended before the study stops
             for future, running in pending.items():  # interrupted: nothing is left RUNNING
                 future.cancel()
                 self._tell(running, optuna.trial.TrialState.FAIL, None, "interrupted")
@@ -104,6 +116,18 @@ class StudyRunner:
                                             failure="interrupted: the study stopped")
             raise
         return self.results
+
+    def _record(self, running: _Running, result: TrialResult, history: dict[str, list[float]], model: Any) -> None:
+        """A finished trial: in the results (and reported) now, its MLflow run written by the bookkeeping thread."""
+        self.results.append(result)
+        self._booked.append(self._books.submit(self._log, running, result, history, model))
+        self.on_result(result)
+
+    def _check_books(self) -> None:
+        """Raise the error of a failed MLflow write here, in the driver's loop."""
+        for future in [f for f in self._booked if f.done()]:
+            self._booked.remove(future)
+            future.result()
 
     def _top_up(self, pending: dict[Any, "_Running"]) -> None:
         """Launch trials (retries first) until ``parallel`` run, the budget is spent or the time is up."""
@@ -140,7 +164,7 @@ class StudyRunner:
             running.run_id = tracking.nested.start_child_run(self.parent_run_id, f"trial-{trial.number}", params, tags)
             trial.set_user_attr(RUN_ATTR, running.run_id)
             outcome = {"status": "failed", "epochs": 0, "reason": f"invalid configuration: {exc}"}
-            self._log(*self._settle(running, outcome))
+            self._record(*self._settle(running, outcome))
             return None
         future = self.client.submit(
             run_trial, self._data, train, hidden, activation, self.storage, self.study.study_name, trial.number,
@@ -223,5 +247,3 @@ class StudyRunner:
                                     {**tags, "pruned": "true", "nnpipe.tune.pruned": result.reason}, history=history)
         else:
             tracking.nested.end_run(running.run_id, "FAILED", tags, failure=result.reason, history=history)
-        self.results.append(result)
-        self.on_result(result)
