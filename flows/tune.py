@@ -85,7 +85,7 @@ def _check_in_memory(config: PipelineConfig) -> None:
 
 
 def tune_run_name() -> str:
-    """The Prefect flow run's name: ``tune-digits-tpe`` or ``tune-digits-tpe-STUDY`` (``sweep``: ``grid``)."""
+    """The Prefect flow run's name: ``tune-digits-tpe[-STUDY]``, or ``tune-digits-STUDY`` (its own sampler)."""
     from prefect.runtime import flow_run
 
     params = flow_run.parameters
@@ -95,7 +95,9 @@ def tune_run_name() -> str:
     except Exception:  # a bad config fails in the flow itself, with the real message
         return "nnpipe-tune"
     study = params.get("study")
-    return f"tune-{dataset_label(cfg)}-{params.get('sampler') or 'tpe'}" + (f"-{study}" if study else "")
+    # A resumed study without --sampler samples with its own: the name leaves the sampler out then.
+    sampler = params.get("sampler") or ("" if study else "tpe")
+    return f"tune-{dataset_label(cfg)}" + (f"-{sampler}" if sampler else "") + (f"-{study}" if study else "")
 
 
 @flow(name="nnpipe-tune", description="Optuna study on the Dask cluster; the best trial is registered and gated.",

@@ -63,7 +63,8 @@ def end_run(run_id: str, status: str, tags: Mapping[str, Any] | None = None, fai
     A trial's whole record usually fits one ``log_batch``.
     """
     logged = _history_metrics(history or {}) + _metrics(metrics or {}, 0)
-    tag_items = [RunTag(k, v) for k, v in _tags({**(tags or {}), **({FAILURE_TAG: failure} if failure else {})}).items()]
+    all_tags = _tags({**(tags or {}), **({FAILURE_TAG: failure} if failure else {})})
+    tag_items = [RunTag(k, v) for k, v in all_tags.items()]
     if len(logged) <= BATCH_METRICS and len(tag_items) <= BATCH_TAGS:
         if logged or tag_items:
             client().log_batch(run_id, metrics=logged, tags=tag_items)

@@ -72,11 +72,13 @@ def log_study_artifacts(study: optuna.Study, parent_run_id: str, metric: str) ->
         for name, fn in PLOTS.items():
             try:
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # ExperimentalWarning: the API, not the figure
+                    # ExperimentalWarning (the API, not the figure); "tight layout not applied" when
+                    # many trials crowd the axes (the figure is still drawn and saved)
+                    warnings.simplefilter("ignore")
                     ax = getattr(vis, fn)(study)
-                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-                fig.set_size_inches(8, 5)
-                fig.tight_layout()
+                    fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+                    fig.set_size_inches(8, 5)
+                    fig.tight_layout()
                 fig.savefig(out / f"{name}.png", dpi=100)
                 plt.close(fig)
             except Exception as exc:  # too few finished trials for this plot: skip it, say which
