@@ -132,13 +132,15 @@ def main() -> None:
                          client=client, dataset_name="digits", tracking_uri=uri, model_name="bench-tune")
                 wall = time.perf_counter() - t0
                 c = r.counts()
+                alone = one_running_s(r) if parallel == 2 else None
                 rows.append({"method": label, "parallel": parallel, "complete": c["COMPLETE"], "pruned": c["PRUNED"],
                              "failed": c["FAIL"], "best_val": r.best["value"], "best_test": client_metric(r),
                              "epochs": r.epochs_trained, "trials_s": r.trials_s, "wall_s": wall,
-                             "best": r.best["params"], "setup": setup})
+                             "best": r.best["params"], "setup": setup, "one_running_s": alone})
                 print(f"done: {label} --parallel {parallel}: best val {r.best['value']:.4f}, "
                       f"{r.epochs_trained} epochs, trials {r.trials_s:.1f} s ({r.trials_s / args.trials:.2f} s "
-                      f"a trial), call {wall:.1f} s", flush=True)
+                      f"a trial), call {wall:.1f} s" + ("" if alone is None else
+                                                        f"; {alone:.1f} s of it with one trial running"), flush=True)
         references.append(reference(client, splits, train))
     ref = {"reference": references}
     for row in rows:
@@ -175,6 +177,9 @@ def table(rows: list[dict], setup: dict) -> None:
         if one and two:
             refs = ", ".join(f"{x:.2f}x" for x in two["reference"])
             rate = (two["epochs"] / two["trials_s"]) / (one["epochs"] / one["trials_s"])
+            if two.get("one_running_s") is not None:
+                print(f"{label}: --parallel 2 ran one trial alone for {two['one_running_s']:.1f} s of "
+                      f"{two['trials_s']:.1f} s (the other worker idle)")
             print(f"{label}: --parallel 1 / --parallel 2 trials' wall time {one['trials_s'] / two['trials_s']:.2f}x "
                   f"(whole call {one['wall_s'] / two['wall_s']:.2f}x; epochs per second {rate:.2f}x; target >= 1.5x); "
                   f"reference in the same invocation, before and after: {refs}")
@@ -216,6 +221,23 @@ def raw_trainings(client, splits, parallel: int, train) -> float:
             pending.discard(f)
             f.result()
     return time.perf_counter() - t0
+
+
+def one_running_s(result) -> float:
+    """Seconds of the study during which exactly one trial ran (a worker idle: the last trial's tail, refills)."""
+    import optuna
+
+    from nnpipe.tuning.study import get_storage
+
+    study = optuna.load_study(study_name=result.study, storage=get_storage(result.storage))
+    events = sorted([(t.datetime_start, 1) for t in study.trials if t.datetime_start and t.datetime_complete]
+                    + [(t.datetime_complete, -1) for t in study.trials if t.datetime_start and t.datetime_complete])
+    alone, running, last = 0.0, 0, None
+    for when, step in events:
+        if running == 1 and last is not None:
+            alone += (when - last).total_seconds()
+        running, last = running + step, when
+    return alone
 
 
 def client_metric(result, key: str = "test/accuracy") -> float:
