@@ -9,10 +9,13 @@ read from the artifact store. The serving environment needs nnpipe installed
 (``--env-manager local`` in the environment that trained it).
 
 Prediction refuses rather than guesses: a missing feature column, a
-non-numeric, NaN or infinite value is a one-line ``ValueError`` naming the
-column and the row. The signature's input columns are marked optional so
-that MLflow's own schema check (which dumps the data in a long message)
-leaves the missing-column case to this one.
+non-numeric (text, a boolean, a list), NaN or infinite value is a one-line
+:class:`BadInput` (a ``ValueError`` and an ``MlflowException``, so ``mlflow
+models serve`` answers 400 with that line) naming the column and the row.
+The signature names the input columns but types them ``Any`` and optional,
+so that MLflow's own schema check, which refuses integers for a ``double``
+column and dumps the whole request in a multi-line message, leaves every
+check to :func:`check_input`.
 
 Prediction takes raw feature columns (a DataFrame named like the training
 features, or a 2-D array in that order) and returns the original labels (or
@@ -31,8 +34,10 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
-from mlflow.types.schema import ColSpec, Schema
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from nnpipe.checks import check_features
 from nnpipe.model import Model
@@ -44,6 +49,27 @@ PROBA_PARAM = "predict_proba"
 MODEL_NAME = "model"  # the ``name`` of the logged model within its run
 EXAMPLE_ROWS = 5
 LOADER_MODULE = __name__  # MLmodel's loader_module: this installed module, never code from the store
+
+
+class BadInput(MlflowException, ValueError):
+    """Input the model cannot predict from; the message is one line naming the column and row.
+
+    The scoring server of ``mlflow models serve`` prefixes a failed prediction's
+    message with a dump of the whole request (``Failed to predict data '...'``);
+    this message keeps its own text, so the HTTP 400 answer stays one line.
+    """
+
+    def __init__(self, message: str):
+        self._short = str(message)
+        super().__init__(self._short, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:  # type: ignore[override]
+        return self._short
+
+    @message.setter
+    def message(self, value: str) -> None:
+        pass  # the server's prefix (the request's data) is dropped on purpose
 
 
 def _truthy(value: Any) -> bool:
@@ -79,11 +105,16 @@ def check_input(model: Model, model_input: Any) -> np.ndarray:
                                  f"the model needs {len(names)} columns")
             model_input = model_input[names]  # column order as trained, whatever order was sent
         for col in model_input.columns:
-            values = pd.to_numeric(model_input[col], errors="coerce")
-            bad = values.isna() & model_input[col].notna()
+            column = model_input[col]
+            values = pd.to_numeric(column, errors="coerce")
+            bad = values.isna() & column.notna()
+            if column.dtype == bool or column.dtype == object:  # True is not a measurement
+                bad |= column.map(lambda v: isinstance(v, (bool, np.bool_))).astype(bool)
             if bad.any():
                 row = int(np.flatnonzero(bad.to_numpy())[0])
-                raise ValueError(f"input column {str(col)!r} row {row} is {model_input[col].iloc[row]!r}, not a number")
+                value = column.iloc[row]
+                value = value.item() if isinstance(value, np.generic) else value
+                raise ValueError(f"input column {str(col)!r} row {row} is {value!r}, not a number")
         model_input = model_input.to_numpy(dtype=np.float64, na_value=np.nan)
     return check_features(model_input, "input", model.spec.n_inputs, columns=names, allow_1d=True)
 
@@ -97,7 +128,10 @@ class NnpipePyfunc:
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray | pd.DataFrame:
         """Original labels (or values); class probabilities with ``params={"predict_proba": True}``."""
         model = self.model
-        X = check_input(model, model_input)
+        try:
+            X = check_input(model, model_input)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
         if params and _truthy(params.get(PROBA_PARAM, False)):
             if model.classes is None:
                 raise ValueError("predict_proba was requested but this is a regression model (no classes)")
@@ -110,9 +144,9 @@ def _load_pyfunc(data_path: str) -> NnpipePyfunc:
     return NnpipePyfunc(Model.load(data_path))
 
 
-def _optional_inputs(signature: ModelSignature) -> ModelSignature:
-    """The signature with every input column optional: missing columns are reported by :func:`check_input`."""
-    cols = [ColSpec(c.type, c.name, required=False) for c in signature.inputs.inputs]
+def _open_inputs(signature: ModelSignature) -> ModelSignature:
+    """The signature's input columns, named but typed ``Any`` and optional: :func:`check_input` checks them."""
+    cols = [ColSpec(AnyType(), c.name, required=False) for c in signature.inputs.inputs]
     return ModelSignature(Schema(cols), signature.outputs, signature.params)
 
 
@@ -144,7 +178,7 @@ def log_model(run_id: str, model: Model, input_example: Any, name: str = MODEL_N
     if len(example) == 0:
         raise ValueError("input example has no rows")
     outputs = model.predict(example.to_numpy(dtype=np.float64))
-    signature = _optional_inputs(infer_signature(example, outputs, params={PROBA_PARAM: False}))
+    signature = _open_inputs(infer_signature(example, outputs, params={PROBA_PARAM: False}))
     with tempfile.TemporaryDirectory(prefix="nnpipe-model-") as tmp:
         saved = model.save(Path(tmp) / "nnpipe_model")
         # One at a time per process: while validating the serving example MLflow patches os.environ's

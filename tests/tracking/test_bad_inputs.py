@@ -251,6 +251,12 @@ PYFUNC_CASES = [
     ("neg-inf-row", lambda f: f.assign(**{f.columns[3]: [-math.inf, 2.0, 1.0, 3.0]}), "column 'petal width (cm)' row 0 is -inf"),
     ("missing-column", lambda f: f.drop(columns=[f.columns[1]]), "missing column(s) ['sepal width (cm)']"),
     ("all-columns-missing", lambda f: f.rename(columns=str.upper), "missing column(s) ['sepal length (cm)'"),
+    ("text-value", lambda f: f.assign(**{f.columns[1]: ["3.0", "abc", "2", "3"]}),
+     "column 'sepal width (cm)' row 1 is 'abc', not a number"),
+    ("boolean-column", lambda f: f.assign(**{f.columns[0]: [True, False, True, True]}),
+     "column 'sepal length (cm)' row 0 is True, not a number"),
+    ("list-in-a-cell", lambda f: f.assign(**{f.columns[3]: [1.0, 2.0, [1.0], 3.0]}),
+     "column 'petal width (cm)' row 2 is [1.0], not a number"),
 ]
 
 
@@ -266,6 +272,17 @@ def test_served_model_refuses_rows_it_cannot_predict(case, store, monkeypatch):
     text = str(err.value)
     assert message in text and "\n" not in text and len(text) < 200, text
     assert snapshot(store["uri"]) == before
+
+
+def test_served_model_takes_integers_and_numeric_text(store, monkeypatch):
+    # MLflow's own check would refuse int64 for a double column; nnpipe converts what is a number.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    tracking.configure(store["uri"])
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    frame = _frame(store["splits"])
+    expected = model.predict(frame.round())
+    assert (model.predict(frame.round().astype(int)) == expected).all()
+    assert (model.predict(frame.round().astype(str)) == expected).all()
 
 
 def test_the_table_is_at_least_forty_inputs():

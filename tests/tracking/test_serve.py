@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -42,5 +43,18 @@ def test_models_serve_answers_invocations_with_champion_predictions(sqlite_store
                      {"dataframe_split": frame, "params": {"predict_proba": True}})["predictions"]
         got = np.array([[row[str(c)] for c in splits.classes.tolist()] for row in proba])
         np.testing.assert_allclose(got, model.predict_proba(X), rtol=1e-5, atol=1e-6)
+
+        # integers are numbers (MLflow's own double check would refuse int64)
+        whole = {"columns": columns, "data": np.round(X[:, ::-1]).astype(int).tolist()}
+        assert post(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": whole})["predictions"] == \
+            model.predict(np.round(X)).tolist()
+        # text in a feature column: HTTP 400 with one short line naming the column and row
+        bad = {"columns": columns, "data": [list(map(float, row)) for row in X[:3, ::-1]]}
+        bad["data"][1][0] = "abc"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            post(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": bad})
+        assert err.value.code == 400
+        message = json.loads(err.value.read())["message"]
+        assert message == f"input column {columns[0]!r} row 1 is 'abc', not a number", message
     finally:
         stop(proc, graceful=False)
