@@ -17,8 +17,8 @@ arrives:
 * the longest stall: the largest gap between two consecutive ``round k/N``
   lines over the whole training, next to the median gap (a normal round on
   this machine, whatever its load) and the gap that spans the kill;
-* whether the run reported the loss (``worker ... lost`` on stderr) and the
-  wall time.
+* whether the run itself counted the loss: the largest ``dist/workers_lost``
+  it logged to MLflow (column ``lost``).
 
 ``--mode scheduler`` instead kills the *scheduler* mid-run (once per run) and
 times how long the run takes to end and what it says (the issue's target: a
@@ -53,6 +53,7 @@ BIN = Path(sys.executable).parent
 ROUND = re.compile(r"^round (\d+)(?:/\d+)?:")
 VERSION = re.compile(r"^model:\s+(\S+) version (\d+)")
 STALL_GOAL_S = 5.0
+RUN_TIMEOUT_S = 300.0
 # Epochs per mode so that training lasts roughly 15-30 s here (a sync round is ~3 trainer calls per step).
 EPOCHS = {"sync": 50, "local-sgd": 300, "async": 300, "scheduler": 50}
 
@@ -177,9 +178,7 @@ class Run:
             return float("nan")
         return after[0] - before[-1]
 
-    @property
-    def noticed(self) -> bool:
-        return any("lost" in line.lower() for t, line in self.lines if self.killed_at and t >= self.killed_at)
+    workers_lost: float = float("nan")  # the run's own count (MLflow ``dist/workers_lost``, its largest value)
 
     def last_lines(self, n: int = 4) -> str:
         return " | ".join(line.strip()[:160] for _, line in self.lines[-n:])
@@ -207,6 +206,9 @@ def one_run(cluster: Cluster, scratch: Path, mode: str, epochs: int, rng: random
         else:
             cluster.kill_worker(rng)
 
+    # A run that hangs is a result too: killed after RUN_TIMEOUT_S and counted as not finished.
+    watchdog = threading.Timer(RUN_TIMEOUT_S, proc.kill)
+    watchdog.start()
     assert proc.stdout is not None
     for line in proc.stdout:
         now = time.monotonic()
@@ -225,6 +227,8 @@ def one_run(cluster: Cluster, scratch: Path, mode: str, epochs: int, rng: random
             run.version = v.group(2)
     run.code = proc.wait()
     run.ended_at = time.monotonic()
+    watchdog.cancel()
+    run.workers_lost = workers_lost(scratch / "mlflow.db")
     with open(scratch / f"run-{mode}-{time.time():.0f}.log", "w") as f:
         f.writelines(f"{t - run.lines[0][0]:8.3f} {line}" for t, line in run.lines)
     if timer is not None:
@@ -232,17 +236,31 @@ def one_run(cluster: Cluster, scratch: Path, mode: str, epochs: int, rng: random
     return run
 
 
+def workers_lost(db: Path) -> float:
+    """The newest training run's largest ``dist/workers_lost``: did the run itself see the kill?"""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        row = con.execute("SELECT MAX(m.value) FROM metrics m WHERE m.key = 'dist/workers_lost' AND m.run_uuid = "
+                          "(SELECT run_uuid FROM runs WHERE name LIKE 'digits-%' ORDER BY start_time DESC LIMIT 1)"
+                          ).fetchone()
+    finally:
+        con.close()
+    return float("nan") if row is None or row[0] is None else float(row[0])
+
+
 def report_workers(mode: str, runs: list[Run]) -> None:
     print(f"\nmode {mode}: {len(runs)} runs, each with one worker SIGKILLed mid-run (3 workers, a replacement "
           f"started right after the kill)")
-    print(f"{'run':>3s} {'kill@':>6s} {'exit':>4s} {'version':>7s} {'noticed':>7s} {'median':>7s} "
+    print(f"{'run':>3s} {'kill@':>6s} {'exit':>4s} {'version':>7s} {'lost':>4s} {'median':>7s} "
           f"{'kill gap':>8s} {'max gap':>7s}  verdict")
     ok = 0
     for i, r in enumerate(runs, 1):
         good = r.code == 0 and r.version is not None and r.max_gap <= STALL_GOAL_S
         ok += good
         verdict = "ok" if good else ("stall" if r.code == 0 and r.version else f"FAILED: {r.last_lines()}")
-        print(f"{i:3d} {r.kill_round:6d} {r.code:4d} {r.version or '-':>7s} {str(r.noticed):>7s} "
+        print(f"{i:3d} {r.kill_round:6d} {r.code:4d} {r.version or '-':>7s} {r.workers_lost:4.0f} "
               f"{r.median_gap:6.2f}s {r.kill_gap:7.2f}s {r.max_gap:6.2f}s  {verdict}", flush=True)
     finished = sum(r.code == 0 and r.version is not None for r in runs)
     stalls = [r.max_gap for r in runs if r.rounds]
