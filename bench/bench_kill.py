@@ -17,6 +17,9 @@ arrives:
 * the longest stall: the largest gap between two consecutive ``round k/N``
   lines over the whole training, next to the median gap (a normal round on
   this machine, whatever its load) and the gap that spans the kill;
+* the tail: seconds from the last round line to the command's exit (the
+  final state, test metrics and registration; a 30 s connect timeout in any
+  of them would show here);
 * whether the run itself counted the loss: the largest ``dist/workers_lost``
   it logged to MLflow (column ``lost``).
 
@@ -117,15 +120,22 @@ class Cluster:
                 raise RuntimeError(f"{n} workers did not register at {self.address} within {timeout:.0f} s")
             time.sleep(0.5)
 
-    def kill_worker(self, rng: random.Random) -> int:
-        """SIGKILL one live worker at random and start its replacement; the killed pid."""
+    def kill_worker(self, rng: random.Random, respawn: bool = True) -> int:
+        """SIGKILL one live worker at random and (``respawn``) start its replacement; the killed pid."""
         live = [p for p in self.workers if p.poll() is None]
         victim = rng.choice(live)
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()
         self.workers.remove(victim)
-        self.workers.append(self.spawn_worker())
+        if respawn:
+            self.workers.append(self.spawn_worker())
         return victim.pid
+
+    def refill(self) -> None:
+        """Back to ``n`` workers (after a run whose kill was not replaced)."""
+        while len(self.workers) < self.n:
+            self.workers.append(self.spawn_worker())
+        self.wait_for(self.n)
 
     def kill_scheduler(self) -> int:
         os.kill(self.scheduler.pid, signal.SIGKILL)
@@ -168,6 +178,11 @@ class Run:
         return statistics.median(g) if g else float("nan")
 
     @property
+    def tail(self) -> float:
+        """Seconds from the last round line to the command's exit (final state, test metrics, registration)."""
+        return self.ended_at - self.rounds[-1][0] if self.rounds else float("nan")
+
+    @property
     def kill_gap(self) -> float:
         """The gap between the last round line before the kill and the first after it."""
         if self.killed_at is None:
@@ -185,7 +200,7 @@ class Run:
 
 
 def one_run(cluster: Cluster, scratch: Path, mode: str, epochs: int, rng: random.Random, hidden: str,
-            kill_it: bool = True) -> Run:
+            kill_it: bool = True, respawn: bool = True) -> Run:
     train_mode = "sync" if mode == "scheduler" else mode
     config = scratch / "kill.toml"
     config.write_text("[train]\npatience = 100000\n")  # no early stop: the kill always lands mid-run
@@ -204,7 +219,7 @@ def one_run(cluster: Cluster, scratch: Path, mode: str, epochs: int, rng: random
         if mode == "scheduler":
             cluster.kill_scheduler()
         else:
-            cluster.kill_worker(rng)
+            cluster.kill_worker(rng, respawn)
 
     # A run that hangs is a result too: killed after RUN_TIMEOUT_S and counted as not finished.
     watchdog = threading.Timer(RUN_TIMEOUT_S, proc.kill)
@@ -250,18 +265,18 @@ def workers_lost(db: Path) -> float:
     return float("nan") if row is None or row[0] is None else float(row[0])
 
 
-def report_workers(mode: str, runs: list[Run]) -> None:
-    print(f"\nmode {mode}: {len(runs)} runs, each with one worker SIGKILLed mid-run (3 workers, a replacement "
-          f"started right after the kill)")
+def report_workers(mode: str, runs: list[Run], workers: int, respawn: bool) -> None:
+    after = "a replacement started right after the kill" if respawn else "no replacement until the run ends"
+    print(f"\nmode {mode}: {len(runs)} runs, each with one worker SIGKILLed mid-run ({workers} workers, {after})")
     print(f"{'run':>3s} {'kill@':>6s} {'exit':>4s} {'version':>7s} {'lost':>4s} {'median':>7s} "
-          f"{'kill gap':>8s} {'max gap':>7s}  verdict")
+          f"{'kill gap':>8s} {'max gap':>7s} {'tail':>6s}  verdict")
     ok = 0
     for i, r in enumerate(runs, 1):
         good = r.code == 0 and r.version is not None and r.max_gap <= STALL_GOAL_S
         ok += good
         verdict = "ok" if good else ("stall" if r.code == 0 and r.version else f"FAILED: {r.last_lines()}")
         print(f"{i:3d} {r.kill_round:6d} {r.code:4d} {r.version or '-':>7s} {r.workers_lost:4.0f} "
-              f"{r.median_gap:6.2f}s {r.kill_gap:7.2f}s {r.max_gap:6.2f}s  {verdict}", flush=True)
+              f"{r.median_gap:6.2f}s {r.kill_gap:7.2f}s {r.max_gap:6.2f}s {r.tail:5.1f}s  {verdict}", flush=True)
     finished = sum(r.code == 0 and r.version is not None for r in runs)
     stalls = [r.max_gap for r in runs if r.rounds]
     print(f"mode {mode}: {finished}/{len(runs)} finished and registered; {ok}/{len(runs)} also without a stall "
@@ -288,6 +303,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hidden", default="512,256")
     ap.add_argument("--no-kill", action="store_true", help="reference runs: the same runs, nothing killed")
+    ap.add_argument("--no-respawn", action="store_true",
+                    help="no replacement during the run: the survivors finish it (the cluster is refilled between runs)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (cluster logs) and print it")
     a = ap.parse_args()
     rng = random.Random(a.seed)
@@ -302,8 +319,9 @@ def main() -> None:
             if cluster is None:
                 cluster = Cluster(scratch, a.cluster_workers)
             else:
-                cluster.wait_for(a.cluster_workers)  # the replacement has registered
-            r = one_run(cluster, scratch, a.mode, epochs, rng, a.hidden, kill_it=not a.no_kill)
+                cluster.refill()  # the replacement (or, with --no-respawn, a new worker) has registered
+            r = one_run(cluster, scratch, a.mode, epochs, rng, a.hidden, kill_it=not a.no_kill,
+                        respawn=not a.no_respawn)
             runs.append(r)
             print(f"  run {i + 1}: exit {r.code} version {r.version} max gap {r.max_gap:.2f} s "
                   f"({time.perf_counter() - t0:.0f} s so far)", flush=True)
@@ -322,7 +340,7 @@ def main() -> None:
     if a.mode == "scheduler":
         report_scheduler(runs)
     else:
-        report_workers(a.mode, runs)
+        report_workers(a.mode, runs, a.cluster_workers, not a.no_respawn)
     print(f"wall {time.perf_counter() - t0:.0f} s")
 
 
