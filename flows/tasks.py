@@ -226,11 +226,34 @@ def _train(splits: Splits, config: TrainConfig, hidden: list[int], activation: s
                 metadata={"mlflow_run_id": run_id} if run_id else None,
             )
             model = result.model
+        except Exception as exc:
+            named = name_the_run(exc, run_id)
+            if named is None:
+                raise
+            raise named from exc
         finally:  # a failed run's checkpoints are what a resumed run needs most
             if run_id and config.checkpoint_every:
                 tracking.log_checkpoints(run_id, ckpt_dir)
     logger.info("%strained %d %ss%s", prefix, result.epochs_run, unit, " (stopped early)" if result.stopped_early else "")
     return model, result
+
+
+def name_the_run(exc: BaseException, run_id: str | None) -> BaseException | None:
+    """``exc`` again with this run's id in its resume hint (``--resume-from RUN_ID``), or None.
+
+    The training loops that lose their scheduler or last worker do not know
+    the MLflow run; the message the user reads should be the command to type.
+    """
+    text = str(exc)
+    if not run_id or RESUME_PLACEHOLDER not in text or len(exc.args) != 1:
+        return None
+    try:
+        return type(exc)(text.replace(RESUME_PLACEHOLDER, f"--resume-from {run_id}"))
+    except Exception:  # an exception type that cannot be rebuilt from its message keeps it as it was
+        return None
+
+
+RESUME_PLACEHOLDER = "--resume-from RUN_ID"
 
 
 @contextmanager

@@ -78,6 +78,17 @@ def test_failed_step_fails_flow_and_run(tmp_path: Path, mlflow_uri: str):
     assert client.search_registered_models() == []
 
 
+def test_a_lost_cluster_message_names_the_run_to_resume():
+    from nnpipe.distributed.watch import RESUME_HINT, SchedulerLost
+
+    lost = SchedulerLost(f"lost the Dask scheduler at tcp://10.0.0.5:8786; the run stopped: {RESUME_HINT}")
+    named = tasks.name_the_run(lost, "abc123")
+    assert isinstance(named, SchedulerLost)
+    assert "`nnpipe train --resume-from abc123`" in str(named) and "RUN_ID" not in str(named)
+    assert tasks.name_the_run(ValueError("bad value"), "abc123") is None
+    assert tasks.name_the_run(lost, None) is None
+
+
 def test_artifact_keys_are_what_prefect_accepts():
     assert artifact_key("sweep", "nnpipe-breast_cancer") == "sweep-nnpipe-breast-cancer"
     assert artifact_key("train", "My Model.v2") == "train-my-model-v2"
