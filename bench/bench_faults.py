@@ -11,6 +11,10 @@ Prints, for real ``nnpipe`` processes on this machine:
   logging, registering and gating one model: distinct versions, the right
   champion, an intact database, and the wall time.
 
+Kill survival (a worker SIGKILLed mid-run in each mode) and a scheduler
+killed mid-run are ``bench/bench_kill.py``: with this script, every figure
+issue 10 asks for.
+
     .venv/bin/python bench/bench_faults.py [--skip-concurrency]
 """
 
