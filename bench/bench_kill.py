@@ -265,9 +265,11 @@ def workers_lost(db: Path) -> float:
     return float("nan") if row is None or row[0] is None else float(row[0])
 
 
-def report_workers(mode: str, runs: list[Run], workers: int, respawn: bool) -> None:
+def report_workers(mode: str, runs: list[Run], workers: int, respawn: bool, killed: bool = True) -> None:
     after = "a replacement started right after the kill" if respawn else "no replacement until the run ends"
-    print(f"\nmode {mode}: {len(runs)} runs, each with one worker SIGKILLed mid-run ({workers} workers, {after})")
+    what = f"each with one worker SIGKILLed mid-run ({workers} workers, {after})" if killed else \
+        f"nothing killed: the reference ({workers} workers)"
+    print(f"\nmode {mode}: {len(runs)} runs, {what}")
     print(f"{'run':>3s} {'kill@':>6s} {'exit':>4s} {'version':>7s} {'lost':>4s} {'median':>7s} "
           f"{'kill gap':>8s} {'max gap':>7s} {'tail':>6s}  verdict")
     ok = 0
@@ -340,7 +342,7 @@ def main() -> None:
     if a.mode == "scheduler":
         report_scheduler(runs)
     else:
-        report_workers(a.mode, runs, a.cluster_workers, not a.no_respawn)
+        report_workers(a.mode, runs, a.cluster_workers, not a.no_respawn, killed=not a.no_kill)
     print(f"wall {time.perf_counter() - t0:.0f} s")
 
 
