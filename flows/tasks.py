@@ -79,6 +79,8 @@ def _notify(step: int, logs: dict[str, float]) -> None:
 
 def _fmt_logs(logs: dict[str, float]) -> str:
     keys = [k for k in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/mse", "dist/staleness") if k in logs]
+    if logs.get("dist/workers_lost"):  # the run carries on without them: say so on every line from then on
+        keys.append("dist/workers_lost")
     return " ".join(f"{k}={logs[k]:.4g}" for k in keys)
 
 

@@ -89,6 +89,11 @@ def test_a_lost_cluster_message_names_the_run_to_resume():
     assert tasks.name_the_run(lost, None) is None
 
 
+def test_progress_lines_show_lost_workers_once_there_are_some():
+    assert "workers_lost" not in tasks._fmt_logs({"train/loss": 0.5, "dist/workers_lost": 0.0})
+    assert tasks._fmt_logs({"train/loss": 0.5, "dist/workers_lost": 1.0}) == "train/loss=0.5 dist/workers_lost=1"
+
+
 def test_artifact_keys_are_what_prefect_accepts():
     assert artifact_key("sweep", "nnpipe-breast_cancer") == "sweep-nnpipe-breast-cancer"
     assert artifact_key("train", "My Model.v2") == "train-my-model-v2"
