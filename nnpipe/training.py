@@ -83,17 +83,21 @@ def fit(
     views, grad_views = net.views(theta), net.views(grad)
     row_stats = np.empty(n, dtype=dtype)
     batch = min(config.batch_size, n)
+    Y = np.asarray(Y)
+    Xbuf, Ybuf = np.empty((batch, *X.shape[1:]), dtype=X.dtype), np.empty((batch, *Y.shape[1:]), dtype=Y.dtype)
     want_correct = train_metrics and net.head.task != "regression"
     for epoch in range(reporter.start_epoch, config.epochs):
         lr = schedule(epoch)
         t0 = time.perf_counter()
         perm = rng.permutation(n)
-        Xs, Ys = X[perm], Y[perm]
         penalty = 0.0
         correct = 0
         for begin in range(0, n, batch):
             end = min(begin + batch, n)
-            Xb, Yb = Xs[begin:end], Ys[begin:end]
+            # Gathered by index into reused buffers: no shuffled copy of the training set per epoch.
+            idx = perm[begin:end]
+            Xb = np.take(X, idx, axis=0, out=Xbuf[: end - begin], mode="clip")
+            Yb = np.take(Y, idx, axis=0, out=Ybuf[: end - begin], mode="clip")
             # The loss's log waits for the epoch's end: one call over row_stats.
             l2_term, c = net.step_views(views, grad_views, Xb, Yb, config.l2, want_correct, row_stats[begin:end])
             penalty += l2_term * (end - begin)

@@ -67,3 +67,26 @@ def test_state_round_trip_continues_the_stream_exactly(data):
 def test_shard_arrays_names_what_it_got():
     with pytest.raises(TypeError, match="got list"):
         shard_arrays([1, 2])
+
+
+def test_a_pass_gathers_batches_by_index_without_a_copy_of_the_shard():
+    """The local stream's batches are the seeded permutation's rows, and a pass allocates batch-sized buffers only."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    X, y = rng.standard_normal((n, 8)), rng.integers(0, 3, n)
+    tr, spec, theta0 = make(X, y, 0, n, n, optimizer="sgd", batch_size=500, seed=5)
+    perm = np.random.default_rng(np.random.SeedSequence(5, spawn_key=(0,))).permutation(n)
+    for step in range(3):  # the same rows, in the same order, as slicing a shuffled copy
+        Xb, Yb = tr._next_batch(500)
+        np.testing.assert_array_equal(Xb, X[perm[500 * step : 500 * (step + 1)]])
+        np.testing.assert_array_equal(Yb, y[perm[500 * step : 500 * (step + 1)]])
+    tracemalloc.start()
+    try:
+        tr.local_round(theta0, 2 * n // 500, 0.01)  # two whole passes, two fresh permutations
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # A permutation (8 bytes a row) and batch buffers: far below the shard (1.28 MB of X, 160 kB of y).
+    assert peak < 0.4 * (X.nbytes + y.nbytes), peak
