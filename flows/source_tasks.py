@@ -86,9 +86,11 @@ def lineage_extra(prepared: PreparedSource) -> dict[str, Any]:
 
 
 def training_tags(result: FitResult) -> dict[str, Any]:
-    """Which data path training took and, when chosen automatically, the round size and why."""
+    """Which data path training took, BLAS threads (single mode) and, when chosen automatically, the round size and why."""
     info = result.info
     out = {"nnpipe.data_path": info.get("data_path")}
+    if "blas_threads" in info:  # single mode: what nnpipe.blas decided for the training steps
+        out["nnpipe.blas_threads"] = info["blas_threads"]
     if "round/rtt_s" in info:
         out["nnpipe.round"] = (f"batch_size={info['batch_size']} sync_every={info['sync_every']} (chosen: round trip "
                                f"{1e3 * info['round/rtt_s']:.2f} ms, {1e6 * info['round/row_s']:.2f} us/row)")

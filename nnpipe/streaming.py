@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from nnpipe.blas import step_threads
 from nnpipe.config import TrainConfig
 from nnpipe.network import Network, NetworkSpec
 from nnpipe.reporting import Reporter
@@ -249,12 +250,21 @@ def fit_stream(spec: NetworkSpec, theta: np.ndarray, stream: RowStream, config: 
     opt, schedule = config.make_optimizer(), config.make_schedule()
     theta = np.array(theta, dtype=net.dtype, copy=True)
     state = opt.init(theta)
-    grad = np.empty_like(theta)
-    views, grad_views = net.views(theta), net.views(grad)
     reporter = Reporter(spec, config, validation, callbacks, "single-stream")
-    want_correct = net.head.task != "regression"
+    with step_threads(spec, config.batch_size) as blas:
+        epoch_loop(net, theta, state, stream, config, reporter, opt, schedule)
+    return reporter.result(theta, state, {"mode": "single", "workers": 1, "data_path": "streaming",
+                                          "segments_read": stream.segments_read, "blas_threads": blas})
+
+
+def epoch_loop(net: Network, theta: np.ndarray, state: dict, stream: RowStream, config: TrainConfig,
+               reporter: Reporter, opt: Any, schedule: Callable[[int], float]) -> None:
+    """:func:`fit_stream`'s epochs, updating ``theta`` and ``state`` in place."""
     from nnpipe.training import clip_by_global_norm
 
+    grad = np.empty_like(theta)
+    views, grad_views = net.views(theta), net.views(grad)
+    want_correct = net.head.task != "regression"
     for epoch in range(config.epochs):
         lr = schedule(epoch)
         t0 = time.perf_counter()
@@ -272,5 +282,3 @@ def fit_stream(spec: NetworkSpec, theta: np.ndarray, stream: RowStream, config: 
         check_finite(theta, f"after epoch {epoch}")
         if reporter.end_epoch(epoch, theta, logs):
             break
-    return reporter.result(theta, state, {"mode": "single", "workers": 1, "data_path": "streaming",
-                                          "segments_read": stream.segments_read})

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from nnpipe.blas import step_threads
 from nnpipe.config import TrainConfig
 from nnpipe.network import Network, NetworkSpec
 from nnpipe.optimizers import State
@@ -31,13 +32,32 @@ def fit(
     X: np.ndarray,
     Y: np.ndarray,
     config: TrainConfig,
+    **kw,
+) -> FitResult:
+    """Train ``theta`` on ``(X, Y)`` in this process with mini-batch gradient descent.
+
+    Arguments as :func:`fit_loop`. BLAS runs with one thread while the network
+    is small (:func:`nnpipe.blas.step_threads`); ``info["blas_threads"]`` says what was decided.
+    """
+    with step_threads(spec, min(config.batch_size, max(len(X), 1))) as blas:
+        result = fit_loop(spec, theta, X, Y, config, **kw)
+    result.info["blas_threads"] = blas
+    return result
+
+
+def fit_loop(
+    spec: NetworkSpec,
+    theta: np.ndarray,
+    X: np.ndarray,
+    Y: np.ndarray,
+    config: TrainConfig,
     *,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     callbacks: tuple[Callback, ...] | list[Callback] = (),
     opt_state: State | None = None,
     train_metrics: bool = True,
 ) -> FitResult:
-    """Train ``theta`` on ``(X, Y)`` in this process with mini-batch gradient descent.
+    """The loop of :func:`fit`, with BLAS threads as the caller left them.
 
     Parameters
     ----------

@@ -1,0 +1,81 @@
+"""How many BLAS threads a training step uses: one when its matrix products are small.
+
+NumPy's OpenBLAS starts a thread pool of one thread per core and hands any
+product above ~262k multiply-adds to it (OpenBLAS's own threshold). A
+training step of a small network is a few such products of a few hundred
+thousand multiply-adds each: waking the pool costs more than it saves, and
+when another process wants the same cores the pool's spinning threads fight
+it. Measured on the project's 2-core machine, quiet (``flock /work/cpu.lock``),
+40-64-32-10 relu at batch 256 (largest product 655k multiply-adds):
+
+- alone: 1.06-1.25M samples/s with 2 threads against 1.39-1.45M with one,
+  and 45% more CPU for the same work;
+- next to one other busy process: 115-121k samples/s with 2 threads against
+  1.2-1.4M with one (10x slower);
+- larger products gain from threads: 1.24-1.38x from 8M multiply-adds up
+  (64-256-256-10 at batch 256: 16.8M), and 2x slower at 2.1M.
+
+So a step whose largest product is below :data:`GEMM_THREAD_MIN` runs with one
+BLAS thread; larger ones keep the library's default. A user who sets
+``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` or ``MKL_NUM_THREADS`` decides
+instead. Dask workers are pinned to one thread regardless (they share the
+cores with each other).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+from nnpipe.network import NetworkSpec
+
+log = logging.getLogger("nnpipe")
+
+GEMM_THREAD_MIN = 4_000_000  # multiply-adds of a step's largest product below which threads do not pay
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def largest_product(spec: NetworkSpec, batch: int) -> int:
+    """Multiply-adds of the largest matrix product in one step of ``batch`` rows (forward or backward)."""
+    return int(batch) * max(a * b for a, b in zip(spec.sizes[:-1], spec.sizes[1:]))
+
+
+def user_thread_setting() -> str | None:
+    """``NAME=value`` of the first BLAS thread variable the user set, else None."""
+    for name in THREAD_ENV:
+        if os.environ.get(name):
+            return f"{name}={os.environ[name]}"
+    return None
+
+
+@contextlib.contextmanager
+def step_threads(spec: NetworkSpec, batch: int) -> Iterator[str]:
+    """Limit BLAS to one thread while training a small network; yields what was decided (for the log).
+
+    The limit applies to the whole process while the block runs (threadpoolctl)
+    and is undone after it.
+    """
+    product = largest_product(spec, batch)
+    user = user_thread_setting()
+    if user is not None:
+        decision = f"as set by {user}"
+    elif product >= GEMM_THREAD_MIN:
+        decision = f"library default (largest product {product:,} multiply-adds >= {GEMM_THREAD_MIN:,})"
+    else:
+        decision = f"1 thread (largest product {product:,} multiply-adds < {GEMM_THREAD_MIN:,}: threads cost more)"
+    limiter = None
+    if decision.startswith("1 thread"):
+        try:
+            from threadpoolctl import threadpool_limits
+
+            limiter = threadpool_limits(limits=1, user_api="blas")
+        except Exception as exc:  # an optimisation only: train anyway
+            decision = f"library default (threadpoolctl unavailable: {exc!r})"
+    log.info("BLAS threads for training: %s", decision)
+    try:
+        yield decision
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
