@@ -16,7 +16,11 @@ the largest worker peak RSS, next to the issue's targets.
 
 The reference is ``--mode single`` on the same source at 1M: the training
 rows in memory in one process (the same hash split), at the batch size the
-distributed runs choose per step (256), with one BLAS thread like a worker.
+distributed runs choose per step (256), with BLAS threads as a user gets
+them: no thread variable set, so nnpipe decides (one thread for this
+network, :mod:`nnpipe.blas`). A second single run sets
+``OPENBLAS_NUM_THREADS=2`` (both cores) to show what that choice is worth.
+Every run prints the workers' own compute rate next to the overall rate.
 
 Run: ``python bench/bench_scale.py`` (1M and 4M, ~15 min on 2 cores) or
 ``--sizes 1000000`` (the 1M runs only).
@@ -121,7 +125,7 @@ class Sampler(threading.Thread):
             self.stop.wait(self.every)
 
 
-def run_train(dataset: Path, args: list[str], scratch: Path) -> dict:
+def run_train(dataset: Path, args: list[str], scratch: Path, extra_env: dict | None = None) -> dict:
     """One ``nnpipe train`` subprocess; its figures from /proc and from its MLflow run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DASK_"))}
     env.update(HOME=str(scratch), PREFECT_HOME=str(scratch / ".prefect"), DO_NOT_TRACK="1",
@@ -129,10 +133,11 @@ def run_train(dataset: Path, args: list[str], scratch: Path) -> dict:
                # A loaded 2-core machine can take longer than Prefect's default 20 s to start its temporary API.
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300",
                # Prefect's temporary API per command: nothing left running in the scratch HOME.
-               NNPIPE_PREFECT_SERVER="ephemeral",
-               # One BLAS thread per process, as the Dask workers have: a small network on a shared
-               # 2-core machine runs several times slower with a multi-threaded BLAS.
-               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+               NNPIPE_PREFECT_SERVER="ephemeral")
+    # BLAS threads as a user has them: nnpipe decides (nnpipe.blas), unless a configuration sets a variable.
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(name, None)
+    env.update(extra_env or {})
     cmd = [str(BIN / "nnpipe"), "train", "--dataset", str(dataset), "--target", "label", *args]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -151,10 +156,14 @@ def run_train(dataset: Path, args: list[str], scratch: Path) -> dict:
     run = max((r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])),
               key=lambda r: r.info.start_time)
     rates = [m.value for m in client.get_metric_history(run.info.run_id, "train/samples_per_s")]
+    # Each worker's own compute rate (rows / seconds inside its rounds), median over epochs, summed.
+    worker_rates = [float(np.median([m.value for m in client.get_metric_history(run.info.run_id, key)]))
+                    for key in run.data.metrics if key.startswith("dist/worker/") and key.endswith("/samples_per_s")]
     return {"wall_s": wall, "samples_per_s": float(np.mean(rates)), "test_acc": run.data.metrics["test/accuracy"],
             "driver_mb": sampler.driver, "worker_mb": max(sampler.workers.values(), default=0.0),
             "path": run.data.tags.get("nnpipe.data_path", "in-memory"), "round": run.data.tags.get("nnpipe.round", ""),
-            "rows": int(run.data.tags.get("dataset.rows", 0))}
+            "rows": int(run.data.tags.get("dataset.rows", 0)), "worker_rates": worker_rates,
+            "blas": run.data.tags.get("nnpipe.blas_threads", "")}
 
 
 def main() -> None:
@@ -168,6 +177,7 @@ def main() -> None:
     common = ["--epochs", str(a.epochs), "--hidden", "64,32"]
     configs = [
         ("single (in memory, reference)", ["--mode", "single", "--batch-size", "256"], {sizes[0]}),
+        ("single, OPENBLAS_NUM_THREADS=2", ["--mode", "single", "--batch-size", "256"], {sizes[0]}),
         ("local-sgd, 2 workers, defaults", ["--mode", "local-sgd", "--workers", "2"], set(sizes)),
         ("async, 2 workers, defaults", ["--mode", "async", "--workers", "2"], set(sizes)),
         ("local-sgd, 2 workers, streaming", ["--mode", "local-sgd", "--workers", "2", "--stream"], set(sizes)),
@@ -181,13 +191,18 @@ def main() -> None:
             if n not in where or a.only not in name:
                 continue
             with tempfile.TemporaryDirectory(prefix="nnpipe-bench-") as tmp:
-                r = run_train(folder, [*args, *common], Path(tmp))
+                env = {"OPENBLAS_NUM_THREADS": "2"} if "OPENBLAS" in name else {}
+                r = run_train(folder, [*args, *common], Path(tmp), env)
             r.update(name=name, n=n)
             results.append(r)
             print(f"  {name:34s} wall {r['wall_s']:6.1f} s  {r['samples_per_s']:9,.0f} samples/s  "
                   f"test acc {r['test_acc']:.4f}  driver {r['driver_mb']:6.0f} MB  worker {r['worker_mb']:6.0f} MB  "
-                  f"[{r['path']}] {r['round']}", flush=True)
-    ref = next((r for r in results if r["name"].startswith("single")), None)
+                  f"[{r['path']}] {r['round']}{r['blas']}", flush=True)
+            if r["worker_rates"]:
+                own = sum(r["worker_rates"])
+                print(f"  {'':34s} workers' own compute: {', '.join(f'{x:,.0f}' for x in r['worker_rates'])} samples/s "
+                      f"(sum {own:,.0f}; the run reached {r['samples_per_s'] / own:.0%} of it)", flush=True)
+    ref = next((r for r in results if r["name"].startswith("single (")), None)
     print("\nagainst the targets (single-process reference at 1M):")
     for r in results:
         if ref is None or r is ref:

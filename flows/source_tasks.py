@@ -86,7 +86,7 @@ def lineage_extra(prepared: PreparedSource) -> dict[str, Any]:
 
 
 def training_tags(result: FitResult) -> dict[str, Any]:
-    """Which data path training took, BLAS threads (single mode) and, when chosen automatically, the round size and why."""
+    """Which data path training took, its BLAS threads (single) and, when chosen automatically, the round size."""
     info = result.info
     out = {"nnpipe.data_path": info.get("data_path")}
     if "blas_threads" in info:  # single mode: what nnpipe.blas decided for the training steps

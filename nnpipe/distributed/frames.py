@@ -123,30 +123,44 @@ class _Echo:
         return theta
 
 
-def _round_trips(client: Any, address: str, theta: np.ndarray, n: int, inline: bool) -> list[float]:
-    """Round trips of the parameters to an actor on ``address`` and back, by the loops' own direct call."""
+def _round_trips(client: Any, addresses: list[str], theta: np.ndarray, n: int, inline: bool) -> list[float]:
+    """Seconds of ``n`` rounds with nothing to compute: the parameters to an actor on every address and back.
+
+    A round calls every worker at once and waits for the last, by the loops'
+    own direct call, as a training round does. Measured on the 2-core machine:
+    a round to 2 workers costs 2.4-2.7 ms where one echo to one worker takes
+    0.9 ms, so timing a single worker would pick rounds too small.
+    """
     import asyncio
 
     from nnpipe.distributed.rpc import call_actor
 
-    actor = client.submit(_Echo, actor=True, workers=[address], key=f"nnpipe-echo-{uuid.uuid4().hex[:8]}")
+    tag = uuid.uuid4().hex[:8]
+    actors = [client.submit(_Echo, actor=True, workers=[a], key=f"nnpipe-echo-{i}-{tag}")
+              for i, a in enumerate(addresses)]
     try:
-        actor.result(timeout=60)
+        for actor in actors:
+            actor.result(timeout=60)
         out = []
+        loop = client.loop.asyncio_loop
         for _ in range(n):
             t0 = time.perf_counter()
-            coro = call_actor(client, address, actor.key, _Echo, "echo", (theta,), inline)
-            asyncio.run_coroutine_threadsafe(coro, client.loop.asyncio_loop).result(timeout=60)
+            calls = [asyncio.run_coroutine_threadsafe(call_actor(client, a, actor.key, _Echo, "echo", (theta,), inline),
+                                                      loop) for a, actor in zip(addresses, actors)]
+            for call in calls:
+                call.result(timeout=60)
             out.append(time.perf_counter() - t0)
         return out
     finally:
-        actor.release()
+        for actor in actors:
+            actor.release()
 
 
-def _time_steps(spec: dict, batch: int, steps: int = 20) -> float:
-    """Seconds of compute per row of one optimizer step at ``batch`` rows (on a worker)."""
-    from nnpipe.distributed.trainer import _keep_step_memory
+def _time_steps(spec: dict, batch: int, seconds: float = 0.2) -> float:
+    """Seconds of compute per row of one optimizer step at ``batch`` rows (on a worker), over ``seconds``."""
+    from nnpipe.distributed.trainer import _keep_step_memory, _pin_blas
 
+    _pin_blas()
     _keep_step_memory()
     ns = NetworkSpec.from_dict(spec)
     net = Network(ns)
@@ -158,25 +172,29 @@ def _time_steps(spec: dict, batch: int, steps: int = 20) -> float:
     Y = (rng.integers(0, ns.n_outputs, batch) if ns.head == "softmax"
          else rng.random((batch, ns.n_outputs)).round().astype(ns.dtype))
     net.step_views(views, gviews, X, Y, 0.0, True)
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    steps, t0 = 0, time.perf_counter()
+    while steps < 5 or time.perf_counter() - t0 < seconds:
         net.step_views(views, gviews, X, Y, 0.0, True)
+        steps += 1
     return (time.perf_counter() - t0) / (steps * batch)
 
 
 def auto_round(client: Any, config: TrainConfig, spec: NetworkSpec, addresses: list[str], n_train: int
                ) -> tuple[TrainConfig, dict[str, float]]:
-    """Measure the round trip and a step on a worker, then choose the round size (:func:`nnpipe.round_size.choose_round`).
+    """Measure a round and a step on the workers, then choose the round size (:func:`nnpipe.round_size.choose_round`).
 
-    The round trip carries the parameters to an actor and back by the same
-    direct call every round of the loops makes (not through the scheduler).
+    Both are measured as training meets them: the round trip is a round to
+    every worker at once by the loops' direct call (not through the
+    scheduler); the step time is the slowest worker's while all of them step
+    at once (they share the machine's cores and memory bandwidth).
     """
     from nnpipe.round_size import LOCAL_BATCH, choose_round
 
     theta = init_params(spec, 0)
-    rtts = _round_trips(client, addresses[0], theta, 10, inline=config.mode == "sync")
+    rtts = _round_trips(client, addresses, theta, 20, inline=config.mode == "sync")
     batch = config.batch_size if config.mode == "sync" else max(config.batch_size, LOCAL_BATCH)
-    row_s = client.submit(_time_steps, spec.to_dict(), max(batch, 64), workers=[addresses[0]], pure=False).result()
+    steps = [client.submit(_time_steps, spec.to_dict(), max(batch, 64), workers=[a], pure=False) for a in addresses]
+    row_s = max(client.gather(steps))
     return choose_round(config, float(np.median(rtts)), float(row_s), n_train, len(addresses))
 
 
