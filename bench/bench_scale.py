@@ -153,8 +153,9 @@ def run_train(dataset: Path, args: list[str], scratch: Path, extra_env: dict | N
 
     uri = f"sqlite:///{scratch / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
-    run = max((r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])),
-              key=lambda r: r.info.start_time)
+    # The training run (the store also holds the champion alias ledger's run, which has no test metrics).
+    run = max((r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+               if "test/accuracy" in r.data.metrics), key=lambda r: r.info.start_time)
     rates = [m.value for m in client.get_metric_history(run.info.run_id, "train/samples_per_s")]
     # Each worker's own compute rate (rows / seconds inside its rounds), median over epochs, summed.
     worker_rates = [float(np.median([m.value for m in client.get_metric_history(run.info.run_id, key)]))
