@@ -108,6 +108,15 @@ def row(n: int, mode: str, name: str, finals: list[float], curves: list[list[flo
             + " ".join(f"{a:.4f}" for a in finals))
 
 
+def selected(args: argparse.Namespace):
+    """``(mode, variant name, config overrides)`` for the modes and variants asked for."""
+    for mode, variants in VARIANTS.items():
+        if mode in args.modes.split(","):
+            for name, extra in variants.items():
+                if name in args.variants.split(","):
+                    yield mode, name, extra
+
+
 HEADER = (f"{'workers':>7} | {'mode':<10} | {'settings':<15} | {'median acc':>10} | {'gap to sync':>11} | "
           f"{'epochs to 95%':>14} | all seeds")
 
@@ -141,7 +150,6 @@ def main() -> None:
                              validation=(Xte, yte)).history["val/accuracy"]
     sync_med = float(np.median([c[-1] for c in sync_curves.values()]))
     levels = [0.95 * sync_curves[s][-1] for s in seeds]
-    chosen = args.variants.split(",")
 
     print(f"digits, {args.epochs} epochs, seeds {seeds}, Adam lr 1e-3, batch 32, 64-64-10 relu")
     print(HEADER)
@@ -155,20 +163,15 @@ def main() -> None:
 
             with Client(cluster) as client:
                 client.wait_for_workers(n, timeout=300)
-                for mode, variants in VARIANTS.items():
-                    if mode not in args.modes.split(","):
-                        continue
-                    for name, extra in variants.items():
-                        if name not in chosen:
-                            continue
-                        curves = []
-                        for s in seeds:
-                            Xtr, ytr, Xte, yte = data[s]
-                            cfg = TrainConfig(mode=mode, workers=n, seed=s, **base, **extra)
-                            out = fit_distributed(spec, init_params(spec, s), Xtr, ytr, cfg, validation=(Xte, yte),
-                                                  client=client)
-                            curves.append(out.history["val/accuracy"])
-                        print(row(n, mode, name, [c[-1] for c in curves], curves, levels, sync_med), flush=True)
+                for mode, name, extra in selected(args):
+                    curves = []
+                    for s in seeds:
+                        Xtr, ytr, Xte, yte = data[s]
+                        cfg = TrainConfig(mode=mode, workers=n, seed=s, **base, **extra)
+                        out = fit_distributed(spec, init_params(spec, s), Xtr, ytr, cfg, validation=(Xte, yte),
+                                              client=client)
+                        curves.append(out.history["val/accuracy"])
+                    print(row(n, mode, name, [c[-1] for c in curves], curves, levels, sync_med), flush=True)
         finally:
             cluster.close()
         print(f"        ({n} workers: {time.perf_counter() - t0:.0f} s)", flush=True)
@@ -193,7 +196,6 @@ def teacher(args: argparse.Namespace) -> None:
     source = open_source(str(folder), "label")
     base = dict(epochs=args.epochs, batch_size=256, dtype="float32", seed=0)
     hidden = (64, 32)
-    chosen = args.variants.split(",")
     print(f"teacher task, {args.rows:,} rows, {args.epochs} epochs, seed 0, Adam lr 1e-3, batch 256, K=10, "
           f"64-32-10 relu; accuracy on the test split, epochs to 95% on the validation split")
     print(HEADER)
@@ -216,17 +218,12 @@ def teacher(args: argparse.Namespace) -> None:
                     print(f"        (sync = single: {time.perf_counter() - t1:.0f} s)", flush=True)
                 level = [0.95 * sync[1][-1]]
                 print(row(n, "sync", "(= single)", [sync[0]], [sync[1]], level, sync[0]), flush=True)
-                for mode, variants in VARIANTS.items():
-                    if mode not in args.modes.split(","):
-                        continue
-                    for name, extra in variants.items():
-                        if name not in chosen:
-                            continue
-                        t2 = time.perf_counter()
-                        out = nnpipe.train(prepared, TrainConfig(mode=mode, workers=n, **base, **extra),
-                                           hidden=hidden, client=client)
-                        print(row(n, mode, name, [test_acc(out)], [out.history["val/accuracy"]], level, sync[0])
-                              + f"  ({time.perf_counter() - t2:.0f} s)", flush=True)
+                for mode, name, extra in selected(args):
+                    t2 = time.perf_counter()
+                    out = nnpipe.train(prepared, TrainConfig(mode=mode, workers=n, **base, **extra),
+                                       hidden=hidden, client=client)
+                    print(row(n, mode, name, [test_acc(out)], [out.history["val/accuracy"]], level, sync[0])
+                          + f"  ({time.perf_counter() - t2:.0f} s)", flush=True)
         finally:
             cluster.close()
         print(f"        ({n} workers: {time.perf_counter() - t1:.0f} s)", flush=True)
