@@ -28,8 +28,10 @@ MODES = ("single", "sync", "local-sgd", "async")
 # workers (0.969 vs 0.947 median test accuracy; bench/bench_convergence.py, README).
 OUTER_OPTIMIZERS = {"none": (None, None), "sgd": (1.0, 0.0), "nesterov": (1.0, 0.5)}
 # outer_optimizer=None picks the mode's: measured on digits at 2-16 workers, Nesterov closes
-# most of local SGD's gap to sync, and async's at 16 workers (with one shard pass per round).
-OUTER_BY_MODE = {"local-sgd": "nesterov", "async": "nesterov"}
+# most of local SGD's gap to sync. Async takes its merges as they are: with Nesterov it lost 3 and
+# 20 points on the 1M-row teacher task at 2 and 4 workers (hundreds of merges an epoch, each pushed
+# on by stale momentum) and reached 95% of sync 2.7 epochs later on digits at 16 workers.
+OUTER_BY_MODE = {"local-sgd": "nesterov", "async": "none"}
 # Synchronous warm-up epochs of local-sgd and async when warmup_epochs is None: this many, but at most
 # one in 20 epochs. Measured (bench/bench_convergence.py, README): on digits two sync epochs bring local
 # SGD and async to 95% of sync's final accuracy in 4 epochs at 8 workers (sync: 6; no warm-up: 6-8).
@@ -90,7 +92,7 @@ class TrainConfig:
         ``local-sgd`` and ``async``: ``none`` (take the average / the merge
         as is), ``sgd`` (momentum ``outer_momentum``, SlowMo) or ``nesterov``
         (DiLoCo) applied on the driver to ``theta - target`` as a
-        pseudo-gradient. None: ``nesterov`` in ``local-sgd`` and ``async``.
+        pseudo-gradient. None: ``nesterov`` in ``local-sgd``, ``none`` in ``async``.
     outer_lr, outer_momentum : float, optional
         The outer optimizer's step and momentum; None takes its default
         (``sgd``: 1.0 and 0.0; ``nesterov``: 1.0 and 0.5).
@@ -216,6 +218,7 @@ class TrainConfig:
         if not 0 < self.mixing <= 1:
             raise bad("mixing", "a number in (0, 1]")
         if self.outer_name() == "none" and (self.outer_optimizer is not None or self.mode in OUTER_BY_MODE):
+            # outer_lr / outer_momentum would be ignored: say so rather than run without them
             for name in ("outer_lr", "outer_momentum"):
                 if getattr(self, name) is not None:
                     raise bad(name, f"None when the outer optimizer is 'none' (mode {self.mode!r}, outer_optimizer="

@@ -214,7 +214,7 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Dask workers (distributed modes)."),
         sync_every: Optional[int] = typer.Option(None, "--sync-every", metavar="K", help="Local steps per round (local-sgd, async)."),
         max_staleness: Optional[int] = typer.Option(None, "--max-staleness", metavar="S", help="Staleness bound (async)."),
-        outer_optimizer: Optional[str] = typer.Option(None, "--outer-optimizer", help="none | sgd | nesterov: the driver's step on the averaged/merged change (local-sgd, async). Default: nesterov."),
+        outer_optimizer: Optional[str] = typer.Option(None, "--outer-optimizer", help="none | sgd | nesterov: the driver's step on the averaged/merged change (local-sgd, async). Default: nesterov for local-sgd, none for async."),
         outer_lr: Optional[float] = typer.Option(None, "--outer-lr", help="Outer optimizer learning rate (default 1.0)."),
         outer_momentum: Optional[float] = typer.Option(None, "--outer-momentum", help="Outer optimizer momentum (default: sgd 0, nesterov 0.5)."),
         warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", metavar="N", help="Synchronous epochs before local steps (local-sgd, async; default min(2, epochs // 20))."),
