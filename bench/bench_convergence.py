@@ -12,25 +12,51 @@ Rows printed per worker count:
   (tests/distributed/test_sync.py) at a fraction of the cost: ``sync`` at
   batch 32 with 16 workers gives each worker 2 rows per step;
 - ``local-sgd`` / ``async`` with the defaults (``default``), with the outer
-  optimizer switched the other way (``outer=...``), and with the settings
-  before the outer optimizer, lr scaling and staleness scaling existed
-  (``old``: ``outer_optimizer=none``, ``lr_scaling=none``,
-  ``lr_warmup_epochs=0``, ``staleness_policy=downweight``).
+  optimizer switched the other way (``other``: ``none`` for local-sgd,
+  ``nesterov`` for async), with the defaults before the warm-up was chosen
+  for time to accuracy (``prev``: no sync warm-up, a 5-epoch lr ramp,
+  Nesterov), and with the settings before the outer optimizer, lr scaling
+  and staleness scaling existed (``old``: ``outer_optimizer=none``,
+  ``lr_scaling=none``, no warm-ups, ``staleness_policy=downweight``).
 
 Columns: median test accuracy over the seeds, its gap to sync in points,
-and the median epoch at which the test accuracy first reached 95% of that
-seed's final sync accuracy.
+and the epochs to 95% of that seed's final sync accuracy, twice: the first
+evaluated epoch at or above it (the test set is scored once per epoch, so
+this is a whole number), and the crossing interpolated linearly between the
+two epochs around it (finer than one epoch; on a noisy curve, the first
+crossing). Both are medians over the seeds.
+
+What an epoch is: one pass over the training rows in every mode. ``sync``
+(single) takes 45 steps of 32 rows per epoch; ``local-sgd`` one pass of every
+shard (``ceil(shard rows / 32)`` local steps per worker, in rounds of K); a
+warm-up epoch one pass in sync steps of ``32 x workers`` rows; ``async`` ends
+an epoch when merged results have covered as many rows as the training set.
+So the modes see the same data per epoch, not the same number of sequential
+steps.
+
+``--teacher`` runs the 1M-row teacher task of ``bench/bench_scale.py``
+instead (its Parquet writer, reused): partitioned Parquet read on the
+workers, 40 features, labels from a fixed random 40-32-10 network, a
+64-32-10 relu network, Adam lr 1e-3, 256 rows per step (per worker in
+local-sgd and async, global in sync), K=10, one seed; ``sync`` there is the
+same source trained in one process (``single``), its accuracy on the test
+split computed where the rows are.
 
     .venv/bin/python bench/bench_convergence.py                    # 2, 4, 8, 16 workers, 3 seeds
-    .venv/bin/python bench/bench_convergence.py --workers 2,8 --seeds 1 --modes async
+    .venv/bin/python bench/bench_convergence.py --workers 2,8 --seeds 1 --modes async --variants default
+    .venv/bin/python bench/bench_convergence.py --teacher --workers 2,4 --epochs 4
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -40,10 +66,14 @@ from nnpipe.distributed import fit_distributed, start_local_cluster
 from nnpipe.network import NetworkSpec, init_params
 from nnpipe.training import fit
 
-OLD = dict(outer_optimizer="none", lr_scaling="none", lr_warmup_epochs=0, staleness_policy="downweight")
+OLD = dict(outer_optimizer="none", lr_scaling="none", lr_warmup_epochs=0, warmup_epochs=0,
+           staleness_policy="downweight")
+# The defaults before time to accuracy was measured (issue 13, second pass).
+PREV = dict(lr_warmup_epochs=5, warmup_epochs=0, outer_optimizer="nesterov")
+# "other": the default with the outer optimizer switched the other way.
 VARIANTS = {
-    "local-sgd": {"default": {}, "outer=none": dict(outer_optimizer="none"), "old": OLD},
-    "async": {"default": {}, "outer=none": dict(outer_optimizer="none"), "old": OLD},
+    "local-sgd": {"default": {}, "other": dict(outer_optimizer="none"), "prev": PREV, "old": OLD},
+    "async": {"default": {}, "other": dict(outer_optimizer="nesterov"), "prev": PREV, "old": OLD},
 }
 
 
@@ -57,8 +87,41 @@ def digits(seed: int):
 
 
 def first_epoch_at(curve: list[float], level: float) -> float:
+    """The first epoch (1-based) whose score is at least ``level``; NaN if none."""
     hit = [i + 1 for i, a in enumerate(curve) if a >= level]
     return float(hit[0]) if hit else float("nan")
+
+
+def crossing_at(curve: list[float], level: float) -> float:
+    """Where the curve first reaches ``level``, interpolated between the epochs around it (epoch 0 scores 0)."""
+    prev = 0.0
+    for i, a in enumerate(curve):
+        if a >= level:
+            return i + (level - prev) / (a - prev)
+        prev = a
+    return float("nan")
+
+
+def row(n: int, mode: str, name: str, finals: list[float], curves: list[list[float]], levels: list[float],
+        ref: float) -> str:
+    med = float(np.median(finals))
+    ep = np.median([first_epoch_at(c, lv) for c, lv in zip(curves, levels)])
+    frac = np.median([crossing_at(c, lv) for c, lv in zip(curves, levels)])
+    return (f"{n:>7} | {mode:<10} | {name:<15} | {med:>10.4f} | {100 * (med - ref):>+11.2f} | {ep:>6.0f} ({frac:5.2f}) | "
+            + " ".join(f"{a:.4f}" for a in finals))
+
+
+def selected(args: argparse.Namespace):
+    """``(mode, variant name, config overrides)`` for the modes and variants asked for."""
+    for mode, variants in VARIANTS.items():
+        if mode in args.modes.split(","):
+            for name, extra in variants.items():
+                if name in args.variants.split(","):
+                    yield mode, name, extra
+
+
+HEADER = (f"{'workers':>7} | {'mode':<10} | {'settings':<15} | {'median acc':>10} | {'gap to sync':>11} | "
+          f"{'epochs to 95%':>14} | all seeds")
 
 
 def main() -> None:
@@ -67,9 +130,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--modes", default="local-sgd,async", help="subset of local-sgd,async")
+    ap.add_argument("--variants", default=",".join(VARIANTS["local-sgd"]),
+                    help=f"subset of {','.join(VARIANTS['local-sgd'])}")
+    ap.add_argument("--teacher", action="store_true", help="the 1M-row teacher task instead of digits (heavy)")
+    ap.add_argument("--rows", type=int, default=1_000_000, help="--teacher: rows of the Parquet dataset")
+    ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "nnpipe-bench-scale"),
+                    help="--teacher: where the dataset is written once (shared with bench_scale.py)")
     args = ap.parse_args()
     logging.getLogger("distributed").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
+    if args.teacher:
+        return teacher(args)
     seeds = list(range(args.seeds))
     spec = NetworkSpec(64, (64,), ("relu",), 10, dtype="float32")
     base = dict(epochs=args.epochs, batch_size=32, dtype="float32")
@@ -81,40 +152,84 @@ def main() -> None:
         sync_curves[s] = fit(spec, init_params(spec, s), Xtr, ytr, TrainConfig(seed=s, **base),
                              validation=(Xte, yte)).history["val/accuracy"]
     sync_med = float(np.median([c[-1] for c in sync_curves.values()]))
-    sync_ep = float(np.median([first_epoch_at(c, 0.95 * c[-1]) for c in sync_curves.values()]))
+    levels = [0.95 * sync_curves[s][-1] for s in seeds]
 
     print(f"digits, {args.epochs} epochs, seeds {seeds}, Adam lr 1e-3, batch 32, 64-64-10 relu")
-    print(f"{'workers':>7} | {'mode':<10} | {'settings':<15} | {'median acc':>10} | {'gap to sync':>11} | "
-          f"{'epochs to 95%':>13} | {'all seeds':<22}")
+    print(HEADER)
     for n in [int(w) for w in args.workers.split(",")]:
         t0 = time.perf_counter()
-        print(f"{n:>7} | {'sync':<10} | {'(= single)':<15} | {sync_med:>10.4f} | {0.0:>+11.2f} | {sync_ep:>13.0f} | "
-              + " ".join(f"{c[-1]:.4f}" for c in sync_curves.values()), flush=True)
+        print(row(n, "sync", "(= single)", [c[-1] for c in sync_curves.values()], list(sync_curves.values()),
+                  levels, sync_med), flush=True)
         cluster = start_local_cluster(n)
         try:
             from distributed import Client
 
             with Client(cluster) as client:
                 client.wait_for_workers(n, timeout=300)
-                for mode, variants in VARIANTS.items():
-                    if mode not in args.modes.split(","):
-                        continue
-                    for name, extra in variants.items():
-                        finals, epochs = [], []
-                        for s in seeds:
-                            Xtr, ytr, Xte, yte = data[s]
-                            cfg = TrainConfig(mode=mode, workers=n, seed=s, **base, **extra)
-                            out = fit_distributed(spec, init_params(spec, s), Xtr, ytr, cfg, validation=(Xte, yte),
-                                                  client=client)
-                            curve = out.history["val/accuracy"]
-                            finals.append(curve[-1])
-                            epochs.append(first_epoch_at(curve, 0.95 * sync_curves[s][-1]))
-                        med = float(np.median(finals))
-                        print(f"{n:>7} | {mode:<10} | {name:<15} | {med:>10.4f} | {100 * (med - sync_med):>+11.2f} | "
-                              f"{np.median(epochs):>13.0f} | " + " ".join(f"{a:.4f}" for a in finals), flush=True)
+                for mode, name, extra in selected(args):
+                    curves = []
+                    for s in seeds:
+                        Xtr, ytr, Xte, yte = data[s]
+                        cfg = TrainConfig(mode=mode, workers=n, seed=s, **base, **extra)
+                        out = fit_distributed(spec, init_params(spec, s), Xtr, ytr, cfg, validation=(Xte, yte),
+                                              client=client)
+                        curves.append(out.history["val/accuracy"])
+                    print(row(n, mode, name, [c[-1] for c in curves], curves, levels, sync_med), flush=True)
         finally:
             cluster.close()
         print(f"        ({n} workers: {time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def teacher(args: argparse.Namespace) -> None:
+    """The teacher task (bench_scale.py's dataset): sync (= single) vs local-sgd vs async, one seed."""
+    from distributed import Client
+
+    import nnpipe
+    from nnpipe.distributed.frames import cluster_runner
+    from nnpipe.source_eval import evaluate
+    from nnpipe.source_prep import TEST, prepare
+    from nnpipe.sources import open_source
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_scale import write_dataset  # one writer for both benches
+
+    t0 = time.perf_counter()
+    folder = write_dataset(Path(args.root), args.rows)
+    print(f"data: {args.rows:,} rows x 40 at {folder} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    source = open_source(str(folder), "label")
+    base = dict(epochs=args.epochs, batch_size=256, dtype="float32", seed=0)
+    hidden = (64, 32)
+    print(f"teacher task, {args.rows:,} rows, {args.epochs} epochs, seed 0, Adam lr 1e-3, batch 256, K=10, "
+          f"64-32-10 relu; accuracy on the test split, epochs to 95% on the validation split")
+    print(HEADER)
+    sync = None
+    for n in [int(w) for w in args.workers.split(",")]:
+        t1 = time.perf_counter()
+        cluster = start_local_cluster(n)
+        try:
+            with Client(cluster) as client:
+                client.wait_for_workers(n, timeout=300)
+                run = cluster_runner(client)
+                prepared = prepare(source, run, seed=0)
+
+                def test_acc(result) -> float:
+                    return evaluate(prepared, result.model.spec, result.model.theta, TEST, run)[0]["accuracy"]
+
+                if sync is None:  # one process, the same split: what sync equals up to rounding
+                    ref = nnpipe.train(prepared, TrainConfig(mode="single", **base), hidden=hidden)
+                    sync = (test_acc(ref), ref.history["val/accuracy"])
+                    print(f"        (sync = single: {time.perf_counter() - t1:.0f} s)", flush=True)
+                level = [0.95 * sync[1][-1]]
+                print(row(n, "sync", "(= single)", [sync[0]], [sync[1]], level, sync[0]), flush=True)
+                for mode, name, extra in selected(args):
+                    t2 = time.perf_counter()
+                    out = nnpipe.train(prepared, TrainConfig(mode=mode, workers=n, **base, **extra),
+                                       hidden=hidden, client=client)
+                    print(row(n, mode, name, [test_acc(out)], [out.history["val/accuracy"]], level, sync[0])
+                          + f"  ({time.perf_counter() - t2:.0f} s)", flush=True)
+        finally:
+            cluster.close()
+        print(f"        ({n} workers: {time.perf_counter() - t1:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

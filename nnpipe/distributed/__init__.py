@@ -162,7 +162,7 @@ def run_mode(pool: Any, theta: np.ndarray, config: TrainConfig, reporter: Any) -
         return rounds.run(pool, theta, config, reporter, AverageGradients(pool, config, theta))
     rule = {"local-sgd": AverageParameters, "async": MergeOnArrival}[config.mode](pool, config, theta)
     warmup = None
-    if config.warmup_epochs:
+    if config.sync_warmup_epochs():
         # Post-local-SGD: every worker steps on its own batch_size rows, gradients all-reduced.
         warmup = AverageGradients(pool, config, theta, batch=config.batch_size * len(pool.shards))
     return rounds.run(pool, theta, config, reporter, rule, warmup)

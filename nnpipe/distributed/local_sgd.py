@@ -5,7 +5,7 @@ and walks its shard in batches of ``batch_size``. A round sends the global
 parameters to every trainer (``param bytes`` each) and gets its parameters
 back (``param bytes`` each); the round's target is the average of the
 trainers' parameters weighted by their shards' rows, and the outer optimizer
-(:mod:`.outer`; ``none`` by default) moves the global parameters to it. With
+(:mod:`.outer`; Nesterov by default) moves the global parameters toward it. With
 ``sync_every=1``, plain SGD, full-shard batches and no outer optimizer this is
 exactly a ``sync`` step.
 

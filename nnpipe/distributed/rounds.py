@@ -190,11 +190,11 @@ def run(pool: Any, theta: np.ndarray, config: TrainConfig, reporter: Reporter, r
         warmup: MergeRule | None = None) -> tuple[np.ndarray, dict, int]:
     """Train ``theta`` in place with ``rule``; returns ``(theta, opt_state, last_epoch)``.
 
-    ``warmup`` (a sync rule) trains the first ``config.warmup_epochs``
+    ``warmup`` (a sync rule) trains the first ``config.sync_warmup_epochs()``
     epochs; when ``rule`` takes over, every trainer gets the warm-up's
     optimizer state, as post-local-SGD workers share theirs.
     """
-    n_warm = config.warmup_epochs if warmup is not None else 0
+    n_warm = config.sync_warmup_epochs() if warmup is not None else 0
     resumed = reporter.resume()
     if resumed is not None:
         theta[...] = resumed["theta"]

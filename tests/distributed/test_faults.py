@@ -106,7 +106,8 @@ def test_losing_the_last_worker_stops_the_run_with_a_resume_hint(data):
     # async, the mode with the most calls in flight; every mode rebuilds through the same pool.replace.
     X, y = data
     spec, theta0 = small_net("float64")
-    cfg = TrainConfig(mode="async", workers=1, epochs=50, batch_size=60, dtype="float64", sync_every=3)
+    cfg = TrainConfig(mode="async", workers=1, epochs=50, batch_size=60, dtype="float64", sync_every=3,
+                      warmup_epochs=0)
     with local_cluster(1) as cluster, distributed.Client(cluster) as client:
         client.wait_for_workers(1)
 
@@ -135,7 +136,8 @@ def test_losing_the_scheduler_stops_the_run_with_a_resume_hint(data):
 
     X, y = data
     spec, theta0 = small_net("float64")
-    cfg = TrainConfig(mode="local-sgd", workers=2, epochs=500, batch_size=60, dtype="float64", sync_every=3)
+    cfg = TrainConfig(mode="local-sgd", workers=2, epochs=500, batch_size=60, dtype="float64", sync_every=3,
+                      warmup_epochs=0)
     # A short reconnect window keeps the teardown of a cluster without a scheduler quick.
     with dask.config.set({"distributed.comm.timeouts.connect": "3s"}), local_cluster(2) as cluster, \
             distributed.Client(cluster) as client:

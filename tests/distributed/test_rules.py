@@ -104,6 +104,30 @@ def test_warmup_epochs_are_sync_steps_on_workers_times_batch(data, mode):
     assert len(handed) == 2 and any(m == "local_round" for _, m, _ in pool.log)
 
 
+def test_default_sync_warmup_is_two_epochs_but_at_most_one_in_twenty():
+    # Measured default (bench/bench_convergence.py): 2 sync epochs, never more than 5% of a run.
+    assert TrainConfig(mode="local-sgd", epochs=40).sync_warmup_epochs() == 2
+    assert TrainConfig(mode="async", epochs=100).sync_warmup_epochs() == 2
+    assert TrainConfig(mode="async", epochs=39).sync_warmup_epochs() == 1
+    assert TrainConfig(mode="local-sgd", epochs=19).sync_warmup_epochs() == 0
+    assert TrainConfig(mode="local-sgd", epochs=5, warmup_epochs=3).sync_warmup_epochs() == 3
+    assert TrainConfig(mode="local-sgd", epochs=40, warmup_epochs=0).sync_warmup_epochs() == 0
+    assert TrainConfig(mode="sync", epochs=40).sync_warmup_epochs() == 0
+    assert TrainConfig(mode="local-sgd", epochs=40).effective()["warmup_epochs"] == 2
+    assert TrainConfig(mode="local-sgd").lr_warmup_epochs == 0
+
+
+def test_default_warmup_runs_sync_steps_then_local_rounds(data):
+    X, y = data
+    spec, theta0 = small_net("float64")
+    _, pool = fit_in_process(spec, theta0, X, y, TrainConfig(mode="local-sgd", workers=2, epochs=20, batch_size=40,
+                                                             sync_every=3, dtype="float64"))
+    methods = [m for _, m, _ in pool.log if m != "set_state"]  # set_state: the warm-up's optimizer state handed on
+    first_local = methods.index("local_round")
+    assert set(methods[:first_local]) == {"sync_grad"}  # one warm-up epoch of 20: sync steps only
+    assert first_local == 2 * -(-len(X) // 80)  # both trainers, every 80-row step of that epoch
+
+
 # ---- async merging --------------------------------------------------------------------------
 def test_staleness_weight_policies():
     assert staleness_weight(3, 99, "inverse") == pytest.approx(1 / 4)
@@ -180,7 +204,7 @@ def test_adam_at_mixing_1_late_run_loss_is_reproduced_and_fixed_by_staleness_sca
     theta0 = init_params(spec, 0)
     # Four Adam trainers with random round times (so staleness varies), the lr fixed (no scaling).
     kw = dict(mode="async", workers=4, epochs=40, batch_size=32, lr=0.01, dtype="float32", mixing=1.0,
-              lr_scaling="none", lr_warmup_epochs=0, outer_optimizer="none")
+              lr_scaling="none", lr_warmup_epochs=0, warmup_epochs=0, outer_optimizer="none")
     runs = {}
     for policy in ("downweight", "inverse"):  # the old default (full weight up to max_staleness=4), the new one
         cfg = TrainConfig(staleness_policy=policy, max_staleness=4, **kw)
@@ -240,7 +264,9 @@ def test_new_settings_are_validated_and_quote_the_bad_value(kw, match):
 def test_outer_defaults():
     assert TrainConfig(mode="local-sgd").effective()["outer_optimizer"] == "nesterov"
     assert TrainConfig(mode="local-sgd").outer_settings() == (1.0, 0.5)
-    assert TrainConfig(mode="async").outer_name() == "nesterov"
+    assert TrainConfig(mode="async").outer_name() == "none"  # measured: Nesterov hurt async (README)
+    with pytest.raises(ValueError, match="'outer_lr'"):  # an outer setting with no outer optimizer is refused
+        TrainConfig(mode="async", outer_lr=0.5)
     assert TrainConfig(mode="sync").outer_name() == "none"
     assert TrainConfig(mode="async", outer_optimizer="sgd", outer_momentum=0.3).outer_settings() == (1.0, 0.3)
 
