@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import threading
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import timedelta
 from typing import Any, Callable, Iterator
 
@@ -36,30 +36,28 @@ _LISTENERS_LOCK = threading.Lock()
 
 
 @contextmanager
-def progress_listener(callback: Callback) -> Iterator[None]:
-    """Call ``callback(step, logs)`` for every epoch or round of trainings started inside the block."""
+def registered(listeners: list[Any], item: Any) -> Iterator[None]:
+    """``item`` is in ``listeners`` for the block (one lock guards every listener list)."""
     with _LISTENERS_LOCK:
-        _LISTENERS.append(callback)
+        listeners.append(item)
     try:
         yield
     finally:
         with _LISTENERS_LOCK:
-            _LISTENERS.remove(callback)
+            listeners.remove(item)
+
+
+def progress_listener(callback: Callback) -> AbstractContextManager[None]:
+    """Call ``callback(step, logs)`` for every epoch or round of trainings started inside the block."""
+    return registered(_LISTENERS, callback)
 
 
 _ANNOUNCERS: list[Callable[[str], None]] = []
 
 
-@contextmanager
-def announcements(echo: Callable[[str], None]) -> Iterator[None]:
+def announcements(echo: Callable[[str], None]) -> AbstractContextManager[None]:
     """Call ``echo(line)`` for every link a training in the block announces (MLflow run, dashboards)."""
-    with _LISTENERS_LOCK:
-        _ANNOUNCERS.append(echo)
-    try:
-        yield
-    finally:
-        with _LISTENERS_LOCK:
-            _ANNOUNCERS.remove(echo)
+    return registered(_ANNOUNCERS, echo)
 
 
 def announce(line: str) -> None:

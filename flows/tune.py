@@ -8,10 +8,9 @@ and gated. ``nnpipe sweep`` is this flow with the grid sampler and no pruner.
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -22,19 +21,11 @@ from nnpipe.flows.pipeline import artifact_key, dataset_label, mlflow_run_link, 
 
 # Listeners outside Prefect (the CLI's per-trial lines); callables are not flow parameters.
 _LISTENERS: list[Callable[[Any], None]] = []
-_LOCK = threading.Lock()
 
 
-@contextmanager
-def trial_listener(callback: Callable[[Any], None]) -> Iterator[None]:
+def trial_listener(callback: Callable[[Any], None]) -> AbstractContextManager[None]:
     """Call ``callback(TrialResult)`` as each trial of a study started inside the block ends."""
-    with _LOCK:
-        _LISTENERS.append(callback)
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _LISTENERS.remove(callback)
+    return tasks.registered(_LISTENERS, callback)
 
 
 def check_space(config: PipelineConfig, space: list[str] | None, **settings: Any) -> None:
