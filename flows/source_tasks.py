@@ -93,5 +93,11 @@ def training_tags(result: FitResult) -> dict[str, Any]:
         out["nnpipe.blas_threads"] = info["blas_threads"]
     if "round/rtt_s" in info:
         out["nnpipe.round"] = (f"batch_size={info['batch_size']} sync_every={info['sync_every']} (chosen: round trip "
-                               f"{1e3 * info['round/rtt_s']:.2f} ms, {1e6 * info['round/row_s']:.2f} us/row)")
+                               f"{1e3 * info['round/rtt_s']:.2f} ms, {1e6 * info['round/row_s']:.2f} us/row")
+        if "round/sync_every_probe" in info:
+            out["nnpipe.round"] += (f"; then from the first {int(info['round/retuned_after'])} rounds: "
+                                    f"{1e3 * info['round/measured_idle_s']:.2f} ms waiting per round, "
+                                    f"{1e6 * info['round/measured_row_s']:.2f} us/row, sync_every "
+                                    f"{int(info['round/sync_every_probe'])} -> {info['sync_every']}")
+        out["nnpipe.round"] += ")"
     return out

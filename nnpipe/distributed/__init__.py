@@ -147,20 +147,27 @@ def _single_thread_blas():
         return contextlib.nullcontext()
 
 
-def run_mode(pool: Any, theta: np.ndarray, config: TrainConfig, reporter: Any) -> tuple[np.ndarray, dict, int]:
+def run_mode(pool: Any, theta: np.ndarray, config: TrainConfig, reporter: Any, retune: bool = False
+             ) -> tuple[np.ndarray, dict, int]:
     """Run ``config.mode``'s merge rule (after its sync warm-up epochs) on ``pool``'s trainers.
 
     ``pool`` is a :class:`.pool.TrainerPool` or anything with its interface
-    (the tests use an in-process one). Returns ``(theta, opt_state, last_epoch)``.
+    (the tests use an in-process one). ``retune``: the round size was chosen
+    for the user, so ``local-sgd`` and ``async`` choose ``sync_every`` again
+    from their first rounds (:class:`nnpipe.round_size.RoundRetuner`).
+    Returns ``(theta, opt_state, last_epoch)``.
     """
     from nnpipe.distributed import rounds
     from nnpipe.distributed.async_ import MergeOnArrival
     from nnpipe.distributed.local_sgd import AverageParameters
     from nnpipe.distributed.sync import AverageGradients
+    from nnpipe.round_size import RoundRetuner
 
     if config.mode == "sync":
         return rounds.run(pool, theta, config, reporter, AverageGradients(pool, config, theta))
     rule = {"local-sgd": AverageParameters, "async": MergeOnArrival}[config.mode](pool, config, theta)
+    if retune:
+        rule.retuner = RoundRetuner(config, pool.n_total, len(pool.shards))
     warmup = None
     if config.sync_warmup_epochs():
         # Post-local-SGD: every worker steps on its own batch_size rows, gradients all-reduced.
@@ -171,8 +178,12 @@ def run_mode(pool: Any, theta: np.ndarray, config: TrainConfig, reporter: Any) -
 def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndarray, config: TrainConfig, *,
                     validation: tuple[np.ndarray, np.ndarray] | None = None,
                     callbacks: tuple[Callback, ...] | list[Callback] = (),
-                    addresses: list[str] | None = None, delays: dict[int, float] | None = None) -> FitResult:
-    """Train on shards already placed on the cluster (see :mod:`.shards`, :mod:`.frames`)."""
+                    addresses: list[str] | None = None, delays: dict[int, float] | None = None,
+                    retune: bool = False) -> FitResult:
+    """Train on shards already placed on the cluster (see :mod:`.shards`, :mod:`.frames`).
+
+    ``retune``: the round size was chosen for the user (see :func:`run_mode`).
+    """
     from nnpipe.distributed import rounds
     from nnpipe.distributed.pool import TrainerPool
     from nnpipe.distributed.reporter import Reporter
@@ -196,7 +207,7 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
         # The driver shares the cores with local workers: a multi-threaded BLAS
         # here (validation, averaging) would fight them and can be 10x slower.
         with _single_thread_blas():
-            theta, state, last_epoch = run_mode(pool, theta, config, reporter)
+            theta, state, last_epoch = run_mode(pool, theta, config, reporter, retune=retune)
     finally:
         pool.close()
     # A round is one call to every trainer (sync, local-sgd) or one dispatch of one trainer (async).

@@ -73,7 +73,7 @@ class MergeOnArrival(OuterRule):
         # At most one pass over the trainer's shard per round, as a local-sgd round ends with the
         # epoch: with many workers and small shards, K steps would walk the same rows several
         # times and drift (digits, 16 workers: 0.5 points better with the cap).
-        steps = min(self.config.sync_every, -(-t.shard.rows // self.config.batch_size))
+        steps = min(self.k, -(-t.shard.rows // self.config.batch_size))
         # A copy: ``theta`` keeps changing while this one is being serialised.
         fut = self.pool.call(t, "local_round", theta.copy(), steps, lr, True)
         self.inflight[fut] = (t, self.version, time.perf_counter())
@@ -112,7 +112,9 @@ class MergeOnArrival(OuterRule):
                 except WorkerLost as exc:
                     self._dispatch(pool.replace(t, exc, f"during merge {self.version} (epoch {epoch})"), theta, lr)
                     continue
-                pool.record_round(time.perf_counter() - sent_at, secs)
+                wall = time.perf_counter() - sent_at
+                pool.record_round(wall, secs)
+                self.observe_round(wall, secs, r)
                 tally.add(t, l_sum, r, c, secs)
                 staleness = self.version - v0
                 w = staleness_weight(staleness, config.max_staleness, config.staleness_policy)
@@ -150,4 +152,5 @@ class MergeOnArrival(OuterRule):
                 t, _, sent_at = self.inflight[fut]
                 if fut.exception() is None:
                     pool.record_round(time.perf_counter() - sent_at, pool.received(fut.result())[-1])
-        pool.rule_info = {"merges_by_trainer": self.merges_by_trainer, "merges": self.merges}
+        super().finish()
+        pool.rule_info.update(merges_by_trainer=self.merges_by_trainer, merges=self.merges)

@@ -235,10 +235,13 @@ def fit_prepared(prepared: PreparedSource, spec: NetworkSpec, theta: np.ndarray,
         validation = SourceValidation(c, prepared, spec, val_shards) if prepared.rows(VAL) else None
         try:
             result = train_on_shards(c, shards, spec, theta, config, validation=validation, callbacks=callbacks,
-                                     addresses=addresses)
+                                     addresses=addresses, retune=config.auto_round)
         finally:
             for s in shards + (val_shards or []):
                 s.future.release()
+    retuned = {k: v for k, v in result.info.items() if k.startswith("round/")}  # the first rounds' choice
     result.info.update({"data_path": path, "shard_bytes": int(need), "memory_budget": budget,
-                        "batch_size": config.batch_size, "sync_every": config.sync_every, **round_facts})
+                        "batch_size": config.batch_size, "sync_every": config.sync_every, **round_facts, **retuned})
+    if "round/sync_every" in retuned:
+        result.info["sync_every"] = int(retuned["round/sync_every"])
     return result

@@ -61,15 +61,16 @@ class AverageParameters(OuterRule):
         self.rounds_log: list[dict] = []  # per round: FitResult.info["rounds_log"]
 
     def run_epoch(self, epoch: int, lr: float, theta: np.ndarray, tally: EpochTally) -> dict[str, float]:
-        pool, K = self.pool, self.config.sync_every
+        pool = self.pool
         steps_per_epoch = -(-max(s.rows for s in pool.shards) // self.config.batch_size)
         wait, dist, norms = 0.0, [], []
         done_steps = 0
         while done_steps < steps_per_epoch:
-            k = min(K, steps_per_epoch - done_steps)
+            k = min(self.k, steps_per_epoch - done_steps)
             where = f"in round {self.round} (epoch {epoch})"
-            thetas, _, w = gather_round(pool, "local_round", lambda t: (theta, k, lr), where, tally)
+            thetas, _, w, wall, compute = gather_round(pool, "local_round", lambda t: (theta, k, lr), where, tally)
             wait += w
+            self.observe_round(wall, compute, k * self.config.batch_size)
             for t, theta_i in zip(pool.trainers, thetas):
                 check_update(theta_i, t, "parameters", where)
             weighted_average(thetas, [t.shard.rows for t in pool.trainers], out=self.avg)
@@ -84,4 +85,5 @@ class AverageParameters(OuterRule):
                 "dist/rounds": float(len(dist))}
 
     def finish(self) -> None:
-        self.pool.rule_info = {"rounds_log": self.rounds_log}
+        super().finish()
+        self.pool.rule_info["rounds_log"] = self.rounds_log

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from nnpipe.config import TrainConfig
 from nnpipe.distributed.reporter import Reporter
 from nnpipe.distributed.rpc import WorkerLost
 from nnpipe.results import DivergenceError
+from nnpipe.round_size import RoundRetuner
 
 log = logging.getLogger("nnpipe.distributed")
 
@@ -67,12 +68,20 @@ def check_update(values: np.ndarray | None, trainer: Any, what: str, where: str)
                               f"{trainer.shard.index}) sent non-finite {what} {where}")
 
 
+class Gathered(NamedTuple):
+    """One round's results (:func:`gather_round`), in trainer order."""
+
+    payloads: list  # each result's first item
+    rows: list[int]
+    wait_s: float  # straggler wait: seconds from the first result to the last
+    wall_s: float  # from the first call to the last result
+    compute_s: float  # the trainers' mean compute inside the round
+
+
 def gather_round(pool: Any, method: str, args_for: Callable[[Any], tuple], where: str, tally: EpochTally,
-                 inline: bool = False) -> tuple[list, list[int], float]:
+                 inline: bool = False) -> Gathered:
     """Call ``method`` on every trainer and wait for all; rebuild and retry lost ones.
 
-    Returns, in trainer order, each result's payload (its first item) and
-    rows, and the straggler wait (seconds from the first result to the last).
     The results' accounting goes to ``tally``.
     """
     t0 = time.perf_counter()
@@ -91,9 +100,11 @@ def gather_round(pool: Any, method: str, args_for: Callable[[Any], tuple], where
     order = [results[t.id] for t in pool.trainers]
     for t, r in zip(pool.trainers, order):
         tally.add(t, *r[1:])
-    pool.record_round(time.perf_counter() - t0, max(r[-1] for r in order))
+    wall = time.perf_counter() - t0
+    pool.record_round(wall, max(r[-1] for r in order))
     wait = (max(arrivals) - min(arrivals)) if arrivals else 0.0
-    return [r[0] for r in order], [int(r[2]) for r in order], wait
+    return Gathered([r[0] for r in order], [int(r[2]) for r in order], wait, wall,
+                    float(np.mean([r[-1] for r in order])))
 
 
 def trainer_states(pool: Any) -> dict[int, dict]:
@@ -122,6 +133,21 @@ class MergeRule:
     def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray):
         self.pool, self.config = pool, config
         self.outer: Any = None  # an :class:`.outer.OuterOptimizer` when the rule has one
+        self.k = config.sync_every  # local steps per round (local-sgd, async); the retuner may change it
+        self.retuner: RoundRetuner | None = None  # set by run_mode when the round size was chosen for the user
+
+    def observe_round(self, wall_s: float, compute_s: float, rows: float) -> None:
+        """Show the retuner one round's times (see :class:`nnpipe.round_size.RoundRetuner`)."""
+        if self.retuner is None:
+            return
+        k = self.retuner.observe(wall_s, compute_s, rows)
+        if k is not None:
+            f = self.retuner.facts
+            log.info("round size re-chosen after %d rounds: sync_every %d -> %d (a round cost each trainer "
+                     "%.2f ms of waiting, %.2f us/row of compute; expected coordination %.1f%%)",
+                     f["round/retuned_after"], self.k, k, 1e3 * f["round/measured_idle_s"],
+                     1e6 * f["round/measured_row_s"], 100 * f["round/expected_coordination_share"])
+            self.k = k
 
     def run_epoch(self, epoch: int, lr: float, theta: np.ndarray, tally: EpochTally) -> dict[str, float]:
         """Train one epoch-equivalent, updating ``theta`` in place; returns the mode's ``dist/`` logs."""
@@ -137,7 +163,8 @@ class MergeRule:
             self.outer.load(opt_state)
 
     def finish(self) -> None:
-        """Called once after the last epoch (or on an error)."""
+        """Called once after the last epoch (or on an error); what it leaves in ``pool.rule_info`` goes to ``FitResult.info``."""
+        self.pool.rule_info = dict(self.retuner.facts) if self.retuner is not None else {}
 
     def final_opt_state(self) -> dict[str, np.ndarray]:
         """``FitResult.opt_state``: trainer 0's when trainers step with their own optimizer, else the driver's."""

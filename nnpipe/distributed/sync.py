@@ -48,8 +48,8 @@ class AverageGradients(MergeRule):
         wait = 0.0
         for step in range(-(-pool.n_total // batch)):
             where = f"in epoch {epoch}, step {step}"
-            grads, rows, w = gather_round(pool, "sync_grad", lambda t: (theta, epoch, step, batch), where, tally,
-                                          inline=True)
+            grads, rows, w, *_ = gather_round(pool, "sync_grad", lambda t: (theta, epoch, step, batch), where,
+                                              tally, inline=True)
             wait += w
             self.grad.fill(0.0)
             n_rows = sum(rows)

@@ -157,9 +157,11 @@ def test_local_sgd_streams_with_a_tiny_budget(client, parts):
 
 def test_auto_round_is_chosen_and_explicit_values_win(client, parts):
     prepared = prepare(open_source(str(parts), "label"), cluster_runner(client), seed=0)
-    auto = nnpipe.train(prepared, TrainConfig(mode="local-sgd", workers=2, epochs=1, auto_round=True),
+    auto = nnpipe.train(prepared, TrainConfig(mode="local-sgd", workers=2, epochs=2, auto_round=True),
                         hidden=(8,), client=client)
     assert auto.info["batch_size"] == 256 and "round/rtt_s" in auto.info and auto.info["sync_every"] >= 1
+    # Chosen again from the first rounds' own times; the run reports the size it ended with.
+    assert "round/measured_idle_s" in auto.info and auto.info["sync_every"] == auto.info["round/sync_every"]
     fixed = nnpipe.train(prepared, TrainConfig(mode="local-sgd", workers=2, epochs=1, batch_size=16, sync_every=3),
                          hidden=(8,), client=client)
     assert fixed.info["batch_size"] == 16 and fixed.info["sync_every"] == 3 and "round/rtt_s" not in fixed.info

@@ -294,3 +294,29 @@ def test_an_async_round_is_at_most_one_pass_over_the_shard(data):
     _, pool = fit_in_process(spec, theta0, X, y, cfg)
     rows = [r[2] for _, m, r in pool.log if m == "local_round"]
     assert rows and set(rows) == {75}
+
+
+# ---- round size chosen again from the first rounds ------------------------------------------------
+def test_local_sgd_rounds_switch_to_the_retuned_size(data):
+    """With ``retune``, rounds after the timed ones take the new ``sync_every``; the ones before keep the probe's."""
+    from nnpipe.distributed import run_mode
+    from nnpipe.distributed.reporter import Reporter
+    from nnpipe.round_size import RETUNE_ROUNDS, RETUNE_SKIP
+    from tests.distributed.fakes import InProcessPool
+
+    X, y = data
+    spec, theta0 = small_net("float64")
+    cfg = TrainConfig(mode="local-sgd", workers=2, epochs=6, batch_size=8, sync_every=2, dtype="float64",
+                      auto_round=True)
+    pool = InProcessPool(X, y, spec, cfg, 2)
+    theta = theta0.astype("float64")
+    run_mode(pool, theta, cfg, Reporter(spec, cfg, None, (), cfg.mode), retune=True)
+    info = pool.rule_info
+    k = int(info["round/sync_every"])
+    timed = RETUNE_SKIP + RETUNE_ROUNDS
+    steps = [r["steps"] for r in info["rounds_log"]]
+    assert steps[:timed] == [2] * timed
+    # Later rounds take k steps, except an epoch's last round, which takes what is left of the pass.
+    steps_per_epoch = -(-max(s.rows for s in pool.shards) // cfg.batch_size)
+    assert all(s <= k for s in steps[timed:]) and k in steps[timed:]
+    assert sum(steps) == cfg.epochs * steps_per_epoch
