@@ -120,7 +120,8 @@ class RoundRetuner:
         idle, row_s = float(np.median(self.idle_s)), float(np.median(self.row_s))
         new, facts = choose_round(self.config, idle, row_s, self.n_train, self.workers, self.share)
         self.facts = {"round/measured_idle_s": idle, "round/measured_row_s": row_s,
-                      "round/sync_every_probe": float(self.config.sync_every), "round/sync_every": float(new.sync_every),
+                      "round/sync_every_probe": float(self.config.sync_every),
+                      "round/sync_every": float(new.sync_every),
                       "round/retuned_after": float(self.seen),
                       "round/expected_coordination_share": facts["round/expected_coordination_share"]}
         return new.sync_every

@@ -163,7 +163,10 @@ class MergeRule:
             self.outer.load(opt_state)
 
     def finish(self) -> None:
-        """Called once after the last epoch (or on an error); what it leaves in ``pool.rule_info`` goes to ``FitResult.info``."""
+        """Called once after the last epoch (or on an error).
+
+        What it leaves in ``pool.rule_info`` goes to ``FitResult.info``.
+        """
         self.pool.rule_info = dict(self.retuner.facts) if self.retuner is not None else {}
 
     def final_opt_state(self) -> dict[str, np.ndarray]:
