@@ -74,8 +74,8 @@ class RoundRetuner:
     and a round cost a trainer 3-5 ms of waiting, so coordination took about
     20% of a round instead of the 10% aimed at. After :data:`RETUNE_SKIP`
     rounds, the median of the next :data:`RETUNE_ROUNDS` rounds' idle time per
-    trainer (wall time minus its compute) and compute per row replace the
-    probe's figures, once. Used only where the probe chose the round size for
+    trainer (wall time minus its compute) and the fastest of their compute
+    per row replace the probe's figures, once. Used only where the probe chose the round size for
     the user, and only for ``local-sgd`` and ``async`` (a ``sync`` batch is
     the global batch: changing it mid-run would change the math).
 
@@ -117,7 +117,9 @@ class RoundRetuner:
         if len(self.idle_s) < RETUNE_ROUNDS:
             return None
         self.active = False
-        idle, row_s = float(np.median(self.idle_s)), float(np.median(self.row_s))
+        # Idle time is the round's fixed cost: its median. Compute per row only grows when something
+        # else takes the cores for a moment; the fastest round is the trainers' own speed.
+        idle, row_s = float(np.median(self.idle_s)), float(min(self.row_s))
         new, facts = choose_round(self.config, idle, row_s, self.n_train, self.workers, self.share)
         self.facts = {"round/measured_idle_s": idle, "round/measured_row_s": row_s,
                       "round/sync_every_probe": float(self.config.sync_every),
