@@ -17,6 +17,19 @@ from nnpipe.optimizers import State
 from nnpipe.reporting import Reporter
 from nnpipe.results import Callback, FitResult, check_finite
 
+def aligned(a: np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
+    """``a`` as a C-contiguous, aligned array (copied only when it is not one already).
+
+    Arrays that arrive over the network are often views at an odd offset
+    into the message buffer (Dask packs frames back to back; a shard scattered
+    from the driver or moved between workers after a loss arrived 2 bytes
+    off). ``np.take`` on such an array copies the whole of it on every call:
+    a 256-row batch from a 224 MB shard took 45 ms instead of 4 us.
+    ``np.ascontiguousarray`` keeps the odd offset; ``np.require`` does not.
+    """
+    return np.require(a, dtype=dtype, requirements=("C", "A"))
+
+
 def clip_by_global_norm(grad: np.ndarray, max_norm: float | None) -> np.ndarray:
     """Scale ``grad`` in place so its L2 norm is at most ``max_norm``."""
     if max_norm is not None:
@@ -84,7 +97,7 @@ def fit_loop(
     """
     net = Network(spec)
     dtype = net.dtype
-    X = np.ascontiguousarray(X, dtype=dtype)
+    X = aligned(X, dtype)
     n = len(X)
     if n == 0:
         raise ValueError("cannot train on 0 rows")
@@ -103,7 +116,7 @@ def fit_loop(
     views, grad_views = net.views(theta), net.views(grad)
     row_stats = np.empty(n, dtype=dtype)
     batch = min(config.batch_size, n)
-    Y = np.asarray(Y)
+    Y = aligned(np.asarray(Y))
     Xbuf, Ybuf = np.empty((batch, *X.shape[1:]), dtype=X.dtype), np.empty((batch, *Y.shape[1:]), dtype=Y.dtype)
     want_correct = train_metrics and net.head.task != "regression"
     for epoch in range(reporter.start_epoch, config.epochs):

@@ -21,7 +21,7 @@ import numpy as np
 
 from nnpipe.config import TrainConfig
 from nnpipe.network import Network, NetworkSpec
-from nnpipe.training import clip_by_global_norm
+from nnpipe.training import aligned, clip_by_global_norm
 
 
 def build_shard(X: np.ndarray, Y: np.ndarray, lo: int) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def shard_arrays(shard: Any) -> tuple[np.ndarray, np.ndarray, int]:
     another shard type adds a branch here.
     """
     if isinstance(shard, dict) and {"X", "Y", "lo"} <= set(shard):
-        return shard["X"], shard["Y"], int(shard["lo"])
+        return aligned(shard["X"]), aligned(shard["Y"]), int(shard["lo"])
     raise TypeError(f"a shard must be a dict with 'X', 'Y' and 'lo' (see build_shard), got {type(shard).__name__}")
 
 

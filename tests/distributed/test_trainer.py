@@ -90,3 +90,45 @@ def test_a_pass_gathers_batches_by_index_without_a_copy_of_the_shard():
         tracemalloc.stop()
     # A permutation (8 bytes a row) and batch buffers: far below the shard (1.28 MB of X, 160 kB of y).
     assert peak < 0.4 * (X.nbytes + y.nbytes), peak
+
+
+def odd_offset(a: np.ndarray) -> np.ndarray:
+    """``a``'s values in a view 2 bytes into a buffer, as Dask delivers arrays packed into one message."""
+    buf = np.empty(a.nbytes + 2, dtype=np.uint8)
+    out = buf[2:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+def test_a_shard_delivered_at_an_odd_offset_trains_the_same_without_copying_it_per_batch(data):
+    """``np.take`` copies a misaligned source whole on every call; the trainer aligns its shard once."""
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    n = 20_000
+    X, y = rng.standard_normal((n, 8)), rng.integers(0, 3, n)
+    spec, theta0 = small_net("float64")
+    config = TrainConfig(dtype="float64", optimizer="sgd", batch_size=100, seed=3)
+    plain = ShardTrainer(spec.to_dict(), build_shard(X, y, 0), config, 0, n)
+    odd = ShardTrainer(spec.to_dict(), {"X": odd_offset(X), "Y": odd_offset(y), "lo": 0}, config, 0, n)
+    assert odd.X.flags.aligned and odd.Y.flags.aligned
+    np.testing.assert_array_equal(odd.local_round(theta0, 5, 0.1)[0], plain.local_round(theta0, 5, 0.1)[0])
+    tracemalloc.start()
+    try:
+        odd.local_round(theta0, 50, 0.01)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.4 * X.nbytes, peak  # a copy of X per batch would be 1.28 MB
+
+
+def test_single_mode_trains_the_same_on_an_array_at_an_odd_offset(data):
+    from nnpipe.training import fit
+
+    X, y = data
+    spec, theta0 = small_net("float64")
+    cfg = TrainConfig(dtype="float64", epochs=2, batch_size=64, seed=1)
+    want = fit(spec, theta0, X, y, cfg).theta
+    np.testing.assert_array_equal(fit(spec, theta0, odd_offset(np.asarray(X, dtype="float64")), odd_offset(y), cfg)
+                                  .theta, want)
