@@ -12,8 +12,9 @@ import numpy as np
 
 from nnpipe.blas import step_threads
 from nnpipe.config import TrainConfig
-from nnpipe.network import Network, NetworkSpec
+from nnpipe.network import Network
 from nnpipe.optimizers import State
+from nnpipe.problem import Problem
 from nnpipe.reporting import Reporter
 from nnpipe.results import Callback, FitResult, check_finite
 
@@ -26,51 +27,19 @@ def clip_by_global_norm(grad: np.ndarray, max_norm: float | None) -> np.ndarray:
     return grad
 
 
-def fit(
-    spec: NetworkSpec,
-    theta: np.ndarray,
-    X: np.ndarray,
-    Y: np.ndarray,
-    config: TrainConfig,
-    **kw,
-) -> FitResult:
-    """Train ``theta`` on ``(X, Y)`` in this process with mini-batch gradient descent.
+def fit(problem: Problem, config: TrainConfig, *, callbacks: tuple[Callback, ...] | list[Callback] = (),
+        opt_state: State | None = None, train_metrics: bool = True) -> FitResult:
+    """Train ``problem.theta`` on ``problem``'s rows in this process with mini-batch gradient descent.
 
-    Arguments as :func:`fit_loop`. BLAS runs with one thread while the network
-    is small (:func:`nnpipe.blas.step_threads`); ``info["blas_threads"]`` says what was decided.
-    """
-    with step_threads(spec, min(config.batch_size, max(len(X), 1))) as blas:
-        result = fit_loop(spec, theta, X, Y, config, **kw)
-    result.info["blas_threads"] = blas
-    return result
-
-
-def fit_loop(
-    spec: NetworkSpec,
-    theta: np.ndarray,
-    X: np.ndarray,
-    Y: np.ndarray,
-    config: TrainConfig,
-    *,
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
-    callbacks: tuple[Callback, ...] | list[Callback] = (),
-    opt_state: State | None = None,
-    train_metrics: bool = True,
-) -> FitResult:
-    """The loop of :func:`fit`, with BLAS threads as the caller left them.
+    BLAS runs with one thread while the network is small
+    (:func:`nnpipe.blas.step_threads`); ``info["blas_threads"]`` says what was decided.
 
     Parameters
     ----------
-    spec : NetworkSpec
-    theta : ndarray of shape (n_params,)
-        Starting parameters (not modified).
-    X : ndarray of shape (n_samples, n_features)
-        Scaled features in the network's dtype.
-    Y : ndarray
-        Targets encoded for the head (:func:`nnpipe.targets.encode_targets`).
+    problem : Problem
+        The network, starting parameters, training rows and optional
+        validation rows (:class:`nnpipe.problem.Problem`; ``theta`` is not modified).
     config : TrainConfig
-    validation : (X_val, Y_val), optional
-        Held-out data for ``val/loss`` and ``val/accuracy`` and early stopping.
     callbacks : sequence of callable
         Called as ``callback(epoch, logs)`` after every epoch.
     opt_state : dict of ndarray, optional
@@ -82,17 +51,24 @@ def fit_loop(
     -------
     FitResult
     """
+    with step_threads(problem.spec, min(config.batch_size, len(problem.X))) as blas:
+        result = fit_loop(problem, config, callbacks=callbacks, opt_state=opt_state, train_metrics=train_metrics)
+    result.info["blas_threads"] = blas
+    return result
+
+
+def fit_loop(problem: Problem, config: TrainConfig, *, callbacks: tuple[Callback, ...] | list[Callback] = (),
+             opt_state: State | None = None, train_metrics: bool = True) -> FitResult:
+    """The loop of :func:`fit` (same arguments), with BLAS threads as the caller left them."""
+    spec, X, Y = problem.spec, problem.X, problem.Y
     net = Network(spec)
     dtype = net.dtype
-    X = np.ascontiguousarray(X, dtype=dtype)
     n = len(X)
-    if n == 0:
-        raise ValueError("cannot train on 0 rows")
     opt, schedule = config.make_optimizer(), config.make_schedule()
-    theta = np.array(theta, dtype=dtype, copy=True)
+    theta = np.array(problem.theta, dtype=dtype, copy=True)
     state = opt.init(theta) if opt_state is None else {k: np.array(v, copy=True) for k, v in opt_state.items()}
     rng = np.random.default_rng(config.seed)
-    reporter = Reporter(spec, config, validation, callbacks, "single")
+    reporter = Reporter(spec, config, problem.validation, callbacks, "single")
     resumed = reporter.resume()
     if resumed is not None:
         arrays, meta = resumed
@@ -103,7 +79,6 @@ def fit_loop(
     views, grad_views = net.views(theta), net.views(grad)
     row_stats = np.empty(n, dtype=dtype)
     batch = min(config.batch_size, n)
-    Y = np.asarray(Y)
     Xbuf, Ybuf = np.empty((batch, *X.shape[1:]), dtype=X.dtype), np.empty((batch, *Y.shape[1:]), dtype=Y.dtype)
     want_correct = train_metrics and net.head.task != "regression"
     for epoch in range(reporter.start_epoch, config.epochs):
