@@ -228,13 +228,14 @@ def main() -> None:
             print(f"\ntime to 0.9 validation accuracy (at most {acc_epochs} epochs):")
             hit = ref_pool.submit(_ref_time_to, 0.9, acc_epochs).result()
             print(f"  single-process          batch 256 : {fmt_hit(hit)}")
+            problem = Problem(SPEC, theta0, Xtr, ytr, (Xva, yva))
             for mode, kw in [("local-sgd", dict(batch_size=256, sync_every=50)),
                              ("async", dict(batch_size=256, sync_every=50)),
                              ("local-sgd", dict(batch_size=256, sync_every=10)),
                              ("sync", dict(batch_size=512))]:
                 hit = TimeTo(0.9)
                 cfg = TrainConfig(mode=mode, workers=2, epochs=acc_epochs, **kw, **base)
-                hit.run(fit_distributed, Problem(SPEC, theta0, Xtr, ytr, (Xva, yva)), cfg, client=client)
+                hit.run(fit_distributed, problem, cfg, client=client)
                 K = kw.get("sync_every", "-")
                 print(f"  {mode:<9} 2 workers, K={K:<3} batch {kw['batch_size']:<4}: {fmt_hit(hit.hit)}")
 
