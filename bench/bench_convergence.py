@@ -64,6 +64,7 @@ from sklearn.datasets import load_digits
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed, start_local_cluster
 from nnpipe.network import NetworkSpec, init_params
+from nnpipe.problem import Problem
 from nnpipe.training import fit
 
 OLD = dict(outer_optimizer="none", lr_scaling="none", lr_warmup_epochs=0, warmup_epochs=0,
@@ -146,11 +147,11 @@ def main() -> None:
     base = dict(epochs=args.epochs, batch_size=32, dtype="float32")
     data = {s: digits(s) for s in seeds}
 
-    sync_curves = {}
+    sync_curves, problems = {}, {}
     for s in seeds:
         Xtr, ytr, Xte, yte = data[s]
-        sync_curves[s] = fit(spec, init_params(spec, s), Xtr, ytr, TrainConfig(seed=s, **base),
-                             validation=(Xte, yte)).history["val/accuracy"]
+        problems[s] = Problem(spec, init_params(spec, s), Xtr, ytr, (Xte, yte))
+        sync_curves[s] = fit(problems[s], TrainConfig(seed=s, **base)).history["val/accuracy"]
     sync_med = float(np.median([c[-1] for c in sync_curves.values()]))
     levels = [0.95 * sync_curves[s][-1] for s in seeds]
 
@@ -169,10 +170,8 @@ def main() -> None:
                 for mode, name, extra in selected(args):
                     curves = []
                     for s in seeds:
-                        Xtr, ytr, Xte, yte = data[s]
                         cfg = TrainConfig(mode=mode, workers=n, seed=s, **base, **extra)
-                        out = fit_distributed(spec, init_params(spec, s), Xtr, ytr, cfg, validation=(Xte, yte),
-                                              client=client)
+                        out = fit_distributed(problems[s], cfg, client=client)
                         curves.append(out.history["val/accuracy"])
                     print(row(n, mode, name, [c[-1] for c in curves], curves, levels, sync_med), flush=True)
         finally:

@@ -44,6 +44,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from nnpipe.config import TrainConfig  # noqa: E402
 from nnpipe.distributed import fit_distributed  # noqa: E402
 from nnpipe.network import NetworkSpec, init_params  # noqa: E402
+from nnpipe.problem import Problem  # noqa: E402
 from nnpipe.training import fit  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def _ref_init(n_samples: int) -> None:
 
 def _ref_rate(batch: int, n_epochs: int) -> float:
     with threadpool_limits(1):  # one BLAS thread, like a worker
-        r = fit(SPEC, _REF["theta"], _REF["X"], _REF["y"],
+        r = fit(Problem(SPEC, _REF["theta"], _REF["X"], _REF["y"]),
                 TrainConfig(epochs=n_epochs, batch_size=batch, optimizer="adam", lr=1e-3, dtype="float32", seed=0))
     return steady_rate(r.history)
 
@@ -77,9 +78,8 @@ def _ref_rate(batch: int, n_epochs: int) -> float:
 def _ref_time_to(target: float, n_epochs: int):
     hit = TimeTo(target)
     with threadpool_limits(1):
-        hit.run(fit, SPEC, _REF["theta"], _REF["X"], _REF["y"],
-                TrainConfig(epochs=n_epochs, batch_size=256, optimizer="adam", lr=1e-3, dtype="float32", seed=0),
-                validation=(_REF["Xva"], _REF["yva"]))
+        hit.run(fit, Problem(SPEC, _REF["theta"], _REF["X"], _REF["y"], (_REF["Xva"], _REF["yva"])),
+                TrainConfig(epochs=n_epochs, batch_size=256, optimizer="adam", lr=1e-3, dtype="float32", seed=0))
     return hit.hit
 
 
@@ -215,7 +215,7 @@ def main() -> None:
                 ref = single_rate(ref_batch, 1)
                 cfg = TrainConfig(mode=mode, workers=workers, epochs=epochs, **kw, **base)
                 clock = EpochClock(len(Xtr))
-                r = fit_distributed(SPEC, theta0, Xtr, ytr, cfg, client=client, callbacks=[clock])
+                r = fit_distributed(Problem(SPEC, theta0, Xtr, ytr), cfg, client=client, callbacks=[clock])
                 rate, info = clock.rate(), r.info
                 print(f"{mode:<10} {kw.get('sync_every', ''):>3} {kw['batch_size']:>6} {workers:>7} {rate:11.0f} "
                       f"{ref:9.0f} {rate / ref:6.2f} {info['bytes_sent_per_round']:11.0f} "
@@ -228,13 +228,14 @@ def main() -> None:
             print(f"\ntime to 0.9 validation accuracy (at most {acc_epochs} epochs):")
             hit = ref_pool.submit(_ref_time_to, 0.9, acc_epochs).result()
             print(f"  single-process          batch 256 : {fmt_hit(hit)}")
+            problem = Problem(SPEC, theta0, Xtr, ytr, (Xva, yva))
             for mode, kw in [("local-sgd", dict(batch_size=256, sync_every=50)),
                              ("async", dict(batch_size=256, sync_every=50)),
                              ("local-sgd", dict(batch_size=256, sync_every=10)),
                              ("sync", dict(batch_size=512))]:
                 hit = TimeTo(0.9)
                 cfg = TrainConfig(mode=mode, workers=2, epochs=acc_epochs, **kw, **base)
-                hit.run(fit_distributed, SPEC, theta0, Xtr, ytr, cfg, client=client, validation=(Xva, yva))
+                hit.run(fit_distributed, problem, cfg, client=client)
                 K = kw.get("sync_every", "-")
                 print(f"  {mode:<9} 2 workers, K={K:<3} batch {kw['batch_size']:<4}: {fmt_hit(hit.hit)}")
 
@@ -248,7 +249,7 @@ def main() -> None:
         for mode, kw in [("sync", dict(batch_size=64)), ("local-sgd", dict(batch_size=8, sync_every=1)),
                          ("async", dict(batch_size=8, sync_every=1))]:
             cfg = TrainConfig(mode=mode, workers=8, epochs=2, **kw, **base)
-            r = fit_distributed(SPEC, theta0, Xtr[:n_small], ytr[:n_small], cfg, client=client)
+            r = fit_distributed(Problem(SPEC, theta0, Xtr[:n_small], ytr[:n_small]), cfg, client=client)
             print(f"  {mode:<9}: {r.info['coordination_s_per_round'] * 1e3:6.2f} ms "
                   f"({r.info['rounds']} rounds; {r.info['bytes_sent_per_round'] / 1e6:.2f} MB sent, "
                   f"{r.info['bytes_received_per_round'] / 1e6:.2f} MB received per round)")

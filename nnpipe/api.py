@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from nnpipe.checks import check_features, check_lengths
 from nnpipe.config import TrainConfig
 from nnpipe.data import Splits
 from nnpipe.losses import TASK_HEADS
 from nnpipe.model import Model
 from nnpipe.network import NetworkSpec, init_params
+from nnpipe.problem import Problem
 from nnpipe.results import Callback, FitResult
 from nnpipe.training import fit
 
@@ -101,45 +101,28 @@ def train(
     if isinstance(data, Splits):
         if spec is not None or validation is not None:
             raise TypeError("spec and validation come from the dataset when data is a Splits")
-        model, X, Y, validation = _prepare(data, config, hidden, activation, metadata)
+        model, data, validation = _prepare(data, config, hidden, activation, metadata)
         spec = model.spec
-    else:
-        if spec is None:
-            raise TypeError("train(data=(X, Y), ...) needs spec=NetworkSpec(...)")
-        X, Y = _check_arrays(data, spec, validation)
-        if validation is not None:
-            validation = _check_arrays(validation, spec, None, "validation")
-    if theta is None:
-        theta = init_params(spec, np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0]))
+    elif spec is None:
+        raise TypeError("train(data=(X, Y), ...) needs spec=NetworkSpec(...)")
+    elif not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"data must be a Splits or an (X, Y) pair, got {type(data).__name__}")
+    problem = Problem(spec, _initial(spec, config, theta), data[0], data[1], validation)
     if config.mode == "single":
-        result = fit(spec, theta, X, Y, config, validation=validation, callbacks=callbacks)
+        result = fit(problem, config, callbacks=callbacks)
     else:
         from nnpipe.distributed import fit_distributed
 
-        result = fit_distributed(spec, theta, X, Y, config, validation=validation, callbacks=callbacks,
-                                 client=client, address=address)
+        result = fit_distributed(problem, config, callbacks=callbacks, client=client, address=address)
     if model is not None:
         model.theta = result.theta
         result.model = model
     return result
 
 
-def _check_arrays(data: Any, spec: NetworkSpec, validation: Any, what: str = "data") -> tuple[np.ndarray, np.ndarray]:
-    """``(X, Y)`` checked: 2-D finite X with the network's inputs, as many rows of finite Y."""
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{what} must be a Splits or an (X, Y) pair, got {type(data).__name__}")
-    X = check_features(data[0], f"{what} X", spec.n_inputs, dtype=spec.dtype)
-    Y = np.asarray(data[1])
-    check_lengths(**{f"{what} X": X, f"{what} Y": Y})
-    if Y.dtype.kind in "fc" and not np.isfinite(Y).all():
-        row = int(np.argwhere(~np.isfinite(Y))[0][0])
-        raise ValueError(f"{what} Y row {row} is {Y.reshape(len(Y), -1)[row].tolist()!r}; targets must be finite")
-    return X, Y
-
-
 def _prepare(splits: Splits, config: TrainConfig, hidden: tuple[int, ...] | list[int], activation: str,
-             metadata: dict[str, Any] | None) -> tuple[Model, np.ndarray, np.ndarray, tuple | None]:
-    """The servable model (untrained) and the encoded training and validation arrays."""
+             metadata: dict[str, Any] | None) -> tuple[Model, tuple[np.ndarray, np.ndarray], tuple | None]:
+    """The servable model (untrained) and the encoded training and validation pairs."""
     n_out = len(splits.classes) if splits.classes is not None else (
         1 if splits.y_train.ndim == 1 else splits.y_train.shape[1]
     )
@@ -151,7 +134,7 @@ def _prepare(splits: Splits, config: TrainConfig, hidden: tuple[int, ...] | list
     validation = None
     if len(splits.y_val):
         validation = (splits.X_val.astype(spec.dtype), model.encode_targets(splits.y_val))
-    return model, splits.X_train.astype(spec.dtype), model.encode_targets(splits.y_train), validation
+    return model, (splits.X_train.astype(spec.dtype), model.encode_targets(splits.y_train)), validation
 
 
 

@@ -55,3 +55,16 @@ def check_lengths(**arrays: Any) -> int:
         if n != items[0][1]:
             raise ValueError(f"{items[0][0]} has {items[0][1]} rows but {k} has {n}; they must match")
     return items[0][1] if items else 0
+
+
+def aligned(a: np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
+    """``a`` as a C-contiguous, aligned array (copied only when it is not one already).
+
+    Arrays that arrive over the network are often views at an odd offset
+    into the message buffer (Dask packs frames back to back; a shard scattered
+    from the driver or moved between workers after a loss arrived 2 bytes
+    off). ``np.take`` on such an array copies the whole of it on every call:
+    a 256-row batch from a 224 MB shard took 45 ms instead of 4 us.
+    ``np.ascontiguousarray`` keeps the odd offset; ``np.require`` does not.
+    """
+    return np.require(a, dtype=dtype, requirements=("C", "A"))

@@ -15,6 +15,7 @@ import numpy as np
 
 from nnpipe.config import TrainConfig
 from nnpipe.network import NetworkSpec
+from nnpipe.problem import Problem
 from nnpipe.results import Callback, FitResult
 from nnpipe.source_eval import evaluate, prep_fields
 from nnpipe.source_prep import TRAIN, VAL, PreparedSource, local_runner
@@ -50,8 +51,8 @@ def fit_single_source(prepared: PreparedSource, spec: NetworkSpec, theta: np.nda
     else:
         train = shard_arrays(prepared.segments(TRAIN, 0, n_train), 0, code=TRAIN, **kw)
         val = shard_arrays(prepared.segments(VAL, 0, n_val), 0, code=VAL, **kw) if n_val else None
-        result = fit(spec, theta, train["X"], train["Y"], config,
-                     validation=(val["X"], val["Y"]) if val else None, callbacks=callbacks)
+        problem = Problem(spec, theta, train["X"], train["Y"], (val["X"], val["Y"]) if val else None)
+        result = fit(problem, config, callbacks=callbacks)
         result.info["data_path"] = "in-memory"
     result.info.update({"shard_bytes": int(need), "memory_budget": budget})
     return result

@@ -12,23 +12,11 @@ import numpy as np
 
 from nnpipe.blas import step_threads
 from nnpipe.config import TrainConfig
-from nnpipe.network import Network, NetworkSpec
+from nnpipe.network import Network
 from nnpipe.optimizers import State
+from nnpipe.problem import Problem
 from nnpipe.reporting import Reporter
 from nnpipe.results import Callback, FitResult, check_finite
-
-def aligned(a: np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
-    """``a`` as a C-contiguous, aligned array (copied only when it is not one already).
-
-    Arrays that arrive over the network are often views at an odd offset
-    into the message buffer (Dask packs frames back to back; a shard scattered
-    from the driver or moved between workers after a loss arrived 2 bytes
-    off). ``np.take`` on such an array copies the whole of it on every call:
-    a 256-row batch from a 224 MB shard took 45 ms instead of 4 us.
-    ``np.ascontiguousarray`` keeps the odd offset; ``np.require`` does not.
-    """
-    return np.require(a, dtype=dtype, requirements=("C", "A"))
-
 
 def clip_by_global_norm(grad: np.ndarray, max_norm: float | None) -> np.ndarray:
     """Scale ``grad`` in place so its L2 norm is at most ``max_norm``."""
@@ -39,51 +27,19 @@ def clip_by_global_norm(grad: np.ndarray, max_norm: float | None) -> np.ndarray:
     return grad
 
 
-def fit(
-    spec: NetworkSpec,
-    theta: np.ndarray,
-    X: np.ndarray,
-    Y: np.ndarray,
-    config: TrainConfig,
-    **kw,
-) -> FitResult:
-    """Train ``theta`` on ``(X, Y)`` in this process with mini-batch gradient descent.
+def fit(problem: Problem, config: TrainConfig, *, callbacks: tuple[Callback, ...] | list[Callback] = (),
+        opt_state: State | None = None, train_metrics: bool = True) -> FitResult:
+    """Train ``problem.theta`` on ``problem``'s rows in this process with mini-batch gradient descent.
 
-    Arguments as :func:`fit_loop`. BLAS runs with one thread while the network
-    is small (:func:`nnpipe.blas.step_threads`); ``info["blas_threads"]`` says what was decided.
-    """
-    with step_threads(spec, min(config.batch_size, max(len(X), 1))) as blas:
-        result = fit_loop(spec, theta, X, Y, config, **kw)
-    result.info["blas_threads"] = blas
-    return result
-
-
-def fit_loop(
-    spec: NetworkSpec,
-    theta: np.ndarray,
-    X: np.ndarray,
-    Y: np.ndarray,
-    config: TrainConfig,
-    *,
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
-    callbacks: tuple[Callback, ...] | list[Callback] = (),
-    opt_state: State | None = None,
-    train_metrics: bool = True,
-) -> FitResult:
-    """The loop of :func:`fit`, with BLAS threads as the caller left them.
+    BLAS runs with one thread while the network is small
+    (:func:`nnpipe.blas.step_threads`); ``info["blas_threads"]`` says what was decided.
 
     Parameters
     ----------
-    spec : NetworkSpec
-    theta : ndarray of shape (n_params,)
-        Starting parameters (not modified).
-    X : ndarray of shape (n_samples, n_features)
-        Scaled features in the network's dtype.
-    Y : ndarray
-        Targets encoded for the head (:func:`nnpipe.targets.encode_targets`).
+    problem : Problem
+        The network, starting parameters, training rows and optional
+        validation rows (:class:`nnpipe.problem.Problem`; ``theta`` is not modified).
     config : TrainConfig
-    validation : (X_val, Y_val), optional
-        Held-out data for ``val/loss`` and ``val/accuracy`` and early stopping.
     callbacks : sequence of callable
         Called as ``callback(epoch, logs)`` after every epoch.
     opt_state : dict of ndarray, optional
@@ -95,17 +51,24 @@ def fit_loop(
     -------
     FitResult
     """
+    with step_threads(problem.spec, min(config.batch_size, len(problem.X))) as blas:
+        result = fit_loop(problem, config, callbacks=callbacks, opt_state=opt_state, train_metrics=train_metrics)
+    result.info["blas_threads"] = blas
+    return result
+
+
+def fit_loop(problem: Problem, config: TrainConfig, *, callbacks: tuple[Callback, ...] | list[Callback] = (),
+             opt_state: State | None = None, train_metrics: bool = True) -> FitResult:
+    """The loop of :func:`fit` (same arguments), with BLAS threads as the caller left them."""
+    spec, X, Y = problem.spec, problem.X, problem.Y
     net = Network(spec)
     dtype = net.dtype
-    X = aligned(X, dtype)
     n = len(X)
-    if n == 0:
-        raise ValueError("cannot train on 0 rows")
     opt, schedule = config.make_optimizer(), config.make_schedule()
-    theta = np.array(theta, dtype=dtype, copy=True)
+    theta = np.array(problem.theta, dtype=dtype, copy=True)
     state = opt.init(theta) if opt_state is None else {k: np.array(v, copy=True) for k, v in opt_state.items()}
     rng = np.random.default_rng(config.seed)
-    reporter = Reporter(spec, config, validation, callbacks, "single")
+    reporter = Reporter(spec, config, problem.validation, callbacks, "single")
     resumed = reporter.resume()
     if resumed is not None:
         arrays, meta = resumed
@@ -116,7 +79,6 @@ def fit_loop(
     views, grad_views = net.views(theta), net.views(grad)
     row_stats = np.empty(n, dtype=dtype)
     batch = min(config.batch_size, n)
-    Y = aligned(np.asarray(Y))
     Xbuf, Ybuf = np.empty((batch, *X.shape[1:]), dtype=X.dtype), np.empty((batch, *Y.shape[1:]), dtype=Y.dtype)
     want_correct = train_metrics and net.head.task != "regression"
     for epoch in range(reporter.start_epoch, config.epochs):

@@ -1,6 +1,7 @@
 """Training across a Dask cluster: ``sync``, ``local-sgd`` and ``async`` (the only package importing Dask).
 
-Entry point: :func:`fit_distributed` (called by :func:`nnpipe.train`).
+Entry point: :func:`fit_distributed` ``(problem, config)``, a checked
+:class:`nnpipe.problem.Problem` and how to train it (called by :func:`nnpipe.train`).
 Cluster helpers: :func:`connect` (a context manager the Prefect flows share
 with training), :func:`start_local_cluster`, :func:`worker_addresses`.
 Sources bigger than the driver's memory: :func:`nnpipe.distributed.frames.fit_prepared`.
@@ -66,6 +67,7 @@ import numpy as np
 from nnpipe.config import TrainConfig
 from nnpipe.distributed.cluster import connect, start_local_cluster, wait_for_workers, worker_addresses
 from nnpipe.network import NetworkSpec
+from nnpipe.problem import Problem
 from nnpipe.results import Callback, FitResult
 
 log = logging.getLogger("nnpipe.distributed")
@@ -73,34 +75,19 @@ log = logging.getLogger("nnpipe.distributed")
 __all__ = ["fit_distributed", "connect", "start_local_cluster", "worker_addresses", "train_on_shards"]
 
 
-def fit_distributed(
-    spec: NetworkSpec,
-    theta: np.ndarray,
-    X: np.ndarray,
-    Y: np.ndarray,
-    config: TrainConfig,
-    *,
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
-    callbacks: tuple[Callback, ...] | list[Callback] = (),
-    client: Any = None,
-    address: str | None = None,
-    delays: dict[int, float] | None = None,
-) -> FitResult:
-    """Train ``theta`` on ``(X, Y)`` across Dask workers with ``config.mode``.
+def fit_distributed(problem: Problem, config: TrainConfig, *, callbacks: tuple[Callback, ...] | list[Callback] = (),
+                    client: Any = None, address: str | None = None,
+                    delays: dict[int, float] | None = None) -> FitResult:
+    """Train ``problem.theta`` on ``problem``'s rows across Dask workers with ``config.mode``.
 
     Parameters
     ----------
-    spec : NetworkSpec
-    theta : ndarray of shape (n_params,)
-        Starting parameters (not modified).
-    X : ndarray of shape (n_samples, n_features)
-        Scaled features.
-    Y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
-        Targets encoded for the head.
+    problem : Problem
+        The network, starting parameters (not modified), training rows (cut
+        into ``config.workers`` shards) and optional validation rows, evaluated
+        on the driver after every epoch (:class:`nnpipe.problem.Problem`).
     config : TrainConfig
         ``mode`` in ``sync``, ``local-sgd``, ``async``; ``workers`` shards.
-    validation : (X_val, Y_val), optional
-        Evaluated on the driver after every epoch.
     callbacks : sequence of callable
         ``cb(epoch, logs)`` once per epoch-equivalent (see the package docstring for keys).
     client : distributed.Client, optional
@@ -116,21 +103,16 @@ def fit_distributed(
     """
     if config.mode not in ("sync", "local-sgd", "async"):
         raise ValueError(f"fit_distributed trains modes 'sync', 'local-sgd' or 'async', got mode={config.mode!r}")
-    X = np.ascontiguousarray(X, dtype=spec.dtype)
-    if X.ndim != 2 or X.shape[1] != spec.n_inputs:
-        raise ValueError(f"X must have shape (n_samples, {spec.n_inputs}), got {X.shape}")
-    if len(X) != len(Y):
-        raise ValueError(f"X has {len(X)} rows but Y has {len(Y)}")
-    if len(X) < config.workers:
-        raise ValueError(f"cannot split {len(X)} rows across workers={config.workers}")
+    if len(problem.X) < config.workers:
+        raise ValueError(f"cannot split {len(problem.X)} rows across workers={config.workers}")
     from nnpipe.distributed.shards import place_shards
 
     with connect(address=address, client=client, workers=config.workers) as c:
         addresses = wait_for_workers(c, config.workers)
-        shards = place_shards(c, X, np.asarray(Y), addresses[: config.workers])
+        shards = place_shards(c, problem.X, problem.Y, addresses[: config.workers])
         try:
-            return train_on_shards(c, shards, spec, theta, config, validation=validation, callbacks=callbacks,
-                                   addresses=addresses, delays=delays)
+            return train_on_shards(c, shards, problem.spec, problem.theta, config, validation=problem.validation,
+                                   callbacks=callbacks, addresses=addresses, delays=delays)
         finally:
             for s in shards:
                 s.future.release()

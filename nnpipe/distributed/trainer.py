@@ -21,7 +21,8 @@ import numpy as np
 
 from nnpipe.config import TrainConfig
 from nnpipe.network import Network, NetworkSpec
-from nnpipe.training import aligned, clip_by_global_norm
+from nnpipe.checks import aligned
+from nnpipe.training import clip_by_global_norm
 
 
 def build_shard(X: np.ndarray, Y: np.ndarray, lo: int) -> dict[str, Any]:

@@ -51,10 +51,11 @@ def test_fit_reports_its_decision(two_threads):
 
     from nnpipe.config import TrainConfig
     from nnpipe.network import init_params
+    from nnpipe.problem import Problem
     from nnpipe.training import fit
 
     spec = NetworkSpec(4, (8,), "relu", 3)
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((64, 4)).astype(np.float32), rng.integers(0, 3, 64)
-    r = fit(spec, init_params(spec, 0), X, y, TrainConfig(epochs=1, batch_size=16))
+    r = fit(Problem(spec, init_params(spec, 0), X, y), TrainConfig(epochs=1, batch_size=16))
     assert r.info["blas_threads"].startswith("1 thread")

@@ -14,6 +14,7 @@ from sklearn.preprocessing import StandardScaler
 import nnpipe
 from nnpipe.config import TrainConfig
 from nnpipe.data import DataError
+from nnpipe.problem import Problem
 from nnpipe.round_size import choose_round
 from nnpipe.source_eval import evaluate
 from nnpipe.source_prep import TEST, TRAIN, VAL, prepare, split_codes
@@ -155,10 +156,9 @@ def test_single_in_memory_equals_fit_on_the_same_rows(tmp_path, df):
     assert out.info["data_path"] == "in-memory"
     rows = training_rows(df)
     model = out.model
-    ref = fit(model.spec, nnpipe.network.init_params(model.spec, np.random.default_rng(
-        np.random.SeedSequence(1).spawn(1)[0])), model.transform(rows[p.source.features].to_numpy()),
-        model.encode_targets(rows["label"].to_numpy()), cfg,
-        validation=None)
+    theta0 = nnpipe.network.init_params(model.spec, np.random.default_rng(np.random.SeedSequence(1).spawn(1)[0]))
+    ref = fit(Problem(model.spec, theta0, model.transform(rows[p.source.features].to_numpy()),
+                      model.encode_targets(rows["label"].to_numpy())), cfg)
     np.testing.assert_allclose(out.theta, ref.theta, rtol=1e-12)
     # Test metrics from sums equal the model's own evaluation of the test rows in memory.
     test = training_rows(df, code=TEST)

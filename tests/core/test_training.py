@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from nnpipe import DivergenceError, Network, NetworkSpec, TrainConfig, init_params
+from nnpipe.problem import Problem
 from nnpipe.training import fit
 from nnpipe.evaluation import evaluate_arrays
 from nnpipe.training import clip_by_global_norm
@@ -48,8 +49,8 @@ def test_training_learns_and_is_reproducible(blobs):
     X, y = blobs
     spec = NetworkSpec(5, (16,), ("relu",), 3)
     cfg = TrainConfig(epochs=15, batch_size=32, seed=3)
-    r1 = fit(spec, init_params(spec, 0), X[:500], y[:500], cfg, validation=(X[500:], y[500:]))
-    r2 = fit(spec, init_params(spec, 0), X[:500], y[:500], cfg, validation=(X[500:], y[500:]))
+    problem = Problem(spec, init_params(spec, 0), X[:500], y[:500], (X[500:], y[500:]))
+    r1, r2 = fit(problem, cfg), fit(problem, cfg)  # the problem's theta is never modified
     assert r1.theta.tobytes() == r2.theta.tobytes()
     assert r1.history["val/accuracy"][-1] > 0.9
     assert r1.history["train/loss"][-1] < r1.history["train/loss"][0] / 3
@@ -61,7 +62,8 @@ def test_callback_sees_every_epoch(blobs):
     X, y = blobs
     spec = NetworkSpec(5, (8,), ("tanh",), 3)
     seen = []
-    fit(spec, init_params(spec, 0), X, y, TrainConfig(epochs=4), callbacks=[lambda e, logs: seen.append((e, logs["train/loss"]))])
+    fit(Problem(spec, init_params(spec, 0), X, y), TrainConfig(epochs=4),
+        callbacks=[lambda e, logs: seen.append((e, logs["train/loss"]))])
     assert [e for e, _ in seen] == [0, 1, 2, 3] and all(np.isfinite(v) for _, v in seen)
 
 
@@ -70,7 +72,7 @@ def test_early_stopping_restores_best(blobs):
     spec = NetworkSpec(5, (32,), ("relu",), 3)
     # A tiny, noisy validation set and a big learning rate make validation loss turn up quickly.
     cfg = TrainConfig(epochs=200, batch_size=8, lr=0.05, patience=3, restore_best=True)
-    r = fit(spec, init_params(spec, 0), X[:100], y[:100], cfg, validation=(X[100:130], y[100:130]))
+    r = fit(Problem(spec, init_params(spec, 0), X[:100], y[:100], (X[100:130], y[100:130])), cfg)
     assert r.stopped_early and r.epochs_run < 200
     best = r.best_epoch
     assert r.epochs_run == best + 1 + 3
@@ -85,7 +87,7 @@ def test_divergence_stops_with_a_clear_error(blobs):
     spec = NetworkSpec(5, (8,), ("relu",), 1, head="identity")
     Y = (X[:, :1] * 1e6).astype(np.float32)
     with pytest.raises(DivergenceError, match="epoch 0"):
-        fit(spec, init_params(spec, 0), X, Y, TrainConfig(optimizer="sgd", lr=10.0, epochs=3))
+        fit(Problem(spec, init_params(spec, 0), X, Y), TrainConfig(optimizer="sgd", lr=10.0, epochs=3))
 
 
 def test_gradient_clipping_bounds_the_norm():
@@ -100,8 +102,9 @@ def test_gradient_clipping_bounds_the_norm():
 def test_float64_option_and_weight_decay(blobs):
     X, y = blobs
     spec = NetworkSpec(5, (16,), ("relu",), 3, dtype="float64")
-    plain = fit(spec, init_params(spec, 0), X, y, TrainConfig(epochs=5, dtype="float64"))
-    decayed = fit(spec, init_params(spec, 0), X, y, TrainConfig(epochs=5, dtype="float64", l2=0.5))
+    problem = Problem(spec, init_params(spec, 0), X, y)
+    plain = fit(problem, TrainConfig(epochs=5, dtype="float64"))
+    decayed = fit(problem, TrainConfig(epochs=5, dtype="float64", l2=0.5))
     assert plain.theta.dtype == np.float64
     assert np.linalg.norm(decayed.theta) < np.linalg.norm(plain.theta)
 
@@ -119,8 +122,8 @@ def test_checkpoint_resume_continues_exactly(blobs, tmp_path):
     """A run that crashes after epoch 2's checkpoint resumes from it and ends where an uninterrupted run ends."""
     X, y = blobs
     spec = NetworkSpec(5, (16,), ("relu",), 3)
-    theta0 = init_params(spec, 0)
-    full = fit(spec, theta0, X, y, TrainConfig(epochs=6, seed=1))
+    problem = Problem(spec, init_params(spec, 0), X, y)
+    full = fit(problem, TrainConfig(epochs=6, seed=1))
 
     class Crash(Exception):
         pass
@@ -131,9 +134,9 @@ def test_checkpoint_resume_continues_exactly(blobs, tmp_path):
 
     cfg = TrainConfig(epochs=6, seed=1, checkpoint_every=1, checkpoint_dir=str(tmp_path / "ckpt"))
     with pytest.raises(Crash):
-        fit(spec, theta0, X, y, cfg, callbacks=[crash_at_2])
+        fit(problem, cfg, callbacks=[crash_at_2])
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir())[-1] == "ckpt-000002.npz"
-    resumed = fit(spec, theta0, X, y, cfg)
+    resumed = fit(problem, cfg)
     assert resumed.info["resumed_from"].endswith("ckpt-000002.npz")
     assert resumed.theta.tobytes() == full.theta.tobytes()
     assert resumed.history["train/loss"] == pytest.approx(full.history["train/loss"])

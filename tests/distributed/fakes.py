@@ -28,6 +28,7 @@ from nnpipe.distributed.reporter import Reporter
 from nnpipe.distributed.shards import Shard, row_bounds
 from nnpipe.distributed.trainer import ShardTrainer, build_shard
 from nnpipe.network import NetworkSpec
+from nnpipe.problem import Problem
 from nnpipe.results import FitResult
 
 
@@ -104,15 +105,14 @@ class InProcessPool(TrainerPool):
         return set(futures)
 
 
-def fit_in_process(spec: NetworkSpec, theta: np.ndarray, X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
-                   n_shards: int | None = None, durations: dict[int, float] | None = None, jitter: float = 0.0,
-                   validation: tuple[np.ndarray, np.ndarray] | None = None,
+def fit_in_process(problem: Problem, config: TrainConfig, *, n_shards: int | None = None,
+                   durations: dict[int, float] | None = None, jitter: float = 0.0,
                    callbacks: list | tuple = ()) -> tuple[FitResult, InProcessPool]:
-    """``fit_distributed`` on an :class:`InProcessPool`: the same loop and merge rules, no cluster."""
-    X = np.ascontiguousarray(X, dtype=spec.dtype)
-    pool = InProcessPool(X, np.asarray(Y), spec, config, n_shards or config.workers, durations, jitter)
-    reporter = Reporter(spec, config, validation, callbacks, config.mode)
-    theta = np.array(theta, dtype=spec.dtype, copy=True)
+    """``fit_distributed(problem, config)`` on an :class:`InProcessPool`: the same loop and merge rules, no cluster."""
+    spec = problem.spec
+    pool = InProcessPool(problem.X, problem.Y, spec, config, n_shards or config.workers, durations, jitter)
+    reporter = Reporter(spec, config, problem.validation, callbacks, config.mode)
+    theta = np.array(problem.theta, dtype=spec.dtype, copy=True)
     theta, state, last_epoch = run_mode(pool, theta, config, reporter)
     info = {"mode": config.mode, "events": pool.events, **getattr(pool, "rule_info", {})}
     return reporter.result(theta, state, last_epoch, info), pool

@@ -14,6 +14,7 @@ import pytest
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import connect, fit_distributed
 from nnpipe.keras import Dense, Sequential
+from nnpipe.problem import Problem
 from tests.distributed.helpers import small_net
 
 pytestmark = pytest.mark.cluster
@@ -57,12 +58,12 @@ def test_train_against_hand_started_cluster(hand_started_cluster, data, monkeypa
     X, y = data
     spec, theta0 = small_net("float32")
     cfg = TrainConfig(mode="local-sgd", workers=2, sync_every=5, batch_size=32, epochs=3, lr=0.01, dtype="float32")
-    out = fit_distributed(spec, theta0, X, y, cfg, address=hand_started_cluster, validation=(X, y))
+    out = fit_distributed(Problem(spec, theta0, X, y, (X, y)), cfg, address=hand_started_cluster)
     assert out.info["address"] == hand_started_cluster
     assert out.history["val/accuracy"][-1] > 0.6
     # The same cluster through the environment, as a deployment would configure it.
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", hand_started_cluster)
-    out = fit_distributed(spec, theta0, X, y, cfg.__class__(**{**cfg.to_dict(), "mode": "async"}))
+    out = fit_distributed(Problem(spec, theta0, X, y), cfg.__class__(**{**cfg.to_dict(), "mode": "async"}))
     assert out.info["address"] == hand_started_cluster
     # It was left running: a new client still finds both workers.
     with distributed.Client(hand_started_cluster) as c:
@@ -102,7 +103,8 @@ def test_fit_without_a_cluster_starts_and_closes_its_own(client, data, monkeypat
     old_level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        out = fit_distributed(spec, theta0, X, y, TrainConfig(mode="sync", workers=2, epochs=1, batch_size=100))
+        out = fit_distributed(Problem(spec, theta0, X, y),
+                              TrainConfig(mode="sync", workers=2, epochs=1, batch_size=100))
     finally:
         logger.removeHandler(records)
         logger.setLevel(old_level)

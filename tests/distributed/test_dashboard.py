@@ -10,6 +10,7 @@ import pytest
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed
 from nnpipe.distributed.progress import PREFIX, TOPIC, DashboardProgress
+from nnpipe.problem import Problem
 from tests.browser import browser, shot  # noqa: F401  (browser is a fixture)
 from tests.distributed.helpers import small_net
 
@@ -33,9 +34,9 @@ def test_every_round_shows_on_the_dashboard(client, data):
     spec, theta0 = small_net("float32")
     seen = []
     with DashboardProgress(client.scheduler.address, label="dashboard-test") as progress:
-        fit_distributed(spec, theta0, X, y, TrainConfig(mode="local-sgd", workers=2, epochs=3, batch_size=50,
-                                                        sync_every=5, dtype="float32"),
-                        callbacks=[progress, lambda e, logs: seen.append(dict(logs))], client=client)
+        cfg = TrainConfig(mode="local-sgd", workers=2, epochs=3, batch_size=50, sync_every=5, dtype="float32")
+        fit_distributed(Problem(spec, theta0, X, y), cfg, callbacks=[progress, lambda e, logs: seen.append(dict(logs))],
+                        client=client)
         # counted while the progress still holds the round tasks (closing it releases them)
         # one task per round, grouped as "nnpipe-round" in the task stream and progress bars;
         # the dashboard server's own /metrics counts them by prefix
@@ -83,7 +84,6 @@ def test_status_page_renders_the_rounds_in_a_browser(client, data, browser, tmp_
             shots.append(shot(browser, tmp_path, "dask-status"))
 
     with DashboardProgress(client.scheduler.address, label="browser") as progress:
-        fit_distributed(spec, theta0, X, y, TrainConfig(mode="local-sgd", workers=2, epochs=5, batch_size=50,
-                                                        sync_every=5, dtype="float32"),
-                        callbacks=[progress, screenshot_mid_run], client=client)
+        cfg = TrainConfig(mode="local-sgd", workers=2, epochs=5, batch_size=50, sync_every=5, dtype="float32")
+        fit_distributed(Problem(spec, theta0, X, y), cfg, callbacks=[progress, screenshot_mid_run], client=client)
     assert shots and shots[0].stat().st_size > 10_000

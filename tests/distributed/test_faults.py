@@ -14,6 +14,7 @@ import pytest
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed, worker_addresses
 from nnpipe.checkpoint import latest_path
+from nnpipe.problem import Problem
 from nnpipe.training import fit
 from tests.distributed.helpers import local_cluster, rel_diff, small_net
 
@@ -43,8 +44,9 @@ def test_killed_worker_mid_training(data, mode, tmp_path):
             if epoch == 0:
                 killed.append(kill_worker(client, victim))
 
-        out = fit_distributed(spec, theta0, X, y, TrainConfig(mode=mode, workers=2, sync_every=3, **ckpt, **kw),
-                              client=client, callbacks=[kill_after_first_epoch], validation=(X, y))
+        out = fit_distributed(Problem(spec, theta0, X, y, (X, y)),
+                              TrainConfig(mode=mode, workers=2, sync_every=3, **ckpt, **kw), client=client,
+                              callbacks=[kill_after_first_epoch])
     assert killed
     events = out.info["events"]
     lost = [e for e in events if e["event"] == "worker_lost"]
@@ -57,7 +59,7 @@ def test_killed_worker_mid_training(data, mode, tmp_path):
     assert "Timed out" not in lost[0]["error"]
     if mode == "sync":
         # The lost step is retried with the same parameters: nothing changes.
-        ref = fit(spec, theta0, X, y, TrainConfig(**kw))
+        ref = fit(Problem(spec, theta0, X, y), TrainConfig(**kw))
         assert rel_diff(out.theta, ref.theta) < 1e-9
     else:
         assert out.history["val/accuracy"][-1] > 0.6
@@ -72,7 +74,8 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(client, data, tmp_path
     X, y = data
     spec, theta0 = small_net("float64")
     kw = dict(mode=mode, epochs=5, batch_size=40, seed=4, dtype="float64", sync_every=3, checkpoint_every=1)
-    whole = fit_distributed(spec, theta0, X, y, TrainConfig(checkpoint_dir=str(tmp_path / "a"), **kw), client=client)
+    problem = Problem(spec, theta0, X, y)
+    whole = fit_distributed(problem, TrainConfig(checkpoint_dir=str(tmp_path / "a"), **kw), client=client)
 
     def crash(epoch, logs):
         if epoch == 2:
@@ -80,9 +83,9 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(client, data, tmp_path
 
     cfg = TrainConfig(checkpoint_dir=str(tmp_path / "b"), **kw)
     with pytest.raises(Interrupt):
-        fit_distributed(spec, theta0, X, y, cfg, client=client, callbacks=[crash])
+        fit_distributed(problem, cfg, client=client, callbacks=[crash])
     assert latest_path(tmp_path / "b").name == "ckpt-000002.npz"
-    resumed = fit_distributed(spec, theta0, X, y, cfg, client=client)
+    resumed = fit_distributed(problem, cfg, client=client)
     assert resumed.info["resumed_from"].endswith("ckpt-000002.npz")
     assert len(resumed.history["train/loss"]) == 5
     # Sync is exact by construction; local-sgd restores every trainer's optimizer
@@ -94,12 +97,12 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(client, data, tmp_path
 def test_checkpoint_from_another_mode_is_refused(client, data, tmp_path):
     X, y = data
     spec, theta0 = small_net("float64")
-    fit_distributed(spec, theta0, X, y, TrainConfig(mode="sync", epochs=1, checkpoint_every=1,
-                                                    checkpoint_dir=str(tmp_path), dtype="float64"), client=client)
+    problem = Problem(spec, theta0, X, y)
+    fit_distributed(problem, TrainConfig(mode="sync", epochs=1, checkpoint_every=1, checkpoint_dir=str(tmp_path),
+                                         dtype="float64"), client=client)
     with pytest.raises(ValueError, match="mode 'sync'"):
-        fit_distributed(spec, theta0, X, y, TrainConfig(mode="local-sgd", epochs=2, checkpoint_every=1,
-                                                        checkpoint_dir=str(tmp_path), dtype="float64"),
-                        client=client)
+        fit_distributed(problem, TrainConfig(mode="local-sgd", epochs=2, checkpoint_every=1,
+                                             checkpoint_dir=str(tmp_path), dtype="float64"), client=client)
 
 
 def test_losing_the_last_worker_stops_the_run_with_a_resume_hint(data):
@@ -118,7 +121,7 @@ def test_losing_the_last_worker_stops_the_run_with_a_resume_hint(data):
                     pass
 
         with pytest.raises(RuntimeError, match=r"no live Dask workers left: lost tcp://\S+ .*--resume-from"):
-            fit_distributed(spec, theta0, X, y, cfg, client=client, callbacks=[remove_every_worker])
+            fit_distributed(Problem(spec, theta0, X, y), cfg, client=client, callbacks=[remove_every_worker])
 
 
 def test_a_client_handed_over_before_its_workers_register_waits_for_them(data):
@@ -127,7 +130,7 @@ def test_a_client_handed_over_before_its_workers_register_waits_for_them(data):
     cfg = TrainConfig(mode="local-sgd", workers=2, epochs=2, batch_size=32, dtype="float32")
     with local_cluster(0) as cluster, distributed.Client(cluster) as client:
         threading.Timer(1.0, cluster.scale, args=(2,)).start()
-        out = fit_distributed(spec, theta0, X, y, cfg, client=client)
+        out = fit_distributed(Problem(spec, theta0, X, y), cfg, client=client)
     assert out.info["workers"] == 2 and len({s["shard"] for s in out.info["shards"]}) == 2
 
 
@@ -151,4 +154,4 @@ def test_losing_the_scheduler_stops_the_run_with_a_resume_hint(data):
                     pass
 
         with pytest.raises(SchedulerLost, match=r"lost the Dask scheduler at tcp://\S+ .*--resume-from"):
-            fit_distributed(spec, theta0, X, y, cfg, client=client, callbacks=[close_scheduler])
+            fit_distributed(Problem(spec, theta0, X, y), cfg, client=client, callbacks=[close_scheduler])

@@ -15,6 +15,7 @@ from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed, worker_addresses
 from nnpipe.distributed.frames import cluster_runner, place_source_shards
 from nnpipe.network import init_params
+from nnpipe.problem import Problem
 from nnpipe.source_prep import TRAIN, prepare, split_codes
 from nnpipe.api import source_spec
 from nnpipe.sources import open_source
@@ -123,7 +124,8 @@ def test_sync_on_a_source_equals_sync_in_memory(client, parts, table):
     model = out.model
     X = model.transform(rows[prepared.source.features].to_numpy())
     theta0 = init_params(model.spec, np.random.default_rng(np.random.SeedSequence(9).spawn(1)[0]))
-    ref = fit_distributed(model.spec, theta0, X, model.encode_targets(rows["label"].to_numpy()), cfg, client=client)
+    ref = fit_distributed(Problem(model.spec, theta0, X, model.encode_targets(rows["label"].to_numpy())), cfg,
+                          client=client)
     assert rel_diff(out.theta, ref.theta) < 1e-9
     # No shard or piece went to the driver; what it received (statistics, sums) is small.
     assert not [k for k in set(keys) - set(old_keys) if "source-shard" in str(k)]

@@ -8,6 +8,7 @@ import pytest
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed
 from nnpipe.distributed.local_sgd import consensus_distance, weighted_average
+from nnpipe.problem import Problem
 from nnpipe.results import DivergenceError
 from tests.distributed.helpers import rel_diff, small_net
 
@@ -23,9 +24,10 @@ def test_k1_plain_sgd_equals_sync_with_unequal_shards(client, data):
     # then one averaging round is one sync step, if the weights are rows / total rows.
     # Plain averaging: no outer optimizer, no learning-rate scaling or warm-up.
     plain = dict(outer_optimizer="none", lr_scaling="none", lr_warmup_epochs=0)
-    local = fit_distributed(spec, theta0, X, y, TrainConfig(mode="local-sgd", sync_every=1, batch_size=101, **plain,
-                                                            **common), client=client)
-    sync = fit_distributed(spec, theta0, X, y, TrainConfig(mode="sync", batch_size=201, **common), client=client)
+    problem = Problem(spec, theta0, X, y)
+    local = fit_distributed(problem, TrainConfig(mode="local-sgd", sync_every=1, batch_size=101, **plain, **common),
+                            client=client)
+    sync = fit_distributed(problem, TrainConfig(mode="sync", batch_size=201, **common), client=client)
     assert [s["hi"] - s["lo"] for s in local.info["shards"]] == [101, 100]
     assert rel_diff(local.theta, sync.theta) < 1e-9
     assert rel_diff(local.theta, theta0) > 1e-3
@@ -47,9 +49,9 @@ def test_local_sgd_learns_reproducibly_and_logs_consensus(client, data):
     spec, theta0 = small_net("float32")
     cfg = TrainConfig(mode="local-sgd", sync_every=4, batch_size=32, epochs=6, seed=5, lr=0.01, dtype="float32")
     seen = []
-    a = fit_distributed(spec, theta0, X, y, cfg, validation=(X, y), client=client,
-                        callbacks=[lambda e, logs: seen.append(logs)])
-    b = fit_distributed(spec, theta0, X, y, cfg, validation=(X, y), client=client)
+    problem = Problem(spec, theta0, X, y, (X, y))
+    a = fit_distributed(problem, cfg, client=client, callbacks=[lambda e, logs: seen.append(logs)])
+    b = fit_distributed(problem, cfg, client=client)
     np.testing.assert_array_equal(a.theta, b.theta)
     assert a.history["val/accuracy"][-1] > a.history["val/accuracy"][0]
     assert a.history["val/accuracy"][-1] > 0.7
@@ -65,7 +67,7 @@ def test_local_sgd_divergence_names_round_and_worker(client, data):
     cfg = TrainConfig(mode="local-sgd", optimizer="sgd", lr=1e25, sync_every=3, batch_size=50, epochs=2,
                       dtype="float32")
     with pytest.raises(DivergenceError, match=r"worker tcp://\S+ \(trainer \d, shard \d\).*round 0"):
-        fit_distributed(spec, theta0, X, y, cfg, client=client)
+        fit_distributed(Problem(spec, theta0, X, y), cfg, client=client)
 
 
 def test_public_actor_path_gives_the_same_result_as_the_direct_call(client, data, monkeypatch):
@@ -74,9 +76,10 @@ def test_public_actor_path_gives_the_same_result_as_the_direct_call(client, data
     X, y = data
     spec, theta0 = small_net("float64")
     cfg = TrainConfig(mode="local-sgd", sync_every=4, batch_size=32, epochs=2, seed=5, dtype="float64")
-    direct = fit_distributed(spec, theta0, X, y, cfg, client=client)
+    problem = Problem(spec, theta0, X, y)
+    direct = fit_distributed(problem, cfg, client=client)
     # As if Worker.actor_execute had changed: every call goes through distributed.Actor instead.
     monkeypatch.setitem(rpc._direct, "ok", False)
     monkeypatch.setitem(rpc._direct, "warned", True)
-    public = fit_distributed(spec, theta0, X, y, cfg, client=client)
+    public = fit_distributed(problem, cfg, client=client)
     np.testing.assert_array_equal(public.theta, direct.theta)

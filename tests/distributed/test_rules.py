@@ -21,6 +21,7 @@ from nnpipe.distributed.async_ import staleness_weight
 from nnpipe.distributed.outer import OuterOptimizer
 from nnpipe.distributed.rounds import epoch_lr, rows_per_step_warning, warn_small_steps
 from nnpipe.network import NetworkSpec, init_params
+from nnpipe.problem import Problem
 from nnpipe.training import fit
 from tests.distributed.fakes import fit_in_process
 from tests.distributed.helpers import digits, rel_diff, small_net
@@ -48,9 +49,9 @@ def test_outer_sgd_lr1_without_momentum_is_plain_averaging_exactly(data, mode):
     X, y = data
     spec, theta0 = small_net("float64")
     kw = dict(mode=mode, epochs=3, batch_size=40, sync_every=3, dtype="float64", seed=2, workers=3)
-    plain, _ = fit_in_process(spec, theta0, X, y, TrainConfig(outer_optimizer="none", **kw))
-    outer, _ = fit_in_process(spec, theta0, X, y, TrainConfig(outer_optimizer="sgd", outer_lr=1.0,
-                                                              outer_momentum=0.0, **kw))
+    problem = Problem(spec, theta0, X, y)
+    plain, _ = fit_in_process(problem, TrainConfig(outer_optimizer="none", **kw))
+    outer, _ = fit_in_process(problem, TrainConfig(outer_optimizer="sgd", outer_lr=1.0, outer_momentum=0.0, **kw))
     np.testing.assert_array_equal(outer.theta, plain.theta)
     assert rel_diff(plain.theta, theta0) > 1e-2
 
@@ -89,16 +90,16 @@ def test_warmup_epochs_are_sync_steps_on_workers_times_batch(data, mode):
     kw = dict(epochs=2, seed=5, dtype="float64", l2=1e-3)
     plain_lr = dict(lr_scaling="none", lr_warmup_epochs=0)
     # Two workers with 40 rows each per step: the single-process run with batches of 80.
-    ref = fit(spec, theta0, X, y, TrainConfig(batch_size=80, **kw))
-    warm, pool = fit_in_process(spec, theta0, X, y, TrainConfig(mode=mode, workers=2, batch_size=40, warmup_epochs=2,
-                                                                 sync_every=3, **plain_lr, **kw))
+    problem = Problem(spec, theta0, X, y)
+    ref = fit(problem, TrainConfig(batch_size=80, **kw))
+    warm, pool = fit_in_process(problem, TrainConfig(mode=mode, workers=2, batch_size=40, warmup_epochs=2,
+                                                     sync_every=3, **plain_lr, **kw))
     assert rel_diff(warm.theta, ref.theta) < 1e-9
     np.testing.assert_allclose(warm.history["train/loss"], ref.history["train/loss"], rtol=1e-9)
     assert {m for _, m, _ in pool.log} == {"sync_grad"}
     # A third epoch switches to local rounds, and every trainer starts from the warm-up's optimizer state.
-    longer, pool = fit_in_process(spec, theta0, X, y, TrainConfig(mode=mode, workers=2, batch_size=40,
-                                                                  warmup_epochs=2, sync_every=3, **plain_lr,
-                                                                  **{**kw, "epochs": 3}))
+    longer, pool = fit_in_process(problem, TrainConfig(mode=mode, workers=2, batch_size=40, warmup_epochs=2,
+                                                       sync_every=3, **plain_lr, **{**kw, "epochs": 3}))
     np.testing.assert_allclose(longer.history["train/loss"][:2], ref.history["train/loss"], rtol=1e-9)
     handed = [r for _, m, r in pool.log if m == "set_state"]
     assert len(handed) == 2 and any(m == "local_round" for _, m, _ in pool.log)
@@ -120,8 +121,8 @@ def test_default_sync_warmup_is_two_epochs_but_at_most_one_in_twenty():
 def test_default_warmup_runs_sync_steps_then_local_rounds(data):
     X, y = data
     spec, theta0 = small_net("float64")
-    _, pool = fit_in_process(spec, theta0, X, y, TrainConfig(mode="local-sgd", workers=2, epochs=20, batch_size=40,
-                                                             sync_every=3, dtype="float64"))
+    _, pool = fit_in_process(Problem(spec, theta0, X, y), TrainConfig(mode="local-sgd", workers=2, epochs=20,
+                                                                      batch_size=40, sync_every=3, dtype="float64"))
     methods = [m for _, m, _ in pool.log if m != "set_state"]  # set_state: the warm-up's optimizer state handed on
     first_local = methods.index("local_round")
     assert set(methods[:first_local]) == {"sync_grad"}  # one warm-up epoch of 20: sync steps only
@@ -145,7 +146,7 @@ def test_inverse_staleness_scaling_is_applied_as_documented(data):
     cfg = TrainConfig(mode="async", workers=3, epochs=3, batch_size=30, sync_every=2, dtype="float64", seed=1,
                       staleness_policy="inverse", mixing=0.5, outer_optimizer="none")
     # Trainer 0 takes 3 time units a round, the others 1 and 1.3: arrivals interleave and staleness varies.
-    out, pool = fit_in_process(spec, theta0, X, y, cfg, durations={0: 3.0, 1: 1.0, 2: 1.3})
+    out, pool = fit_in_process(Problem(spec, theta0, X, y), cfg, durations={0: 3.0, 1: 1.0, 2: 1.3})
     merges = out.info["merges"]
     assert {m["staleness"] for m in merges} >= {0, 1, 2, 3}
     for m in merges:
@@ -159,7 +160,7 @@ def test_outer_state_follows_merge_order_when_results_arrive_out_of_order(data, 
     cfg = TrainConfig(mode="async", workers=3, epochs=2, batch_size=30, sync_every=2, dtype="float64", seed=1,
                       staleness_policy="inverse", outer_optimizer="nesterov", outer_lr=0.8, outer_momentum=0.6,
                       checkpoint_every=1, checkpoint_dir=str(tmp_path))
-    out, pool = fit_in_process(spec, theta0, X, y, cfg, durations={0: 2.5, 1: 1.0, 2: 1.7})
+    out, pool = fit_in_process(Problem(spec, theta0, X, y), cfg, durations={0: 2.5, 1: 1.0, 2: 1.7})
     merges = out.info["merges"]
     sent = [tid for tid, m, _ in pool.log if m == "local_round"]
     assert [m["trainer"] for m in merges] != sent[: len(merges)]  # they did arrive out of dispatch order
@@ -177,7 +178,7 @@ def straggler_run(data, policy):
     cfg = TrainConfig(mode="async", epochs=2, batch_size=32, sync_every=2, dtype="float32", max_staleness=1,
                       staleness_policy=policy)
     # Trainer 0 takes ten time units a round, trainer 1 one.
-    out, _ = fit_in_process(spec, theta0, np.tile(X, (4, 1)), np.tile(y, 4), cfg, durations={0: 10.0, 1: 1.0})
+    out, _ = fit_in_process(Problem(spec, theta0, np.tile(X, (4, 1)), np.tile(y, 4)), cfg, durations={0: 10.0, 1: 1.0})
     return out
 
 
@@ -208,7 +209,7 @@ def test_adam_at_mixing_1_late_run_loss_is_reproduced_and_fixed_by_staleness_sca
     runs = {}
     for policy in ("downweight", "inverse"):  # the old default (full weight up to max_staleness=4), the new one
         cfg = TrainConfig(staleness_policy=policy, max_staleness=4, **kw)
-        runs[policy], _ = fit_in_process(spec, theta0, Xtr, ytr, cfg, validation=(Xte, yte), jitter=1.0)
+        runs[policy], _ = fit_in_process(Problem(spec, theta0, Xtr, ytr, (Xte, yte)), cfg, jitter=1.0)
     old, new = runs["downweight"].history, runs["inverse"].history
     # Full-weight merges add up to four Adam steps: the last ten epochs sit at a much higher held-out loss
     # and a lower accuracy; 1 / (1 + staleness) brings both back.
@@ -275,7 +276,7 @@ def test_local_sgd_logs_outer_step_and_consensus_per_round_and_per_epoch(data):
     X, y = data
     spec, theta0 = small_net("float64")
     cfg = TrainConfig(mode="local-sgd", workers=2, epochs=2, batch_size=30, sync_every=4, dtype="float64")
-    out, _ = fit_in_process(spec, theta0, X, y, cfg)
+    out, _ = fit_in_process(Problem(spec, theta0, X, y), cfg)
     rounds = out.info["rounds_log"]
     assert len(rounds) == sum(out.history["dist/rounds"]) == 6  # 300 rows a shard, 10 steps an epoch, K=4
     for epoch in (0, 1):
@@ -291,7 +292,7 @@ def test_an_async_round_is_at_most_one_pass_over_the_shard(data):
     spec, theta0 = small_net("float64")
     # 8 shards of 75 rows, batch 32: K=10 is capped at 3 steps, one pass (32 + 32 + 11 rows).
     cfg = TrainConfig(mode="async", workers=8, epochs=2, batch_size=32, sync_every=10, dtype="float64")
-    _, pool = fit_in_process(spec, theta0, X, y, cfg)
+    _, pool = fit_in_process(Problem(spec, theta0, X, y), cfg)
     rows = [r[2] for _, m, r in pool.log if m == "local_round"]
     assert rows and set(rows) == {75}
 

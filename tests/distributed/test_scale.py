@@ -8,6 +8,7 @@ import pytest
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed
 from nnpipe.network import NetworkSpec, init_params
+from nnpipe.problem import Problem
 from nnpipe.training import fit
 from tests.distributed.helpers import digits, local_cluster
 
@@ -20,11 +21,11 @@ def test_local_sgd_at_8_workers_reaches_sync_accuracy_with_the_defaults():
     theta0 = init_params(spec, 0)
     kw = dict(epochs=40, batch_size=32, seed=0, dtype="float32")
     # sync equals single-process training up to rounding (test_sync.py), and is 8 round trips a step here.
-    ref = fit(spec, theta0, Xtr, ytr, TrainConfig(**kw), validation=(Xte, yte))
+    problem = Problem(spec, theta0, Xtr, ytr, (Xte, yte))
+    ref = fit(problem, TrainConfig(**kw))
     with local_cluster(8) as cluster, distributed.Client(cluster) as client:
         client.wait_for_workers(8, timeout=120)
-        out = fit_distributed(spec, theta0, Xtr, ytr, TrainConfig(mode="local-sgd", workers=8, **kw),
-                              validation=(Xte, yte), client=client)
+        out = fit_distributed(problem, TrainConfig(mode="local-sgd", workers=8, **kw), client=client)
     assert out.info["workers"] == 8
     sync_acc, local_acc = ref.history["val/accuracy"][-1], out.history["val/accuracy"][-1]
     assert local_acc >= sync_acc - 0.015, f"local-sgd {local_acc:.4f} vs sync {sync_acc:.4f}"

@@ -7,6 +7,7 @@ import pytest
 
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed
+from nnpipe.problem import Problem
 from nnpipe.results import DivergenceError
 from nnpipe.training import fit
 from tests.distributed.helpers import rel_diff, small_net
@@ -19,8 +20,9 @@ def test_sync_two_workers_equals_single_process(client, data, optimizer, l2, cli
     X, y = data
     spec, theta0 = small_net("float64")
     kw = dict(optimizer=optimizer, epochs=3, batch_size=50, seed=7, dtype="float64", l2=l2, clip_norm=clip)
-    ref = fit(spec, theta0, X, y, TrainConfig(**kw))
-    out = fit_distributed(spec, theta0, X, y, TrainConfig(mode="sync", workers=2, **kw), client=client)
+    problem = Problem(spec, theta0, X, y)
+    ref = fit(problem, TrainConfig(**kw))
+    out = fit_distributed(problem, TrainConfig(mode="sync", workers=2, **kw), client=client)
     assert rel_diff(out.theta, ref.theta) < 1e-9
     assert rel_diff(out.theta, theta0) > 1e-3  # it did train
     np.testing.assert_allclose(out.history["train/loss"], ref.history["train/loss"], rtol=1e-9)
@@ -33,9 +35,9 @@ def test_sync_logs_and_traffic(client, data):
     X, y = data
     spec, theta0 = small_net("float32")
     seen = []
-    out = fit_distributed(spec, theta0, X, y, TrainConfig(mode="sync", epochs=2, batch_size=100, dtype="float32"),
-                          validation=(X[:100], y[:100]), callbacks=[lambda e, logs: seen.append((e, logs))],
-                          client=client)
+    out = fit_distributed(Problem(spec, theta0, X, y, (X[:100], y[:100])),
+                          TrainConfig(mode="sync", epochs=2, batch_size=100, dtype="float32"),
+                          callbacks=[lambda e, logs: seen.append((e, logs))], client=client)
     assert [e for e, _ in seen] == [0, 1]
     logs = seen[-1][1]
     for key in ("train/loss", "train/samples_per_s", "val/loss", "val/accuracy", "lr", "dist/straggler_wait_s",
@@ -52,4 +54,4 @@ def test_sync_divergence_names_step_and_worker(client, data):
     spec, theta0 = small_net("float32")
     cfg = TrainConfig(mode="sync", optimizer="sgd", lr=1e25, epochs=2, batch_size=100, dtype="float32")
     with pytest.raises(DivergenceError, match=r"(worker|update).*epoch 0, step \d+"):
-        fit_distributed(spec, theta0, X, y, cfg, client=client)
+        fit_distributed(Problem(spec, theta0, X, y), cfg, client=client)

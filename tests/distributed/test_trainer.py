@@ -123,12 +123,13 @@ def test_a_shard_delivered_at_an_odd_offset_trains_the_same_without_copying_it_p
     assert peak < 0.4 * X.nbytes, peak  # a copy of X per batch would be 1.28 MB
 
 
-def test_single_mode_trains_the_same_on_an_array_at_an_odd_offset(data):
+def test_a_problem_aligns_arrays_at_an_odd_offset_and_trains_the_same(data):
+    from nnpipe.problem import Problem
     from nnpipe.training import fit
 
     X, y = data
     spec, theta0 = small_net("float64")
     cfg = TrainConfig(dtype="float64", epochs=2, batch_size=64, seed=1)
-    want = fit(spec, theta0, X, y, cfg).theta
-    np.testing.assert_array_equal(fit(spec, theta0, odd_offset(np.asarray(X, dtype="float64")), odd_offset(y), cfg)
-                                  .theta, want)
+    odd = Problem(spec, theta0, odd_offset(np.asarray(X, dtype="float64")), odd_offset(y))
+    assert odd.X.flags.aligned and odd.Y.flags.aligned
+    np.testing.assert_array_equal(fit(odd, cfg).theta, fit(Problem(spec, theta0, X, y), cfg).theta)
