@@ -6,8 +6,8 @@ scheduler.
 
 The loops see only this interface: ``trainers``, ``shards``, ``n_total``,
 ``call``, ``wait``, ``received``, ``record_round``, ``replace``,
-``joined_workers``, ``add_trainer``, ``per_worker_logs``, ``final_opt_state``,
-``events``, ``lost``. The tests drive the loops with an in-process pool of the
+``rebalance``, ``joined_workers``, ``add_trainer``, ``per_worker_logs``,
+``final_opt_state``, ``events``, ``lost``. The tests drive the loops with an in-process pool of the
 same shape (``tests/distributed/fakes.py``).
 
 Actors die with their worker, so the pool watches for it (:mod:`.watch`: the
@@ -15,7 +15,9 @@ scheduler's ``remove-worker`` events fail pending calls at once; a comm error
 is the fallback): the loss marks the worker lost, releases the actor, and
 starts a new one on a live worker from the same shard future, which Dask
 recomputes from its task if its data died too. Every call that touches a
-trainer (rounds, checkpoints, the final state) goes through that path. With
+trainer (rounds, checkpoints, the final state) goes through that path. A
+worker that joins later takes a trainer off a survivor running two
+(:meth:`TrainerPool.rebalance`). With
 no live worker left after :data:`LOST_WAIT_S`, or no scheduler, the run stops
 with a message that says what was lost and how to resume. Every such fact is
 appended to ``events``.
@@ -47,6 +49,7 @@ log = logging.getLogger("nnpipe.distributed")
 __all__ = ["Trainer", "TrainerPool", "WorkerLost", "SchedulerLost"]
 
 LOST_WAIT_S = 20.0  # how long a run with no live worker waits for one before it stops
+BALANCE_CHECK_S = 1.0  # how often a pool with a doubled-up worker asks the scheduler for idle ones
 
 
 @dataclass
@@ -109,6 +112,9 @@ class TrainerPool:
         self._run = uuid.uuid4().hex[:8]  # trainer keys are unique per run, never reused across runs
         self.watch = LossWatch(client)
         self.replaced_by: dict[int, Trainer] = {}
+        self.excluded: set[str] = set()  # workers there at the start and not chosen: never used
+        self._balanced_at = -float("inf")
+        self._adds_seen = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self, addresses: list[str]) -> None:
@@ -116,6 +122,7 @@ class TrainerPool:
         # Workers already there and not chosen (config.workers < cluster size) stay
         # out of this run; only workers that join later count as new capacity.
         self.known = set(self.live_workers()) | set(addresses)
+        self.excluded = self.known - set(addresses)
         futs = [self._submit(shard, addresses[i % len(addresses)]) for i, shard in enumerate(self.shards)]
         for shard, (tid, addr, fut) in zip(self.shards, futs):
             self._await(fut, 120)
@@ -270,6 +277,57 @@ class TrainerPool:
         address = min(live, key=lambda a: (load[a], a))
         new = self.add_trainer(trainer.shard, address, "shard_rebuilt", replaces=trainer.id, where=where)
         self.replaced_by[trainer.id] = new
+        return new
+
+    def rebalance(self, where: str) -> None:
+        """Move trainers off a worker running several onto live workers running none.
+
+        A lost worker's trainer is rebuilt on a survivor at once so that the
+        run goes on; a replacement worker that starts later would otherwise sit
+        idle while the survivor runs two trainers at half speed each, to the end
+        of the run. Asks the scheduler only while some worker runs several
+        trainers: when it announced a new worker, else at most every
+        :data:`BALANCE_CHECK_S`. Called between rounds
+        (``sync``, ``local-sgd``; ``async`` adds trainers for new workers itself).
+        """
+        load: dict[str, int] = {}
+        for t in self.trainers:
+            load[t.address] = load.get(t.address, 0) + 1
+        if not load or max(load.values()) < 2:
+            return
+        # A worker the scheduler just added is looked at at once; otherwise (no events) every few rounds.
+        if self.watch.added == self._adds_seen and time.monotonic() - self._balanced_at < BALANCE_CHECK_S:
+            return
+        self._adds_seen, self._balanced_at = self.watch.added, time.monotonic()
+        for address in [a for a in self.live_workers() if a not in load and a not in self.excluded]:
+            busiest = max(load, key=lambda a: (load[a], a))
+            if load[busiest] < 2:
+                break
+            if self.move(next(t for t in self.trainers if t.address == busiest), address, where) is None:
+                break
+            load[busiest] -= 1
+            load[address] = 1
+
+    def move(self, trainer: Trainer, address: str, where: str) -> Trainer | None:
+        """Start ``trainer``'s replacement on ``address`` with its state (optimizer, stream); None if it was lost.
+
+        The new trainer takes the old one's place in :attr:`trainers`, so
+        results keep their order; its stream continues exactly where the old one was.
+        """
+        fut = self.call(trainer, "get_state")
+        try:
+            while not self.wait([fut]):
+                pass
+            state = self.received(fut.result(), per_round=False)
+        except WorkerLost:  # the next round finds the loss and rebuilds the shard as usual
+            return None
+        new = self.add_trainer(trainer.shard, address, "trainer_moved", moved_from=trainer.id,
+                               from_worker=trainer.address, where=where)
+        self.trainers.remove(new)
+        self.trainers[self.trainers.index(trainer)] = new
+        trainer.future.release()
+        self.replaced_by[trainer.id] = new
+        self.call_sync(new, "set_state", state, where=f"moving trainer {trainer.id} {where}")
         return new
 
     def final_opt_state(self) -> dict[str, np.ndarray]:

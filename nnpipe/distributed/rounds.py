@@ -84,6 +84,7 @@ def gather_round(pool: Any, method: str, args_for: Callable[[Any], tuple], where
 
     The results' accounting goes to ``tally``.
     """
+    pool.rebalance(where)
     t0 = time.perf_counter()
     pending = {pool.call(t, method, *args_for(t), inline=inline): t for t in pool.trainers}
     results: dict[int, Any] = {}

@@ -6,7 +6,8 @@ knows sooner: it removes a worker whose process died as soon as the
 connection drops (or its heartbeats stop) and publishes a ``remove-worker``
 event on the ``all`` topic. :class:`LossWatch` subscribes to that topic and
 fails every pending call to that worker at once with :class:`.rpc.WorkerLost`;
-the comm error stays the fallback.
+the comm error stays the fallback. It also counts ``add-worker`` events, so
+that a pool knows at once when a replacement worker has come.
 
 A lost scheduler shows as the client leaving the ``running`` state; after
 :data:`SCHEDULER_GRACE_S` without it the run stops with :class:`SchedulerLost`.
@@ -41,6 +42,7 @@ class LossWatch:
         # Kept: a closed client forgets its scheduler, and the message must still name it.
         self.address = client.scheduler.address if client is not None else None
         self.removed: set[str] = set()
+        self.added = 0  # workers the scheduler added since the watch began (``add-worker`` events)
         self._pending: dict[str, set[cf.Future]] = {}
         self._lock = threading.Lock()
         self._away_since: float | None = None
@@ -56,6 +58,8 @@ class LossWatch:
         msg = event[1] if isinstance(event, (tuple, list)) and len(event) == 2 else event
         if isinstance(msg, dict) and msg.get("action") == "remove-worker" and msg.get("worker"):
             self.worker_removed(msg["worker"])
+        elif isinstance(msg, dict) and msg.get("action") == "add-worker":
+            self.added += 1
 
     def worker_removed(self, address: str) -> None:
         """Mark ``address`` gone and fail its pending calls."""

@@ -65,6 +65,34 @@ def test_killed_worker_mid_training(data, mode, tmp_path):
         assert out.history["val/accuracy"][-1] > 0.6
 
 
+def test_a_replacement_worker_takes_a_trainer_off_the_survivor(data):
+    """The lost shard's trainer is rebuilt on the survivor at once; the worker that replaces the lost one
+    (the nanny restarts it) then takes it over, so the run does not finish on one worker at half speed."""
+    X, y = data
+    spec, theta0 = small_net("float64")
+    with local_cluster(2) as cluster, distributed.Client(cluster) as client:
+        client.wait_for_workers(2)
+        victim = worker_addresses(client)[0]
+
+        def kill_then_wait_for_the_replacement(epoch, logs):
+            if epoch == 0:
+                kill_worker(client, victim)
+            if epoch == 2:
+                client.wait_for_workers(2, timeout=60)
+
+        out = fit_distributed(Problem(spec, theta0, X, y),
+                              TrainConfig(mode="local-sgd", workers=2, epochs=6, batch_size=60, sync_every=3,
+                                          seed=11, dtype="float64", lr=0.01),
+                              client=client, callbacks=[kill_then_wait_for_the_replacement])
+    events = out.info["events"]
+    rebuilt = [e for e in events if e["event"] == "shard_rebuilt"]
+    moved = [e for e in events if e["event"] == "trainer_moved"]
+    assert rebuilt and moved, events
+    survivor = rebuilt[0]["worker"]
+    assert moved[0]["from_worker"] == survivor and moved[0]["worker"] not in (victim, survivor)
+    assert out.epochs_run == 6 and np.isfinite(out.theta).all()
+
+
 class Interrupt(Exception):
     pass
 

@@ -321,3 +321,36 @@ def test_local_sgd_rounds_switch_to_the_retuned_size(data):
     steps_per_epoch = -(-max(s.rows for s in pool.shards) // cfg.batch_size)
     assert all(s <= k for s in steps[timed:]) and k in steps[timed:]
     assert sum(steps) == cfg.epochs * steps_per_epoch
+
+
+# ---- a worker that joins takes a trainer off a doubled-up survivor ---------------------------------
+@pytest.mark.parametrize("mode", ["sync", "local-sgd"])
+def test_a_moved_trainer_continues_its_stream_exactly(data, mode):
+    """After a loss both trainers may share a survivor; a new worker takes one over with its state: same result."""
+    from nnpipe.distributed import run_mode
+    from nnpipe.distributed.reporter import Reporter
+    from tests.distributed.fakes import InProcessPool
+
+    X, y = data
+    spec, theta0 = small_net("float64")
+    cfg = TrainConfig(mode=mode, workers=2, epochs=4, batch_size=40, sync_every=3, dtype="float64", seed=4)
+
+    def run(move: bool):
+        pool = InProcessPool(X, y, spec, cfg, 2)
+
+        def double_up(epoch, logs):
+            if move and epoch == 1:  # as after a loss: trainer 1 rebuilt next to trainer 0; then a worker joins
+                pool.lost.add(pool.trainers[1].address)
+                pool.trainers[1].address = pool.trainers[0].address
+                pool.workers.append("inproc://new")
+
+        theta = theta0.astype("float64")
+        run_mode(pool, theta, cfg, Reporter(spec, cfg, None, [double_up], cfg.mode))
+        return theta, pool
+
+    moved, pool = run(True)
+    still, _ = run(False)
+    events = [e for e in pool.events if e["event"] == "trainer_moved"]
+    assert len(events) == 1 and events[0]["worker"] == "inproc://new"
+    assert sorted(t.address for t in pool.trainers) == ["inproc://0", "inproc://new"]
+    np.testing.assert_array_equal(moved, still)
