@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)."
+from nnpipe.cli.options import TrackingUri
+
 SHOWN_METRICS = ("test/accuracy", "test/loss", "test/r2", "test/mse", "val/accuracy", "val/loss")
 
 
@@ -92,7 +93,7 @@ def _num(value: str | None) -> str:
 
 def models(
     name: Optional[str] = typer.Argument(None, help="Registered model name (omit it to list every model)."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """List the versions of model NAME with their metrics, aliases and status; without NAME, every model."""
     tracking = _setup(tracking_uri)
@@ -143,7 +144,7 @@ def promote(
     reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
     check: bool = typer.Option(True, "--check/--no-check", help="First load VERSION and predict on its input example."),
     force: bool = typer.Option(False, "--force", help="Promote even though the promotion gate rejected VERSION."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Make VERSION of model NAME the champion (no gate: a human decision; --force over a gate rejection)."""
     tracking = _setup(tracking_uri)
@@ -165,7 +166,7 @@ def rollback(
     name: str = typer.Argument(..., help="Registered model name."),
     to: Optional[str] = typer.Option(None, "--to", help="Version to roll back to (default: the previous champion)."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why (kept in the history)."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Move the champion of NAME back (to the previous champion, or --to VERSION) after a test prediction."""
     tracking = _setup(tracking_uri)
@@ -179,7 +180,7 @@ def rollback(
 
 def history(
     name: str = typer.Argument(..., help="Registered model name."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Show who moved which alias of NAME, when, from which version to which, and why."""
     tracking = _setup(tracking_uri)

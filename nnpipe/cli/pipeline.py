@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 
+from nnpipe.cli.options import Scheduler, Target, Verbose
 from nnpipe.cli.preflight import preflight, sigterm_as_interrupt
 
 MODE_HELP = "single (one process) | sync | local-sgd | async (Dask)."
@@ -200,7 +201,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def train(
         dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in name (iris, wine, breast_cancer, digits, diabetes), a CSV/Parquet file (.csv.gz too), a directory of Parquet parts, a glob or an fsspec URL. Default: iris."),
-        target: Optional[str] = typer.Option(None, "--target", metavar="COLUMN", help="Target column of a CSV/Parquet file."),
+        target: Target = None,
         features: Optional[str] = typer.Option(None, "--features", metavar="A,B,C", help="Feature columns of a file source (default: every column but the target)."),
         large: Optional[bool] = typer.Option(None, "--large/--in-memory", help="Read the dataset on the workers as a large source, or load it in memory (default: large for a directory, glob, URL or a file over 256 MB)."),
         stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="Large sources: stream pieces every epoch, or hold shards in memory (default: by the workers' memory)."),
@@ -223,11 +224,11 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Seeds the split, initialisation and shuffling."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | float64."),
         model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model name (default nnpipe-<dataset>)."),
-        scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS", help="Dask scheduler address; default: a local cluster for this run."),
+        scheduler: Scheduler = None,
         config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="TOML or YAML file with any of these settings; flags override it."),
         resume_from: Optional[str] = typer.Option(None, "--resume-from", metavar="RUN_ID", help="Continue from the checkpoints an earlier MLflow run logged."),
         metrics_port: Optional[int] = typer.Option(None, "--metrics-port", metavar="PORT", help="Serve live training metrics for Prometheus at http://127.0.0.1:PORT/metrics while training (0: a free port, printed). Default: $NNPIPE_METRICS_PORT, else off."),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Prefect's log lines."),
+        verbose: Verbose = False,
     ) -> None:
         """Train, evaluate, register and gate one model (a Prefect flow; MLflow at ./mlflow.db by default)."""
         overrides = {"resume_from": resume_from, "metrics_port": metrics_port, "features": _parse_names(features), "large": large, "stream": stream,

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import typer
 
+from nnpipe.cli.options import (BestModelName, Parallel, Scheduler, Study, Target, TrialDataset, TrialWorkers,
+                                 Verbose)
 from nnpipe.cli.preflight import preflight, sigterm_as_interrupt
 
 from nnpipe.cli.pipeline import _build, _default_tracking_uri, _fail, _parse_hidden, _prefect_api, _quiet_console, _run_flow
@@ -89,23 +91,23 @@ def register(app: typer.Typer) -> None:
         timeout: Optional[float] = typer.Option(None, "--timeout", metavar="SECONDS", help="Start no new trial after this long (running ones finish)."),
         sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe (default; a resumed study: its own) | random | grid."),
         pruner: Optional[str] = typer.Option(None, "--pruner", help="median (default; a resumed study: its own) | hyperband | none."),
-        parallel: Optional[int] = typer.Option(None, "--parallel", metavar="K", help="Trials at once on the cluster (default: its number of workers)."),
-        study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="Study name; an existing study is resumed."),
+        parallel: Parallel = None,
+        study: Study = None,
         storage: Optional[str] = typer.Option(None, "--storage", metavar="URL", help="Optuna storage: a journal file (default: optuna.log next to the MLflow store) or an RDB URL (sqlite:///optuna.db, postgresql://...)."),
         metric: Optional[str] = typer.Option(None, "--metric", help="Validation metric to optimise (default val/accuracy, or val/loss for regression)."),
-        dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in name or CSV/Parquet path. Default: iris."),
-        target: Optional[str] = typer.Option(None, "--target", metavar="COLUMN", help="Target column of a file."),
+        dataset: TrialDataset = None,
+        target: Target = None,
         hidden: Optional[str] = typer.Option(None, "--hidden", help="Base hidden layer sizes, e.g. 64,32."),
         optimizer: Optional[str] = typer.Option(None, "--optimizer", help="Base optimizer."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget of every trial."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Base rows per step."),
-        workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Size of the local Dask cluster."),
+        workers: TrialWorkers = None,
         seed: Optional[int] = typer.Option(None, "--seed", help="Seeds the split, the trainings and the sampler."),
-        model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model name for the best trial."),
-        scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS", help="Dask scheduler address."),
+        model_name: BestModelName = None,
+        scheduler: Scheduler = None,
         config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="TOML or YAML base configuration, with an optional [tune] table."),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Prefect's log lines."),
+        verbose: Verbose = False,
     ) -> None:
         """Search hyperparameters with Optuna: trials in parallel on Dask, pruned mid-training; register and gate the best."""
         overrides = {"dataset": dataset, "target": target, "hidden": _parse_hidden(hidden), "optimizer": optimizer,
@@ -122,17 +124,17 @@ def register(app: typer.Typer) -> None:
     def sweep(
         grid: list[str] = typer.Option([], "--grid", metavar="NAME=V1,V2", help="A searched field and its values, e.g. lr=0.01,0.001 or hidden=32;64,32. Repeatable."),
         trials: Optional[int] = typer.Option(None, "--trials", metavar="N", help="Run N combinations of the grid (seeded order) instead of all."),
-        parallel: Optional[int] = typer.Option(None, "--parallel", metavar="K", help="Trials at once (default: the cluster's workers)."),
-        study: Optional[str] = typer.Option(None, "--study", metavar="NAME", help="Study name; an existing study is resumed."),
-        dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in name or CSV/Parquet path. Default: iris."),
-        target: Optional[str] = typer.Option(None, "--target", metavar="COLUMN", help="Target column of a file."),
-        workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Size of the local Dask cluster."),
+        parallel: Parallel = None,
+        study: Study = None,
+        dataset: TrialDataset = None,
+        target: Target = None,
+        workers: TrialWorkers = None,
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per trial."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seeds the split, the trials and the grid's order."),
-        model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model name for the best trial."),
-        scheduler: Optional[str] = typer.Option(None, "--scheduler", metavar="ADDRESS", help="Dask scheduler address."),
+        model_name: BestModelName = None,
+        scheduler: Scheduler = None,
         config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="TOML or YAML base configuration."),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show Prefect's log lines."),
+        verbose: Verbose = False,
     ) -> None:
         """Train every combination of a grid (or N of them) in parallel; register and gate the best.
 
