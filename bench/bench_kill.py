@@ -14,10 +14,10 @@ Per run it records, from the command's own output, each line stamped as it
 arrives:
 
 * finished: exit code 0 and a registered model version (``model: NAME version V``);
-* the longest stall: the largest gap between two consecutive ``round k/N``
+* the longest stall: the largest gap between two consecutive ``epoch k/N``
   lines over the whole training, next to the median gap (a normal round on
   this machine, whatever its load) and the gap that spans the kill;
-* the tail: seconds from the last round line to the command's exit (the
+* the tail: seconds from the last epoch line to the command's exit (the
   final state, test metrics and registration; a 30 s connect timeout in any
   of them would show here);
 * whether the run itself counted the loss: the largest ``dist/workers_lost``
@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-ROUND = re.compile(r"^round (\d+)(?:/\d+)?:")
+ROUND = re.compile(r"^(?:round|epoch) (\d+)(?:/\d+)?:")  # the CLI's per-epoch line ("round" before Nov 2026)
 VERSION = re.compile(r"^model:\s+(\S+) version (\d+)")
 STALL_GOAL_S = 5.0
 RUN_TIMEOUT_S = 300.0

@@ -172,7 +172,7 @@ def train(
     run_name: str = "",
     dataset: str = "",
 ) -> tuple[Model, FitResult]:
-    """Train on the configured Dask cluster (or in-process for ``single``), logging every epoch/round.
+    """Train on the configured Dask cluster (or in-process for ``single``), logging every epoch.
 
     Every epoch or round also shows on the Dask dashboard (distributed modes)
     and, with ``metrics_port`` (0: a free port), on a Prometheus ``/metrics``
@@ -181,11 +181,10 @@ def train(
     from nnpipe import tracking
 
     logger = get_run_logger()
-    unit = "epoch" if config.mode == "single" else "round"
     prefix = f"[{label}] " if label else ""
 
-    def log_progress(step: int, logs: dict[str, float]) -> None:
-        logger.info("%s%s %d: %s", prefix, unit, step + 1, _fmt_logs(logs))
+    def log_progress(step: int, logs: dict[str, float]) -> None:  # every mode: once per epoch's worth of rows
+        logger.info("%sepoch %d: %s", prefix, step + 1, _fmt_logs(logs))
 
     callbacks: list[Callback] = [log_progress, _notify]
     if run_id:
@@ -203,12 +202,12 @@ def train(
                 metrics_port, info={"run": run_name or label, "mode": config.mode, "dataset": dataset}))
             callbacks.append(exporter.callback)
             announce(f"Prometheus:  {exporter.url}")
-        return _train(splits, config, hidden, activation, address, run_id, resume_from, callbacks, prefix, unit)
+        return _train(splits, config, hidden, activation, address, run_id, resume_from, callbacks, prefix)
 
 
 def _train(splits: Splits, config: TrainConfig, hidden: list[int], activation: str, address: str | None,
-           run_id: str | None, resume_from: str | None, callbacks: list[Callback], prefix: str,
-           unit: str) -> tuple[Model, FitResult]:
+           run_id: str | None, resume_from: str | None, callbacks: list[Callback], prefix: str
+           ) -> tuple[Model, FitResult]:
     from nnpipe import tracking
 
     logger = get_run_logger()
@@ -234,7 +233,7 @@ def _train(splits: Splits, config: TrainConfig, hidden: list[int], activation: s
         finally:  # a failed run's checkpoints are what a resumed run needs most
             if run_id and config.checkpoint_every:
                 tracking.log_checkpoints(run_id, ckpt_dir)
-    logger.info("%strained %d %ss%s", prefix, result.epochs_run, unit, " (stopped early)" if result.stopped_early else "")
+    logger.info("%strained %d epochs%s", prefix, result.epochs_run, " (stopped early)" if result.stopped_early else "")
     return model, result
 
 

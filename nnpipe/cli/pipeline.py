@@ -244,9 +244,9 @@ def register(app: typer.Typer) -> None:
         from nnpipe.flows.pipeline import training_flow
         from nnpipe.flows.tasks import announcements
 
-        total = cfg.train.epochs if cfg.train.mode in ("single", "sync") else None
+        # Every mode reports once per epoch (the distributed ones per epoch's worth of rows, whatever the rounds).
         with sigterm_as_interrupt(), _prefect_api(), _quiet_console(verbose), announcements(typer.echo), \
-                _progress(total, "epoch" if cfg.train.mode == "single" else "round"):
+                _progress(cfg.train.epochs, "epoch"):
             result = _run_flow(training_flow, cfg)
         _print_result(result)
 
