@@ -75,9 +75,10 @@ class RoundRetuner:
     20% of a round instead of the 10% aimed at. After :data:`RETUNE_SKIP`
     rounds, the median of the next :data:`RETUNE_ROUNDS` rounds' idle time per
     trainer (wall time minus its compute) and the fastest of their compute
-    per row replace the probe's figures, once. Used only where the probe chose the round size for
-    the user, and only for ``local-sgd`` and ``async`` (a ``sync`` batch is
-    the global batch: changing it mid-run would change the math).
+    per row replace the probe's figures, once. Used only where the probe
+    chose the round size for the user, and only for ``local-sgd`` and
+    ``async`` (a ``sync`` batch is the global batch: changing it mid-run
+    would change the math).
 
     Parameters
     ----------
