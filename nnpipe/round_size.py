@@ -90,7 +90,6 @@ class RoundRetuner:
 
     def __init__(self, config: TrainConfig, n_train: int, workers: int, share: float = 0.10):
         self.config, self.n_train, self.workers, self.share = config, n_train, workers, share
-        self.active = True
         self.seen = 0
         self.idle_s: list[float] = []
         self.row_s: list[float] = []
@@ -108,7 +107,7 @@ class RoundRetuner:
         rows : float
             Rows the trainer stepped on in the round (``local-sgd``: per trainer).
         """
-        if not self.active or rows <= 0:
+        if self.facts or rows <= 0:  # chosen already (once only), or an empty round
             return None
         self.seen += 1
         if self.seen <= RETUNE_SKIP:
@@ -117,7 +116,6 @@ class RoundRetuner:
         self.row_s.append(compute_s / rows)
         if len(self.idle_s) < RETUNE_ROUNDS:
             return None
-        self.active = False
         # Idle time is the round's fixed cost: its median. Compute per row only grows when something
         # else takes the cores for a moment; the fastest round is the trainers' own speed.
         idle, row_s = float(np.median(self.idle_s)), float(min(self.row_s))
