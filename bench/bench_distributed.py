@@ -43,9 +43,9 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from nnpipe.config import TrainConfig  # noqa: E402
 from nnpipe.distributed import fit_distributed  # noqa: E402
-from nnpipe.network import NetworkSpec, init_params  # noqa: E402
-from nnpipe.problem import Problem  # noqa: E402
-from nnpipe.training import fit  # noqa: E402
+from nnpipe.core.network import NetworkSpec, init_params  # noqa: E402
+from nnpipe.core.problem import Problem  # noqa: E402
+from nnpipe.core.training import fit  # noqa: E402
 
 
 def make_task(n_samples: int):

@@ -88,7 +88,7 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _network_is_valid(self) -> "PipelineConfig":
         # The network's own checks (layer sizes, activation names), not a copy of them.
-        from nnpipe.network import NetworkSpec
+        from nnpipe.core.network import NetworkSpec
 
         if not self.hidden:
             raise ValueError(f"hidden layer sizes must be a non-empty list of integers >= 1, got {self.hidden!r}")
@@ -104,7 +104,7 @@ class PipelineConfig(BaseModel):
     @property
     def large_source(self) -> bool:
         """Whether the dataset trains as a large source (see :func:`nnpipe.sources.is_large`)."""
-        from nnpipe.sources import is_large
+        from nnpipe.sources.location import is_large
 
         if self.large is not None:
             return self.large
@@ -143,7 +143,7 @@ class PipelineConfig(BaseModel):
             params["tracking_uri"] = redact(self.tracking_uri)
         params["hidden"] = ",".join(map(str, self.hidden))
         effective = self.train.effective()
-        from nnpipe import schedules
+        from nnpipe.core import schedules
 
         factory = schedules.SCHEDULES[self.train.schedule]
         for name, p in inspect.signature(factory).parameters.items():

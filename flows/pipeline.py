@@ -78,7 +78,7 @@ def stem(dataset: str) -> str:
 def dataset_label(config: PipelineConfig) -> str:
     """The dataset as run names show it: the file stem, or a large source's short name."""
     if config.large_source:
-        from nnpipe.sources import short_name
+        from nnpipe.sources.location import short_name
 
         return short_name(config.dataset)
     return stem(config.dataset)

@@ -21,7 +21,7 @@ from prefect.tasks import exponential_backoff
 
 import nnpipe
 from nnpipe.config import TrainConfig
-from nnpipe.data import Dataset, Splits, load_dataset, split_and_scale
+from nnpipe.data.load import Dataset, Splits, load_dataset, split_and_scale
 from nnpipe.model import Model
 from nnpipe.api import train as train_network
 from nnpipe.results import Callback, FitResult

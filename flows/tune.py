@@ -58,7 +58,7 @@ def check_space(config: PipelineConfig, space: list[str] | None, **settings: Any
 
 def _check_in_memory(config: PipelineConfig) -> None:
     """Refuse a source that only ``nnpipe train`` reads on the workers, saying what to do instead."""
-    from nnpipe.data import DataError, check_source
+    from nnpipe.data.load import DataError, check_source
 
     try:
         check_source(config.dataset, config.target)

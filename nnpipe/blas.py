@@ -29,7 +29,7 @@ import logging
 import os
 from typing import Iterator
 
-from nnpipe.network import NetworkSpec
+from nnpipe.core.network import NetworkSpec
 
 log = logging.getLogger("nnpipe")
 

@@ -160,7 +160,7 @@ def _build(config_file: Optional[Path], overrides: dict[str, Any]):
 
 def _run_flow(fn, *args: Any, **kwargs: Any) -> Any:
     """Run a flow, turning any failure into one line on stderr and exit code 1."""
-    from nnpipe.data import DataError
+    from nnpipe.data.load import DataError
 
     try:
         return fn(*args, **kwargs)

@@ -1,7 +1,7 @@
 """Training across a Dask cluster: ``sync``, ``local-sgd`` and ``async`` (the only package importing Dask).
 
 Entry point: :func:`fit_distributed` ``(problem, config)``, a checked
-:class:`nnpipe.problem.Problem` and how to train it (called by :func:`nnpipe.train`).
+:class:`nnpipe.core.problem.Problem` and how to train it (called by :func:`nnpipe.train`).
 Cluster helpers: :func:`connect` (a context manager the Prefect flows share
 with training), :func:`start_local_cluster`, :func:`worker_addresses`.
 Sources bigger than the driver's memory: :func:`nnpipe.distributed.frames.fit_prepared`.
@@ -66,8 +66,8 @@ import numpy as np
 
 from nnpipe.config import TrainConfig
 from nnpipe.distributed.cluster import connect, start_local_cluster, wait_for_workers, worker_addresses
-from nnpipe.network import NetworkSpec
-from nnpipe.problem import Problem
+from nnpipe.core.network import NetworkSpec
+from nnpipe.core.problem import Problem
 from nnpipe.results import Callback, FitResult
 
 log = logging.getLogger("nnpipe.distributed")
@@ -85,7 +85,7 @@ def fit_distributed(problem: Problem, config: TrainConfig, *, callbacks: tuple[C
     problem : Problem
         The network, starting parameters (not modified), training rows (cut
         into ``config.workers`` shards) and optional validation rows, evaluated
-        on the driver after every epoch (:class:`nnpipe.problem.Problem`).
+        on the driver after every epoch (:class:`nnpipe.core.problem.Problem`).
     config : TrainConfig
         ``mode`` in ``sync``, ``local-sgd``, ``async``; ``workers`` shards.
     callbacks : sequence of callable
@@ -136,14 +136,14 @@ def run_mode(pool: Any, theta: np.ndarray, config: TrainConfig, reporter: Any, r
     ``pool`` is a :class:`.pool.TrainerPool` or anything with its interface
     (the tests use an in-process one). ``retune``: the round size was chosen
     for the user, so ``local-sgd`` and ``async`` choose ``sync_every`` again
-    from their first rounds (:class:`nnpipe.round_size.RoundRetuner`).
+    from their first rounds (:class:`nnpipe.distributed.round_size.RoundRetuner`).
     Returns ``(theta, opt_state, last_epoch)``.
     """
     from nnpipe.distributed import rounds
     from nnpipe.distributed.async_ import MergeOnArrival
     from nnpipe.distributed.local_sgd import AverageParameters
     from nnpipe.distributed.sync import AverageGradients
-    from nnpipe.round_size import RoundRetuner
+    from nnpipe.distributed.round_size import RoundRetuner
 
     if config.mode == "sync":
         return rounds.run(pool, theta, config, reporter, AverageGradients(pool, config, theta))

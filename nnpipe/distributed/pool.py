@@ -42,7 +42,7 @@ from nnpipe.distributed.shards import Shard
 from nnpipe.distributed.rpc import WorkerLost, call_actor
 from nnpipe.distributed.trainer import ShardTrainer
 from nnpipe.distributed.watch import RESUME_HINT, LossWatch, SchedulerLost
-from nnpipe.network import NetworkSpec
+from nnpipe.core.network import NetworkSpec
 
 log = logging.getLogger("nnpipe.distributed")
 

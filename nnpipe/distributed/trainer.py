@@ -7,7 +7,7 @@ random stream between rounds, so a round moves parameters only. The math is
 the core's (:meth:`Network.step_views`, the optimizers); nothing is rewritten.
 It imports nothing from Dask: tests build it in-process and call it directly.
 
-Data access goes through :func:`shard_arrays` only: a shard is anything it
+Data access goes through :func:`unpack_shard` only: a shard is anything it
 can turn into ``(X, Y, lo)``, so another kind of shard (streamed from storage,
 say) plugs in there without touching the trainer.
 """
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from nnpipe.config import TrainConfig
-from nnpipe.network import Network, NetworkSpec
-from nnpipe.checks import aligned
-from nnpipe.training import clip_by_global_norm
+from nnpipe.core.network import Network, NetworkSpec
+from nnpipe.data.checks import aligned
+from nnpipe.core.training import clip_by_global_norm
 
 
 def build_shard(X: np.ndarray, Y: np.ndarray, lo: int) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def shard_rows(shard: dict[str, Any]) -> int:
     return len(shard["X"])
 
 
-def shard_arrays(shard: Any) -> tuple[np.ndarray, np.ndarray, int]:
+def unpack_shard(shard: Any) -> tuple[np.ndarray, np.ndarray, int]:
     """``(X, Y, lo)`` of a shard: its rows, their targets and its first global row.
 
     The trainer's one access to its data. A :func:`build_shard` dict today;
@@ -95,7 +95,7 @@ class ShardTrainer:
     spec : dict
         ``NetworkSpec.to_dict()``.
     shard : dict
-        From :func:`build_shard` (Dask resolves the shard future to it); read via :func:`shard_arrays`.
+        From :func:`build_shard` (Dask resolves the shard future to it); read via :func:`unpack_shard`.
     config : TrainConfig
     trainer_id : int
         Seeds this trainer's stream: ``SeedSequence(config.seed).spawn(...)[trainer_id]``.
@@ -111,10 +111,10 @@ class ShardTrainer:
         _keep_step_memory()
         self.spec = NetworkSpec.from_dict(spec)
         self.net = Network(self.spec)
-        # Source hook: a shard may be a stream (nnpipe.streaming.RowStream) read piece by piece, not arrays.
+        # Source hook: a shard may be a stream (nnpipe.sources.streaming.RowStream) read piece by piece, not arrays.
         self.stream = shard["stream"].fork(trainer_id) if isinstance(shard, dict) and "stream" in shard else None
         if self.stream is None:
-            self.X, self.Y, self.lo = shard_arrays(shard)
+            self.X, self.Y, self.lo = unpack_shard(shard)
             self.n = len(self.X)
         else:
             self.X = self.Y = None
@@ -171,7 +171,7 @@ class ShardTrainer:
         is the mean-loss gradient over this shard's rows of the batch.
         """
         if self.stream is not None:  # source hook
-            from nnpipe.streaming import stream_sync_grad
+            from nnpipe.sources.streaming import stream_sync_grad
 
             return stream_sync_grad(self, theta, epoch, step, batch)
         t0 = time.perf_counter()

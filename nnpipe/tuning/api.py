@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from nnpipe import tracking
 from nnpipe.config import TrainConfig
-from nnpipe.data import Dataset, Splits, load_dataset, split_and_scale
+from nnpipe.data.load import Dataset, Splits, load_dataset, split_and_scale
 from nnpipe.distributed.cluster import connect, worker_addresses
 from nnpipe.tuning import report, resume
 from nnpipe.tuning.runner import StudyRunner, TrialResult

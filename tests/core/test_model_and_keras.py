@@ -95,7 +95,7 @@ def test_core_imports_no_dask_mlflow_or_prefect():
     code = textwrap.dedent(
         """
         import sys
-        import nnpipe, nnpipe.keras, nnpipe.model, nnpipe.training, nnpipe.reporting, nnpipe.checkpoint, nnpipe.api, nnpipe.data
+        import nnpipe, nnpipe.keras, nnpipe.model, nnpipe.core.training, nnpipe.reporting, nnpipe.checkpoint, nnpipe.api, nnpipe.data
         bad = sorted(m for m in sys.modules if m.split('.')[0] in {'dask', 'distributed', 'mlflow', 'prefect'})
         print(bad)
         """

@@ -27,8 +27,8 @@ from nnpipe.distributed.pool import TrainerPool, _payload_bytes
 from nnpipe.distributed.reporter import Reporter
 from nnpipe.distributed.shards import Shard, row_bounds
 from nnpipe.distributed.trainer import ShardTrainer, build_shard
-from nnpipe.network import NetworkSpec
-from nnpipe.problem import Problem
+from nnpipe.core.network import NetworkSpec
+from nnpipe.core.problem import Problem
 from nnpipe.results import FitResult
 
 

@@ -14,7 +14,7 @@ import pytest
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import connect, fit_distributed
 from nnpipe.keras import Dense, Sequential
-from nnpipe.problem import Problem
+from nnpipe.core.problem import Problem
 from tests.distributed.helpers import small_net
 
 pytestmark = pytest.mark.cluster

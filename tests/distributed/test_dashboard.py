@@ -10,7 +10,7 @@ import pytest
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed
 from nnpipe.distributed.progress import PREFIX, TOPIC, DashboardProgress
-from nnpipe.problem import Problem
+from nnpipe.core.problem import Problem
 from tests.browser import browser, shot  # noqa: F401  (browser is a fixture)
 from tests.distributed.helpers import small_net
 

@@ -14,9 +14,9 @@ import nnpipe
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed, worker_addresses
 from nnpipe.distributed.frames import cluster_runner, place_source_shards
-from nnpipe.network import init_params
-from nnpipe.problem import Problem
-from nnpipe.source_prep import TRAIN, prepare, split_codes
+from nnpipe.core.network import init_params
+from nnpipe.core.problem import Problem
+from nnpipe.sources.prep import TRAIN, prepare, split_codes
 from nnpipe.api import source_spec
 from nnpipe.sources import open_source
 from tests.distributed.helpers import local_cluster, rel_diff

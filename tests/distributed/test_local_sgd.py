@@ -8,7 +8,7 @@ import pytest
 from nnpipe.config import TrainConfig
 from nnpipe.distributed import fit_distributed
 from nnpipe.distributed.local_sgd import consensus_distance, weighted_average
-from nnpipe.problem import Problem
+from nnpipe.core.problem import Problem
 from nnpipe.results import DivergenceError
 from tests.distributed.helpers import rel_diff, small_net
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from nnpipe.source_prep import TEST, split_codes
+from nnpipe.sources.prep import TEST, split_codes
 from nnpipe.sources import open_source
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("prefect_harness")]

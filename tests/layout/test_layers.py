@@ -165,8 +165,8 @@ def test_no_import_cycles():
 def test_the_checker_sees_a_planted_upward_import_and_cycle():
     edges = {"a": {"b"}, "b": {"a"}, "c": set()}
     assert cycles(edges) == [["a", "b"]]
-    assert rank("nnpipe.training") < rank("nnpipe.distributed.pool") < rank("nnpipe.flows.pipeline")
-    assert layer("nnpipe.cli.pipeline") == "cli" and layer("nnpipe.network") == "core"
+    assert rank("nnpipe.core.training") < rank("nnpipe.distributed.pool") < rank("nnpipe.flows.pipeline")
+    assert layer("nnpipe.cli.pipeline") == "cli" and layer("nnpipe.core.network") == "core"
 
 
 def test_only_nnpipe_is_installed_at_the_top_level():

@@ -64,7 +64,7 @@ def test_params_tags_and_metrics_are_logged(sqlite_store):
 def test_failed_run_is_marked_and_cannot_be_registered(sqlite_store, iris_splits):
     from nnpipe.model import Model
     from nnpipe.api import build_spec
-    from nnpipe.network import init_params
+    from nnpipe.core.network import init_params
     import numpy as np
 
     _, splits = iris_splits
@@ -154,7 +154,7 @@ def test_log_model_after_the_run_block_keeps_the_run_finished(sqlite_store, iris
 
     from nnpipe.model import Model
     from nnpipe.api import build_spec
-    from nnpipe.network import init_params
+    from nnpipe.core.network import init_params
 
     _, splits = iris_splits
     spec = build_spec("multiclass", 4, 3, (4,))
