@@ -1,6 +1,7 @@
 """A local stack of real processes on 127.0.0.1: Dask, MLflow, Prefect server and a Prefect worker.
 
     python -m nnpipe.deploy.stack up [--workers 2] [--backend-store-uri postgresql://...] [--state-dir .nnpipe-stack]
+    python -m nnpipe.deploy.stack up --production   # PostgreSQL, S3 store, TLS Dask, Prometheus (deploy/production.py)
     python -m nnpipe.deploy.stack status
     python -m nnpipe.deploy.stack env        # export lines for a shell: PREFECT_API_URL, MLFLOW_TRACKING_URI, ...
     python -m nnpipe.deploy.stack down
@@ -72,15 +73,19 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
 
 
-def spawn(state: Path, name: str, args: list[str], env: dict[str, str | None] | None = None, cwd: Path | None = None) -> subprocess.Popen:
-    """Start ``args`` in a new session, logging to ``<state>/logs/<name>.log``, pid in ``<state>/pids/<name>.pid``."""
+def spawn(state: Path, name: str, args: list[str], env: dict[str, str | None] | None = None, cwd: Path | None = None,
+          user: str | None = None) -> subprocess.Popen:
+    """Start ``args`` in a new session, logging to ``<state>/logs/<name>.log``, pid in ``<state>/pids/<name>.pid``.
+
+    ``user``: run as this OS user (the caller must be root), as PostgreSQL needs.
+    """
     (state / "logs").mkdir(parents=True, exist_ok=True)
     (state / "pids").mkdir(parents=True, exist_ok=True)
     log = open(state / "logs" / f"{name}.log", "ab")
     full = {**os.environ, **QUIET_ENV, **(env or {})}
     full = {k: v for k, v in full.items() if v is not None}  # None: unset for the child
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full,
-                            cwd=str(cwd or state), start_new_session=True)
+                            cwd=str(cwd or state), start_new_session=True, user=user, group=user)
     (state / "pids" / f"{name}.pid").write_text(str(proc.pid))
     return proc
 
@@ -94,15 +99,24 @@ def prefect_server_args(port: int) -> list[str]:
     return [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
 
 
-def start_prefect_server(state: Path, port: int | None = None, ui: bool = True, timeout: float = 240) -> tuple[subprocess.Popen, str]:
-    """A real (non-ephemeral) Prefect server, with its scheduler, on 127.0.0.1; returns it and its API URL."""
+def start_prefect_server(state: Path, port: int | None = None, ui: bool = True, timeout: float = 240,
+                         database_url: str | None = None, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """A real (non-ephemeral) Prefect server, with its scheduler, on 127.0.0.1; returns it and its API URL.
+
+    ``database_url``: its database (``postgresql+asyncpg://...``, no password: ``PGPASSFILE`` in ``env``);
+    default SQLite under ``<state>/prefect``.
+    """
     port = port or free_port()
+    extra = env
     env: dict[str, str | None] = {"PREFECT_HOME": str(state / "prefect"), "PREFECT_UI_ENABLED": "true" if ui else "false",
            **ui_api_env(f"http://127.0.0.1:{port}/api"),
            # new deployments get their runs scheduled within seconds, not the default minute
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10"}
     for key in ("PREFECT_API_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"):
         env[key] = None  # a server of its own, with its own database
+    if database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    env.update(extra or {})
     proc = spawn(state, "prefect-server", prefect_server_args(port), env=env)
     api = f"http://127.0.0.1:{port}/api"
     wait_http(f"{api}/health", timeout, proc, state / "logs" / "prefect-server.log")
@@ -119,8 +133,8 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def stop(state: Path, name: str, timeout: float = 20) -> bool:
-    """Stop the process group started as ``name`` (SIGTERM, then SIGKILL); True if it was running."""
+def stop(state: Path, name: str, timeout: float = 20, sig: int = signal.SIGTERM) -> bool:
+    """Stop the process group started as ``name`` (``sig``, then SIGKILL); True if it was running."""
     pid_file = state / "pids" / f"{name}.pid"
     if not pid_file.exists():
         return False
@@ -128,7 +142,7 @@ def stop(state: Path, name: str, timeout: float = 20) -> bool:
     running = _alive(pid)
     if running:
         try:
-            os.killpg(pid, signal.SIGTERM)  # the session we created: the process and its children
+            os.killpg(pid, sig)  # the session we created: the process and its children
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
@@ -143,15 +157,31 @@ def stop(state: Path, name: str, timeout: float = 20) -> bool:
     return running
 
 
-ORDER = ("prefect-worker", "prefect-server", "mlflow", "dask-workers", "dask-scheduler")
+ORDER = ("prometheus", "prefect-worker", "prefect-server", "mlflow", "dask-workers", "dask-scheduler", "s3", "postgres")
+# PostgreSQL's SIGTERM is a "smart" shutdown that waits for every client; SIGINT rolls back and stops.
+STOP_SIGNALS = {"postgres": signal.SIGINT}
 
 
-def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: bool = True, timeout: float = 240) -> dict[str, Any]:
-    """Start every process, wait until each answers, and write ``<state>/stack.json``."""
+def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: bool = True, timeout: float = 240,
+       production: bool = False) -> dict[str, Any]:
+    """Start every process, wait until each answers, and write ``<state>/stack.json``.
+
+    ``production``: PostgreSQL, an S3 store, TLS Dask and Prometheus (:mod:`nnpipe.deploy.production`).
+    """
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
-    if (state / "stack.json").exists() and any(_alive(int(p.read_text())) for p in (state / "pids").glob("*.pid")):
+    if any(_alive(int(p.read_text())) for p in (state / "pids").glob("*.pid")):
         raise RuntimeError(f"a stack is already running from {state}; run `python -m nnpipe.deploy.stack down --state-dir {state}` first")
+    if production or (state / "ports.json").exists():
+        from nnpipe.deploy import production as prod
+
+        try:
+            info = prod.up(state, workers, ui=ui, timeout=timeout)
+        except BaseException:
+            down(state)
+            raise
+        (state / "stack.json").write_text(json.dumps(info, indent=2))
+        return info
     dask_port, mlflow_port, prefect_port = free_port(), free_port(), free_port()
     dashboard_port, train_metrics_port = free_port(), free_port()
     info: dict[str, Any] = {"state_dir": str(state), "workers": workers}
@@ -189,7 +219,7 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
         spawn(state, "prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
               env=worker_env, cwd=REPO)
         info["work_pool"] = POOL
-        _wait_dask_workers(info["dask_address"], workers, timeout)
+        wait_dask_workers(info["dask_address"], workers, timeout)
     except BaseException:
         down(state)
         raise
@@ -212,16 +242,23 @@ def write_prometheus_config(state: Path, targets: dict[str, str]) -> Path:
     return path
 
 
-def _wait_dask_workers(address: str, n: int, timeout: float) -> None:
-    from nnpipe.distributed.cluster import connect, wait_for_workers
+def wait_dask_workers(address: str, n: int, timeout: float, env: dict[str, str] | None = None) -> None:
+    """Wait until ``n`` workers joined the scheduler at ``address``.
 
-    with connect(address=address) as client:
-        wait_for_workers(client, n, timeout=timeout)
+    In a child process, so that ``env`` (Dask's TLS variables) is read as Dask reads it at import.
+    """
+    code = ("import sys; from nnpipe.distributed.cluster import connect, wait_for_workers\n"
+            "with connect(address=sys.argv[1]) as c: wait_for_workers(c, int(sys.argv[2]), timeout=float(sys.argv[3]))")
+    done = subprocess.run([sys.executable, "-c", code, address, str(n), str(timeout)], capture_output=True, text=True,
+                          env={**os.environ, **QUIET_ENV, **(env or {})}, timeout=timeout + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"{address}: {n} Dask workers did not join: {done.stderr.strip().splitlines()[-1:]}")
 
 
 def down(state: Path) -> list[str]:
     """Stop every process of the stack (worker first, scheduler last); returns the names that were running."""
-    stopped = [name for name in ORDER if stop(state, name)]
+    stopped = [name for name in ORDER if stop(state, name, timeout=60 if name == "postgres" else 20,
+                                              sig=STOP_SIGNALS.get(name, signal.SIGTERM))]
     (state / "stack.json").unlink(missing_ok=True)
     return stopped
 
@@ -229,7 +266,10 @@ def down(state: Path) -> list[str]:
 def status(state: Path) -> dict[str, str]:
     """``running`` / ``stopped`` per process."""
     out = {}
+    production = (state / "ports.json").exists()
     for name in reversed(ORDER):
+        if not production and name in ("prometheus", "s3", "postgres"):
+            continue
         pid_file = state / "pids" / f"{name}.pid"
         out[name] = "running" if pid_file.exists() and _alive(int(pid_file.read_text())) else "stopped"
     return out
@@ -237,6 +277,8 @@ def status(state: Path) -> dict[str, str]:
 
 def env_lines(state: Path) -> list[str]:
     info = json.loads((state / "stack.json").read_text())
+    if "client_env" in info:
+        return [f"export {k}={v}" for k, v in info["client_env"].items()]
     return [f"export PREFECT_API_URL={info['prefect_api_url']}", f"export MLFLOW_TRACKING_URI={info['mlflow_uri']}",
             f"export DASK_SCHEDULER_ADDRESS={info['dask_address']}"]
 
@@ -247,13 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path(".nnpipe-stack"))
     parser.add_argument("--workers", type=int, default=2, help="Dask worker processes")
     parser.add_argument("--backend-store-uri", default=None, help="MLflow store, e.g. postgresql://user:pw@host/db (default SQLite in the state dir)")
+    parser.add_argument("--production", action="store_true",
+                        help="PostgreSQL, an S3 object store, TLS Dask, Prometheus (kept for later `up`s of this state dir)")
     parser.add_argument("--no-ui", action="store_true", help="Prefect server without its UI (starts faster)")
     parser.add_argument("--timeout", type=float, default=240)
     args = parser.parse_args(argv)
     state = args.state_dir.resolve()
     try:
         if args.command == "up":
-            info = up(state, args.workers, args.backend_store_uri, ui=not args.no_ui, timeout=args.timeout)
+            info = up(state, args.workers, args.backend_store_uri, ui=not args.no_ui, timeout=args.timeout,
+                      production=args.production)
             print(json.dumps(info, indent=2))
             print("\n".join(env_lines(state)))
         elif args.command == "down":
