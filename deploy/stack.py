@@ -160,6 +160,7 @@ def stop(state: Path, name: str, timeout: float = 20, sig: int = signal.SIGTERM)
 ORDER = ("prometheus", "prefect-worker", "prefect-server", "mlflow", "dask-workers", "dask-scheduler", "s3", "postgres")
 # PostgreSQL's SIGTERM is a "smart" shutdown that waits for every client; SIGINT rolls back and stops.
 STOP_SIGNALS = {"postgres": signal.SIGINT}
+STOP_TIMEOUTS = {"postgres": 60, "s3": 5}  # rclone drains keep-alive connections; its objects are on disk already
 
 
 def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: bool = True, timeout: float = 240,
@@ -257,7 +258,7 @@ def wait_dask_workers(address: str, n: int, timeout: float, env: dict[str, str] 
 
 def down(state: Path) -> list[str]:
     """Stop every process of the stack (worker first, scheduler last); returns the names that were running."""
-    stopped = [name for name in ORDER if stop(state, name, timeout=60 if name == "postgres" else 20,
+    stopped = [name for name in ORDER if stop(state, name, timeout=STOP_TIMEOUTS.get(name, 20),
                                               sig=STOP_SIGNALS.get(name, signal.SIGTERM))]
     (state / "stack.json").unlink(missing_ok=True)
     return stopped

@@ -33,6 +33,9 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
         # a large source (directory, glob, URL, big file) is validated part by part on the workers
         if not cfg.large_source:
             check_source(cfg.dataset, cfg.target)
+        from nnpipe.sources.remote import probe
+
+        probe(str(cfg.dataset))  # an s3:// bucket that is missing, refused or unreachable: one line in seconds
         if not cfg.large_source and _small_file(cfg.dataset):  # every row checked now: a bad value is named in seconds, not after start-up
             load_dataset(cfg.dataset, cfg.target, cfg.task, cfg.features)
     except DataError as exc:

@@ -159,9 +159,14 @@ def _list_files(location: str, storage_options: dict[str, Any]) -> tuple[Any, li
     """The filesystem, the data files in sorted order, and the root folder (for hive keys)."""
     import fsspec
 
+    from nnpipe.sources.remote import explain, probe
+
+    probe(location, storage_options)  # an object store: a missing bucket, bad keys or a dead endpoint, in seconds
     try:
         fs, _, paths = fsspec.get_fs_token_paths(location, storage_options=storage_options)
-    except (ValueError, ImportError) as exc:
+    except ImportError as exc:
+        raise explain(location, exc) from exc
+    except ValueError as exc:
         raise DataError(f"{location}: cannot open this location: {exc}") from exc
     root = None
     if len(paths) == 1 and not _GLOB.search(location) and fs.isdir(paths[0]):
@@ -215,7 +220,9 @@ def open_source(location: str, target: str, features: list[str] | None = None, *
     """
     import pyarrow.parquet as pq
 
-    opts = dict(storage_options or {})
+    from nnpipe.sources.remote import with_defaults
+
+    opts = with_defaults(str(location), storage_options)
     if not target:
         raise DataError(f"{location}: a target column is required for a file source (--target COLUMN)")
     fs, paths, root = _list_files(str(location), opts)
