@@ -13,7 +13,7 @@ import datetime as dt
 import ipaddress
 from pathlib import Path
 
-from nnpipe.deploy.postgres import write_secret
+from nnpipe.deploy.secretfiles import write_secret
 
 
 def generate(folder: Path, days: int = 365) -> dict[str, Path]:

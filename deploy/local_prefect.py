@@ -24,7 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nnpipe.deploy.stack import _alive, free_port, spawn, stop, ui_api_env, wait_http
+from nnpipe.deploy.processes import alive, free_port, spawn, stop, wait_http
+from nnpipe.deploy.services import ui_api_env
 
 NAME = "prefect-server"
 START_TIMEOUT_S = float(os.environ.get("NNPIPE_PREFECT_START_TIMEOUT", "240"))
@@ -75,7 +76,7 @@ def status(home: Path | None = None) -> dict | None:
         info = json.loads(record.read_text())
     except (OSError, ValueError):
         return None
-    if not _alive(int(info.get("pid", 0))) or not _healthy(info["api"]):
+    if not alive(int(info.get("pid", 0))) or not _healthy(info["api"]):
         return None
     return info
 
@@ -138,6 +139,6 @@ def stop_server(home: Path | None = None) -> bool:
 
 
 def _server_command() -> list[str]:
-    from nnpipe.deploy.stack import BIN
+    from nnpipe.deploy.processes import BIN
 
     return [str(BIN / "prefect"), "server", "start"]

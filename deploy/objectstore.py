@@ -20,8 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from nnpipe.deploy.postgres import secret_dir, write_secret
-from nnpipe.deploy.stack import BIN, spawn, stop, wait_port
+from nnpipe.deploy.processes import BIN, spawn, stop, wait_port
+from nnpipe.deploy.secretfiles import secret_dir, write_secret
 
 NAME = "s3"
 BUCKETS = ("mlflow-artifacts", "lake")

@@ -21,7 +21,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from nnpipe.deploy.stack import spawn, stop
+from nnpipe.deploy.processes import spawn, stop
+from nnpipe.deploy.secretfiles import secret_dir, write_secret
 
 PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
 PG_USER = "nnpipe-pg"   # the OS user the server runs as when the caller is root
@@ -55,20 +56,6 @@ def run_as() -> str | None:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
                        check=True, capture_output=True)
     return PG_USER
-
-
-def secret_dir(state: Path) -> Path:
-    path = state / "secrets"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 from the first byte (never world-readable, even briefly)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o600)
 
 
 def password(state: Path) -> str:

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from nnpipe.deploy import certs, objectstore, postgres
-from nnpipe.deploy.stack import (BIN, QUIET_ENV, REPO, free_port, spawn, start_prefect_server, stop, wait_http,
-                                 wait_port, wait_dask_workers, write_prometheus_config)
+from nnpipe.deploy.processes import BIN, QUIET_ENV, REPO, free_port, spawn, stop, wait_http, wait_port
+from nnpipe.deploy.services import start_prefect_server, wait_dask_workers, write_prometheus_config
 
 POOL = "nnpipe-production"
 PORTS = ("postgres", "s3", "dask", "dask_dashboard", "mlflow", "prefect", "prometheus", "train_metrics")

@@ -23,138 +23,18 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
+from nnpipe.deploy import production as prod
+from nnpipe.deploy.processes import BIN, QUIET_ENV, REPO, alive, free_port, spawn, stop, wait_http, wait_port
+from nnpipe.deploy.services import start_prefect_server, wait_dask_workers, write_prometheus_config
+
+__all__ = ["BIN", "REPO", "down", "env_lines", "free_port", "main", "status", "up"]
+
 POOL = "nnpipe-local"
-QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "MLFLOW_ENABLE_TELEMETRY": "false"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    """Poll ``url`` until it answers 200; fail early (quoting the log's tail) if ``proc`` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise RuntimeError(f"{url}: process exited with code {proc.returncode} before it answered\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout:g} s" + (f"; see {log}" if log else ""))
-
-
-def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"port {port}: process exited with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
-
-
-def spawn(state: Path, name: str, args: list[str], env: dict[str, str | None] | None = None, cwd: Path | None = None,
-          user: str | None = None) -> subprocess.Popen:
-    """Start ``args`` in a new session, logging to ``<state>/logs/<name>.log``, pid in ``<state>/pids/<name>.pid``.
-
-    ``user``: run as this OS user (the caller must be root), as PostgreSQL needs.
-    """
-    (state / "logs").mkdir(parents=True, exist_ok=True)
-    (state / "pids").mkdir(parents=True, exist_ok=True)
-    log = open(state / "logs" / f"{name}.log", "ab")
-    full = {**os.environ, **QUIET_ENV, **(env or {})}
-    full = {k: v for k, v in full.items() if v is not None}  # None: unset for the child
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full,
-                            cwd=str(cwd or state), start_new_session=True, user=user, group=user)
-    (state / "pids" / f"{name}.pid").write_text(str(proc.pid))
-    return proc
-
-
-def ui_api_env(api: str) -> dict[str, str]:
-    """Where the Prefect UI's browser code calls the API: unset, it calls 127.0.0.1:4200 whatever the port."""
-    return {"PREFECT_SERVER_UI_API_URL": api, "PREFECT_UI_API_URL": api}
-
-
-def prefect_server_args(port: int) -> list[str]:
-    return [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-
-
-def start_prefect_server(state: Path, port: int | None = None, ui: bool = True, timeout: float = 240,
-                         database_url: str | None = None, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """A real (non-ephemeral) Prefect server, with its scheduler, on 127.0.0.1; returns it and its API URL.
-
-    ``database_url``: its database (``postgresql+asyncpg://...``, no password: ``PGPASSFILE`` in ``env``);
-    default SQLite under ``<state>/prefect``.
-    """
-    port = port or free_port()
-    extra = env
-    env: dict[str, str | None] = {"PREFECT_HOME": str(state / "prefect"), "PREFECT_UI_ENABLED": "true" if ui else "false",
-           **ui_api_env(f"http://127.0.0.1:{port}/api"),
-           # new deployments get their runs scheduled within seconds, not the default minute
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10"}
-    for key in ("PREFECT_API_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"):
-        env[key] = None  # a server of its own, with its own database
-    if database_url:
-        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
-    env.update(extra or {})
-    proc = spawn(state, "prefect-server", prefect_server_args(port), env=env)
-    api = f"http://127.0.0.1:{port}/api"
-    wait_http(f"{api}/health", timeout, proc, state / "logs" / "prefect-server.log")
-    return proc, api
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-def stop(state: Path, name: str, timeout: float = 20, sig: int = signal.SIGTERM) -> bool:
-    """Stop the process group started as ``name`` (``sig``, then SIGKILL); True if it was running."""
-    pid_file = state / "pids" / f"{name}.pid"
-    if not pid_file.exists():
-        return False
-    pid = int(pid_file.read_text())
-    running = _alive(pid)
-    if running:
-        try:
-            os.killpg(pid, sig)  # the session we created: the process and its children
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    pid_file.unlink(missing_ok=True)
-    return running
 
 
 ORDER = ("prometheus", "prefect-worker", "prefect-server", "mlflow", "dask-workers", "dask-scheduler", "s3", "postgres")
@@ -171,11 +51,9 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
     """
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
-    if any(_alive(int(p.read_text())) for p in (state / "pids").glob("*.pid")):
+    if any(alive(int(p.read_text())) for p in (state / "pids").glob("*.pid")):
         raise RuntimeError(f"a stack is already running from {state}; run `python -m nnpipe.deploy.stack down --state-dir {state}` first")
     if production or (state / "ports.json").exists():
-        from nnpipe.deploy import production as prod
-
         try:
             info = prod.up(state, workers, ui=ui, timeout=timeout)
         except BaseException:
@@ -228,34 +106,6 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
     return info
 
 
-def write_prometheus_config(state: Path, targets: dict[str, str]) -> Path:
-    """``<state>/prometheus.yml``: one scrape job per ``/metrics`` URL (dask, mlflow, nnpipe training)."""
-    from urllib.parse import urlsplit
-
-    lines = ["# Written by `python -m nnpipe.deploy.stack up`; run: prometheus --config.file " + str(state / "prometheus.yml"),
-             "global:", "  scrape_interval: 5s", "scrape_configs:"]
-    for job, url in targets.items():
-        parts = urlsplit(url)
-        lines += [f"  - job_name: {job}", f"    metrics_path: {parts.path}",
-                  "    static_configs:", f"      - targets: ['{parts.netloc}']"]
-    path = state / "prometheus.yml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def wait_dask_workers(address: str, n: int, timeout: float, env: dict[str, str] | None = None) -> None:
-    """Wait until ``n`` workers joined the scheduler at ``address``.
-
-    In a child process, so that ``env`` (Dask's TLS variables) is read as Dask reads it at import.
-    """
-    code = ("import sys; from nnpipe.distributed.cluster import connect, wait_for_workers\n"
-            "with connect(address=sys.argv[1]) as c: wait_for_workers(c, int(sys.argv[2]), timeout=float(sys.argv[3]))")
-    done = subprocess.run([sys.executable, "-c", code, address, str(n), str(timeout)], capture_output=True, text=True,
-                          env={**os.environ, **QUIET_ENV, **(env or {})}, timeout=timeout + 60)
-    if done.returncode != 0:
-        raise RuntimeError(f"{address}: {n} Dask workers did not join: {done.stderr.strip().splitlines()[-1:]}")
-
-
 def down(state: Path) -> list[str]:
     """Stop every process of the stack (worker first, scheduler last); returns the names that were running."""
     stopped = [name for name in ORDER if stop(state, name, timeout=STOP_TIMEOUTS.get(name, 20),
@@ -272,7 +122,7 @@ def status(state: Path) -> dict[str, str]:
         if not production and name in ("prometheus", "s3", "postgres"):
             continue
         pid_file = state / "pids" / f"{name}.pid"
-        out[name] = "running" if pid_file.exists() and _alive(int(pid_file.read_text())) else "stopped"
+        out[name] = "running" if pid_file.exists() and alive(int(pid_file.read_text())) else "stopped"
     return out
 
 
