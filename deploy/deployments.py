@@ -210,18 +210,19 @@ def serve_until_signal(deployments: list, limit: int | None = None, grace: float
 
 
 def deploy_to_pool(pool: str, chosen: list[Scheduled] | None = None, source: Path = REPO,
-                   tracking_uri: str | None = None) -> list[str]:
+                   tracking_uri: str | None = None, interval: float | None = None) -> list[str]:
     """Register ``chosen`` with the server at ``PREFECT_API_URL`` for a process work pool; returns deployment ids.
 
     The flow is loaded from ``source`` (a directory the worker can read; for a
-    remote worker use a git URL) so no image is built.
+    remote worker use a git URL) so no image is built. ``interval``: every so
+    many seconds instead of the cron schedule (a drill, or a test).
     """
     from nnpipe.flows.pipeline import training_flow
 
     ids = []
     remote = training_flow.from_source(source=str(source), entrypoint=ENTRYPOINT)
     for d in chosen if chosen is not None else DEPLOYMENTS:
-        ids.append(str(remote.deploy(name=d.name, work_pool_name=pool, schedule=d.schedule(),
+        ids.append(str(remote.deploy(name=d.name, work_pool_name=pool, schedule=d.schedule(interval),
                                      concurrency_limit=d.concurrency_config(), parameters=d.parameters(tracking_uri),
                                      description=d.description, tags=["nnpipe", "scheduled"], print_next_steps=False,
                                      build=False, push=False)))
