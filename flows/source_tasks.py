@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from nnpipe.flows.config import PipelineConfig
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from nnpipe.config import TrainConfig
-from nnpipe.flows.config import PipelineConfig
 from nnpipe.model import Model
 from nnpipe.results import FitResult
-from nnpipe.sources.prep import TEST, PreparedSource, prepare
 from nnpipe.sources.location import Source, open_source, sample_rows
+from nnpipe.sources.prep import TEST, PreparedSource, prepare
 
 
 @task(name="open-source", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

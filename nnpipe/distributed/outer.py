@@ -19,13 +19,13 @@ parameters of the same merge, so a resumed run continues the same sequence.
 
 from __future__ import annotations
 
-import numpy as np
-
 from typing import Any
 
+import numpy as np
+
 from nnpipe.config import TrainConfig
-from nnpipe.distributed.rounds import MergeRule
 from nnpipe.core.optimizers import SGD, Momentum, Nesterov, Optimizer
+from nnpipe.distributed.rounds import MergeRule
 
 
 class OuterOptimizer:

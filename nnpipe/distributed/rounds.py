@@ -26,9 +26,9 @@ import numpy as np
 
 from nnpipe.config import TrainConfig
 from nnpipe.distributed.reporter import Reporter
+from nnpipe.distributed.round_size import RoundRetuner
 from nnpipe.distributed.rpc import WorkerLost
 from nnpipe.results import DivergenceError
-from nnpipe.distributed.round_size import RoundRetuner
 
 log = logging.getLogger("nnpipe.distributed")
 

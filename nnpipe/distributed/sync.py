@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.training import clip_by_global_norm
 from nnpipe.distributed.rounds import EpochTally, MergeRule, check_update, gather_round
 from nnpipe.results import check_finite
-from nnpipe.core.training import clip_by_global_norm
 
 
 class AverageGradients(MergeRule):

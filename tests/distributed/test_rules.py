@@ -16,13 +16,13 @@ from packaging.version import Version
 
 from nnpipe import checkpoint
 from nnpipe.config import TrainConfig
+from nnpipe.core.network import NetworkSpec, init_params
+from nnpipe.core.problem import Problem
+from nnpipe.core.training import fit
 from nnpipe.distributed import rpc
 from nnpipe.distributed.async_ import staleness_weight
 from nnpipe.distributed.outer import OuterOptimizer
 from nnpipe.distributed.rounds import epoch_lr, rows_per_step_warning, warn_small_steps
-from nnpipe.core.network import NetworkSpec, init_params
-from nnpipe.core.problem import Problem
-from nnpipe.core.training import fit
 from tests.distributed.fakes import fit_in_process
 from tests.distributed.helpers import digits, rel_diff, small_net
 
