@@ -1,6 +1,22 @@
 """MLflow tracking for nnpipe: runs, metrics, pyfunc models, registry, promotion gate, rollback.
 
-The only package in nnpipe that imports mlflow. Typical use (what the flow does)::
+The only package in nnpipe that imports mlflow. Its modules, in three groups:
+
+Store (where things are kept)
+    :mod:`.store` (tracking URI, client), :mod:`.preflight` (is the store usable, in seconds),
+    :mod:`.locking` and :mod:`.flock` (one cross-process lock per store), :mod:`.links` (browser URLs),
+    :mod:`.errors` (what this package raises).
+Runs (one MLflow run per training)
+    :mod:`.runs` (lifecycle, params, tags, metrics), :mod:`.nested` (trial runs under a parent),
+    :mod:`.lineage` (data, code and cluster tags; the dataset input), :mod:`.plots` (curves,
+    confusion matrix, checkpoints), :mod:`.prometheus` (live ``/metrics`` while training).
+Registry (versions and who serves)
+    :mod:`.pyfunc` (the model as an MLflow pyfunc, no pickle), :mod:`.integrity` (SHA-256 of every
+    file, checked before a load), :mod:`.registry` (versions, aliases), :mod:`.promotion` (the gate,
+    manual promotion, rollback), :mod:`.history` (every alias move), :mod:`.story` (the
+    descriptions the registry page shows).
+
+Typical use (what the flow does)::
 
     from nnpipe import tracking
 
