@@ -32,6 +32,7 @@ Typical use (what the flow does)::
     decision = tracking.promote_if_better("iris-mlp", version)
 """
 
+from nnpipe.tracking import links, nested
 from nnpipe.tracking.errors import (
     LockTimeout,
     NotServableError,
@@ -43,11 +44,9 @@ from nnpipe.tracking.errors import (
     UnknownVersionError,
 )
 from nnpipe.tracking.history import default_actor
-from nnpipe.tracking import links
 from nnpipe.tracking.integrity import TamperedModel, load_model, verify
 from nnpipe.tracking.lineage import git_revision, log_dataset, run_tags
 from nnpipe.tracking.locking import lock_path, store_lock
-from nnpipe.tracking import nested
 from nnpipe.tracking.plots import fetch_checkpoints, log_checkpoints, log_training_artifacts
 from nnpipe.tracking.promotion import (
     PromotionDecision,
@@ -72,9 +71,9 @@ from nnpipe.tracking.registry import (
 from nnpipe.tracking.runs import (
     FAILURE_TAG,
     flatten_params,
+    flush_metrics,
     log_final_metrics,
     log_params,
-    flush_metrics,
     metric_key,
     metrics_callback,
     run_status,
