@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nnpipe.deploy.processes import alive, free_port, spawn, stop, wait_http
+from nnpipe.deploy.processes import free_port, pid_alive, spawn, stop, wait_http
 from nnpipe.deploy.services import ui_api_env
 
 NAME = "prefect-server"
@@ -76,7 +76,7 @@ def status(home: Path | None = None) -> dict | None:
         info = json.loads(record.read_text())
     except (OSError, ValueError):
         return None
-    if not alive(int(info.get("pid", 0))) or not _healthy(info["api"]):
+    if not pid_alive(int(info.get("pid", 0))) or not _healthy(info["api"]):
         return None
     return info
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nnpipe.deploy import production as prod
-from nnpipe.deploy.processes import BIN, QUIET_ENV, REPO, alive, free_port, spawn, stop, wait_http, wait_port
+from nnpipe.deploy.processes import BIN, QUIET_ENV, REPO, free_port, pid_alive, spawn, stop, wait_http, wait_port
 from nnpipe.deploy.services import start_prefect_server, wait_dask_workers, write_prometheus_config
 
 __all__ = ["BIN", "REPO", "down", "env_lines", "free_port", "main", "status", "up"]
@@ -51,7 +51,7 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
     """
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
-    if any(alive(int(p.read_text())) for p in (state / "pids").glob("*.pid")):
+    if any(pid_alive(int(p.read_text())) for p in (state / "pids").glob("*.pid")):
         raise RuntimeError(f"a stack is already running from {state}; run `python -m nnpipe.deploy.stack down --state-dir {state}` first")
     if production or (state / "ports.json").exists():
         try:
@@ -122,7 +122,7 @@ def status(state: Path) -> dict[str, str]:
         if not production and name in ("prometheus", "s3", "postgres"):
             continue
         pid_file = state / "pids" / f"{name}.pid"
-        out[name] = "running" if pid_file.exists() and alive(int(pid_file.read_text())) else "stopped"
+        out[name] = "running" if pid_file.exists() and pid_alive(int(pid_file.read_text())) else "stopped"
     return out
 
 
