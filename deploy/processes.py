@@ -73,7 +73,7 @@ def spawn(state: Path, name: str, args: list[str], env: dict[str, str | None] | 
     return proc
 
 
-def alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
         return True
@@ -89,16 +89,16 @@ def stop(state: Path, name: str, timeout: float = 20, sig: int = signal.SIGTERM)
     if not pid_file.exists():
         return False
     pid = int(pid_file.read_text())
-    running = alive(pid)
+    running = pid_alive(pid)
     if running:
         try:
             os.killpg(pid, sig)  # the session we created: the process and its children
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
-        while alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if alive(pid):
+        if pid_alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:

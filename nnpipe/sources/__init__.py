@@ -7,6 +7,7 @@ Read in this order:
 - :mod:`.streaming` — the training rows as arrays, or streamed a piece at a time past a memory budget;
 - :mod:`.evaluate` — metrics of a model on a source as sums and counts;
 - :mod:`.fit` — ``single`` mode on a prepared source.
+- :mod:`.remote` — object-store (``s3://``) locations: short timeouts, a bucket probe, one-line access errors.
 
 The distributed modes place the same pieces on the workers (:mod:`nnpipe.distributed.frames`).
 """
