@@ -63,6 +63,7 @@ class PipelineConfig(BaseModel):
     scheduler_address: str | None = Field(None, description="Dask scheduler address; unset: a local cluster is started for the run.")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; unset: MLFLOW_TRACKING_URI or sqlite:///mlflow.db.")
     resume_from: str | None = Field(None, description="MLflow run id whose logged checkpoints this run continues from.")
+    warm_start: Literal["champion"] | None = Field(None, description="Start from the registered champion's weights when its network has this run's shape (tag nnpipe.warm_start names the version).")
     metrics_port: int | None = Field(None, ge=0, lt=65536, description="Serve live training metrics for Prometheus on this port (0: a free one) while training; unset: NNPIPE_METRICS_PORT, else off.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(**PIPELINE_TRAIN_DEFAULTS), description="Optimisation, stopping and distributed coordination.")
 

@@ -238,11 +238,11 @@ def train_in_memory(config: PipelineConfig, run: RunRecord, stack: ExitStack) ->
     address = stack.enter_context(dask_cluster(config))  # after the data checks: bad data starts no cluster
     lineage = tasks.tag_lineage(run.run_id, ds.name, ds.content_hash, address, config.train.workers
                                 if config.distributed else None)
+    model_name = config.model_name or default_model_name(ds.name)
     model, fit = tasks.train(splits, config.train, config.hidden, config.activation, address, run.run_id,
                              resume_from=config.resume_from, metrics_port=run.metrics_port, run_name=run.name,
-                             dataset=ds.name)
+                             dataset=ds.name, warm_from=model_name if config.warm_start else None)
     metrics = tasks.evaluate(model, splits)
-    model_name = config.model_name or default_model_name(ds.name)
     model_uri, version = tasks.log_and_register(run.run_id, model, fit, config.train, splits, metrics, model_name,
                                                 lineage, run_name=run.name, label_names=tasks.class_label_names(ds))
     return Trained(model_name, version, model_uri, metrics, ds.source, ds.task)
@@ -259,11 +259,11 @@ def train_on_source(config: PipelineConfig, run: RunRecord, stack: ExitStack) ->
     lineage = tasks.tag_lineage(run.run_id, source.name, source.fingerprint, address,
                                 config.train.workers if config.distributed else None,
                                 **source_tasks.lineage_extra(prepared))
+    model_name = config.model_name or default_model_name(source.name)
     model, fit = tasks.train(prepared, config.train, config.hidden, config.activation, address, run.run_id,
                              resume_from=config.resume_from, metrics_port=run.metrics_port, run_name=run.name,
-                             dataset=source.name)
+                             dataset=source.name, warm_from=model_name if config.warm_start else None)
     metrics, confusion = source_tasks.evaluate(model, prepared, config.train.mode, address)
-    model_name = config.model_name or default_model_name(source.name)
     model_uri, version = source_tasks.log_and_register(run.run_id, model, fit, config.train, prepared, metrics,
                                                        confusion, model_name, lineage)
     return Trained(model_name, version, model_uri, metrics, source.location, prepared.task)

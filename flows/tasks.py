@@ -116,6 +116,7 @@ def train(
     metrics_port: int | None = None,
     run_name: str = "",
     dataset: str = "",
+    warm_from: str | None = None,
 ) -> tuple[Model, FitResult]:
     """Train on the configured Dask cluster (or in-process for ``single``), logging every epoch.
 
@@ -151,12 +152,13 @@ def train(
                 metrics_port, info={"run": run_name or label, "mode": config.mode, "dataset": dataset}))
             callbacks.append(exporter.callback)
             announce(f"Prometheus:  {exporter.url}")
-        return _train(splits, config, hidden, activation, address, run_id, resume_from, callbacks, prefix)
+        theta = warm_start_theta(warm_from, splits, config, hidden, activation, run_id) if warm_from else None
+        return _train(splits, config, hidden, activation, address, run_id, resume_from, callbacks, prefix, theta)
 
 
 def _train(splits: Splits | PreparedSource, config: TrainConfig, hidden: list[int], activation: str, address: str | None,
-           run_id: str | None, resume_from: str | None, callbacks: list[Callback], prefix: str
-           ) -> tuple[Model, FitResult]:
+           run_id: str | None, resume_from: str | None, callbacks: list[Callback], prefix: str,
+           theta: Any = None) -> tuple[Model, FitResult]:
     from nnpipe import tracking
 
     logger = get_run_logger()
@@ -169,7 +171,7 @@ def _train(splits: Splits | PreparedSource, config: TrainConfig, hidden: list[in
             logger.info("%sresuming from %d checkpoint file(s) of MLflow run %s", prefix, n, resume_from)
         try:
             result = train_network(
-                splits, config, hidden=tuple(hidden), activation=activation, callbacks=callbacks,
+                splits, config, hidden=tuple(hidden), activation=activation, callbacks=callbacks, theta=theta,
                 address=address if config.mode != "single" else None,
                 metadata={"mlflow_run_id": run_id} if run_id else None,
             )
@@ -184,6 +186,41 @@ def _train(splits: Splits | PreparedSource, config: TrainConfig, hidden: list[in
                 tracking.log_checkpoints(run_id, ckpt_dir)
     logger.info("%strained %d epochs%s", prefix, result.epochs_run, " (stopped early)" if result.stopped_early else "")
     return model, result
+
+
+def warm_start_theta(name: str, data: Splits | PreparedSource, config: TrainConfig, hidden: list[int],
+                     activation: str, run_id: str | None) -> Any:
+    """The champion of ``name``'s parameters when its network has this run's shape, else None.
+
+    Either way the run's tag ``nnpipe.warm_start`` says what it started from
+    (``champion v3``, or why it started from the seed), so a nightly
+    retraining's lineage names the version it continued.
+    """
+    import numpy as np
+
+    from nnpipe import tracking
+    from nnpipe.api import source_spec, splits_spec
+
+    spec = (source_spec if isinstance(data, PreparedSource) else splits_spec)(data, hidden, activation, config.dtype)
+    found = tracking.champion_model(name)
+    theta = None
+    if found is None:
+        note = f"seed: {name} has no champion yet"
+    else:
+        version, champion = found
+        same_labels = (champion.classes is None) == (data.classes is None) and (
+            data.classes is None or np.array_equal(np.asarray(champion.classes), np.asarray(data.classes)))
+        if champion.spec == spec and same_labels:
+            theta, note = np.array(champion.theta, dtype=spec.dtype), f"champion v{version}"
+        else:
+            note = (f"seed: champion v{version}'s network ({champion.spec.n_inputs} inputs, hidden "
+                    f"{list(champion.spec.hidden)}, {champion.spec.n_outputs} outputs) differs from this run's "
+                    f"({spec.n_inputs}, {list(spec.hidden)}, {spec.n_outputs})" + ("" if same_labels else
+                                                                                  " or its classes differ"))
+    if run_id:
+        tracking.set_run_tags(run_id, {"nnpipe.warm_start": note})
+    get_run_logger().info("warm start: %s", note)
+    return theta
 
 
 def name_the_run(exc: BaseException, run_id: str | None) -> BaseException | None:

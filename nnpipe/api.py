@@ -123,10 +123,7 @@ def train(
 def _prepare(splits: Splits, config: TrainConfig, hidden: tuple[int, ...] | list[int], activation: str,
              metadata: dict[str, Any] | None) -> tuple[Model, tuple[np.ndarray, np.ndarray], tuple | None]:
     """The servable model (untrained) and the encoded training and validation pairs."""
-    n_out = len(splits.classes) if splits.classes is not None else (
-        1 if splits.y_train.ndim == 1 else splits.y_train.shape[1]
-    )
-    spec = build_spec(splits.task, splits.X_train.shape[1], n_out, hidden, activation, config.dtype)
+    spec = splits_spec(splits, hidden, activation, config.dtype)
     # The model is built first so that training and serving encode targets the same way.
     model = Model(spec, init_params(spec, 0), classes=splits.classes, mean=splits.mean, scale=splits.scale,
                   feature_names=splits.feature_names, metadata=metadata,
@@ -143,6 +140,15 @@ def _is_source(data: Any) -> bool:
     from nnpipe.sources.prep import PreparedSource
 
     return isinstance(data, (Source, PreparedSource))
+
+
+def splits_spec(splits: Splits, hidden: tuple[int, ...] | list[int], activation: str = "relu",
+                dtype: str = "float32") -> NetworkSpec:
+    """The network for an in-memory split (its task, features and classes or target columns)."""
+    n_out = len(splits.classes) if splits.classes is not None else (
+        1 if splits.y_train.ndim == 1 else splits.y_train.shape[1]
+    )
+    return build_spec(splits.task, splits.X_train.shape[1], n_out, hidden, activation, dtype)
 
 
 def source_spec(prepared: Any, hidden: tuple[int, ...] | list[int], activation: str = "relu",

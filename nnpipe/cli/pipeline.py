@@ -114,11 +114,12 @@ def register(app: typer.Typer) -> None:
         scheduler: Scheduler = None,
         config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="TOML or YAML file with any of these settings; flags override it."),
         resume_from: Optional[str] = typer.Option(None, "--resume-from", metavar="RUN_ID", help="Continue from the checkpoints an earlier MLflow run logged."),
+        warm_start: Optional[str] = typer.Option(None, "--warm-start", metavar="champion", help="Start from the registered champion's weights when its network has this shape (the run's tag nnpipe.warm_start names the version)."),
         metrics_port: Optional[int] = typer.Option(None, "--metrics-port", metavar="PORT", help="Serve live training metrics for Prometheus at http://127.0.0.1:PORT/metrics while training (0: a free port, printed). Default: $NNPIPE_METRICS_PORT, else off."),
         verbose: Verbose = False,
     ) -> None:
         """Train, evaluate, register and gate one model (a Prefect flow; MLflow at ./mlflow.db by default)."""
-        overrides = {"resume_from": resume_from, "metrics_port": metrics_port, "features": parse_names(features), "large": large, "stream": stream,
+        overrides = {"resume_from": resume_from, "warm_start": warm_start, "metrics_port": metrics_port, "features": parse_names(features), "large": large, "stream": stream,
             "dataset": dataset, "target": target, "hidden": parse_hidden(hidden), "activation": activation,
             "optimizer": optimizer, "lr": lr, "epochs": epochs, "batch_size": batch_size, "mode": mode,
             "workers": workers, "sync_every": sync_every, "max_staleness": max_staleness, "seed": seed,

@@ -158,6 +158,23 @@ def previous_champion(name: str, current: int | None) -> int | None:
     return history.previous_in(alias_history(name, CHAMPION), current)
 
 
+def champion_model(name: str) -> tuple[int, Any] | None:
+    """The champion's version and its :class:`nnpipe.model.Model` (files verified first), or None if none.
+
+    What a warm start begins from: the network's spec and parameters, read
+    from the registered files (no pickle), as serving reads them.
+    """
+    from nnpipe.model import Model
+
+    c = client()
+    try:
+        version = int(c.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:  # no such model, or no champion yet
+        return None
+    with integrity.verified_copy(name, version, c) as local:
+        return version, Model.load(next(local.rglob("model.json")).parent)
+
+
 def sync_aliases_locked(c: MlflowClient, name: str) -> list[dict[str, Any]]:
     """Record alias moves made outside nnpipe (caller holds the store lock); returns the new events.
 
