@@ -200,7 +200,8 @@ DEPLOY = """
 import sys
 from nnpipe.deploy.deployments import Scheduled, deploy_to_pool
 d = Scheduled("lake-every-20s", "0 3 * * *", {"dataset": "s3://lake/scheduled/", "target": "label", "mode": "sync",
-              "workers": 2, "epochs": 3, "model_name": "lake-scheduled"}, "The lake, retrained on a schedule.")
+              "workers": 2, "epochs": 3, "model_name": "lake-scheduled", "warm_start": "champion"},
+              "The lake, retrained on a schedule from the champion's weights.")
 print(deploy_to_pool(sys.argv[1], [d], interval=20)[0])
 """
 
@@ -223,8 +224,11 @@ def test_a_scheduled_run_fires_on_its_own_and_picks_up_new_parts(stack: Stack):
     runs = {r.info.run_id: r for r in client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
         "tags.`dataset.location` = 's3://lake/scheduled/'")}
-    files = sorted(int(r.data.tags["dataset.files"]) for r in runs.values() if r.info.status == "FINISHED")
+    finished = sorted((r for r in runs.values() if r.info.status == "FINISHED"), key=lambda r: r.info.start_time)
+    files = [int(r.data.tags["dataset.files"]) for r in finished]
     assert files[0] == 3 and files[-1] == 4, files  # the later run read the new part
+    assert finished[0].data.tags["nnpipe.warm_start"] == "seed: lake-scheduled has no champion yet"
+    assert finished[-1].data.tags["nnpipe.warm_start"].startswith("champion v")  # the nightly run continued it
     assert client.get_model_version_by_alias("lake-scheduled", "champion") is not None
     assert first.id != second.id
 
