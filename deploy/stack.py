@@ -127,6 +127,9 @@ def status(state: Path) -> dict[str, str]:
 
 
 def env_lines(state: Path) -> list[str]:
+    if not (state / "stack.json").exists():
+        raise RuntimeError(f"no stack is running from {state}; start one with "
+                           f"`python -m nnpipe.deploy.stack up --state-dir {state}`")
     info = json.loads((state / "stack.json").read_text())
     if "client_env" in info:
         return [f"export {k}={v}" for k, v in info["client_env"].items()]

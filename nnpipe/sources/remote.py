@@ -75,6 +75,10 @@ def probe(location: str, storage_options: dict[str, Any] | None = None) -> None:
     """
     if not is_s3(location):
         return
+    if "@" in location.split("://", 1)[1].split("/", 1)[0]:  # s3://KEY:SECRET@bucket/...
+        raise DataError(f"{location.split('://', 1)[0]}://***@{location.split('@', 1)[1]}: credentials in the URL "
+                        "would be stored with the run (MLflow params, Prefect parameters); set AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or AWS_SHARED_CREDENTIALS_FILE instead")
     try:
         import fsspec
 

@@ -83,6 +83,12 @@ def test_access_errors_are_one_line_that_says_what_to_fix(s3_store, monkeypatch,
         open_source(location, "label")
 
 
+def test_credentials_in_the_url_are_refused_without_echoing_them():
+    with pytest.raises(DataError) as err:
+        probe("s3://AKIAX:topsecret@lake/good/")
+    assert "topsecret" not in str(err.value) and "AWS_ACCESS_KEY_ID" in str(err.value)
+
+
 def test_cli_fails_before_anything_starts_and_names_the_bucket(s3_store, tmp_path):
     from tests.flows.conftest import clean_env
 
