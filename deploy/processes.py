@@ -83,6 +83,25 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def group_alive(pgid: int) -> bool:
+    """True while any process of the session ``spawn`` started is left (a worker's flow runs too).
+
+    Reaps the leader first when it is this process's child: a zombie would
+    otherwise count as alive until the timeout.
+    """
+    try:
+        os.waitpid(pgid, os.WNOHANG)
+    except ChildProcessError:  # not our child (started by an earlier `up`)
+        pass
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def stop(state: Path, name: str, timeout: float = 20, sig: int = signal.SIGTERM) -> bool:
     """Stop the process group started as ``name`` (``sig``, then SIGKILL); True if it was running."""
     pid_file = state / "pids" / f"{name}.pid"
@@ -96,9 +115,9 @@ def stop(state: Path, name: str, timeout: float = 20, sig: int = signal.SIGTERM)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
+        while group_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if pid_alive(pid):
+        if group_alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:

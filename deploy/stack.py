@@ -40,7 +40,9 @@ POOL = "nnpipe-local"
 ORDER = ("prometheus", "prefect-worker", "prefect-server", "mlflow", "dask-workers", "dask-scheduler", "s3", "postgres")
 # PostgreSQL's SIGTERM is a "smart" shutdown that waits for every client; SIGINT rolls back and stops.
 STOP_SIGNALS = {"postgres": signal.SIGINT}
-STOP_TIMEOUTS = {"postgres": 60, "s3": 5}  # rclone drains keep-alive connections; its objects are on disk already
+# postgres: a checkpoint on shutdown; s3: rclone drains keep-alive connections (its objects are files already);
+# prefect-worker: its flow runs (same process group) mark their MLflow runs KILLED before the servers stop
+STOP_TIMEOUTS = {"postgres": 60, "s3": 5, "prefect-worker": 60}
 
 
 def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: bool = True, timeout: float = 240,
