@@ -83,6 +83,31 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _descendants_outside(pgid: int) -> list[int]:
+    """Descendants of ``pgid`` in another process group (signalling the group would miss them)."""
+    import psutil
+
+    try:
+        children = psutil.Process(pgid).children(recursive=True)
+    except psutil.Error:
+        return []
+    out = []
+    for child in children:
+        try:
+            if os.getpgid(child.pid) != pgid:
+                out.append(child.pid)
+        except ProcessLookupError:
+            pass
+    return out
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def group_alive(pgid: int) -> bool:
     """True while any process of the session ``spawn`` started is left (a worker's flow runs too).
 
@@ -110,13 +135,20 @@ def stop(state: Path, name: str, timeout: float = 20, sig: int = signal.SIGTERM)
     pid = int(pid_file.read_text())
     running = pid_alive(pid)
     if running:
+        # Children that left the session (a Prefect worker starts each flow run in a session of its own)
+        # are found now, while their parent still names them, and stopped with it.
+        strays = _descendants_outside(pid)
         try:
             os.killpg(pid, sig)  # the session we created: the process and its children
         except ProcessLookupError:
             pass
+        for child in strays:
+            _signal(child, sig)
         deadline = time.monotonic() + timeout
-        while group_alive(pid) and time.monotonic() < deadline:
+        while (group_alive(pid) or any(pid_alive(c) for c in strays)) and time.monotonic() < deadline:
             time.sleep(0.2)
+        for child in strays:
+            _signal(child, signal.SIGKILL)
         if group_alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)

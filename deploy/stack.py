@@ -41,8 +41,8 @@ ORDER = ("prometheus", "prefect-worker", "prefect-server", "mlflow", "dask-worke
 # PostgreSQL's SIGTERM is a "smart" shutdown that waits for every client; SIGINT rolls back and stops.
 STOP_SIGNALS = {"postgres": signal.SIGINT}
 # postgres: a checkpoint on shutdown; s3: rclone drains keep-alive connections (its objects are files already);
-# prefect-worker: its flow runs (same process group) mark their MLflow runs KILLED before the servers stop
-STOP_TIMEOUTS = {"postgres": 60, "s3": 5, "prefect-worker": 60}
+# prefect-worker: its flow runs (sessions of their own) are stopped with it (processes.stop)
+STOP_TIMEOUTS = {"postgres": 60, "s3": 5}
 
 
 def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: bool = True, timeout: float = 240,
