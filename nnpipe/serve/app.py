@@ -105,6 +105,18 @@ class Server:
                 "shadow/vs_version": float(served.version if served else 0)})
 
     def start(self) -> None:
+        """Load what the aliases name now, then follow them in the background.
+
+        The first load happens before this process accepts a connection (uvicorn
+        starts serving after the app's startup), so with several workers none
+        answers 503 while another already serves.
+        """
+        for watcher in (self.watcher, self.shadow_watcher):
+            if watcher is not None:
+                try:
+                    watcher.check()
+                except Exception as exc:  # the store is down: start anyway, answer 503 saying why
+                    log.warning("could not read alias %s of %r at start: %s", watcher.alias, watcher.name, exc)
         self.watcher.start()
         if self.shadow_watcher is not None:
             self.shadow_watcher.start()

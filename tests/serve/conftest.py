@@ -65,15 +65,15 @@ def registry(tmp_path_factory, sqlite_template, iris_splits) -> Registry:  # noq
         tracking.reset()
 
 
-def post(url: str, body: Any, content_type: str = "application/json", timeout: float = 30) -> tuple[int, dict, dict]:
-    """``(status, headers, json body)`` of a POST, whatever the status."""
+def post(url: str, body: Any, content_type: str = "application/json", timeout: float = 30) -> tuple[int, Any, dict]:
+    """``(status, headers (case-insensitive .get), json body)`` of a POST, whatever the status."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), json.loads(r.read())
+            return r.status, r.headers, json.loads(r.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read() or b"{}")
+        return exc.code, exc.headers, json.loads(exc.read() or b"{}")
 
 
 def wait_for(predicate, timeout: float, what: str, every: float = 0.05) -> float:
