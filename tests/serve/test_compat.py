@@ -62,10 +62,13 @@ def test_same_bodies_same_predictions(registry, servers):
         else:
             assert g == w, json.dumps(body)[:200]
         assert got[1].get("X-Model-Version") == "1" and got[2]["model_version"] == 1
+    # CSV: mlflow models serve refuses it for nnpipe models (it reads the columns with the signature's
+    # pandas dtypes, and the open 'any' type has none: "Failed to parse input"); nnpipe serve reads it
     csv = frame.to_csv(index=False).encode()
     want = post(servers["mlflow"] + "/invocations", csv, content_type="text/csv")
     got = post(servers["nnpipe"] + "/invocations", csv, content_type="text/csv")
-    assert want[0] == got[0] == 200 and want[2]["predictions"] == got[2]["predictions"]
+    assert want[0] == 400 and "Failed to parse input" in want[2]["message"]
+    assert got[0] == 200 and got[2]["predictions"] == post(servers["mlflow"] + "/invocations", bodies[0])[2]["predictions"]
 
 
 def test_same_one_line_message_for_bad_input(registry, servers):
