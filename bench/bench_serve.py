@@ -161,7 +161,7 @@ def alias_moves(url: str, payload: str, root: Path) -> dict:
     from nnpipe import tracking
 
     probe = Probe(url, payload)
-    moves: list[tuple[float, str]] = [(time.monotonic(), "1")]
+    moves: list[tuple[float, str]] = [(float("-inf"), "1")]
     load: dict = {}
     loader = threading.Thread(target=lambda: load.update(
         wrk(url, payload, root, connections=4, seconds=int(MOVES * MOVE_EVERY + WINDOW + 2))))
@@ -180,11 +180,15 @@ def alias_moves(url: str, payload: str, root: Path) -> dict:
     def alias_at(t: float) -> str:
         return [v for when, v in moves if when <= t][-1]
 
+    def allowed(t: float) -> set[str]:
+        """The versions the alias named at some moment of the last WINDOW seconds."""
+        return {alias_at(t - WINDOW)} | {v for when, v in moves if t - WINDOW <= when <= t}
+
     switch = []
     for (when, version), nxt in zip(moves[1:], moves[2:] + [(float("inf"), None)]):
         stale = [t for t, v in probe.answers if when <= t < nxt[0] and v != version]
         switch.append((max(stale) - when) if stale else 0.0)
-    outside = [(t, v) for t, v in probe.answers if v not in (alias_at(t), alias_at(t - WINDOW))]
+    outside = [(t, v) for t, v in probe.answers if v not in allowed(t)]
     errors = [v for _, v in probe.answers if v.startswith("error")]
     return {"wrk": load, "probe_answers": len(probe.answers), "probe_errors": len(errors),
             "longest_switch_s": max(switch), "switch_s": switch, "outside_window": len(outside)}

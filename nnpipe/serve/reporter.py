@@ -17,21 +17,22 @@ to the server. With ``--workers N`` each process logs its own share.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Callable
+
+from nnpipe.serve.periodic import Periodic
 
 log = logging.getLogger("nnpipe.serve")
 
 
-class Reporter:
+class Reporter(Periodic):
     """Calls ``tick()`` every second and ``report()`` every ``report_every`` seconds, in a daemon thread."""
 
     def __init__(self, tick: Callable[[], None], report: Callable[[], None], report_every: float = 60.0):
+        super().__init__("nnpipe-serve-report", 1.0)
         self._tick, self._report = tick, report
         self.report_every = float(report_every)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._last = time.monotonic()
 
     def _safe(self, fn: Callable[[], None], what: str) -> None:
         try:
@@ -39,23 +40,14 @@ class Reporter:
         except Exception as exc:  # the store may be down for a while; serving goes on
             log.warning("%s failed: %s: %s", what, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
-    def _run(self) -> None:
-        last = time.monotonic()
-        while not self._stop.wait(1.0):
-            self._safe(self._tick, "refreshing gauges")
-            if time.monotonic() - last >= self.report_every:
-                last = time.monotonic()
-                self._safe(self._report, "logging live metrics to MLflow")
-
-    def start(self) -> "Reporter":
-        self._thread = threading.Thread(target=self._run, name="nnpipe-serve-report", daemon=True)
-        self._thread.start()
-        return self
+    def step(self) -> None:
+        self._safe(self._tick, "refreshing gauges")
+        if time.monotonic() - self._last >= self.report_every:
+            self._last = time.monotonic()
+            self._safe(self._report, "logging live metrics to MLflow")
 
     def stop(self) -> None:
         """Stop, then report once more so the last window is not lost."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        super().stop()
         self._safe(self._tick, "refreshing gauges")
         self._safe(self._report, "logging live metrics to MLflow")

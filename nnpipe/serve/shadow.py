@@ -110,11 +110,16 @@ class ShadowScorer:
                 log.exception("shadow scoring failed")
 
     def start(self) -> "ShadowScorer":
+        """Start the scoring thread; returns self."""
         self._thread = threading.Thread(target=self._run, name="nnpipe-serve-shadow", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._queue.put(None)
+        """Finish the queued comparisons (up to 10 s), then end the thread."""
+        try:
+            self._queue.put(None, timeout=10)
+        except queue.Full:
+            pass
         if self._thread is not None:
             self._thread.join(timeout=10)

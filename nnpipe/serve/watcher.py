@@ -22,10 +22,10 @@ silently stale. One cheap read per second per process works with every store.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Callable
 
+from nnpipe.serve.periodic import Periodic
 from nnpipe.serve.served import ServedVersion
 from nnpipe.tracking.serving import alias_target
 
@@ -35,7 +35,7 @@ log = logging.getLogger("nnpipe.serve")
 AliasCallback = Callable[[str, "int | None", "int | None"], None]
 
 
-class AliasWatcher:
+class AliasWatcher(Periodic):
     """Keeps :attr:`current` on the version ``alias`` of ``name`` points to.
 
     Parameters
@@ -62,6 +62,7 @@ class AliasWatcher:
                  on_swap: Callable[[ServedVersion | None, ServedVersion], None] | None = None,
                  on_refuse: Callable[[int, str], None] | None = None,
                  on_error: Callable[[], None] | None = None):
+        super().__init__(f"nnpipe-serve-watch-{alias}", poll)
         self.name, self.alias = name, alias
         self.poll, self.retry_after = float(poll), float(retry_after)
         self._load = load or ServedVersion.load
@@ -72,8 +73,6 @@ class AliasWatcher:
         self.seen_once = False
         self.refused: dict[int, tuple[float, str]] = {}  # version -> (when, why)
         self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def status(self) -> str:
         """One line for ``/ping`` and ``/version`` when nothing is served, saying why."""
@@ -135,25 +134,12 @@ class AliasWatcher:
         if self._on_swap:
             self._on_swap(old, new)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.check()
-            except Exception as exc:
-                if self._on_error:
-                    self._on_error()
-                log.warning("could not read alias %s of %r: %s (still serving %s)", self.alias, self.name,
-                            self.last_error or exc, "nothing" if self.current is None else f"v{self.current.version}")
-            self._stop.wait(self.poll)
-
-    def start(self) -> "AliasWatcher":
-        """Start polling in a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name=f"nnpipe-serve-watch-{self.alias}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop polling (the served version stays)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+    def step(self) -> None:
+        """One poll from the thread: a failed read is logged and counted, and serving goes on."""
+        try:
+            self.check()
+        except Exception as exc:
+            if self._on_error:
+                self._on_error()
+            log.warning("could not read alias %s of %r: %s (still serving %s)", self.alias, self.name,
+                        self.last_error or exc, "nothing" if self.current is None else f"v{self.current.version}")
