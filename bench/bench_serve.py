@@ -226,7 +226,7 @@ def main() -> int:
         for proc in procs.values():
             stop(proc)
 
-    print(f"\nnpipe serve vs mlflow models serve: iris MLP, {WORKERS} worker processes each, wrk -t1 -c8 "
+    print(f"\nnnpipe serve vs mlflow models serve: iris MLP, {WORKERS} worker processes each, wrk -t1 -c8 "
           f"-d{DURATION}s, {os.cpu_count()} cores shared by server and load generator\n")
     print(f"{'server':22} {'rows':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}")
     for label, by_rows in results.items():
