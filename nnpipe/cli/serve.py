@@ -18,34 +18,30 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from nnpipe.cli.common import fail
 from nnpipe.cli.options import TrackingUri
 
 
-def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, width=160, highlight=False)
-
-
-def _fail(message: str) -> None:
-    _console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
-    raise typer.Exit(code=1)
+def _console() -> Console:
+    return Console(width=160, highlight=False)  # wide: tables stay whole in pipes and captured output
 
 
 def _store(uri: str | None) -> str:
     """The tracking URI, checked (an existing SQLite file, or a server that answers); exported for the workers."""
     from nnpipe import tracking
-    from nnpipe.redact import move_credentials_to_env, redact
+    from nnpipe.redact import move_credentials_to_env
     from nnpipe.tracking.preflight import StoreUnavailable, check_store
     from nnpipe.tracking.store import sqlite_path
 
     uri = move_credentials_to_env(uri or tracking.tracking_uri())
     db = sqlite_path(uri)
     if db is not None and not db.exists():  # serving reads a registry: never create an empty store
-        _fail(f"no MLflow store at {db}: train and register a model there first, or point at the store with "
+        fail(f"no MLflow store at {db}: train and register a model there first, or point at the store with "
               f"--tracking-uri or MLFLOW_TRACKING_URI")
     try:
         check_store(uri)
     except StoreUnavailable as exc:
-        _fail(redact(str(exc)))
+        fail(str(exc))  # redacted by fail
     os.environ["MLFLOW_TRACKING_URI"] = uri  # the worker processes configure from it
     tracking.configure(uri)
     return uri
@@ -74,7 +70,7 @@ def serve(
         config = ServeConfig(name=name, alias=alias, shadow=shadow, poll=poll, max_rows=max_rows, max_body=max_body,
                              report_every=report_every)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _store(tracking_uri)
     run(config, host=host, port=port, workers=workers, access_log=access_log)
 
@@ -84,9 +80,9 @@ def _fetch(url: str) -> dict:
         with urllib.request.urlopen(url.rstrip("/") + "/drift", timeout=10) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as exc:
-        _fail(f"{url}/drift answered {exc.code}: {exc.read().decode(errors='replace')[:300]}")
+        fail(f"{url}/drift answered {exc.code}: {exc.read().decode(errors='replace')[:300]}")
     except (urllib.error.URLError, OSError) as exc:
-        _fail(f"cannot reach the server at {url}: {getattr(exc, 'reason', exc)}")
+        fail(f"cannot reach the server at {url}: {getattr(exc, 'reason', exc)}")
 
 
 def _from_mlflow(name: str, alias: str) -> dict:
@@ -97,10 +93,10 @@ def _from_mlflow(name: str, alias: str) -> dict:
     try:
         version = tracking.alias_version(name, alias)
         if version is None:
-            _fail(f"model {name!r} has no alias {alias!r}")
+            fail(f"model {name!r} has no alias {alias!r}")
         loaded = load_verified(name, version)
     except (TrackingError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     live = run_metrics(loaded.run_id, "live/")
     model = loaded.model
     names = model.feature_names or [f"x{i}" for i in range(model.spec.n_inputs)]

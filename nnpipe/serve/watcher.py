@@ -8,6 +8,10 @@ input example. Only then is :attr:`AliasWatcher.current` replaced, by one
 reference assignment, which is atomic in Python: a request sees the old
 version or the new one, never a half-loaded one, and no request waits.
 
+The last ``KEEP`` versions served stay in memory, already verified and
+tested, so a rollback to one of them (the usual case: back to the previous
+champion) swaps at the next poll without downloading anything.
+
 A version that fails any step is *refused*: the old version keeps serving,
 the refusal is logged and counted, and the version is tried again only after
 ``retry_after`` seconds (a transient store error may heal; a tampered file
@@ -30,6 +34,8 @@ from nnpipe.serve.served import ServedVersion
 from nnpipe.tracking.serving import alias_target
 
 log = logging.getLogger("nnpipe.serve")
+
+KEEP = 3  # versions kept loaded: the current one and the last two it replaced
 
 #: ``on_change(alias, old, new)``: the alias moved in the registry (old/new are versions or None)
 AliasCallback = Callable[[str, "int | None", "int | None"], None]
@@ -73,6 +79,7 @@ class AliasWatcher(Periodic):
         self.seen_once = False
         self.refused: dict[int, tuple[float, str]] = {}  # version -> (when, why)
         self.last_error: str | None = None
+        self._kept: dict[int, ServedVersion] = {}  # version -> loaded, most recently served last
 
     def status(self) -> str:
         """One line for ``/ping`` and ``/version`` when nothing is served, saying why."""
@@ -118,7 +125,7 @@ class AliasWatcher(Periodic):
     def _swap_to(self, version: int) -> None:
         started = time.monotonic()
         try:
-            new = self._load(self.name, version)
+            new = self._kept.pop(version, None) or self._load(self.name, version)
         except Exception as exc:  # digest mismatch, load error, smoke failure: refuse, keep the old one
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             self.refused[version] = (time.monotonic(), reason)
@@ -128,8 +135,11 @@ class AliasWatcher(Periodic):
                 self._on_refuse(version, reason)
             return
         old, self.current = self.current, new  # the atomic swap
+        self._kept[version] = new
+        while len(self._kept) > KEEP:
+            del self._kept[next(iter(self._kept))]
         self.refused.pop(version, None)
-        log.info("now serving %r v%d (%s), was %s; loaded and smoke-tested in %.2f s", self.name, version, self.alias,
+        log.info("now serving %r v%d (%s), was %s; ready in %.2f s", self.name, version, self.alias,
                  "none" if old is None else f"v{old.version}", time.monotonic() - started)
         if self._on_swap:
             self._on_swap(old, new)
