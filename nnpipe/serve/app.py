@@ -171,6 +171,11 @@ class Server:
             return self._refuse(exc.status, exc.message, exc.code, version, headers)
         except ValueError as exc:  # the model's input check: one line naming the column and row
             return self._refuse(400, getattr(exc, "message", None) or str(exc), "BAD_REQUEST", version, headers)
+        except Exception as exc:  # a bug, not the client's fault: say so in one line, keep the trace in the log
+            log.exception("v%s failed on a request", version)
+            self.metrics.requests.labels(version, "500").inc()
+            return Response(error_json(f"v{version} failed to predict: {type(exc).__name__}", "INTERNAL_ERROR"), 500,
+                            media_type=JSON, headers=headers)
         body = predictions_json(out, served.version)
         drift = self.drift
         if drift is not None and drift.names == served.feature_names:

@@ -14,7 +14,10 @@ import pandas as pd
 import pytest
 from starlette.testclient import TestClient
 
+from typer.testing import CliRunner
+
 from nnpipe import tracking
+from nnpipe.cli import app as cli
 from nnpipe.serve import ServeConfig, create_app
 from tests.serve.conftest import split_body, wait_for
 from tests.tracking.helpers import WEAK, train_logged
@@ -162,6 +165,8 @@ def test_shadow_agreement_reaches_mlflow_and_drift_moves_with_shifted_inputs(reg
     assert logged["shadow/agreement"] == pytest.approx(expected) and logged["shadow/rows"] == len(X)
     assert f'nnpipe_serve_shadow_agreement{{kind="agreement",shadow_version="2"}} {expected}' in \
         client.get("/metrics").text
+    table = CliRunner().invoke(cli, ["models", registry.name, "--tracking-uri", registry.uri])
+    assert table.exit_code == 0 and "shadow/" in table.output, table.output  # a column (squeezed at 160 wide)
 
     def shift() -> np.ndarray:
         return np.array([f["shift"] for f in client.get("/drift").json()["features"]])
