@@ -39,7 +39,6 @@ class ServedVersion:
         self.example = loaded.example
         names = self.model.feature_names
         self.feature_names: list[str] = list(names) if names else [f"x{i}" for i in range(self.model.spec.n_inputs)]
-        self._position = {n: i for i, n in enumerate(names or [])}
         self.is_classifier = self.model.classes is not None
         self._pyfunc = NnpipePyfunc(self.model)  # the same predict (and predict_proba param) as the pyfunc model
 
@@ -69,14 +68,13 @@ class ServedVersion:
         if parsed.frame is not None:
             return check_input(self.model, parsed.frame)
         X = parsed.values
-        if parsed.columns is not None and self._position:
-            if parsed.columns != self.model.feature_names:
-                if not all(c in self._position for c in self.model.feature_names) or \
-                        not set(self.model.feature_names) <= set(parsed.columns):
-                    # missing columns: the model's own check says which, in its words
-                    return check_input(self.model, pd.DataFrame(X, columns=parsed.columns))
-                where = {c: i for i, c in enumerate(parsed.columns)}
-                X = X[:, [where[c] for c in self.model.feature_names]]
+        names = self.model.feature_names
+        if parsed.columns is not None and names and parsed.columns != names:
+            if not set(names) <= set(parsed.columns) or len(set(parsed.columns)) != len(parsed.columns):
+                # missing or repeated columns: the model's own check says which, in its words
+                return check_input(self.model, pd.DataFrame(X, columns=parsed.columns))
+            where = {c: i for i, c in enumerate(parsed.columns)}
+            X = X[:, [where[c] for c in names]]  # the trained column order, whatever order was sent
         return check_input(self.model, X)
 
     def predict(self, X: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray | pd.DataFrame:
