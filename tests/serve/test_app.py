@@ -197,3 +197,16 @@ def test_csv_without_header_row_names_and_empty_bodies_are_refused(registry, app
     assert r.status_code == 400 and "missing column" in r.json()["message"]
     r = client.post("/invocations", json={"instances": []})
     assert r.status_code == 400
+
+
+def test_the_alias_change_hook_sees_each_move_once(registry):
+    from nnpipe.serve import AliasWatcher
+
+    seen = []
+    watcher = AliasWatcher(registry.name, "hooked", on_change=[lambda alias, old, new: seen.append((alias, old, new))])
+    watcher.check()  # the first read is the starting point, not a move
+    assert seen == [] and watcher.current is None
+    registry.set_alias("hooked", 2)
+    watcher.check()
+    watcher.check()
+    assert seen == [("hooked", None, 2)] and watcher.current.version == 2
