@@ -65,7 +65,10 @@ class Server:
 
     # -- hooks -----------------------------------------------------------------------------------
     def _swapped(self, old: ServedVersion | None, new: ServedVersion) -> None:
-        self.report_drift()  # the old version's last window goes to its own run
+        try:
+            self.report_drift(old, self.drift)  # the old version's last window goes to its own run
+        except Exception as exc:  # the store may be down; the swap stands
+            log.warning("could not log v%s's last drift window: %s", getattr(old, "version", "?"), exc)
         model = new.model
         self.drift = DriftMonitor(new.feature_names, model.mean, model.scale, self.config.drift_halflife)
         self.metrics.swaps.labels(self.config.alias).inc()
@@ -85,8 +88,10 @@ class Server:
                 self.metrics.drift.labels(name).set(float(value))
             self.metrics.drift_max.set(float(np.max(np.abs(shift))))
 
-    def report_drift(self) -> None:
-        current, drift = self.watcher.current, self.drift
+    def report_drift(self, current: ServedVersion | None = None, drift: DriftMonitor | None = None) -> None:
+        """Log the drift of ``current`` (default: the served version) to its run."""
+        if current is None:
+            current, drift = self.watcher.current, self.drift
         shift = None if drift is None else drift.shift()
         if current is None or current.run_id is None or shift is None:
             return
