@@ -222,6 +222,9 @@ def main() -> int:
         conns = max(1, round(peak / 2 * (PACE_MS + lat_ms) / 1000))
         half = wrk(nn_url, body(columns, rows, 1), root, connections=conns, pace_ms=PACE_MS)
         moves = alias_moves(nn_url, body(columns, rows, 1), root)
+        with urllib.request.urlopen(nn_url + "/metrics", timeout=10) as r:  # what the workers saw, for the record
+            counters = {line.split()[0]: float(line.split()[1]) for line in r.read().decode().splitlines()
+                        if line.startswith(("nnpipe_serve_swaps_total", "nnpipe_serve_registry_errors_total"))}
     finally:
         for proc in procs.values():
             stop(proc)
@@ -244,6 +247,9 @@ def main() -> int:
           f"answers, {moves['probe_errors']} failed, {moves['outside_window']} naming a version other than the alias "
           f"now or {WINDOW:.0f} s ago; longest switch {moves['longest_switch_s']:.2f} s "
           f"(each: {', '.join(f'{s:.2f}' for s in moves['switch_s'])})")
+    print(f"nnpipe serve counters after the moves: {counters}")
+    slow_reads = (root / "nnpipe-serve.log").read_text().count("could not read alias")
+    print(f"failed registry reads logged by nnpipe serve: {slow_reads}")
     shutil.rmtree(root, ignore_errors=True)
     return 0
 
