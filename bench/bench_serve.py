@@ -161,6 +161,7 @@ def alias_moves(url: str, payload: str, root: Path) -> dict:
     from nnpipe import tracking
 
     probe = Probe(url, payload)
+    # (start, version): the alias moves somewhere inside the promote call that starts at `start`
     moves: list[tuple[float, str]] = [(float("-inf"), "1")]
     load: dict = {}
     loader = threading.Thread(target=lambda: load.update(
@@ -170,23 +171,23 @@ def alias_moves(url: str, payload: str, root: Path) -> dict:
     time.sleep(1)
     for i in range(MOVES):
         target = 2 if i % 2 == 0 else 1
+        moves.append((time.monotonic(), str(target)))
         tracking.promote(NAME, target, reason=f"bench move {i + 1}", check=False, force=True)
-        moves.append((time.monotonic(), str(target)))  # the move is in the registry from here
         time.sleep(MOVE_EVERY)
     loader.join()
     probe.halt.set()
     probe.join(10)
 
-    def alias_at(t: float) -> str:
-        return [v for when, v in moves if when <= t][-1]
-
     def allowed(t: float) -> set[str]:
-        """The versions the alias named at some moment of the last WINDOW seconds."""
-        return {alias_at(t - WINDOW)} | {v for when, v in moves if t - WINDOW <= when <= t}
+        """Versions the alias may have named at some moment of the last WINDOW seconds."""
+        return {v for (when, v), (nxt, _) in zip(moves, moves[1:] + [(float("inf"), "")])
+                if when <= t and nxt > t - WINDOW}
 
+    # switch time, an upper bound: from the start of the promote call (the alias moves during
+    # it) to the last answer from another version before the next move starts
     switch = []
-    for (when, version), nxt in zip(moves[1:], moves[2:] + [(float("inf"), None)]):
-        stale = [t for t, v in probe.answers if when <= t < nxt[0] and v != version]
+    for (when, version), (nxt, _) in zip(moves[1:], moves[2:] + [(float("inf"), "")]):
+        stale = [t for t, v in probe.answers if when <= t < nxt and v != version]
         switch.append((max(stale) - when) if stale else 0.0)
     outside = [(t, v) for t, v in probe.answers if v not in allowed(t)]
     errors = [v for _, v in probe.answers if v.startswith("error")]
@@ -245,7 +246,7 @@ def main() -> int:
     print(f"{MOVES} champion moves v1<->v2 every {MOVE_EVERY:.0f} s under load ({w['rps']:.0f} req/s, "
           f"{w['requests']} requests): failed {w['non2xx'] + w['socket_errors']}; probe {moves['probe_answers']} "
           f"answers, {moves['probe_errors']} failed, {moves['outside_window']} naming a version other than the alias "
-          f"now or {WINDOW:.0f} s ago; longest switch {moves['longest_switch_s']:.2f} s "
+          f"now or in the {WINDOW:.0f} s before; longest switch {moves['longest_switch_s']:.2f} s from the start of the promote call "
           f"(each: {', '.join(f'{s:.2f}' for s in moves['switch_s'])})")
     print(f"nnpipe serve counters after the moves: {counters}")
     slow_reads = (root / "nnpipe-serve.log").read_text().count("could not read alias")
