@@ -1,0 +1,66 @@
+"""Every python and shell example of the README and the site, run as a reader would.
+
+Page by page, every block without a ``needs:`` mark runs in order in a fresh
+folder: a shell block with ``bash -e``, a Python block as its own program. They
+share the folder (so ``./mlflow.db`` is the store a page's ``nnpipe train``
+wrote), one reader's HOME for the session (the local Prefect server the first
+``nnpipe train`` starts), and a two-worker cluster named by
+``DASK_SCHEDULER_ADDRESS``. A block passes when it exits 0 within ``BLOCK_TIMEOUT``; Python
+blocks run as ``python -c``, the way a notebook or a prompt runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.docs.blocks import REPO, SHELL, Block, blocks, pages
+from tests.flows.conftest import clean_env
+
+pytestmark = pytest.mark.server  # `nnpipe train` starts (or reuses) the reader's local Prefect server
+
+BLOCK_TIMEOUT = 240  # seconds
+RUNNABLE = [page for page in pages() if any(b.runs for b in blocks(page))]
+
+
+def run(block: Block, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    if block.lang in SHELL:
+        cmd = ["bash", "-e", "-o", "pipefail", "-c", block.text]
+    else:
+        # `python -c`, as pasted into a notebook or a prompt: a script file that starts a local
+        # cluster needs an `if __name__ == "__main__":` guard (the library page says so).
+        cmd = [sys.executable, "-c", block.text]
+    # Its own process group, so that a block that never ends (a server) is stopped with all it started,
+    # well under the suite's timeout, and fails naming itself.
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=BLOCK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("page", RUNNABLE, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_page_examples_run(page: Path, tmp_path: Path, reader_home: Path, cluster: str):
+    env = clean_env(reader_home, DASK_SCHEDULER_ADDRESS=cluster, MPLBACKEND="Agg")
+    ran = []
+    for block in blocks(page):
+        if not block.runs:
+            continue
+        try:
+            done = run(block, tmp_path, env)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"{block.where}: still running after {e.timeout} s; a block that serves until stopped "
+                        f"needs a '<!-- needs: server -->' mark\n{block.text}")
+        assert done.returncode == 0, (f"{block.where}: the example exits {done.returncode}\n--- block\n{block.text}"
+                                      f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
+        ran.append(block.where)
+    assert ran
