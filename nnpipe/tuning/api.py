@@ -291,6 +291,30 @@ def tune(
         A bad search-space entry, before any run or study is created.
     TypeError
         An unknown keyword (neither a parameter nor a :class:`TuneSettings` field).
+
+    Examples
+    --------
+    Four trials of a one-parameter space on iris, two at a time on the cluster
+    (``address=``, ``client=``, ``DASK_SCHEDULER_ADDRESS``, or a local cluster of
+    ``workers`` processes). The study goes to ``./optuna.log``, its runs and
+    the best trial's registered model to ``./mlflow.db``:
+
+    >>> from nnpipe import TrainConfig
+    >>> from nnpipe.tuning import tune
+    >>> result = tune("iris", ["lr=loguniform(1e-3,1e-1)"], trials=4, parallel=2, study="iris-doc",
+    ...               train=TrainConfig(epochs=5, seed=0))
+    >>> sum(result.counts().values()), result.metric
+    (4, 'val/accuracy')
+    >>> sorted(result.best["params"])
+    ['lr']
+    >>> result.registered["version"]            # the first version of nnpipe-iris in this store
+    '1'
+
+    Calling it again with the same study name resumes it, with its own space:
+
+    >>> again = tune("iris", study="iris-doc", trials=2, train=TrainConfig(epochs=5, seed=0))
+    >>> again.resumed, len(again.trials)
+    (True, 2)
     """
     t0 = time.perf_counter()
     known = {f.name for f in fields(TuneSettings)} - {"space"}

@@ -38,9 +38,13 @@ def layers() -> list[tuple[int, str, list[str]]]:
     grouped: dict[tuple[int, str], list[str]] = defaultdict(list)
     for package, (name, rank) in layout.LAYERS.items():
         grouped[(rank, name)].append(package)
-    core = sorted({m.split(".")[1] + ("/" if (layout.REPO / "nnpipe" / m.split(".")[1]).is_dir() else "")
-                   for m in layout.modules() if layout.layer(m) == "core" and m.count(".") >= 1})
-    grouped[(layout.CORE, "core")] = core
+    inside: dict[str, set[str]] = defaultdict(set)  # top-level core name -> its modules, for a package
+    for m in layout.modules():
+        if layout.layer(m) == "core" and m.count(".") >= 1:
+            parts = m.split(".")
+            inside[parts[1]].update(parts[2:3])
+    grouped[(layout.CORE, "core")] = [f"{name}/ ({', '.join(sorted(mods))})" if mods else name
+                                      for name, mods in inside.items()]
     return [(rank, name, sorted(pkgs)) for (rank, name), pkgs in sorted(grouped.items(), key=lambda kv: (-kv[0][0], kv[0][1]))]
 
 

@@ -87,3 +87,13 @@ def test_readme_is_a_front_door():
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
         if "://" not in target:
             assert (REPO / target).is_file(), f"README.md links to {target}, which is not there"
+
+
+_PATH = re.compile(r"(?<![\w/.~$@:-])((?:nnpipe|flows|deploy|bench|tests|docs|\.ci)/[\w./-]*[\w/])")
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_paths_named_on_a_page_exist(page: Path):
+    """A file or folder of the repository that a page names is there (modules move; the docs follow)."""
+    missing = sorted({m.group(1) for m in _PATH.finditer(page.read_text()) if not (REPO / m.group(1)).exists()})
+    assert not missing, f"{page.relative_to(REPO)} names paths that are not in the repository: {missing}"
