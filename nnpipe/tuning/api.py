@@ -294,17 +294,17 @@ def tune(
 
     Examples
     --------
-    Four trials of a one-parameter space on iris, two at a time on the cluster
+    Two trials of a one-parameter space on iris, side by side on the cluster
     (``address=``, ``client=``, ``DASK_SCHEDULER_ADDRESS``, or a local cluster of
     ``workers`` processes). The study goes to ``./optuna.log``, its runs and
     the best trial's registered model to ``./mlflow.db``:
 
     >>> from nnpipe import TrainConfig
     >>> from nnpipe.tuning import tune
-    >>> result = tune("iris", ["lr=loguniform(1e-3,1e-1)"], trials=4, parallel=2, study="iris-doc",
-    ...               train=TrainConfig(epochs=5, seed=0))
+    >>> result = tune("iris", ["lr=loguniform(1e-3,1e-1)"], trials=2, parallel=2, study="iris-doc",
+    ...               train=TrainConfig(epochs=3, seed=0))
     >>> sum(result.counts().values()), result.metric
-    (4, 'val/accuracy')
+    (2, 'val/accuracy')
     >>> sorted(result.best["params"])
     ['lr']
     >>> result.registered["version"]            # the first version of nnpipe-iris in this store
@@ -312,9 +312,9 @@ def tune(
 
     Calling it again with the same study name resumes it, with its own space:
 
-    >>> again = tune("iris", study="iris-doc", trials=2, train=TrainConfig(epochs=5, seed=0))
+    >>> again = tune("iris", study="iris-doc", trials=1, train=TrainConfig(epochs=3, seed=0))
     >>> again.resumed, len(again.trials)
-    (True, 2)
+    (True, 1)
     """
     t0 = time.perf_counter()
     known = {f.name for f in fields(TuneSettings)} - {"space"}
