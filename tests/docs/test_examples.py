@@ -15,14 +15,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.docs.blocks import REPO, SHELL, Block, blocks, pages
 from tests.flows.conftest import clean_env
-
-pytestmark = pytest.mark.server  # `nnpipe train` starts (or reuses) the reader's local Prefect server
 
 BLOCK_TIMEOUT = 240  # seconds
 RUNNABLE = [page for page in pages() if any(b.runs for b in blocks(page))]
@@ -48,6 +47,7 @@ def run(block: Block, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPro
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+@pytest.mark.server  # `nnpipe train` starts (or reuses) the reader's local Prefect server
 @pytest.mark.parametrize("page", RUNNABLE, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_page_examples_run(page: Path, tmp_path: Path, reader_home: Path, cluster: str):
     env = clean_env(reader_home, DASK_SCHEDULER_ADDRESS=cluster, MPLBACKEND="Agg")
@@ -64,3 +64,25 @@ def test_page_examples_run(page: Path, tmp_path: Path, reader_home: Path, cluste
                                       f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
         ran.append(block.where)
     assert ran
+
+
+def test_a_block_that_never_ends_is_stopped_with_what_it_started(tmp_path: Path, monkeypatch):
+    """A server left unmarked would hang the suite: the runner stops the block's whole process group."""
+    monkeypatch.setattr(sys.modules[__name__], "BLOCK_TIMEOUT", 2)
+    page = tmp_path / "page.md"
+    page.write_text("```bash\nsleep 300 &\necho $! > child.pid\nsleep 300\n```\n")
+    (block,) = blocks(page)
+    with pytest.raises(subprocess.TimeoutExpired):
+        run(block, tmp_path, dict(os.environ))
+    child = int((tmp_path / "child.pid").read_text())
+    # Killed and reaped by init: /proc/<pid> goes away (or is a zombie for an instant).
+    for _ in range(50):
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().split()[2]
+        except FileNotFoundError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the block's background child {child} is still running")
