@@ -1,12 +1,14 @@
 """Every python and shell example of the README and the site, run as a reader would.
 
-Page by page, every block without a ``needs:`` mark runs in order in a fresh
-folder: a shell block with ``bash -e``, a Python block as its own program. They
-share the folder (so ``./mlflow.db`` is the store a page's ``nnpipe train``
-wrote), one reader's HOME for the session (the local Prefect server the first
-``nnpipe train`` starts), and a two-worker cluster named by
-``DASK_SCHEDULER_ADDRESS``. A block passes when it exits 0 within ``BLOCK_TIMEOUT``; Python
-blocks run as ``python -c``, the way a notebook or a prompt runs them.
+Page by page, README first, every block without a ``needs:`` mark runs in
+order, as a reader who follows the README's tour and then reads the pages in
+one folder: a shell block with ``bash -e``, a Python block as its own program.
+They share that folder (so ``./mlflow.db`` is the store the tour's
+``nnpipe train`` wrote, which the registry page loads from), one reader's HOME
+(the local Prefect server the first ``nnpipe train`` starts), and a two-worker
+cluster named by ``DASK_SCHEDULER_ADDRESS``. A block passes when it exits 0
+within ``BLOCK_TIMEOUT``. Python blocks run as ``python -c``, the way a
+notebook or a prompt runs them.
 """
 
 from __future__ import annotations
@@ -49,14 +51,16 @@ def run(block: Block, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPro
 
 @pytest.mark.server  # `nnpipe train` starts (or reuses) the reader's local Prefect server
 @pytest.mark.parametrize("page", RUNNABLE, ids=lambda p: p.relative_to(REPO).as_posix())
-def test_page_examples_run(page: Path, tmp_path: Path, reader_home: Path, cluster: str):
+def test_page_examples_run(page: Path, reader_home: Path, cluster: str):
+    folder = reader_home / "work"  # the reader's one folder, for every page
+    folder.mkdir(exist_ok=True)
     env = clean_env(reader_home, DASK_SCHEDULER_ADDRESS=cluster, MPLBACKEND="Agg")
     ran = []
     for block in blocks(page):
         if not block.runs:
             continue
         try:
-            done = run(block, tmp_path, env)
+            done = run(block, folder, env)
         except subprocess.TimeoutExpired as e:
             pytest.fail(f"{block.where}: still running after {e.timeout} s; a block that serves until stopped "
                         f"needs a '<!-- needs: server -->' mark\n{block.text}")
