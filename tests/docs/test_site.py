@@ -31,6 +31,12 @@ def test_site_builds_strictly(tmp_path: Path):
     assert done.returncode == 0, done.stdout + done.stderr
     built = {p.relative_to(tmp_path / "site").parent.as_posix() for p in (tmp_path / "site").rglob("index.html")}
     assert {".", "cli", "design", "benchmarks"} <= built, sorted(built)
+    # Markdown that GitHub renders but Python-Markdown leaves as text: a list with no blank line
+    # before it, a fence inside a list item. Outside <pre>, no line of a page starts with either.
+    for page in (tmp_path / "site").rglob("index.html"):
+        text = re.sub(r"<pre.*?</pre>", "", page.read_text(), flags=re.S)
+        raw = [line for line in text.splitlines() if re.match(r"\s*(- |\* |```)", line)]
+        assert not raw, f"{page.relative_to(tmp_path / 'site')}: unrendered Markdown: {raw[:3]}"
 
 
 def test_strict_build_fails_on_a_broken_link(tmp_path: Path):
