@@ -310,11 +310,8 @@ def tune(
     >>> result.registered["version"]            # the first version of nnpipe-iris in this store
     '1'
 
-    Calling it again with the same study name resumes it, with its own space:
-
-    >>> again = tune("iris", study="iris-doc", trials=1, train=TrainConfig(epochs=3, seed=0))
-    >>> again.resumed, len(again.trials)
-    (True, 1)
+    Calling it again with the same ``study`` resumes it with its own space
+    (``tune("iris", study="iris-doc", trials=10)``); ``result.resumed`` says so.
     """
     t0 = time.perf_counter()
     known = {f.name for f in fields(TuneSettings)} - {"space"}
