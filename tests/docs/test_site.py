@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.docs.blocks import NEEDS, REPO, SHELL, blocks, pages
+from tests.docs.blocks import REPO, blocks, mark_problems, pages
 
 README_MAX_LINES = 250
 
@@ -54,16 +54,21 @@ def test_strict_build_fails_on_a_broken_link(tmp_path: Path):
 
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(REPO).as_posix())
 def test_every_shell_block_is_run_or_marked(page: Path):
-    """A shell block either runs in test_examples.py or says what it needs, from a known list."""
-    for block in blocks(page):
-        if block.needs is not None:
-            assert block.needs in NEEDS, f"{block.where}: unknown need {block.needs!r}; known: {sorted(NEEDS)}"
-            assert block.lang == "python" or block.lang in SHELL, \
-                f"{block.where}: a 'needs:' mark on a {block.lang or 'plain'} block, which nothing runs anyway"
-        elif block.lang in SHELL:
-            assert block.runs
-        elif block.lang == "":
-            pytest.fail(f"{block.where}: a fenced block without a language; say bash, python, text, toml or yaml")
+    """A shell block says `runs` (test_examples.py runs it) or what it needs, from a known list."""
+    problems = mark_problems(page)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_mark_check_fails_on_an_unmarked_or_wrongly_marked_block(tmp_path: Path):
+    page = tmp_path / "page.md"
+    page.write_text("```bash\nnnpipe serve m\n```\n\n<!-- needs: moon -->\n```bash\nls\n```\n\n"
+                    "<!-- runs -->\n```toml\na = 1\n```\n\n<!-- runs -->\n```bash\nls\n```\n")
+    found = mark_problems(page)
+    assert len(found) == 3, found
+    assert "page.md:1: say whether" in found[0] and "unknown need 'moon'" in found[1] and "toml" in found[2]
+    page.write_text("<!-- runs -->\nsome text\n```bash\nls\n```\n")
+    with pytest.raises(ValueError, match="must come right before a fenced block"):
+        mark_problems(page)
 
 
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(REPO).as_posix())
