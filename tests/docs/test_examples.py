@@ -68,6 +68,20 @@ def test_page_examples_run(page: Path, reader_home: Path, cluster: str):
                                       f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
         ran.append(block.where)
     assert ran
+    if page.name == "README.md":
+        assert_tour_told_the_truth(folder)
+
+
+def assert_tour_told_the_truth(folder: Path) -> None:
+    """The tour says the gate keeps v1 and the rollback brings it back: the store agrees."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = sorted(int(v.version) for v in client.search_model_versions("name='nnpipe-iris'"))
+    assert versions == [1, 2], versions
+    assert int(client.get_model_version_by_alias("nnpipe-iris", "champion").version) == 1
+    assert int(client.get_model_version_by_alias("nnpipe-iris", "candidate").version) == 2
 
 
 def test_a_block_that_never_ends_is_stopped_with_what_it_started(tmp_path: Path, monkeypatch):
