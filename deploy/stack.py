@@ -37,7 +37,7 @@ __all__ = ["BIN", "REPO", "down", "env_lines", "free_port", "main", "status", "u
 POOL = "nnpipe-local"
 
 
-ORDER = ("prometheus", "prefect-worker", "prefect-server", "mlflow", "dask-workers", "dask-scheduler", "s3", "postgres")
+ORDER = ("nnpipe-serve", "prometheus", "prefect-worker", "prefect-server", "mlflow", "dask-workers", "dask-scheduler", "s3", "postgres")
 # PostgreSQL's SIGTERM is a "smart" shutdown that waits for every client; SIGINT rolls back and stops.
 STOP_SIGNALS = {"postgres": signal.SIGINT}
 # postgres: a checkpoint on shutdown; s3: rclone drains keep-alive connections (its objects are files already);
@@ -46,8 +46,11 @@ STOP_TIMEOUTS = {"postgres": 60, "s3": 5}
 
 
 def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: bool = True, timeout: float = 240,
-       production: bool = False) -> dict[str, Any]:
+       production: bool = False, serve: str | None = None) -> dict[str, Any]:
     """Start every process, wait until each answers, and write ``<state>/stack.json``.
+
+    ``serve``: a registered model name; ``nnpipe serve`` then follows its champion
+    (answering 503 until it has one) and Prometheus scrapes it (the local stack only, for now).
 
     ``production``: PostgreSQL, an S3 store, TLS Dask and Prometheus (:mod:`nnpipe.deploy.production`).
     """
@@ -96,6 +99,13 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
         info["metrics"] = {"dask": f"http://127.0.0.1:{dashboard_port}/metrics",
                            "mlflow": f"{info['mlflow_uri']}/metrics",
                            "nnpipe": f"http://127.0.0.1:{train_metrics_port}/metrics"}
+        if serve:
+            serve_port = free_port()
+            served = spawn(state, "nnpipe-serve", [str(BIN / "nnpipe"), "serve", serve, "--port", str(serve_port)],
+                           env={"MLFLOW_TRACKING_URI": info["mlflow_uri"]})
+            info["serve"] = f"http://127.0.0.1:{serve_port}"
+            info["metrics"]["serve"] = f"{info['serve']}/metrics"
+            wait_port(serve_port, timeout, served)
         info["prometheus_config"] = str(write_prometheus_config(state, info["metrics"]))
         spawn(state, "prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
               env=worker_env, cwd=REPO)
@@ -121,9 +131,11 @@ def status(state: Path) -> dict[str, str]:
     out = {}
     production = (state / "ports.json").exists()
     for name in reversed(ORDER):
+        pid_file = state / "pids" / f"{name}.pid"
         if not production and name in ("prometheus", "s3", "postgres"):
             continue
-        pid_file = state / "pids" / f"{name}.pid"
+        if name == "nnpipe-serve" and not pid_file.exists():  # only started with --serve
+            continue
         out[name] = "running" if pid_file.exists() and pid_alive(int(pid_file.read_text())) else "stopped"
     return out
 
@@ -149,12 +161,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="PostgreSQL, an S3 object store, TLS Dask, Prometheus (kept for later `up`s of this state dir)")
     parser.add_argument("--no-ui", action="store_true", help="Prefect server without its UI (starts faster)")
     parser.add_argument("--timeout", type=float, default=240)
+    parser.add_argument("--serve", metavar="MODEL", default=None,
+                        help="also run `nnpipe serve MODEL` (follows its champion; 503 until there is one)")
     args = parser.parse_args(argv)
     state = args.state_dir.resolve()
     try:
         if args.command == "up":
             info = up(state, args.workers, args.backend_store_uri, ui=not args.no_ui, timeout=args.timeout,
-                      production=args.production)
+                      production=args.production, serve=args.serve)
             print(json.dumps(info, indent=2))
             print("\n".join(env_lines(state)))
         elif args.command == "down":
