@@ -305,7 +305,7 @@ def log_and_register(
     # the run's name (dataset, mode, network, time): unique, unlike MLflow's default "model"
     model_uri = tracking.log_model(run_id, model, splits.raw_test[:5], name=(run_name or model_name)[:200],
                                    step=final_step)
-    version = tracking.register_model(model_uri, model_name, run_id, tags)
+    version = tracking.register_model(model_uri, model_name, run_id, tracking.version_tags(tags))
     logger.info("registered %s version %s from %s", model_name, version, model_uri)
     try:  # plots name the version, so they come after registering; a failed plot is no failed run
         y_pred = model.predict(splits.raw_test)
@@ -329,7 +329,7 @@ def register(model_uri: str, model_name: str, run_id: str, tags: dict[str, str])
     """Register an already-logged model as a new version (alias ``candidate``)."""
     from nnpipe import tracking
 
-    version = tracking.register_model(model_uri, model_name, run_id, tags)
+    version = tracking.register_model(model_uri, model_name, run_id, tracking.version_tags(tags))
     get_run_logger().info("registered %s version %s from %s", model_name, version, model_uri)
     return str(version)
 

@@ -47,6 +47,11 @@ def _setup(uri: str | None):
     except StoreUnavailable as exc:
         _fail(redact(str(exc)))
     tracking.configure(uri)
+    from nnpipe.tracking.pages import describe_found, sweep_at_start
+
+    # every model's pages, not only the one asked about: a move in the UI is recorded at the next command
+    for line in describe_found(sweep_at_start(uri, warn=lambda m: _console(stderr=True).print(f"warning: {m}"))):
+        _console(stderr=True).print(f"[bold yellow]note:[/] {line}", markup=True, soft_wrap=True)
     return tracking
 
 

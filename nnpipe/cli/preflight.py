@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -48,6 +49,11 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
         check_store(uri, timeout=STORE_TIMEOUT)
     except StoreUnavailable as exc:
         fail(redact(str(exc)))
+    from nnpipe.tracking.pages import describe_found, sweep_at_start
+
+    # Alias moves made in the UI since nnpipe last looked go into the history and pages first.
+    for line in describe_found(sweep_at_start(uri, warn=lambda m: print(f"warning: {m}", file=sys.stderr))):
+        print(line, file=sys.stderr)
     address = cfg.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if cfg.distributed and address:
         from nnpipe.distributed.cluster import check_scheduler

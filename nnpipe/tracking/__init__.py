@@ -29,9 +29,9 @@ from nnpipe.tracking.errors import (
 from nnpipe.tracking.history import default_actor
 from nnpipe.tracking import links
 from nnpipe.tracking.integrity import TamperedModel, load_model, verify
-from nnpipe.tracking.lineage import git_revision, log_dataset, run_tags
+from nnpipe.tracking.lineage import git_revision, log_dataset, run_tags, version_tags
 from nnpipe.tracking.locking import lock_path, store_lock
-from nnpipe.tracking import nested
+from nnpipe.tracking import nested, pages
 from nnpipe.tracking.plots import fetch_checkpoints, log_checkpoints, log_training_artifacts
 from nnpipe.tracking.promotion import (
     PromotionDecision,
@@ -109,6 +109,7 @@ __all__ = [
     "metric_key",
     "metrics_callback",
     "nested",
+    "pages",
     "previous_champion",
     "promote",
     "promote_if_better",
@@ -123,4 +124,5 @@ __all__ = [
     "sync_aliases",
     "tracking_uri",
     "training_run",
+    "version_tags",
 ]

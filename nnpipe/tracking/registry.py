@@ -256,7 +256,7 @@ def list_versions(name: str) -> list[dict[str, Any]]:
         Keys: ``version`` (int), ``aliases`` (list of str), ``status`` (registry
         status), ``run_id``, ``run_status``, ``created`` (ISO time), ``metrics``
         (the run's latest value per key), ``gate`` (the promotion gate's
-        ``nnpipe.gate.*`` tags without the prefix), ``champion`` (when it was
+        verdict, :func:`nnpipe.tracking.story.gate_record`), ``champion`` (when it was
         champion, from the history: ``since ...`` or its last reign), ``tags``, ``source``.
     """
     c = client()
@@ -285,7 +285,7 @@ def list_versions(name: str) -> list[dict[str, Any]]:
             "run_status": run_state,
             "created": _iso(mv.creation_timestamp),
             "metrics": metrics,
-            "gate": {k[len("nnpipe.gate."):]: v for k, v in mv.tags.items() if k.startswith("nnpipe.gate.")},
+            "gate": story.gate_record(mv.tags),
             "champion": story.status_short(number, model.aliases, spans.get(number, [])),
             "tags": dict(mv.tags),
             "source": mv.source,

@@ -124,8 +124,8 @@ def register_best(study: optuna.Study, best: optuna.trial.FrozenTrial, model: An
     run_id = best.user_attrs[RUN_ATTR]
     uri = tracking.log_model(run_id, model, raw_example)
     study.set_user_attr(MODEL_ATTR.format(best.number), uri)
-    version = tracking.register_model(uri, model_name, run_id, {**tags, "nnpipe.tune.study": study.study_name,
-                                                                "nnpipe.tune.trial": best.number})
+    version = tracking.register_model(uri, model_name, run_id, tracking.version_tags(
+        tags, **{"nnpipe.tune.trial": f"{study.study_name} #{best.number}"}))
     study.set_user_attr(REGISTERED_ATTR.format(best.number), str(version))
     decision = tracking.promote_if_better(model_name, version, f"test/{metric}", greater_is_better, actor)
     champion = version if decision.promoted else decision.champion_version

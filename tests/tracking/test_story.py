@@ -6,6 +6,7 @@ One SQLite store per module: v1 weak (gated in), v2 strong (gated in), v3 weak (
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from mlflow import MlflowClient
@@ -46,7 +47,9 @@ def test_descriptions_tell_the_champions_story(registry, tmp_path):
     v1, v2, v3 = registry["versions"]
     c = outside_client(registry)
     text = c.get_registered_model(NAME).description
-    assert f"**Champion:** v{v2}" in text and f"**candidate:** v{v3}" in text
+    # every champion statement is dated: true when written, still true after the next move
+    assert re.search(rf"\*\*Champion as of 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC:\*\* v{v2} \(set 20[^)]* UTC, gate\)", text)
+    assert f"**candidate:** v{v3}" in text
     assert "| when (UTC) | move | from | to | who | why | test/accuracy: from → to |" in text
     rows = [line for line in text.splitlines() if line.startswith("| 20")]
     assert len(rows) == 2 and f"| gate | v{v1} | v{v2} |" in rows[0] and "| gate | – | v1 |" in rows[1]
@@ -54,9 +57,16 @@ def test_descriptions_tell_the_champions_story(registry, tmp_path):
     assert "**Final metrics:**" in v3_text and "`test/accuracy`" in v3_text
     assert "**Gate" in v3_text and "rejected" in v3_text and "never champion" in v3_text
     v2_text = c.get_model_version(NAME, str(v2)).description
-    assert "champion since" in v2_text
+    assert "champion from 20" in v2_text and "champion since" not in v2_text and "was champion" not in v2_text
     v1_tags = c.get_model_version(NAME, str(v1)).tags
-    assert v1_tags["nnpipe.champion"].startswith("champion ") and f"replaced by v{v2}: gate" in v1_tags["nnpipe.champion"]
+    assert v1_tags["nnpipe.champion"].startswith("champion from 20") and f"replaced by v{v2}: gate" in v1_tags["nnpipe.champion"]
+    # a short versions list: the gate is one readable tag and its sentence, lineage stays on the run
+    v3_tags = c.get_model_version(NAME, str(v3)).tags
+    assert re.match(rf"rejected 20\S+ \S+ UTC · test/accuracy \S+ vs v{v2} \S+$", v3_tags["nnpipe.gate"])
+    assert "does not beat champion" in v3_tags["nnpipe.gate.reason"]
+    assert not [k for k in v3_tags if k.startswith("nnpipe.gate.") and k != "nnpipe.gate.reason"]
+    gate = tracking.list_versions(NAME)[v3 - 1]["gate"]
+    assert gate["decision"] == "rejected" and gate["champion_version"] == str(v2) and float(gate["score"]) > 0
     # the history is one JSON document in a ledger run, not a pile of registered-model tags
     assert not any(k.startswith(history.LEGACY_PREFIX) for k in c.get_registered_model(NAME).tags)
     run_id = history.ledger_run_id(c, NAME)

@@ -71,7 +71,7 @@ def test_study_prunes_registers_gates_and_resumes(client, store: Path):
     reg = first.registered
     version = mc.get_model_version("tune-iris", reg["version"])
     assert version.run_id == first.best["run_id"] and reg["promoted"]
-    assert version.tags["nnpipe.gate.decision"] == "promoted"
+    assert version.tags["nnpipe.gate"].startswith("promoted ")
     assert str(mc.get_model_version_by_alias("tune-iris", "champion").version) == reg["version"]
     assert {"tune/summary.md", "tune/trials.csv", "tune/optimization_history.png",
             "tune/parallel_coordinate.png"} <= set(first.artifacts)
