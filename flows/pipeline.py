@@ -182,7 +182,7 @@ def summary_markdown(result: PipelineResult, links: dict[str, str], ui_command: 
 - dataset **{result.dataset}**, mode **{result.mode}**
 - MLflow run: [{result.extra.get("run_name", result.run_id)}]({links["run"]})
 - model version: [{result.model_name} v{result.version}]({links["version"]}) · registry: [{result.model_name}]({links["model"]})
-- champion now: {"none" if result.champion_version is None else f"v{result.champion_version}"}
+- champion at {result.extra.get("decided_at", "the gate")}: {"none" if result.champion_version is None else f"v{result.champion_version}"} (where `@champion` is now: the registry page)
 
 {chr(10).join(rows)}{serve}
 """
@@ -260,9 +260,11 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
                                                         label_names=tasks.class_label_names(ds))
         metric, greater = config.metric_for(ds_task)
         decision = tasks.promote(model_name, version, f"test/{metric}", greater, actor=f"prefect:{run_name}")
-        tracking.set_run_tags(run_id, {"nnpipe.promoted": decision.promoted, "nnpipe.promotion": decision.reason})
-        outcome = (f"Registered as **{model_name} v{version}**: "
-                   f"{'promoted to champion' if decision.promoted else 'not promoted'} ({decision.reason}).")
+        gate_tags, outcome, decided_at = tracking.run_outcome(model_name, version, decision.promoted, decision.reason,
+                                                  links.model_url(uri, model_name))
+        tracking.set_run_tags(run_id, gate_tags)  # dated: true after the next move too
+        if fit.info.get("early_stopping"):
+            outcome = f"{fit.info['early_stopping'][0].upper()}{fit.info['early_stopping'][1:]}.\n\n{outcome}"
         tracking.set_run_description(run_id, run_description(config, ds, outcome))
     result = PipelineResult(
         run_id=run_id, experiment_id=run.info.experiment_id, tracking_uri=uri, model_name=model_name,
@@ -273,6 +275,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
             None if decision.champion_version is None else str(decision.champion_version)),
         dataset=ds_source, mode=train_cfg.mode,
         extra={"run_name": run_name, "champion_before": decision.champion_version,
+               "decided_at": decided_at,
                "run_url": links.run_url(uri, run.info.experiment_id, run_id),
                "version_url": links.version_url(uri, model_name, version),
                "model_url": links.model_url(uri, model_name), "prefect_url": prefect_url,

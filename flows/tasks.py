@@ -234,6 +234,11 @@ def _train(splits: Splits, config: TrainConfig, hidden: list[int], activation: s
             if run_id and config.checkpoint_every:
                 tracking.log_checkpoints(run_id, ckpt_dir)
     logger.info("%strained %d epochs%s", prefix, result.epochs_run, " (stopped early)" if result.stopped_early else "")
+    note = result.info.get("early_stopping")
+    if note:  # the console line ended at "epoch 16/30": say why, and which epoch the model is
+        announce(f"{prefix}{note[0].upper()}{note[1:]}")
+        if run_id:
+            tracking.set_run_tags(run_id, {"nnpipe.early_stopping": note})
     return model, result
 
 
@@ -288,20 +293,25 @@ def log_and_register(
 ) -> tuple[str, str]:
     """Log final metrics and the pyfunc model to the run, register it, then its plots; returns (model_uri, version).
 
-    The final metrics (test, and validation of the model as returned: the
-    restored best with early stopping) are logged one step after the last
-    epoch, the step the logged model takes its metrics from, so its page
-    shows these and not the first epoch's.
+    The test metrics are logged one step after the last epoch, the step the
+    logged model takes its metrics from, so its page shows these and not the
+    first epoch's. With early stopping, the restored model's validation
+    metrics are ``val/best_*`` at its epoch's step (no point is added to the
+    ``val/*`` curves).
     """
     from nnpipe import tracking
 
     logger = get_run_logger()
     final_step = max([result.epochs_run, *(len(v) for v in result.history.values())])
     tracking.log_final_metrics(run_id, metrics, prefix="test/", step=final_step)
-    if len(splits.y_val):
+    if len(splits.y_val) and config.patience is not None and config.restore_best and result.best_epoch is not None:
+        # The restored model's validation metrics at its own epoch's step: the curves gain no
+        # point after the last epoch (which read as a last-epoch improvement), and the
+        # early-stopping tag says which epoch the model is.
         raw_val = splits.X_val * splits.scale + splits.mean  # the model scales raw features itself
         val = model.evaluate(raw_val, splits.y_val)
-        tracking.log_final_metrics(run_id, {k: float(v) for k, v in val.items()}, prefix="val/", step=final_step)
+        tracking.log_final_metrics(run_id, {f"best_{k}": float(v) for k, v in val.items()}, prefix="val/",
+                                   step=result.best_epoch)
     # the run's name (dataset, mode, network, time): unique, unlike MLflow's default "model"
     model_uri = tracking.log_model(run_id, model, splits.raw_test[:5], name=(run_name or model_name)[:200],
                                    step=final_step)

@@ -31,7 +31,8 @@ from nnpipe.tracking import links
 from nnpipe.tracking.integrity import TamperedModel, load_model, verify
 from nnpipe.tracking.lineage import git_revision, log_dataset, run_tags, version_tags
 from nnpipe.tracking.locking import lock_path, store_lock
-from nnpipe.tracking import nested, pages
+from nnpipe.tracking import nested, pages, story
+from nnpipe.tracking.story import run_outcome
 from nnpipe.tracking.plots import fetch_checkpoints, log_checkpoints, log_training_artifacts
 from nnpipe.tracking.promotion import (
     PromotionDecision,
@@ -116,6 +117,8 @@ __all__ = [
     "register_model",
     "reset",
     "rollback",
+    "run_outcome",
+    "story",
     "run_status",
     "run_tags",
     "set_run_description",

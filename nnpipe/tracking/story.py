@@ -241,6 +241,23 @@ def version_markdown(name: str, version: int, run: Any, tags: dict[str, str], st
     return "\n".join(lines)[:MAX_DESCRIPTION]
 
 
+def run_outcome(model_name: str, version: int | str, promoted: bool, reason: str,
+                model_link: str | None = None) -> tuple[dict[str, str], str, str]:
+    """The run's record of its gate: a tag and a markdown sentence, both dated, so neither goes stale.
+
+    Returns ``({"nnpipe.gate": ...}, sentence, "<time> UTC")``: "promoted to champion at
+    <time> UTC" stays true after a rollback; where ``@champion`` is now is
+    on the model page (``model_link``).
+    """
+    at = f"{when(history.now_iso())} UTC"
+    verdict = f"promoted to champion at {at}" if promoted else f"not promoted at {at}"
+    tag = f"{model_name} v{version}: {verdict} ({reason})"
+    where = f" Where `@champion` points now: [{model_name}]({model_link})." if model_link else ""
+    done = f"promoted it to champion at {at}" if promoted else f"did not promote it at {at}"
+    sentence = f"Registered as **{model_name} v{version}**; the gate {done} ({_cell(reason)}).{where}"
+    return {GATE_TAG: tag[:MAX_DESCRIPTION]}, sentence, at
+
+
 def refresh(c: MlflowClient, name: str, versions: Iterable[int] = (), events: list[dict[str, Any]] | None = None) -> None:
     """Rewrite ``name``'s description and those of ``versions`` (caller holds the store lock)."""
     events = history.load_events(c, name) if events is None else events
