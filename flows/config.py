@@ -8,7 +8,6 @@ data is read or any MLflow run is opened. The training fields are
 
 from __future__ import annotations
 
-import inspect
 import tomllib
 from dataclasses import fields as dc_fields
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nnpipe.config import TrainConfig
+from nnpipe.config import MODE_ONLY, TrainConfig  # noqa: F401  (MODE_ONLY re-exported)
 
 TRAIN_FIELDS = frozenset(f.name for f in dc_fields(TrainConfig))
 
@@ -142,20 +141,7 @@ class PipelineConfig(BaseModel):
         if self.tracking_uri:  # where the run was tracked, as given (credentials redacted)
             params["tracking_uri"] = redact(self.tracking_uri)
         params["hidden"] = ",".join(map(str, self.hidden))
-        effective = self.train.effective()
-        from nnpipe.core import schedules
-
-        factory = schedules.SCHEDULES[self.train.schedule]
-        for name, p in inspect.signature(factory).parameters.items():
-            if name in effective and effective[name] is None and p.default is not inspect.Parameter.empty:
-                effective[name] = p.default
-        for key, value in effective.items():
-            modes = MODE_ONLY.get(key)
-            if value is None or key == "checkpoint_dir" or (modes and self.train.mode not in modes):
-                continue
-            if key == "restore_best" and self.train.patience is None:
-                continue  # nothing to restore without early stopping
-            params[key] = value
+        params.update(self.train.applicable())
         return params
 
     def promotion_params(self, task: str) -> dict[str, Any]:
@@ -164,14 +150,6 @@ class PipelineConfig(BaseModel):
         return {"promotion_metric": f"test/{metric}", "greater_is_better": greater}
 
 
-# Training fields that only mean something in some modes.
-MODE_ONLY: dict[str, tuple[str, ...]] = {
-    "workers": ("sync", "local-sgd", "async"),
-    "sync_every": ("local-sgd", "async"),
-    "max_staleness": ("async",),
-    "staleness_policy": ("async",),
-    "mixing": ("async",),
-}
 
 
 def split_train_fields(values: dict[str, Any]) -> dict[str, Any]:

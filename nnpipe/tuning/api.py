@@ -84,11 +84,11 @@ def _base_changes(stored: dict[str, Any] | None, now: dict[str, Any]) -> list[st
 
 
 def _prepare_data(data: str | Dataset | Splits, target: str | None, test_size: float, val_size: float,
-                  seed: int) -> tuple[Splits, str, str | None]:
+                  seed: int) -> tuple[Splits, str, str | None, Dataset | None]:
     if isinstance(data, Splits):
-        return data, "data", None
+        return data, "data", None, None
     ds = data if isinstance(data, Dataset) else load_dataset(data, target=target)
-    return split_and_scale(ds, test_size=test_size, val_size=val_size, seed=seed), ds.name, ds.content_hash
+    return split_and_scale(ds, test_size=test_size, val_size=val_size, seed=seed), ds.name, ds.content_hash, ds
 
 
 def tune(
@@ -183,7 +183,7 @@ def tune(
         raise SpaceError("the search space is empty; give at least one --space NAME=EXPR, "
                          "e.g. --space 'lr=loguniform(1e-4,1e-1)'")
     parsed = parse_space(entries, base=train)
-    splits, ds_name, loaded_hash = _prepare_data(data, target, test_size, val_size, train.seed)
+    splits, ds_name, loaded_hash, ds = _prepare_data(data, target, test_size, val_size, train.seed)
     ds_name, content_hash = dataset_name or ds_name, content_hash or loaded_hash
     if resumed and stored.get("nnpipe.dataset") not in (None, ds_name):
         raise ValueError(f"study {name!r} was run on dataset {stored['nnpipe.dataset']!r}, not {ds_name!r}")
@@ -238,7 +238,9 @@ def tune(
         epochs = sum(r.epochs for r in results)
         best_info, registered, artifacts = report.conclude(
             the_study, parent_id, metric_name, epochs, runner.best_model, splits.raw_test[:5], model_name,
-            gate_metric, greater, actor or f"tune:{name}", {**lineage, "nnpipe.tune.parent": parent_id})
+            gate_metric, greater, actor or f"tune:{name}", {**lineage, "nnpipe.tune.parent": parent_id},
+            page=report.PageFacts(ds=ds, splits=splits, hidden=list(hidden), activation=activation,
+                                  test_size=test_size, val_size=val_size, space=entries))
     return TuneResult(study=name, storage=store, tracking_uri=uri, experiment_id=parent.info.experiment_id,
                       parent_run_id=parent_id, metric=metric_name, trials=results, best=best_info,
                       registered=registered, model_name=model_name, epochs_trained=epochs,

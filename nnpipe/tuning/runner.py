@@ -170,7 +170,8 @@ class StudyRunner:
             run_trial, self._data, train, hidden, activation, self.storage, self.study.study_name, trial.number,
             self.pruner, self.metric, pure=False, key=f"nnpipe-trial-{self.study.study_name}-{trial.number}")
         # The run is opened once the trial is on its way (its worker does not need the run id).
-        config = {**train.to_dict(), "hidden": ",".join(map(str, hidden)), "activation": activation}
+        # the settings that apply, as a `train` run logs them: no `beta1 None` to show up as a difference
+        config = {**train.applicable(), "hidden": ",".join(map(str, hidden)), "activation": activation}
         running.run_id = tracking.nested.start_child_run(self.parent_run_id, f"trial-{trial.number}", config, tags)
         trial.set_user_attr(RUN_ATTR, running.run_id)
         return future, running

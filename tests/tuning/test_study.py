@@ -72,6 +72,21 @@ def test_study_prunes_registers_gates_and_resumes(client, store: Path):
     version = mc.get_model_version("tune-iris", reg["version"])
     assert version.run_id == first.best["run_id"] and reg["promoted"]
     assert version.tags["nnpipe.gate"].startswith("promoted ")
+    # the tuned champion's run page is as rich as a `train` run's (issue 23)
+    best_run = mc.get_run(first.best["run_id"])
+    assert "None" not in best_run.data.params.values(), best_run.data.params
+    assert {"lr", "optimizer", "hidden", "dataset", "promotion_metric"} <= set(best_run.data.params)
+    assert best_run.inputs.dataset_inputs and best_run.inputs.dataset_inputs[0].dataset.name == "iris"
+    files = {f.path for f in mc.list_artifacts(best_run.info.run_id)}
+    assert {"loss.png", "accuracy.png", "confusion_matrix.png"} <= files
+    note = best_run.data.tags["mlflow.note.content"]
+    assert f"Trial {first.best['number']} of tuning study `iris-small`" in note and "promoted it to champion at 20" in note
+    logged = mc.search_logged_models(experiment_ids=[best_run.info.experiment_id],
+                                     filter_string=f"source_run_id = '{best_run.info.run_id}'")
+    assert logged and logged[0].name != "model" and "iris-small" in logged[0].name
+    parent_note = mc.get_run(first.parent_run_id).data.tags["mlflow.note.content"]
+    assert f"tune-iris v{reg['version']}" in parent_note and "#/models/tune-iris/versions/" in parent_note
+    assert f"trial {first.best['number']}" in parent_note.lower()
     assert str(mc.get_model_version_by_alias("tune-iris", "champion").version) == reg["version"]
     assert {"tune/summary.md", "tune/trials.csv", "tune/optimization_history.png",
             "tune/parallel_coordinate.png"} <= set(first.artifacts)
