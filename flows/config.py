@@ -13,8 +13,16 @@ from dataclasses import fields as dc_fields
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from nnpipe import metrics
 from nnpipe.config import MODE_ONLY, TrainConfig  # noqa: F401  (MODE_ONLY re-exported)
 
 TRAIN_FIELDS = frozenset(f.name for f in dc_fields(TrainConfig))
@@ -25,9 +33,6 @@ TRAIN_FIELDS = frozenset(f.name for f in dc_fields(TrainConfig))
 # Checkpoints every 10 epochs are logged to the MLflow run, so any run (a
 # failed one too) can be resumed with ``resume_from``.
 PIPELINE_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 100, "patience": 10, "checkpoint_every": 10}
-
-# Metrics where a smaller value is better; everything else (accuracy, r2) is "greater is better".
-LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse")
 
 
 class ConfigError(ValueError):
@@ -115,12 +120,9 @@ class PipelineConfig(BaseModel):
 
     def metric_for(self, task: str) -> tuple[str, bool]:
         """The promotion metric (without the ``test/`` prefix) and its direction for ``task``."""
-        metric = self.promotion_metric or ("mse" if task == "regression" else "accuracy")
-        metric = metric.removeprefix("test/")
+        metric = (self.promotion_metric or metrics.default_metric(task)).removeprefix("test/")
         greater = self.greater_is_better
-        if greater is None:
-            greater = not any(metric.endswith(k) for k in LOWER_IS_BETTER)
-        return metric, greater
+        return metric, metrics.greater_is_better(metric) if greater is None else greater
 
     def mlflow_params(self) -> dict[str, Any]:
         """The MLflow run's parameters: every setting with the value training really uses.

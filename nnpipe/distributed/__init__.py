@@ -64,10 +64,17 @@ from typing import Any
 
 import numpy as np
 
+from nnpipe import blas
 from nnpipe.config import TrainConfig
-from nnpipe.distributed.cluster import connect, start_local_cluster, wait_for_workers, worker_addresses
 from nnpipe.core.network import NetworkSpec
 from nnpipe.core.problem import Problem
+from nnpipe.distributed.cluster import (
+    connect,
+    start_local_cluster,
+    wait_for_workers,
+    worker_addresses,
+)
+from nnpipe.distributed.protocol import Pool
 from nnpipe.results import Callback, FitResult
 
 log = logging.getLogger("nnpipe.distributed")
@@ -118,18 +125,7 @@ def fit_distributed(problem: Problem, config: TrainConfig, *, callbacks: tuple[C
                 s.future.release()
 
 
-def _single_thread_blas():
-    try:
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(1)
-    except ImportError:  # an optimisation only
-        import contextlib
-
-        return contextlib.nullcontext()
-
-
-def run_mode(pool: Any, theta: np.ndarray, config: TrainConfig, reporter: Any, retune: bool = False
+def run_mode(pool: Pool, theta: np.ndarray, config: TrainConfig, reporter: Any, retune: bool = False
              ) -> tuple[np.ndarray, dict, int]:
     """Run ``config.mode``'s merge rule (after its sync warm-up epochs) on ``pool``'s trainers.
 
@@ -142,8 +138,8 @@ def run_mode(pool: Any, theta: np.ndarray, config: TrainConfig, reporter: Any, r
     from nnpipe.distributed import rounds
     from nnpipe.distributed.async_ import MergeOnArrival
     from nnpipe.distributed.local_sgd import AverageParameters
-    from nnpipe.distributed.sync import AverageGradients
     from nnpipe.distributed.round_size import RoundRetuner
+    from nnpipe.distributed.sync import AverageGradients
 
     if config.mode == "sync":
         return rounds.run(pool, theta, config, reporter, AverageGradients(pool, config, theta))
@@ -188,7 +184,7 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
         pool.start(addresses[: len(shards)])
         # The driver shares the cores with local workers: a multi-threaded BLAS
         # here (validation, averaging) would fight them and can be 10x slower.
-        with _single_thread_blas():
+        with blas.single_thread():
             theta, state, last_epoch = run_mode(pool, theta, config, reporter, retune=retune)
     finally:
         pool.close()
@@ -208,5 +204,5 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
         "param_bytes": int(theta.nbytes),
         "seconds": time.perf_counter() - t0,
     }
-    info.update(getattr(pool, "rule_info", {}))
+    info.update(pool.rule_info)
     return reporter.result(theta, state, last_epoch, info)

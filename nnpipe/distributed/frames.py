@@ -23,10 +23,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from nnpipe import blas
 from nnpipe.config import TrainConfig
+from nnpipe.core.network import Network, NetworkSpec, init_params
 from nnpipe.distributed.cluster import connect, wait_for_workers
 from nnpipe.distributed.shards import Shard, row_bounds
-from nnpipe.core.network import Network, NetworkSpec, init_params
 from nnpipe.results import Callback, FitResult
 from nnpipe.sources.evaluate import add_sums, array_sums, combine, evaluate, prep_fields
 from nnpipe.sources.prep import TRAIN, VAL, PreparedSource, local_runner
@@ -158,10 +159,7 @@ def _round_trips(client: Any, addresses: list[str], theta: np.ndarray, n: int, i
 
 def _time_steps(spec: dict, batch: int, seconds: float = 0.2) -> float:
     """Seconds of compute per row of one optimizer step at ``batch`` rows (on a worker), over ``seconds``."""
-    from nnpipe.distributed.trainer import _keep_step_memory, _pin_blas
-
-    _pin_blas()
-    _keep_step_memory()
+    blas.prepare_training_process()
     ns = NetworkSpec.from_dict(spec)
     net = Network(ns)
     theta = init_params(ns, 0)

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from typing import Any
-
 from nnpipe.config import TrainConfig
-from nnpipe.distributed.rounds import MergeRule
 from nnpipe.core.optimizers import SGD, Momentum, Nesterov, Optimizer
+from nnpipe.distributed.protocol import Pool
+from nnpipe.distributed.rounds import MergeRule
 
 
 class OuterOptimizer:
@@ -99,6 +98,6 @@ class OuterRule(MergeRule):
 
     trainer_state = True
 
-    def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray):
+    def __init__(self, pool: Pool, config: TrainConfig, theta: np.ndarray):
         super().__init__(pool, config, theta)
         self.outer = OuterOptimizer.from_config(config, theta)

@@ -11,8 +11,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from nnpipe import Dense, Model, Sequential, TrainConfig
-from nnpipe.data import load_dataset, split_and_scale
 from nnpipe.api import train
+from nnpipe.data import load_dataset, split_and_scale
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 
 from nnpipe.config import TrainConfig
-from nnpipe.distributed.round_size import RETUNE_ROUNDS, RETUNE_SKIP, RoundRetuner, choose_round
+from nnpipe.distributed.round_size import (
+    RETUNE_ROUNDS,
+    RETUNE_SKIP,
+    RoundRetuner,
+    choose_round,
+)
 
 
 def test_retuner_skips_the_first_round_and_chooses_once_from_the_median():

@@ -12,16 +12,16 @@ import pytest
 from sklearn.preprocessing import StandardScaler
 
 import nnpipe
-from nnpipe.config import TrainConfig
-from nnpipe.data import DataError
-from nnpipe.core.problem import Problem
-from nnpipe.distributed.round_size import choose_round
-from nnpipe.sources.evaluate import evaluate
-from nnpipe.sources.prep import TEST, TRAIN, VAL, prepare, split_codes
 from nnpipe.api import source_spec
-from nnpipe.sources import is_large, open_source
-from nnpipe.sources.streaming import RowStream, shard_arrays
+from nnpipe.config import TrainConfig
+from nnpipe.core.problem import Problem
 from nnpipe.core.training import fit
+from nnpipe.data import DataError
+from nnpipe.distributed.round_size import choose_round
+from nnpipe.sources import is_large, open_source
+from nnpipe.sources.evaluate import evaluate
+from nnpipe.sources.prep import TEST, TRAIN, prepare, split_codes
+from nnpipe.sources.streaming import RowStream, shard_arrays
 
 
 def frame(n: int = 1200, seed: int = 0) -> pd.DataFrame:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from nnpipe.config import TrainConfig
-from nnpipe.distributed.trainer import ShardTrainer, build_shard, unpack_shard
 from nnpipe.core.network import Network
+from nnpipe.distributed.trainer import ShardTrainer, build_shard, unpack_shard
 from tests.distributed.helpers import small_net
 
 
