@@ -35,21 +35,12 @@ from typing import Any, Callable
 
 from mlflow import MlflowClient
 
+from nnpipe.tracking.registry import sync_aliases_locked
+from nnpipe.tracking.story import RECORDED_TAG, aliases_text, mark_recorded
 from nnpipe.tracking.store import client
 
-RECORDED_TAG = "nnpipe.recorded_aliases"
 WATCH_INTERVAL = 2.0  # seconds: the promise in docs/tracking.md is "within a few seconds"
 log = logging.getLogger("nnpipe.tracking")
-
-
-def aliases_text(aliases: dict[str, Any]) -> str:
-    """``candidate:v3 champion:v2`` (sorted), the value of :data:`RECORDED_TAG`."""
-    return " ".join(f"{a}:v{int(v)}" for a, v in sorted(aliases.items()))
-
-
-def mark_recorded(c: MlflowClient, name: str, aliases: dict[str, Any]) -> None:
-    """Note that the history and pages of ``name`` are written up to ``aliases`` (caller holds the lock)."""
-    c.set_registered_model_tag(name, RECORDED_TAG, aliases_text(aliases))
 
 
 def stale_models(c: MlflowClient | None = None) -> list[str]:
@@ -80,7 +71,6 @@ def sweep(names: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         Model name to the ``outside`` events recorded now (models with none are left out).
     """
     from nnpipe.tracking.locking import store_lock
-    from nnpipe.tracking.registry import sync_aliases_locked
 
     c = client()
     todo = stale_models(c) if names is None else list(names)

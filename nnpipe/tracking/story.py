@@ -38,7 +38,6 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 import nnpipe.tracking.history as history
-from nnpipe.tracking.pages import mark_recorded
 
 CHAMPION = "champion"
 RUN_ID_TAG = "nnpipe.run_id"
@@ -53,6 +52,22 @@ GATE_REASON_TAG = "nnpipe.gate.reason"
 LEGACY_GATE_PREFIX = "nnpipe.gate."  # one tag per field, written by nnpipe before the single tag
 _GATE_LINE = re.compile(r"^(?P<decision>\w+) (?P<time>\S+ \S+) UTC · (?P<metric>\S+) (?P<score>\S+) "
                         r"vs (?P<champion_version>\S+) (?P<champion_score>\S+)$")
+
+
+RECORDED_TAG = "nnpipe.recorded_aliases"  # the aliases the history and these texts are written up to
+
+
+def aliases_text(aliases: dict[str, Any]) -> str:
+    """``candidate:v3 champion:v2`` (sorted), the value of :data:`RECORDED_TAG`."""
+    return " ".join(f"{a}:v{int(v)}" for a, v in sorted(aliases.items()))
+
+
+def mark_recorded(c: MlflowClient, name: str, aliases: dict[str, Any]) -> None:
+    """Note that the history and pages of ``name`` are written up to ``aliases`` (caller holds the lock).
+
+    :func:`nnpipe.tracking.pages.sweep` compares it with the live aliases: one search, no lock, when nothing moved.
+    """
+    c.set_registered_model_tag(name, RECORDED_TAG, aliases_text(aliases))
 
 
 def promotion_metric(tags: dict[str, str]) -> tuple[str, bool]:
