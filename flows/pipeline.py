@@ -179,7 +179,7 @@ def summary_markdown(result: PipelineResult, links: dict[str, str], ui_command: 
 - dataset **{result.dataset}**, mode **{result.mode}**
 - MLflow run: [{result.extra.get("run_name", result.run_id)}]({links["run"]})
 - model version: [{result.model_name} v{result.version}]({links["version"]}) · registry: [{result.model_name}]({links["model"]})
-- champion after this gate ({_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC): {"none" if result.champion_version is None else f"v{result.champion_version}"}; where `@champion` is now: [the registry page]({links["model"]})
+- champion after this gate ({_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC): {"none" if result.champion_version is None else f"v{result.champion_version}"}; where the champion alias is now: [the registry page]({links["model"]})
 
 {chr(10).join(rows)}{serve}
 """
