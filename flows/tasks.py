@@ -25,6 +25,7 @@ from nnpipe.data.load import Dataset, Splits, load_dataset, split_and_scale
 from nnpipe.flows.progress import announce, format_logs, notify
 from nnpipe.model import Model
 from nnpipe.results import Callback, FitResult
+from nnpipe.sources.prep import PreparedSource
 
 # ---------------------------------------------------------------- tasks
 
@@ -104,7 +105,7 @@ def split_scale(ds: Dataset, test_size: float, val_size: float, seed: int) -> Sp
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
 def train(
-    splits: Splits,
+    splits: Splits | PreparedSource,
     config: TrainConfig,
     hidden: list[int],
     activation: str,
@@ -117,6 +118,10 @@ def train(
     dataset: str = "",
 ) -> tuple[Model, FitResult]:
     """Train on the configured Dask cluster (or in-process for ``single``), logging every epoch.
+
+    ``splits`` is the in-memory split, or a large source prepared where its
+    rows are read (:class:`~nnpipe.sources.PreparedSource`): ``nnpipe.train``
+    takes either.
 
     Every epoch or round also shows on the Dask dashboard (distributed modes)
     and, with ``metrics_port`` (0: a free port), on a Prometheus ``/metrics``
@@ -149,7 +154,7 @@ def train(
         return _train(splits, config, hidden, activation, address, run_id, resume_from, callbacks, prefix)
 
 
-def _train(splits: Splits, config: TrainConfig, hidden: list[int], activation: str, address: str | None,
+def _train(splits: Splits | PreparedSource, config: TrainConfig, hidden: list[int], activation: str, address: str | None,
            run_id: str | None, resume_from: str | None, callbacks: list[Callback], prefix: str
            ) -> tuple[Model, FitResult]:
     from nnpipe import tracking
