@@ -38,8 +38,18 @@ def ui_command(tracking_uri: str) -> str | None:
     return f"mlflow ui --backend-store-uri {tracking_uri} --port {LOCAL_PORT}"
 
 
+# MLflow 3.17's UI opens an experiment on its GenAI overview unless told the workflow: this
+# query lands on the runs table (and the run page keeps the "Model training" side bar).
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs table (not the GenAI overview MLflow 3.17 opens by default)."""
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}{TRAINING_VIEW}"
+
+
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}"
 
 
 def model_url(tracking_uri: str, name: str) -> str:

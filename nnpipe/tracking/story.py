@@ -119,6 +119,16 @@ def _cell(text: Any) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip()
 
 
+# MLflow's description renderer draws tables without cell padding, so the columns ran
+# together ("v1unknown"); two no-break spaces after each cell keep them apart.
+PAD = "&nbsp;&nbsp;"
+
+
+def _row(cells: list[str]) -> str:
+    """A markdown table row whose cells stay apart in the MLflow UI."""
+    return "| " + " | ".join(f"{c}{PAD}" for c in cells[:-1]) + f" | {cells[-1]} |"
+
+
 def _v(version: Any) -> str:
     return "–" if version is None else f"v{version}"
 
@@ -186,15 +196,14 @@ def model_markdown(name: str, aliases: dict[str, Any], events: list[dict[str, An
     if not moves:
         lines.append("No champion yet: the gate promotes the first version with a finite "
                      f"`{metric}`, or `nnpipe promote {name} VERSION`.")
-    header = ["| when (UTC) | move | from | to | who | why | " + f"{_cell(metric)}: from → to |",
+    header = [_row(["when (UTC)", "move", "from", "to", "who", "why", f"{_cell(metric)}: from → to"]),
               "|---|---|---|---|---|---|---|"]
     rows: list[str] = []
     footer = [""]
     size = sum(len(x) + 1 for x in lines + header) + 400
     for e in reversed(moves):
-        row = "| {} | {} | {} | {} | {} | {} | {} → {} |".format(
-            when(e.get("time")), _move(e), _v(e.get("from")), _v(e.get("to")), _cell(_who(e)),
-            _cell(e.get("reason", ""))[:300], fmt(e.get("from_score")), fmt(e.get("to_score")))
+        row = _row([when(e.get("time")), _move(e), _v(e.get("from")), _v(e.get("to")), _cell(_who(e)),
+                    _cell(e.get("reason", ""))[:300], f"{fmt(e.get('from_score'))} → {fmt(e.get('to_score'))}"])
         if size + len(row) > MAX_DESCRIPTION:
             footer.append(f"*{len(moves) - len(rows)} older move(s) not shown here.*")
             break

@@ -31,7 +31,7 @@ def test_model_pages_show_the_champions_story(browser, http_store, unique_name, 
 
     browser.get(tracking.links.model_url(http_store, name))
     text = wait_for_text(browser, "Champion history", "who", "why", "outside nnpipe", f"v{v2}")
-    assert "Champion: v1" in text.replace("*", "") or "Champion:" in text
+    assert f"UTC: v{v1}" in text.replace("*", "")  # "Champion as of <time> UTC: v1": dated, never stale
     assert "gate" in text and "test/accuracy" in text
     assert shot(browser, tmp_path, "registered-model").stat().st_size > 10_000
 

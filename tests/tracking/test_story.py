@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from nnpipe import tracking
 from nnpipe.cli import app
-from nnpipe.tracking import history
+from nnpipe.tracking import history, story
 from tests.tracking.helpers import STRONG, WEAK, scratch_store, train_logged
 
 NAME = "story-iris"
@@ -46,7 +46,7 @@ def outside_client(registry) -> MlflowClient:
 def test_descriptions_tell_the_champions_story(registry, tmp_path):
     v1, v2, v3 = registry["versions"]
     c = outside_client(registry)
-    text = c.get_registered_model(NAME).description
+    text = c.get_registered_model(NAME).description.replace(story.PAD, "")
     # every champion statement is dated: true when written, still true after the next move
     assert re.search(rf"\*\*Champion as of 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC:\*\* v{v2} \(set 20[^)]* UTC, gate\)", text)
     assert f"**candidate:** v{v3}" in text
@@ -109,7 +109,7 @@ def test_outside_moves_are_recorded_reported_and_rollback_still_works(registry):
     # noticed once: a second look reports nothing new
     again = cli(registry, "models", NAME)
     assert again.exit_code == 0 and "moved outside nnpipe" not in again.output
-    assert "| outside nnpipe |" in c.get_registered_model(NAME).description
+    assert "| outside nnpipe |" in c.get_registered_model(NAME).description.replace(story.PAD, "")
 
     c.set_registered_model_alias(NAME, "champion", str(v1))  # a second outside move
     result = cli(registry, "models", NAME)
