@@ -150,8 +150,11 @@ def dask_cluster(config: PipelineConfig) -> Iterator[str | None]:
     with connect(address=config.scheduler_address, workers=config.train.workers) as client:
         address = client.scheduler.address
         logger.info("Dask cluster %s (%d workers)", address, len(client.scheduler_info().get("workers", {})))
-        announce(f"Dask:        {client.dashboard_link}")
+        announce(f"Dask:        {client.dashboard_link}"
+                 + ("" if config.scheduler_address else "  (lives as long as this training)"))
         yield address
+    if not config.scheduler_address:  # the link printed above stops answering now: say so
+        announce("Dask:        training ended; its cluster and dashboard are closed (the MLflow run keeps every epoch)")
 
 
 def summary_markdown(result: PipelineResult, links: dict[str, str], ui_command: str | None,

@@ -150,8 +150,11 @@ def train(
             exporter = views.enter_context(TrainingExporter(
                 metrics_port, info={"run": run_name or label, "mode": config.mode, "dataset": dataset}))
             callbacks.append(exporter.callback)
-            announce(f"Prometheus:  {exporter.url}")
-        return _train(splits, config, hidden, activation, address, run_id, resume_from, callbacks, prefix)
+            announce(f"Prometheus:  {exporter.url}  (served while this training runs)")
+        trained = _train(splits, config, hidden, activation, address, run_id, resume_from, callbacks, prefix)
+    if metrics_port is not None:  # the /metrics link printed above stops answering now
+        announce("Prometheus:  training ended; /metrics is closed (the MLflow run keeps every epoch)")
+    return trained
 
 
 def _train(splits: Splits | PreparedSource, config: TrainConfig, hidden: list[int], activation: str, address: str | None,

@@ -165,8 +165,8 @@ def stop_note(history: Mapping[str, list[float]], config: TrainConfig, epochs_ru
     ``early stopping: stopped after epoch 16 of 30, val/loss had not improved for 4 epochs;
     the model is epoch 12's (val/loss 0.0712), restored``. Epochs count from 1, as the console does.
     """
-    if config.patience is None or best_epoch is None:
-        return None
+    if config.patience is None or best_epoch is None or (not stopped and best_epoch == epochs_run - 1):
+        return None  # no early stopping, or it changed nothing: the last epoch is the model
     monitored = "val/loss" if history.get("val/loss") else "train/loss"
     values = history.get(monitored) or []
     best = f" ({monitored} {values[best_epoch]:.4g})" if best_epoch < len(values) else ""
