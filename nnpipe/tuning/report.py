@@ -214,8 +214,8 @@ def dress_champion_run(study: optuna.Study, best: optuna.trial.FrozenTrial, run_
     tracking.set_run_tags(run_id, gate_tags)
     data = f"`{page.ds.name}` ({len(page.ds.y)} rows, {page.ds.X.shape[1]} features)" if page.ds is not None else "the given splits"
     tracking.set_run_description(run_id, (
-        f"Trial {best.number} of tuning study `{study.study_name}`: a {'-'.join(map(str, page.hidden))} "
-        f"{page.activation} network on {data} with {dict(best.params)}; the best trial by "
+        f"Trial {best.number} of tuning study `{study.study_name}`: a network with hidden layers "
+        f"{'-'.join(map(str, page.hidden))} ({page.activation}) on {data} with {dict(best.params)}; the best trial by "
         f"`{study.user_attrs.get(METRIC_ATTR, 'the study metric')}` ({best.value:.4g}).\n\n{outcome}"))
 
 
