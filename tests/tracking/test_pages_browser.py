@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from nnpipe import tracking
 from nnpipe.tracking import pages
 from tests.browser import browser, shot, wait_for_text  # noqa: F401  (browser is a fixture)
-from tests.tracking.helpers import STRONG, WEAK, train_logged
+from tests.tracking.helpers import WEAK, train_logged, weak_then_strong
 
 pytestmark = pytest.mark.server
 
@@ -43,10 +43,7 @@ def test_model_page_agrees_with_the_alias_within_seconds_of_an_outside_move(
         browser, http_store, unique_name, iris_splits, tmp_path):
     ds, splits = iris_splits
     name = unique_name
-    v1, _, _ = train_logged(name, ds, splits, experiment=name, **WEAK)
-    tracking.promote_if_better(name, v1)
-    v2, _, _ = train_logged(name, ds, splits, experiment=name, **STRONG)
-    assert tracking.promote_if_better(name, v2).promoted
+    v1, v2 = weak_then_strong(name, ds, splits)
     c = MlflowClient(http_store, http_store)
     assert agree(c, name)
 
