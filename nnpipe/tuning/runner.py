@@ -242,9 +242,12 @@ class StudyRunner:
                                     metrics={**{f"test/{k}": float(v) for k, v in metrics.items()},
                                              "tune/objective": result.value})
         elif result.state == "PRUNED":
-            # A pruned trial did what it was asked: stopped early. MLflow's KILLED (never FAILED) says
-            # "stopped on purpose"; the tag says by whom.
-            tracking.nested.end_run(running.run_id, "KILLED",
-                                    {**tags, "pruned": "true", "nnpipe.tune.pruned": result.reason}, history=history)
+            # A pruned trial did what it was asked: stopped early on the pruner's word. MLflow has no
+            # "pruned" status and KILLED read as "someone stopped it", so the run ends FINISHED and its
+            # name says pruned, where the runs table and compare show it; the tags keep the why.
+            name = f"trial-{result.number} (pruned after epoch {result.epochs})"
+            tracking.nested.end_run(running.run_id, "FINISHED",
+                                    {**tags, "pruned": "true", "nnpipe.tune.pruned": result.reason,
+                                     "mlflow.runName": name}, history=history)
         else:
             tracking.nested.end_run(running.run_id, "FAILED", tags, failure=result.reason, history=history)
