@@ -1,4 +1,4 @@
-"""``nnpipe models | promote | rollback | history``: the model registry from the command line.
+"""``nnpipe models | promote | rollback | history | watch``: the model registry from the command line.
 
 Each command is a call into :mod:`nnpipe.tracking`; errors print one clear
 line to stderr and exit with status 1 (2 for usage errors, from Typer).
@@ -212,9 +212,34 @@ def history(
     _links(tracking, name)
 
 
+def watch(
+    interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between two looks at the aliases."),
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Keep every model's registry pages in step with its aliases until Ctrl-C: a move made in the MLflow UI is recorded and the descriptions rewritten within INTERVAL seconds."""
+    import threading
+
+    from nnpipe.tracking.pages import describe_found
+    from nnpipe.tracking.pages import watch as watch_pages
+
+    _setup(tracking_uri)  # its sweep already ran once
+    out = _console()
+    out.print(f"watching the aliases every {interval:g} s (Ctrl-C to stop)")
+
+    def report(found) -> None:
+        for line in describe_found(found):
+            out.print(f"note: {line}", soft_wrap=True)
+
+    try:
+        watch_pages(threading.Event(), interval, on_moves=report)
+    except KeyboardInterrupt:
+        out.print("stopped")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``models``, ``promote``, ``rollback`` and ``history`` to ``app``."""
+    """Add ``models``, ``promote``, ``rollback``, ``history`` and ``watch`` to ``app``."""
     app.command("models")(models)
     app.command("promote")(promote)
     app.command("rollback")(rollback)
     app.command("history")(history)
+    app.command("watch")(watch)

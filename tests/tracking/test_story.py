@@ -139,3 +139,38 @@ def test_legacy_tag_history_moves_into_the_ledger(sqlite_store, unique_name):
         history.record(c, unique_name, "champion", 1, 2, action="promote", reason="new")
     assert [e["reason"] for e in tracking.alias_history(unique_name)] == ["old", "new"]
     assert not any(k.startswith(history.LEGACY_PREFIX) for k in c.get_registered_model(unique_name).tags)
+
+
+def test_nnpipe_watch_follows_an_outside_move_within_seconds(registry, tmp_path):
+    """``nnpipe watch``: the registry pages follow a move made by another client, with no other command run."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.tracking.helpers import NNPIPE, child_env
+
+    v1, v2, v3 = registry["versions"]
+    c = outside_client(registry)
+    target = v2 if c.get_registered_model(NAME).aliases.get("champion") != v2 else v3
+    log = tmp_path / "watch.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([NNPIPE, "watch", "--interval", "0.5", "--tracking-uri", registry["uri"]],
+                                stdout=out, stderr=subprocess.STDOUT, env=child_env(registry["uri"]),
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120  # the command's own start-up (imports) on a busy machine
+        while "watching the aliases" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        c.set_registered_model_alias(NAME, "champion", str(target))
+        moved = time.monotonic()
+        while f"UTC:** v{target} " not in c.get_registered_model(NAME).description and time.monotonic() - moved < 10:
+            time.sleep(0.2)
+        assert f"UTC:** v{target} " in c.get_registered_model(NAME).description, log.read_text()
+        while "moved outside nnpipe" not in log.read_text() and time.monotonic() - moved < 20:
+            time.sleep(0.2)  # the note is printed once the sweep that wrote the pages returns
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert "moved outside nnpipe: champion" in log.read_text() and f"-> v{target} of {NAME}" in log.read_text()
+    assert tracking.alias_history(NAME, "champion")[-1]["action"] == "outside"
