@@ -51,3 +51,22 @@ def test_the_command_prints_a_warning_as_one_line():
             "warnings.warn('batch_size 4 over 2 workers gives 2 rows per step', UserWarning)")
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
     assert err == "warning: batch_size 4 over 2 workers gives 2 rows per step\n"
+
+
+def test_a_local_stores_links_use_a_port_that_is_free(monkeypatch):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:  # something already serves the usual port
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        monkeypatch.setattr(links, "LOCAL_PORT", taken)
+        monkeypatch.delenv(links.ENV_UI_URL, raising=False)
+        links.local_port.cache_clear()
+        try:
+            command = links.ui_command("sqlite:///tmp/x/mlflow.db")
+            port = int(command.rsplit(" ", 1)[1])
+            assert port != taken
+            assert links.run_url("sqlite:///tmp/x/mlflow.db", "1", "r").startswith(f"http://127.0.0.1:{port}/#/")
+        finally:
+            links.local_port.cache_clear()
