@@ -305,7 +305,7 @@ def tune(
                    dataset_name=dataset_name, content_hash=content_hash, tracking_uri=tracking_uri,
                    model_name=model_name, promotion_metric=promotion_metric, greater_is_better=greater_is_better)
     the_study = open_plan_study(plan)
-    params = {"dataset": plan.dataset, **plan.train.to_dict(), "hidden": ",".join(map(str, plan.hidden)),
+    params = {"dataset": plan.dataset, **plan.train.applicable(), "hidden": ",".join(map(str, plan.hidden)),
               "activation": plan.activation, "tune.space": plan.entries, "tune.sampler": plan.sampler,
               "tune.pruner": plan.pruner, "tune.metric": plan.metric, "tune.study": plan.name,
               "tune.storage": plan.storage}

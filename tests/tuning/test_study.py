@@ -86,6 +86,7 @@ def test_study_prunes_registers_gates_and_resumes(client, store: Path):
     logged = mc.search_logged_models(experiment_ids=[best_run.info.experiment_id],
                                      filter_string=f"source_run_id = '{best_run.info.run_id}'")
     assert logged and logged[0].name != "model" and "iris-small" in logged[0].name
+    assert "None" not in parent.data.params.values(), parent.data.params  # the settings that apply, as `train` logs
     parent_note = mc.get_run(first.parent_run_id).data.tags["mlflow.note.content"]
     assert f"tune-iris v{reg['version']}" in parent_note and "#/models/tune-iris/versions/" in parent_note
     assert f"trial {first.best['number']}" in parent_note.lower()
