@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from nnpipe.flows import tasks
+from nnpipe.flows.config import PipelineConfig
+from nnpipe.flows.progress import announce
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from nnpipe.flows import tasks
-from nnpipe.flows.config import PipelineConfig
+from nnpipe.names import default_model_name
 
 
 @dataclass
@@ -44,11 +46,6 @@ class PipelineResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def default_model_name(dataset_name: str) -> str:
-    """``nnpipe-<dataset>``, with anything MLflow or a URL would trip on replaced by ``-``."""
-    return "nnpipe-" + re.sub(r"[^A-Za-z0-9_-]+", "-", dataset_name).strip("-").lower()
 
 
 def artifact_key(*parts: str) -> str:
@@ -78,7 +75,7 @@ def stem(dataset: str) -> str:
 def dataset_label(config: PipelineConfig) -> str:
     """The dataset as run names show it: the file stem, or a large source's short name."""
     if config.large_source:
-        from nnpipe.sources import short_name
+        from nnpipe.sources.location import short_name
 
         return short_name(config.dataset)
     return stem(config.dataset)
@@ -153,7 +150,7 @@ def dask_cluster(config: PipelineConfig) -> Iterator[str | None]:
     with connect(address=config.scheduler_address, workers=config.train.workers) as client:
         address = client.scheduler.address
         logger.info("Dask cluster %s (%d workers)", address, len(client.scheduler_info().get("workers", {})))
-        tasks.announce(f"Dask:        {client.dashboard_link}")
+        announce(f"Dask:        {client.dashboard_link}")
         yield address
 
 
@@ -203,7 +200,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     metrics_port = config.metrics_port if config.metrics_port is not None else port_from_env()
     prefect_url = flow_run_url()
     if prefect_url:
-        tasks.announce(f"Prefect:     {prefect_url}")
+        announce(f"Prefect:     {prefect_url}")
     with ExitStack() as stack:
         # The run first: everything after it that raises marks it FAILED with the reason.
         run = stack.enter_context(
@@ -212,7 +209,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         )
         run_id = run.info.run_id
         logger.info("MLflow run %s in %s", run_id, uri)
-        tasks.announce(f"MLflow:      run {run_name}  {links.run_url(uri, run.info.experiment_id, run_id)}")
+        announce(f"MLflow:      run {run_name}  {links.run_url(uri, run.info.experiment_id, run_id)}")
         if config.large_source:  # the rows stay on the workers (or stream through one process)
             from nnpipe.flows import source_tasks
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from nnpipe.flows.config import PipelineConfig
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from nnpipe.config import TrainConfig
-from nnpipe.flows.config import PipelineConfig
 from nnpipe.model import Model
 from nnpipe.results import FitResult
-from nnpipe.source_prep import TEST, PreparedSource, prepare
-from nnpipe.sources import Source, open_source, sample_rows
+from nnpipe.sources.location import Source, open_source, sample_rows
+from nnpipe.sources.prep import TEST, PreparedSource, prepare
 
 
 @task(name="open-source", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -50,7 +50,7 @@ def evaluate(model: Model, prepared: PreparedSource, mode: str, address: str | N
              ) -> tuple[dict[str, float], np.ndarray | None]:
     """Test metrics and confusion counts of the servable model, as sums over the test rows where they are."""
     from nnpipe.distributed.frames import runner_for
-    from nnpipe.source_eval import evaluate as evaluate_source
+    from nnpipe.sources.evaluate import evaluate as evaluate_source
 
     with runner_for(mode, address) as run:
         metrics, confusion = evaluate_source(prepared, model.spec, model.theta, TEST, run, raw_units=True)

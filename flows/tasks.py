@@ -10,77 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import threading
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
+from nnpipe.flows.progress import announce, format_logs, notify
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.tasks import exponential_backoff
 
 import nnpipe
-from nnpipe.config import TrainConfig
-from nnpipe.data import Dataset, Splits, load_dataset, split_and_scale
-from nnpipe.model import Model
 from nnpipe.api import train as train_network
+from nnpipe.config import TrainConfig
+from nnpipe.data.load import Dataset, Splits, load_dataset, split_and_scale
+from nnpipe.model import Model
 from nnpipe.results import Callback, FitResult
-
-# ---------------------------------------------------------------- progress
-
-# Listeners outside Prefect (the CLI's progress bar) that want every epoch/round.
-# A plain list, not a flow parameter: callables are neither serialisable nor a
-# part of the run's configuration.
-_LISTENERS: list[Callback] = []
-_LISTENERS_LOCK = threading.Lock()
-
-
-@contextmanager
-def registered(listeners: list[Any], item: Any) -> Iterator[None]:
-    """``item`` is in ``listeners`` for the block (one lock guards every listener list)."""
-    with _LISTENERS_LOCK:
-        listeners.append(item)
-    try:
-        yield
-    finally:
-        with _LISTENERS_LOCK:
-            listeners.remove(item)
-
-
-def progress_listener(callback: Callback) -> AbstractContextManager[None]:
-    """Call ``callback(step, logs)`` for every epoch or round of trainings started inside the block."""
-    return registered(_LISTENERS, callback)
-
-
-_ANNOUNCERS: list[Callable[[str], None]] = []
-
-
-def announcements(echo: Callable[[str], None]) -> AbstractContextManager[None]:
-    """Call ``echo(line)`` for every link a training in the block announces (MLflow run, dashboards)."""
-    return registered(_ANNOUNCERS, echo)
-
-
-def announce(line: str) -> None:
-    """Log ``line`` and show it to whoever listens (the CLI prints it even without ``-v``)."""
-    try:
-        get_run_logger().info("%s", line)
-    except Exception:  # outside a flow or task run: no run logger
-        pass
-    for echo in list(_ANNOUNCERS):
-        echo(line)
-
-
-def _notify(step: int, logs: dict[str, float]) -> None:
-    for cb in list(_LISTENERS):
-        cb(step, logs)
-
-
-def _fmt_logs(logs: dict[str, float]) -> str:
-    keys = [k for k in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/mse", "dist/staleness") if k in logs]
-    if logs.get("dist/workers_lost"):  # the run carries on without them: say so on every line from then on
-        keys.append("dist/workers_lost")
-    return " ".join(f"{k}={logs[k]:.4g}" for k in keys)
-
 
 # ---------------------------------------------------------------- tasks
 
@@ -184,9 +128,9 @@ def train(
     prefix = f"[{label}] " if label else ""
 
     def log_progress(step: int, logs: dict[str, float]) -> None:  # every mode: once per epoch's worth of rows
-        logger.info("%sepoch %d: %s", prefix, step + 1, _fmt_logs(logs))
+        logger.info("%sepoch %d: %s", prefix, step + 1, format_logs(logs))
 
-    callbacks: list[Callback] = [log_progress, _notify]
+    callbacks: list[Callback] = [log_progress, notify]
     if run_id:
         callbacks.insert(0, tracking.metrics_callback(run_id))
     with ExitStack() as views:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 STORE_TIMEOUT = 5.0
@@ -27,7 +27,7 @@ SCHEDULER_TIMEOUT = 5.0
 
 def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable[[str], None]) -> None:
     """Check ``cfg`` (a ``PipelineConfig``) and set its clean tracking URI; ``fail(message)`` on a problem."""
-    from nnpipe.data import DataError, check_source, load_dataset
+    from nnpipe.data.load import DataError, check_source, load_dataset
 
     try:
         # a large source (directory, glob, URL, big file) is validated part by part on the workers

@@ -37,12 +37,12 @@ import numpy as np
 from distributed import Client, Future
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.network import NetworkSpec
 from nnpipe.distributed.cluster import worker_addresses
-from nnpipe.distributed.shards import Shard
 from nnpipe.distributed.rpc import WorkerLost, call_actor
+from nnpipe.distributed.shards import Shard
 from nnpipe.distributed.trainer import ShardTrainer
 from nnpipe.distributed.watch import RESUME_HINT, LossWatch, SchedulerLost
-from nnpipe.network import NetworkSpec
 
 log = logging.getLogger("nnpipe.distributed")
 

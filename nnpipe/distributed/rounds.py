@@ -26,9 +26,9 @@ import numpy as np
 
 from nnpipe.config import TrainConfig
 from nnpipe.distributed.reporter import Reporter
+from nnpipe.distributed.round_size import RoundRetuner
 from nnpipe.distributed.rpc import WorkerLost
 from nnpipe.results import DivergenceError
-from nnpipe.round_size import RoundRetuner
 
 log = logging.getLogger("nnpipe.distributed")
 
@@ -138,7 +138,7 @@ class MergeRule:
         self.retuner: RoundRetuner | None = None  # set by run_mode when the round size was chosen for the user
 
     def observe_round(self, wall_s: float, compute_s: float, rows: float) -> None:
-        """Show the retuner one round's times (see :class:`nnpipe.round_size.RoundRetuner`)."""
+        """Show the retuner one round's times (see :class:`nnpipe.distributed.round_size.RoundRetuner`)."""
         if self.retuner is None:
             return
         k = self.retuner.observe(wall_s, compute_s, rows)

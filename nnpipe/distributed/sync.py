@@ -1,6 +1,6 @@
 """``sync``: one optimizer step per global mini-batch, gradients computed on the workers.
 
-The global batch order is single-process :func:`nnpipe.training.fit`'s: epoch
+The global batch order is single-process :func:`nnpipe.core.training.fit`'s: epoch
 ``e`` uses the ``e``-th ``default_rng(seed).permutation(n)``, cut into batches
 of ``batch_size``. Each trainer rebuilds that permutation itself (it is a few
 integers of work, not data) and takes the rows of each batch that fall in its
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.training import clip_by_global_norm
 from nnpipe.distributed.rounds import EpochTally, MergeRule, check_update, gather_round
 from nnpipe.results import check_finite
-from nnpipe.training import clip_by_global_norm
 
 
 class AverageGradients(MergeRule):

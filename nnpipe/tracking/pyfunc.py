@@ -39,7 +39,7 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
-from nnpipe.checks import check_features
+from nnpipe.data.checks import check_features
 from nnpipe.model import Model
 from nnpipe.version import __version__
 from nnpipe.tracking.store import client

@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
-from nnpipe import tracking
+from nnpipe import metrics, tracking
 from nnpipe.config import TrainConfig
-from nnpipe.data import Dataset, Splits, load_dataset, split_and_scale
+from nnpipe.data.load import Dataset, Splits, load_dataset, split_and_scale
 from nnpipe.distributed.cluster import connect, worker_addresses
+from nnpipe.names import default_model_name
 from nnpipe.tuning import report, resume
+from nnpipe.tuning.resume import stored_attrs
 from nnpipe.tuning.runner import StudyRunner, TrialResult
 from nnpipe.tuning.settings import DEFAULT_TRIALS, TuneSettings
-from nnpipe.tuning.resume import stored_attrs
 from nnpipe.tuning.space import SpaceError, parse_space
-from nnpipe.tuning.study import default_storage, direction_of, get_storage, make_pruner, make_sampler, open_study
+from nnpipe.tuning.study import (
+    default_storage,
+    get_storage,
+    make_pruner,
+    make_sampler,
+    open_study,
+)
 
 STUDY_ATTRS = ("nnpipe.dataset", resume.SPACE_ATTR, resume.METRIC_ATTR, resume.SAMPLER_ATTR, resume.PRUNER_ATTR,
                "nnpipe.parent_run_id", "nnpipe.experiment", "nnpipe.base")
@@ -64,9 +70,9 @@ class TuneResult:
         return out
 
 
-def _default_name(dataset: str) -> str:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"nnpipe-{re.sub(r'[^A-Za-z0-9_-]+', '-', dataset).strip('-').lower()}-{stamp}"
+def _default_study_name(dataset: str) -> str:
+    """The model's default name and the start time: ``nnpipe-digits-20261205-201500``."""
+    return f"{default_model_name(dataset)}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def _base(train: TrainConfig, hidden: list[int] | tuple[int, ...], activation: str) -> dict[str, Any]:
@@ -189,7 +195,7 @@ def tune(
         raise ValueError(f"study {name!r} was run on dataset {stored['nnpipe.dataset']!r}, not {ds_name!r}")
     classification = splits.classes is not None
     metric_name = chosen["metric"] or ("val/accuracy" if classification else "val/loss")
-    direction = direction_of(metric_name)
+    direction = metrics.direction(metric_name)
     grid = parsed.grid() if sampler_name == "grid" else None
     grid_size = math.prod(len(v) for v in grid.values()) if grid else None
     n_trials = settings.trials or (grid_size if grid_size else DEFAULT_TRIALS)
@@ -199,7 +205,7 @@ def tune(
         # has (still reproducible). The grid keeps its seed: it fixes the order grid ids refer to.
         sampler_seed += len(get_storage(store).get_all_trials(found[0], deepcopy=False))
     sampler_obj = make_sampler(sampler_name, sampler_seed, grid)
-    name = name or _default_name(ds_name)
+    name = name or _default_study_name(ds_name)
     the_study = open_study(name, store, direction, sampler_obj, make_pruner(pruner_name, train.epochs))
     base = _base(train, hidden, activation)
     changes = _base_changes(stored.get("nnpipe.base"), base)
@@ -207,9 +213,10 @@ def tune(
              "earlier options to keep the trials comparable)"] if changes else []
     if the_study.direction.name.lower() != direction:
         raise ValueError(f"study {name!r} {the_study.direction.name.lower()}s; metric {metric_name!r} needs {direction}")
-    gate_metric = (promotion_metric or ("accuracy" if classification else "mse")).removeprefix("test/")
-    greater = greater_is_better if greater_is_better is not None else direction_of(gate_metric) == "maximize"
-    model_name = model_name or "nnpipe-" + re.sub(r"[^A-Za-z0-9_-]+", "-", ds_name).strip("-").lower()
+    gate_metric = (promotion_metric or metrics.default_metric("multiclass" if classification else "regression")
+                   ).removeprefix("test/")
+    greater = greater_is_better if greater_is_better is not None else metrics.greater_is_better(gate_metric)
+    model_name = model_name or default_model_name(ds_name)
     params = {"dataset": ds_name, **train.to_dict(), "hidden": ",".join(map(str, hidden)), "activation": activation,
               "tune.space": entries, "tune.sampler": sampler_name, "tune.pruner": pruner_name,
               "tune.metric": metric_name, "tune.study": name, "tune.storage": store}

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.network import NetworkSpec
+from nnpipe.core.problem import Problem
 from nnpipe.distributed import run_mode
 from nnpipe.distributed.pool import TrainerPool, _payload_bytes
 from nnpipe.distributed.reporter import Reporter
 from nnpipe.distributed.shards import Shard, row_bounds
 from nnpipe.distributed.trainer import ShardTrainer, build_shard
-from nnpipe.network import NetworkSpec
-from nnpipe.problem import Problem
 from nnpipe.results import FitResult
 
 

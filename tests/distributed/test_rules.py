@@ -16,13 +16,13 @@ from packaging.version import Version
 
 from nnpipe import checkpoint
 from nnpipe.config import TrainConfig
+from nnpipe.core.network import NetworkSpec, init_params
+from nnpipe.core.problem import Problem
+from nnpipe.core.training import fit
 from nnpipe.distributed import rpc
 from nnpipe.distributed.async_ import staleness_weight
 from nnpipe.distributed.outer import OuterOptimizer
 from nnpipe.distributed.rounds import epoch_lr, rows_per_step_warning, warn_small_steps
-from nnpipe.network import NetworkSpec, init_params
-from nnpipe.problem import Problem
-from nnpipe.training import fit
 from tests.distributed.fakes import fit_in_process
 from tests.distributed.helpers import digits, rel_diff, small_net
 
@@ -302,7 +302,7 @@ def test_local_sgd_rounds_switch_to_the_retuned_size(data):
     """With ``retune``, rounds after the timed ones take the new ``sync_every``; the ones before keep the probe's."""
     from nnpipe.distributed import run_mode
     from nnpipe.distributed.reporter import Reporter
-    from nnpipe.round_size import RETUNE_ROUNDS, RETUNE_SKIP
+    from nnpipe.distributed.round_size import RETUNE_ROUNDS, RETUNE_SKIP
     from tests.distributed.fakes import InProcessPool
 
     X, y = data

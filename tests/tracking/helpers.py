@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import contextmanager
-from typing import Iterator
 import signal
 import subprocess
 import sys
@@ -15,12 +13,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-
 from nnpipe.deploy import stack
 from nnpipe.deploy.stack import free_port  # noqa: F401  (re-exported for the tests)
+
 from nnpipe import TrainConfig, tracking
 from nnpipe.api import train
-
 
 VENV_BIN = Path(sys.executable).parent
 MLFLOW = str(VENV_BIN / "mlflow")
