@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from nnpipe.flows import tasks
 from nnpipe.flows.config import PipelineConfig
+from nnpipe.flows.orphans import current_flow_run_tags, end_orphans
 from nnpipe.flows.progress import announce
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -195,6 +196,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
 
     logger = get_run_logger()
     uri = tracking.configure(config.tracking_uri)
+    end_orphans()  # runs a driver killed outright left RUNNING: FAILED, and their flow runs Crashed
     train_cfg = config.train
     run_name = mlflow_run_name(config)
     metrics_port = config.metrics_port if config.metrics_port is not None else port_from_env()
@@ -204,7 +206,8 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     with ExitStack() as stack:
         # The run first: everything after it that raises marks it FAILED with the reason.
         run = stack.enter_context(
-            tracking.training_run(config.experiment, config.mlflow_params(), tags={"nnpipe.flow": "nnpipe-train"},
+            tracking.training_run(config.experiment, config.mlflow_params(),
+                                  tags={"nnpipe.flow": "nnpipe-train", **current_flow_run_tags()},
                                   run_name=run_name, description=run_description(config), system_metrics=True)
         )
         run_id = run.info.run_id

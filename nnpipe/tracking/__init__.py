@@ -32,6 +32,7 @@ from nnpipe.tracking.integrity import TamperedModel, load_model, verify
 from nnpipe.tracking.lineage import git_revision, log_dataset, run_tags
 from nnpipe.tracking.locking import lock_path, store_lock
 from nnpipe.tracking import nested
+from nnpipe.tracking.orphans import DRIVER_DIED, Orphan, end_orphaned_runs
 from nnpipe.tracking.plots import fetch_checkpoints, log_checkpoints, log_training_artifacts
 from nnpipe.tracking.promotion import (
     PromotionDecision,
@@ -69,6 +70,9 @@ from nnpipe.tracking.runs import (
 from nnpipe.tracking.store import client, configure, reset, tracking_uri
 
 __all__ = [
+    "DRIVER_DIED",
+    "Orphan",
+    "end_orphaned_runs",
     "CANDIDATE",
     "CHAMPION",
     "FAILURE_TAG",
