@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from nnpipe.flows.config import PipelineConfig
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from nnpipe.config import TrainConfig
+from nnpipe.flows.config import PipelineConfig
 from nnpipe.model import Model
 from nnpipe.results import FitResult
 from nnpipe.sources.location import Source, open_source, sample_rows
@@ -45,6 +45,14 @@ def validate_and_split(source: Source, config: PipelineConfig, address: str | No
     return prepared
 
 
+@task(name="describe-run", cache_policy=NO_CACHE)
+def describe_run(run_id: str, config: PipelineConfig, prepared: PreparedSource) -> None:
+    """Put the gate's metric, resolved for the source's task, on the MLflow run."""
+    from nnpipe import tracking
+
+    tracking.log_params(run_id, config.promotion_params(prepared.task))
+
+
 @task(name="evaluate-source", cache_policy=NO_CACHE)
 def evaluate(model: Model, prepared: PreparedSource, mode: str, address: str | None
              ) -> tuple[dict[str, float], np.ndarray | None]:
@@ -62,9 +70,11 @@ def evaluate(model: Model, prepared: PreparedSource, mode: str, address: str | N
 def log_and_register(run_id: str, model: Model, result: FitResult, config: TrainConfig, prepared: PreparedSource,
                      metrics: dict[str, float], confusion: np.ndarray | None, model_name: str,
                      tags: dict[str, str]) -> tuple[str, str]:
-    """Log test metrics, curves, the confusion matrix and the pyfunc model, then register it."""
+    """Log the data path, test metrics, curves, the confusion matrix and the pyfunc model, then register it."""
     from nnpipe import tracking
 
+    tracking.set_run_tags(run_id, training_tags(result))
+    get_run_logger().info("trained on %s shards; %s", result.info.get("data_path"), training_tags(result))
     tracking.log_final_metrics(run_id, metrics, prefix="test/")
     labels = None if prepared.classes is None else list(prepared.classes)
     tracking.log_training_artifacts(run_id, result.history, config.to_dict(), classes=labels,

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
 from nnpipe.flows import tasks
 from nnpipe.flows.config import PipelineConfig
 from nnpipe.flows.orphans import end_orphans
@@ -21,8 +24,6 @@ from nnpipe.flows.pipeline import (
     mlflow_ui_command,
 )
 from nnpipe.flows.progress import notify_trial
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
 
 def check_space(config: PipelineConfig, space: list[str] | None, **settings: Any) -> None:

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from nnpipe.config import TrainConfig
-from nnpipe.data.load import Splits
 from nnpipe.core.losses import TASK_HEADS
-from nnpipe.model import Model
 from nnpipe.core.network import NetworkSpec, init_params
 from nnpipe.core.problem import Problem
-from nnpipe.results import Callback, FitResult
 from nnpipe.core.training import fit
+from nnpipe.data.load import Splits
+from nnpipe.model import Model
+from nnpipe.results import Callback, FitResult
 
 
 def build_spec(
@@ -139,8 +139,8 @@ def _prepare(splits: Splits, config: TrainConfig, hidden: tuple[int, ...] | list
 
 
 def _is_source(data: Any) -> bool:
-    from nnpipe.sources.prep import PreparedSource
     from nnpipe.sources.location import Source
+    from nnpipe.sources.prep import PreparedSource
 
     return isinstance(data, (Source, PreparedSource))
 

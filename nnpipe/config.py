@@ -6,10 +6,9 @@ can still render it as a form and validate it at a flow's boundary.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
-
-import math
 
 from nnpipe.core import optimizers, schedules
 from nnpipe.core.optimizers import DEFAULT_LR, OPTIMIZERS, Optimizer

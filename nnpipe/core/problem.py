@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from nnpipe.data.checks import aligned, check_features, check_lengths
 from nnpipe.core.network import NetworkSpec
+from nnpipe.data.checks import aligned, check_features, check_lengths
 
 
 @dataclass(frozen=True)

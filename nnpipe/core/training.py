@@ -18,6 +18,7 @@ from nnpipe.core.problem import Problem
 from nnpipe.reporting import Reporter
 from nnpipe.results import Callback, FitResult, check_finite
 
+
 def clip_by_global_norm(grad: np.ndarray, max_norm: float | None) -> np.ndarray:
     """Scale ``grad`` in place so its L2 norm is at most ``max_norm``."""
     if max_norm is not None:

@@ -74,6 +74,7 @@ from nnpipe.distributed.cluster import (
     wait_for_workers,
     worker_addresses,
 )
+from nnpipe.distributed.protocol import Pool
 from nnpipe.results import Callback, FitResult
 
 log = logging.getLogger("nnpipe.distributed")
@@ -124,7 +125,7 @@ def fit_distributed(problem: Problem, config: TrainConfig, *, callbacks: tuple[C
                 s.future.release()
 
 
-def run_mode(pool: Any, theta: np.ndarray, config: TrainConfig, reporter: Any, retune: bool = False
+def run_mode(pool: Pool, theta: np.ndarray, config: TrainConfig, reporter: Any, retune: bool = False
              ) -> tuple[np.ndarray, dict, int]:
     """Run ``config.mode``'s merge rule (after its sync warm-up epochs) on ``pool``'s trainers.
 
@@ -203,5 +204,5 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
         "param_bytes": int(theta.nbytes),
         "seconds": time.perf_counter() - t0,
     }
-    info.update(getattr(pool, "rule_info", {}))
+    info.update(pool.rule_info)
     return reporter.result(theta, state, last_epoch, info)

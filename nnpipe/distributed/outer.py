@@ -19,12 +19,11 @@ parameters of the same merge, so a resumed run continues the same sequence.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from nnpipe.config import TrainConfig
 from nnpipe.core.optimizers import SGD, Momentum, Nesterov, Optimizer
+from nnpipe.distributed.protocol import Pool
 from nnpipe.distributed.rounds import MergeRule
 
 
@@ -99,6 +98,6 @@ class OuterRule(MergeRule):
 
     trainer_state = True
 
-    def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray):
+    def __init__(self, pool: Pool, config: TrainConfig, theta: np.ndarray):
         super().__init__(pool, config, theta)
         self.outer = OuterOptimizer.from_config(config, theta)

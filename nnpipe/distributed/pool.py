@@ -108,6 +108,7 @@ class TrainerPool:
         self.bytes_other = 0
         self.rounds = 0
         self.overhead_s: list[float] = []  # per round: wall time minus the slowest trainer's compute
+        self.rule_info: dict[str, Any] = {}  # what the merge rule reports (FitResult.info)
         self._next_id = 0
         self.known: set[str] = set()
         self._run = uuid.uuid4().hex[:8]  # trainer keys are unique per run, never reused across runs

@@ -17,12 +17,11 @@ and ``async``, with a global batch of ``batch_size`` rows per worker.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from nnpipe.config import TrainConfig
 from nnpipe.core.training import clip_by_global_norm
+from nnpipe.distributed.protocol import Pool
 from nnpipe.distributed.rounds import EpochTally, MergeRule, check_update, gather_round
 from nnpipe.results import check_finite
 
@@ -36,7 +35,7 @@ class AverageGradients(MergeRule):
         Global batch size; default ``config.batch_size``.
     """
 
-    def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray, batch: int | None = None):
+    def __init__(self, pool: Pool, config: TrainConfig, theta: np.ndarray, batch: int | None = None):
         super().__init__(pool, config, theta)
         self.opt = config.make_optimizer()
         self.state = self.opt.init(theta)

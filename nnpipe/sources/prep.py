@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nnpipe.data.load import DataError
 from nnpipe.core.network import NetworkSpec
+from nnpipe.data.load import DataError
 from nnpipe.sources.location import Piece, Source, read_piece
 
 log = logging.getLogger("nnpipe")

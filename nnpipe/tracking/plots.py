@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
 import numpy as np
+
 # The object-oriented API draws with the Agg canvas and touches no global
 # backend, so importing this module changes nothing for a user's notebook.
 from matplotlib.figure import Figure

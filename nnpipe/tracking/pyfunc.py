@@ -41,8 +41,8 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from nnpipe.data.checks import check_features
 from nnpipe.model import Model
-from nnpipe.version import __version__
 from nnpipe.tracking.store import client
+from nnpipe.version import __version__
 
 _LOG_LOCK = threading.Lock()
 PROBA_PARAM = "predict_proba"

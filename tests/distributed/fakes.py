@@ -114,5 +114,5 @@ def fit_in_process(problem: Problem, config: TrainConfig, *, n_shards: int | Non
     reporter = Reporter(spec, config, problem.validation, callbacks, config.mode)
     theta = np.array(problem.theta, dtype=spec.dtype, copy=True)
     theta, state, last_epoch = run_mode(pool, theta, config, reporter)
-    info = {"mode": config.mode, "events": pool.events, **getattr(pool, "rule_info", {})}
+    info = {"mode": config.mode, "events": pool.events, **pool.rule_info}
     return reporter.result(theta, state, last_epoch, info), pool

@@ -9,6 +9,7 @@ import urllib.request
 import uuid
 
 import pytest
+
 from nnpipe.flows.config import build_config
 from nnpipe.flows.pipeline import artifact_key, training_flow
 

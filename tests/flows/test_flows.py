@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prefect import flow
+
 from nnpipe.flows import progress, tasks
 from nnpipe.flows.config import build_config
 from nnpipe.flows.pipeline import artifact_key, training_flow
 from nnpipe.flows.tune import tune_flow
-from prefect import flow
-
 from tests.flows.test_artifact import read_artifact
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

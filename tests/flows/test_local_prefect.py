@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from nnpipe.deploy import local_prefect
 
+from nnpipe.deploy import local_prefect
 from tests.flows.conftest import clean_env
 
 pytestmark = pytest.mark.server

@@ -11,8 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from nnpipe.deploy.local_prefect import stop_server
 
+from nnpipe.deploy.local_prefect import stop_server
 from tests.flows.conftest import BIN, clean_env, default_sigint
 
 pytestmark = pytest.mark.server

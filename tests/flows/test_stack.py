@@ -10,9 +10,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from nnpipe.deploy.stack import REPO, down, status
 from prometheus_client.parser import text_string_to_metric_families
 
+from nnpipe.deploy.stack import REPO, down, status
 from tests.flows.conftest import clean_env
 
 pytestmark = pytest.mark.server

@@ -238,3 +238,14 @@ def test_generic_top_level_names_are_not_importable_outside_the_repo(name, tmp_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != REPO])
     assert importlib.util.find_spec(name) is None
+
+
+@pytest.mark.parametrize("package", ["nnpipe.core", "nnpipe.data", "nnpipe.sources", "nnpipe.tracking"])
+def test_each_package_map_names_every_module(package):
+    """A package's docstring is its map: every module in the folder is named there as :mod:`.name`."""
+    import importlib
+
+    folder = ROOTS["nnpipe"] / package.split(".", 1)[1]
+    doc = importlib.import_module(package).__doc__ or ""
+    missing = [p.stem for p in folder.glob("*.py") if p.stem != "__init__" and f":mod:`.{p.stem}`" not in doc]
+    assert not missing, f"{package}'s docstring does not name {missing}"

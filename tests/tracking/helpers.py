@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from nnpipe.deploy import stack
-from nnpipe.deploy.stack import free_port  # noqa: F401  (re-exported for the tests)
 
 from nnpipe import TrainConfig, tracking
 from nnpipe.api import train
+from nnpipe.deploy import stack
+from nnpipe.deploy.stack import free_port  # noqa: F401  (re-exported for the tests)
 
 VENV_BIN = Path(sys.executable).parent
 MLFLOW = str(VENV_BIN / "mlflow")
