@@ -210,3 +210,18 @@ def test_a_worker_killed_while_the_trainers_are_placed(data, mode):
     assert lost and lost[0]["worker"] == addresses[0] and lost[0]["shard"] == 0, events
     assert rebuilt and rebuilt[0]["shard"] == 0 and rebuilt[0]["worker"] != addresses[0], events
     assert out.epochs_run == 3 and np.isfinite(out.theta).all()
+
+
+def test_a_worker_killed_before_the_round_size_is_measured(data):
+    """A large source measures a round before placing shards: a worker lost then is measured without, not waited for."""
+    from nnpipe.distributed.frames import auto_round
+
+    spec, _ = small_net("float64")
+    cfg = TrainConfig(mode="local-sgd", workers=2, auto_round=True, dtype="float64")
+    with local_cluster(2) as cluster, distributed.Client(cluster) as client:
+        client.wait_for_workers(2)
+        addresses = worker_addresses(client)
+        kill_worker(client, addresses[0])  # the list handed on below is now stale
+        chosen, facts = auto_round(client, cfg, spec, addresses, n_train=600)
+    assert chosen.sync_every >= 1 and chosen.batch_size >= 1
+    assert facts["round/rtt_s"] > 0 and facts["round/row_s"] > 0
