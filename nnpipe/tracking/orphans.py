@@ -27,6 +27,7 @@ log = logging.getLogger("nnpipe.tracking")
 DRIVER_DIED = "the driver process died"
 STALE_S = 120.0  # eight missed heartbeats: a driver elsewhere that has not written for this long is gone
 FLOW_RUN_TAG = "nnpipe.prefect.flow_run_id"  # set by the flows: the Prefect flow run that drives this run
+PARENT_TAG = "mlflow.parentRunId"
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,20 @@ def why_dead(tags: Mapping[str, str], now: float | None = None, stale_s: float =
     return None
 
 
+def _with_parent_heartbeat(tags: Mapping[str, str]) -> Mapping[str, str]:
+    """A child run's tags with its parent's heartbeat when newer: one driver, one heartbeat (tuning trials)."""
+    parent = tags.get(PARENT_TAG)
+    if not parent or HEARTBEAT_TAG not in tags:
+        return tags
+    try:
+        beat = client().get_run(parent).data.tags.get(HEARTBEAT_TAG)
+    except Exception:  # a parent deleted meanwhile: the child's own tags decide
+        return tags
+    if beat is None or float(beat) <= float(tags[HEARTBEAT_TAG]):
+        return tags
+    return {**tags, HEARTBEAT_TAG: beat}
+
+
 def end_orphaned_runs(now: float | None = None, stale_s: float = STALE_S) -> list[Orphan]:
     """End every RUNNING run whose driver is dead (:func:`why_dead`) as FAILED; returns them.
 
@@ -74,7 +89,7 @@ def end_orphaned_runs(now: float | None = None, stale_s: float = STALE_S) -> lis
         return []
     found = []
     for run in c.search_runs(exp_ids, filter_string="attributes.status = 'RUNNING'", max_results=1000):
-        reason = why_dead(run.data.tags, now, stale_s)
+        reason = why_dead(_with_parent_heartbeat(run.data.tags), now, stale_s)
         if reason is None:
             continue
         last = float(run.data.tags.get(HEARTBEAT_TAG, 0) or 0)

@@ -19,7 +19,8 @@ import sys, time
 from nnpipe import tracking
 tracking.configure(sys.argv[1])
 with tracking.training_run("orphans", {"lr": 0.1}, run_name="doomed") as run:
-    print(run.info.run_id, flush=True)
+    trial = tracking.nested.start_child_run(run.info.run_id, "trial-0", {"lr": 0.1})
+    print(run.info.run_id, trial, flush=True)
     time.sleep(600)
 """
 
@@ -35,7 +36,7 @@ def store(tmp_path):
 def test_a_sigkilled_driver_is_found_and_a_live_one_is_not(store):
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, store], stdout=subprocess.PIPE, text=True)
     try:
-        dead_id = proc.stdout.readline().strip()
+        dead_id, trial_id = proc.stdout.readline().split()
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -43,8 +44,8 @@ def test_a_sigkilled_driver_is_found_and_a_live_one_is_not(store):
     with tracking.training_run("orphans", {"lr": 0.2}, run_name="alive") as live:
         assert tracking.run_status(dead_id) == "RUNNING"
         found = end_orphaned_runs()
-        assert [o.run_id for o in found] == [dead_id]
-        assert found[0].reason.startswith(f"the driver process died (pid {proc.pid} ")
+        assert sorted(o.run_id for o in found) == sorted([dead_id, trial_id])  # its tuning trial too
+        assert all(o.reason.startswith(f"the driver process died (pid {proc.pid} ") for o in found)
         assert tracking.run_status(live.info.run_id) == "RUNNING"
         assert end_orphaned_runs() == []  # once only
     dead = tracking.client().get_run(dead_id)
@@ -63,3 +64,19 @@ def test_a_driver_on_another_machine_is_dead_only_once_its_heartbeat_is_stale():
     assert reason is not None and "pid 4242 on node-7" in reason and "no heartbeat since" in reason
     # A run from before heartbeats (or not nnpipe's) is left alone: nothing says its driver is gone.
     assert why_dead({"mlflow.runName": "x"}, now) is None
+
+
+def test_a_trial_on_another_machine_lives_by_its_parents_heartbeat(store):
+    """Trials get no heartbeat thread each: while the parent's is fresh, a trial's old one does not end it."""
+    c = tracking.client()
+    exp_id = c.create_experiment("orphans")
+    now = time.time()
+    elsewhere = {HOST_TAG: "node-7", "nnpipe.driver.pid": "4242", PROCESS_TAG: "node-7|boot|pid:[1]/1.00"}
+    parent = c.create_run(exp_id, run_name="tune", tags={**elsewhere, HEARTBEAT_TAG: f"{now - 10:.0f}"})
+    child = c.create_run(exp_id, run_name="trial-0", tags={**elsewhere, HEARTBEAT_TAG: f"{now - 3600:.0f}",
+                                                         "mlflow.parentRunId": parent.info.run_id})
+    assert end_orphaned_runs(now) == []
+    c.set_tag(parent.info.run_id, HEARTBEAT_TAG, f"{now - STALE_S - 5:.0f}")  # the tuning driver went silent
+    ended = {o.run_id for o in end_orphaned_runs(now)}
+    assert ended == {parent.info.run_id, child.info.run_id}
+    assert tracking.run_status(child.info.run_id) == "FAILED"
