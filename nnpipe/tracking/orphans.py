@@ -93,8 +93,9 @@ def end_orphaned_runs(now: float | None = None, stale_s: float = STALE_S) -> lis
         if reason is None:
             continue
         last = float(run.data.tags.get(HEARTBEAT_TAG, 0) or 0)
-        c.set_tag(run.info.run_id, FAILURE_TAG, f"{reason}; resume with `nnpipe train --resume-from "
-                                               f"{run.info.run_id}` if it logged checkpoints")
+        hint = (f"; resume with `nnpipe train --resume-from {run.info.run_id}` if it logged checkpoints"
+                if run.data.tags.get("nnpipe.flow") == "nnpipe-train" else "")
+        c.set_tag(run.info.run_id, FAILURE_TAG, reason + hint)
         c.set_terminated(run.info.run_id, "FAILED", end_time=int(max(last, run.info.start_time / 1000) * 1000))
         found.append(Orphan(run.info.run_id, run.info.run_name, run.info.experiment_id, reason))
         log.info("run %s (%s) ended FAILED: %s", run.info.run_name, run.info.run_id, reason)
