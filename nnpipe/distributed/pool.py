@@ -163,13 +163,13 @@ class TrainerPool:
         while not fut.done():
             self.watch.check_scheduler()
             if address is not None and address in self.watch.removed:
-                raise WorkerLost(f"worker {address} removed by the scheduler {fut.key}")
+                raise WorkerLost(f"worker {address} removed by the scheduler before {fut.key} started")
             # The watch hears of removals after it subscribed; a worker that died just before is
             # seen missing from the scheduler's list (asked once a second: it is a round trip).
             if address is not None and time.monotonic() - asked > 1.0:
                 asked = time.monotonic()
                 if address not in self.live_workers():
-                    raise WorkerLost(f"worker {address} is gone from the scheduler {fut.key}")
+                    raise WorkerLost(f"worker {address} is gone from the scheduler before {fut.key} started")
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"trainer {fut.key} did not start within {timeout:.0f} s on {address}")
             time.sleep(0.02)
