@@ -16,7 +16,9 @@ from rich.table import Table
 
 from nnpipe.cli.options import TrackingUri
 
-SHOWN_METRICS = ("test/accuracy", "test/loss", "test/r2", "test/mse", "val/accuracy", "val/loss")
+# shadow/* and live/*: what `nnpipe serve` logged about a version on live traffic (docs/serving.md)
+SHOWN_METRICS = ("test/accuracy", "test/loss", "test/r2", "test/mse", "val/accuracy", "val/loss",
+                 "shadow/agreement", "shadow/mean_abs_diff", "live/shift_max")
 
 
 def _console(stderr: bool = False) -> Console:

@@ -15,7 +15,8 @@ Registry (versions and who serves)
     :mod:`.pyfunc` (the model as an MLflow pyfunc, no pickle), :mod:`.integrity` (SHA-256 of every
     file, checked before a load), :mod:`.registry` (versions, aliases), :mod:`.promotion` (the gate,
     manual promotion, rollback), :mod:`.history` (every alias move), :mod:`.story` (the
-    descriptions the registry page shows).
+    descriptions the registry page shows), :mod:`.serving` (what ``nnpipe serve`` needs: a
+    verified load, the alias's target, live metrics on a version's run).
 
 Typical use (what the flow does)::
 
