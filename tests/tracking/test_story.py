@@ -147,6 +147,7 @@ def test_nnpipe_watch_follows_an_outside_move_within_seconds(registry, tmp_path)
     import subprocess
     import time
 
+    from tests.flows.conftest import default_sigint
     from tests.tracking.helpers import NNPIPE, child_env
 
     v1, v2, v3 = registry["versions"]
@@ -156,7 +157,7 @@ def test_nnpipe_watch_follows_an_outside_move_within_seconds(registry, tmp_path)
     with log.open("w") as out:
         proc = subprocess.Popen([NNPIPE, "watch", "--interval", "0.5", "--tracking-uri", registry["uri"]],
                                 stdout=out, stderr=subprocess.STDOUT, env=child_env(registry["uri"]),
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 120  # the command's own start-up (imports) on a busy machine
         while "watching the aliases" not in log.read_text() and time.monotonic() < deadline:
