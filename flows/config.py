@@ -42,7 +42,8 @@ class PipelineConfig(BaseModel):
 
     dataset: str = Field("iris", description="Built-in dataset name (iris, wine, breast_cancer, digits, diabetes) or a CSV/Parquet path.")
     target: str | None = Field(None, description="Target column (required for CSV/Parquet files).")
-    task: Literal["multiclass", "binary", "regression"] | None = Field(None, description="Override the inferred task.")
+    task: Literal["classification", "multiclass", "binary", "regression"] | None = Field(
+        None, description="Override the inferred task: classification (binary or multiclass by class count) or regression.")
     features: list[str] | None = Field(None, description="Feature columns of a file source; default every column but the target.")
     large: bool | None = Field(None, description="Treat the dataset as a large source read on the workers (True) or load it in memory (False); unset: a directory, glob or URL, or a file over large_file_mb, is large.")
     large_file_mb: float = Field(256, gt=0, description="A single file bigger than this (MB) is a large source.")
@@ -60,6 +61,42 @@ class PipelineConfig(BaseModel):
     resume_from: str | None = Field(None, description="MLflow run id whose logged checkpoints this run continues from.")
     metrics_port: int | None = Field(None, ge=0, lt=65536, description="Serve live training metrics for Prometheus on this port (0: a free one) while training; unset: NNPIPE_METRICS_PORT, else off.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(**PIPELINE_TRAIN_DEFAULTS), description="Optimisation, stopping and distributed coordination.")
+
+    @field_validator("hidden", mode="before")
+    @classmethod
+    def _hidden_as_the_cli_writes_it(cls, value: Any) -> Any:
+        # "16,8" in a file means what --hidden 16,8 means on the command line
+        if isinstance(value, str):
+            try:
+                return [int(part) for part in value.replace(" ", "").split(",") if part]
+            except ValueError:
+                raise ValueError(f"expected comma-separated integers like 64,32, got {value!r}") from None
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _features_are_unique(cls, value: list[str] | None) -> list[str] | None:
+        # a column named twice would train, then fail while MLflow logs the model's input schema
+        if value is not None:
+            seen: set[str] = set()
+            for name in value:
+                if name in seen:
+                    raise ValueError(f"column {name!r} is named twice, got {value!r}")
+                seen.add(name)
+        return value
+
+    @model_validator(mode="after")
+    def _columns_only_for_files(self) -> "PipelineConfig":
+        # a built-in dataset has its own target and features: a flag naming columns would be ignored
+        from nnpipe.data import BUILTIN
+
+        if self.dataset in BUILTIN:
+            for name in ("target", "features"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"config field {name!r}: built-in dataset {self.dataset!r} has its own "
+                                     f"target and features; {name} selects columns of a CSV/Parquet file, "
+                                     f"got {getattr(self, name)!r}")
+        return self
 
     @field_validator("model_name")
     @classmethod
@@ -175,11 +212,20 @@ MODE_ONLY: dict[str, tuple[str, ...]] = {
 
 
 def split_train_fields(values: dict[str, Any]) -> dict[str, Any]:
-    """Move flat training keys (``epochs = 30`` at top level) into the ``train`` table."""
+    """Move flat training keys (``epochs = 30`` at top level) into the ``train`` table.
+
+    The reverse too: pipeline keys written in a ``[train]`` table (``hidden``,
+    ``activation``, ``model_name``) move to the top level, so either place works.
+    """
     out = {k: v for k, v in values.items() if k not in TRAIN_FIELDS}
-    train = dict(out.pop("train", None) or {})
+    train = out.pop("train", None) or {}
     if not isinstance(train, dict):
         raise ConfigError(f"'train' must be a table of training fields, got {train!r}")
+    train = dict(train)
+    for key in [k for k in train if k not in TRAIN_FIELDS and k in PipelineConfig.model_fields and k != "train"]:
+        if key in out and out[key] != train[key]:
+            raise ConfigError(f"{key!r} is set twice, {out[key]!r} at the top level and {train[key]!r} in [train]")
+        out[key] = train.pop(key)
     for key in [k for k in values if k in TRAIN_FIELDS]:  # file order, so output is stable
         train[key] = values[key]
     if train:

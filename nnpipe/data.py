@@ -19,7 +19,9 @@ import numpy as np
 from nnpipe.builtin_data import LOADERS, load_bundle
 
 BUILTIN: dict[str, str] = LOADERS  # built-in dataset name -> scikit-learn loader
-TASKS = ("multiclass", "binary", "regression")
+TASKS = ("multiclass", "binary", "regression", "classification")
+# Said wherever a numeric target was taken as classes: how to predict it as a quantity instead.
+REGRESSION_HINT = "if the target is a quantity to predict, pass --task regression (task = \"regression\" in a config file)"
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", "": "csv"}
 # Largest |value| accepted. Beyond it the scaler's variance (a sum of squares)
 # overflows float64 on realistic row counts and training "diverges" for no
@@ -144,8 +146,14 @@ def load_dataset(source: str | Path, target: str | None = None, task: str | None
         ds = _load_builtin(src)
     else:
         ds = _load_file(Path(src), str(target), features)
-    if task is not None:
+    if task == "classification":
+        ds.task = "binary" if len(np.unique(ds.y)) == 2 else "multiclass"
+    elif task is not None:
         ds.task = task
+    elif src not in BUILTIN and ds.task == "multiclass" and ds.y.dtype.kind in "iuf" and len(np.unique(ds.y)) > 5:
+        # whole numbers with several values: a count or a score may be meant as a quantity
+        ds.warnings.append(f"target column {ds.target!r} holds {len(np.unique(ds.y))} whole-number values, "
+                           f"trained as classes; {REGRESSION_HINT}")
     if ds.task != "regression" and len(np.unique(ds.y)) < 2:
         raise DataError(
             f"{ds.source}: target column {ds.target!r} has a single class {np.unique(ds.y).tolist()!r}; "
@@ -329,6 +337,27 @@ def _numeric_column(series, src: str, col: str, line: Callable[[int], str]) -> n
     return values
 
 
+def check_class_sizes(ds: Dataset, test_size: float = 0.2, val_size: float = 0.1) -> None:
+    """Refuse a classification target with a class too small to reach every part of the split.
+
+    Raises
+    ------
+    DataError
+        Naming the class and its row count; for a numeric target, with the hint to use ``--task regression``.
+    """
+    parts = 1 + (test_size > 0) + (val_size > 0)
+    if ds.task != "regression":
+        labels, counts = np.unique(ds.y, return_counts=True)
+        small = counts < parts
+        if small.any():
+            k = int(np.flatnonzero(small)[0])
+            raise DataError(
+                f"{ds.source}: class {labels[k].item()!r} of target column {ds.target!r} has only "
+                f"{counts[k]} row(s); need at least {parts} so the train, validation and test parts each get one"
+                + (f"; {REGRESSION_HINT}" if ds.y.dtype.kind in "iuf" else "")
+            )
+
+
 def split_and_scale(ds: Dataset, test_size: float = 0.2, val_size: float = 0.1, seed: int = 0) -> Splits:
     """Seeded (stratified for classification) train/val/test split and a StandardScaler fitted on train.
 
@@ -346,16 +375,7 @@ def split_and_scale(ds: Dataset, test_size: float = 0.2, val_size: float = 0.1, 
     if not 0 < test_size + val_size < 1:
         raise DataError(f"test_size + val_size must be in (0, 1), got {test_size + val_size!r}")
     classify = ds.task != "regression"
-    parts = 1 + (test_size > 0) + (val_size > 0)
-    if classify:
-        labels, counts = np.unique(ds.y, return_counts=True)
-        small = counts < parts
-        if small.any():
-            k = int(np.flatnonzero(small)[0])
-            raise DataError(
-                f"{ds.source}: class {labels[k].item()!r} of target column {ds.target!r} has only "
-                f"{counts[k]} row(s); need at least {parts} so the train, validation and test parts each get one"
-            )
+    check_class_sizes(ds, test_size, val_size)
     idx = np.arange(len(ds.y))
     try:
         rest, test = train_test_split(idx, test_size=test_size, random_state=seed,

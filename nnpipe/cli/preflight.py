@@ -25,16 +25,24 @@ FULL_CHECK_BYTES = 64 * 2**20  # files up to this size are read (and every row c
 SCHEDULER_TIMEOUT = 5.0
 
 
-def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable[[str], None]) -> None:
-    """Check ``cfg`` (a ``PipelineConfig``) and set its clean tracking URI; ``fail(message)`` on a problem."""
-    from nnpipe.data import DataError, check_source, load_dataset
+def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable[[str], None],
+              note: Callable[[str], None] = lambda line: None) -> None:
+    """Check ``cfg`` (a ``PipelineConfig``) and set its clean tracking URI; ``fail(message)`` on a problem.
+
+    ``note(line)`` receives what is worth a word but no refusal (a numeric target taken as classes).
+    """
+    from nnpipe.data import DataError, check_class_sizes, check_source, load_dataset
 
     try:
         # a large source (directory, glob, URL, big file) is validated part by part on the workers
         if not cfg.large_source:
             check_source(cfg.dataset, cfg.target)
         if not cfg.large_source and _small_file(cfg.dataset):  # every row checked now: a bad value is named in seconds, not after start-up
-            load_dataset(cfg.dataset, cfg.target, cfg.task, cfg.features)
+            ds = load_dataset(cfg.dataset, cfg.target, cfg.task, cfg.features)
+            check_class_sizes(ds, cfg.test_size, cfg.val_size)
+            for line in ds.warnings:
+                if "--task" in line:
+                    note(f"note: {ds.source}: {line}")
     except DataError as exc:
         fail(str(exc))
     from nnpipe.redact import move_credentials_to_env, redact

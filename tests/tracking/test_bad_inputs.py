@@ -54,6 +54,9 @@ def store(tmp_path_factory, sqlite_template, iris_splits):
     (files / "binary.csv").write_bytes(b"\xff\xfe\x00garbage\x00\x81\n")
     write("cfg.json", "{}")
     write("bad.toml", "epochs = [\n")
+    # a regression target stored as whole numbers: most values occur once
+    write("counts.csv", "a,b,y\n" + "".join(f"{i},{i % 7},{25 + 3 * i}\n" for i in range(30)))
+    write("abc.csv", "a,b,c,y\n" + "".join(f"{i},{i % 5},{i % 3},{i % 2}\n" for i in range(30)))
     yield {"uri": uri, "files": files, "model": model, "splits": splits}
     tracking.reset()
 
@@ -108,6 +111,15 @@ CLI_CASES = [
      "tracking server http://127.0.0.1:9 is not reachable"),
     ("dead-scheduler", ["--mode", "sync", "--scheduler", "tcp://127.0.0.1:9"], 1,
      "Dask scheduler tcp://127.0.0.1:9 is not reachable"),
+    ("features-twice", ["--dataset", "{d}/abc.csv", "--target", "y", "--features", "a,a,b"], 1,
+     "'features': column 'a' is named twice"),
+    ("target-on-builtin", ["--dataset", "iris", "--target", "species"], 1,
+     "built-in dataset 'iris' has its own target and features; target selects columns"),
+    ("features-on-builtin", ["--dataset", "wine", "--features", "a"], 1, "built-in dataset 'wine' has its own target"),
+    ("task-unknown", ["--task", "clustering"], 2, "Invalid value for '--task'"),
+    ("integer-regression-target", ["--dataset", "{d}/counts.csv", "--target", "y"], 1,
+     "class 25 of target column 'y' has only 1 row(s); need at least 3 so the train, validation and test parts "
+     "each get one; if the target is a quantity to predict, pass --task regression"),
     ("bad-scheduler-address", ["--mode", "sync", "--scheduler", "tcp://a:b:c"], 1, "is not host:port"),
 ]
 
