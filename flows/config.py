@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nnpipe.config import TrainConfig
+from nnpipe.config import OPTIMIZER_FIELDS, SCHEDULE_FIELDS, TrainConfig
 
 TRAIN_FIELDS = frozenset(f.name for f in dc_fields(TrainConfig))
 
@@ -29,6 +29,15 @@ PIPELINE_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 100, "patience": 10, "check
 
 # Metrics where a smaller value is better; everything else (accuracy, r2) is "greater is better".
 LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse")
+
+
+# Run tags of a pipeline run: the settings it ran with (what --resume-from restores) and the run it resumed.
+CONFIG_TAG = "nnpipe.config"
+RESUMED_FROM_TAG = "nnpipe.resumed_from"
+# Settings a resumed run cannot change: its checkpoint holds this network, for this data, in this mode.
+CHECKPOINT_FIELDS = ("dataset", "target", "features", "task", "hidden", "activation", "train.mode")
+# Not restored by a resume: where this run happens and what it resumes are this command's own.
+NOT_RESTORED = ("tracking_uri", "scheduler_address", "resume_from", "metrics_port")
 
 
 class ConfigError(ValueError):
@@ -195,6 +204,12 @@ class PipelineConfig(BaseModel):
             params[key] = value
         return params
 
+    def resume_values(self) -> dict[str, Any]:
+        """The settings a later ``--resume-from`` of this run restores (JSON-ready; see :data:`CONFIG_TAG`)."""
+        values = self.model_dump(mode="json", exclude=set(NOT_RESTORED))
+        values["train"] = {k: v for k, v in values["train"].items() if k != "checkpoint_dir"}
+        return values
+
     def promotion_params(self, task: str) -> dict[str, Any]:
         """``promotion_metric`` (as logged, ``test/...``) and ``greater_is_better`` resolved for ``task``."""
         metric, greater = self.metric_for(task)
@@ -260,9 +275,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(
-    file: str | Path | None = None, overrides: dict[str, Any] | None = None
+    file: str | Path | None = None, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
 ) -> PipelineConfig:
     """File values (if any), then ``overrides`` on top (CLI flags win), validated into a config.
+
+    ``base`` (a resumed run's :meth:`PipelineConfig.resume_values`) lies under both:
+    whatever the file and the flags leave unset keeps the earlier run's value.
 
     Raises
     ------
@@ -272,7 +290,12 @@ def build_config(
     values: dict[str, Any] = split_train_fields(read_config_file(file)) if file else {}
     values.pop("tune", None)  # the [tune] table is nnpipe tune's (nnpipe.tuning.TuneSettings.from_table)
     over = split_train_fields({k: v for k, v in (overrides or {}).items() if v is not None})
-    train = {**PIPELINE_TRAIN_DEFAULTS, **values.get("train", {}), **over.pop("train", {})}
+    below = split_train_fields(dict(base or {}))
+    below_train = dict(below.pop("train", {}))
+    if {"batch_size", "sync_every"} & (values.get("train", {}).keys() | over.get("train", {}).keys()):
+        below_train.pop("auto_round", None)  # a round size given now wins over the earlier run's chosen one
+    values = {**below, **values}
+    train = {**PIPELINE_TRAIN_DEFAULTS, **below_train, **values.get("train", {}), **over.pop("train", {})}
     # Round size left to us: a large source's distributed run chooses it (an explicit value always wins).
     if not {"batch_size", "sync_every", "auto_round"} & train.keys():
         train["auto_round"] = True
@@ -283,6 +306,41 @@ def build_config(
     except ValidationError as exc:
         where = f"{file}: " if file else ""
         raise ConfigError(where + describe_validation_error(exc)) from None
+
+
+def values_from_params(params: dict[str, str]) -> dict[str, Any]:
+    """A run's settings rebuilt from its MLflow params (runs logged before :data:`CONFIG_TAG` existed).
+
+    Params are strings and hold effective values; the optimizer, schedule and
+    outer-loop options are left out (they are the defaults resolved, and would
+    clash with an ``--optimizer`` given now), the rest is parsed back.
+    """
+    import ast
+
+    skip = {*NOT_RESTORED, "promotion_metric", "greater_is_better", "outer_optimizer", "outer_lr", "outer_momentum",
+            "warmup_epochs", "checkpoint_dir"}
+    skip.update(OPTIMIZER_FIELDS + SCHEDULE_FIELDS)
+    values: dict[str, Any] = {}
+    for key, text in params.items():
+        if key in skip or (key not in TRAIN_FIELDS and key not in PipelineConfig.model_fields) or key == "train":
+            continue
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text  # a name: adam, relu, iris, a path
+        values[key] = text if key in ("dataset", "target", "model_name", "experiment", "hidden") else value
+    return split_train_fields(values)
+
+
+def explicit_values(file: str | Path | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """What the file and the flags set themselves, flattened to ``key`` / ``train.key`` (defaults left out)."""
+    values = split_train_fields(read_config_file(file)) if file else {}
+    values.pop("tune", None)
+    over = split_train_fields({k: v for k, v in (overrides or {}).items() if v is not None})
+    train = {**values.pop("train", {}), **over.pop("train", {})}
+    flat = {**values, **over}
+    flat.update({f"train.{k}": v for k, v in train.items()})
+    return flat
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -243,6 +243,10 @@ def register(app: typer.Typer) -> None:
             "warmup_epochs": warmup_epochs, "lr_scaling": lr_scaling, "lr_warmup_epochs": lr_warmup_epochs,
         }
         cfg = _build(config, overrides)
+        if cfg.resume_from:  # the earlier run's settings, under the file's and the flags'
+            from nnpipe.cli.resume import restore
+
+            cfg = restore(cfg, config, overrides, _default_tracking_uri, _fail, lambda line: typer.echo(line, err=True))
         preflight(cfg, _default_tracking_uri, _fail, note=lambda line: typer.echo(line, err=True))  # data, store, scheduler: seconds, before any start
         from nnpipe.flows.pipeline import training_flow
         from nnpipe.flows.tasks import announcements
