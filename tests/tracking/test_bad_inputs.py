@@ -10,6 +10,7 @@ takes seconds.
 from __future__ import annotations
 
 import math
+import re
 
 import mlflow
 import numpy as np
@@ -239,6 +240,10 @@ def _model_predict(X):
 API_CASES += [
     ("predict-nan", lambda: _model_predict(_nan(X4, 4, 1)), ValueError, "X column 'b' row 4 is NaN"),
     ("predict-columns", lambda: _model_predict(X4[:, :3]), ValueError, "X has 3 columns, expected 4"),
+    ("predict-too-large", lambda: _model_predict(_nan(X4, 1, 2, 1e39)), ValueError,
+     "X column 'c' row 1 is 1e+39, too large for this float32 model"),
+    ("predict-complex", lambda: _model_predict(np.where(np.arange(4) == 3, 1 + 2j, X4)), ValueError,
+     "X column 3 row 0 is (1+2j), not a real number"),
     ("keras-predict-inf", lambda: _fitted().predict(_nan(X4, 0, 3, -math.inf)), ValueError, "x column 3 row 0 is -inf"),
 ]
 
@@ -267,6 +272,10 @@ PYFUNC_CASES = [
      "column 'sepal width (cm)' row 1 is 'abc', not a number"),
     ("boolean-column", lambda f: f.assign(**{f.columns[0]: [True, False, True, True]}),
      "column 'sepal length (cm)' row 0 is True, not a number"),
+    ("too-large-for-float32", lambda f: f.assign(**{f.columns[0]: [1.0, 1e39, 2.0, 3.0]}),
+     "input column 'sepal length (cm)' row 1 is 1e+39, too large for this float32 model"),
+    ("complex-value", lambda f: f.assign(**{f.columns[2]: [1.0, 2.0, 1 + 2j, 3.0]}),
+     "column 'petal length (cm)' row 2 is (1+2j), not a number"),
     ("list-in-a-cell", lambda f: f.assign(**{f.columns[3]: [1.0, 2.0, [1.0], 3.0]}),
      "column 'petal width (cm)' row 2 is [1.0], not a number"),
 ]
@@ -284,6 +293,21 @@ def test_served_model_refuses_rows_it_cannot_predict(case, store, monkeypatch):
     text = str(err.value)
     assert message in text and "\n" not in text and len(text) < 200, text
     assert snapshot(store["uri"]) == before
+
+
+def test_a_column_sent_twice_is_named(store, monkeypatch):
+    # MLflow's schema check runs before the model's own: nnpipe's loader checks first; the model itself too
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    tracking.configure(store["uri"])
+    frame = _frame(store["splits"])
+    twice = pd.concat([frame, frame.iloc[:, :1]], axis=1)
+    message = "input column 'sepal length (cm)' is given twice; send each column once"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tracking.load_model(NAME, "@champion").predict(twice)
+    from nnpipe.tracking.pyfunc import NnpipePyfunc
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        NnpipePyfunc(store["model"]).predict(twice)
 
 
 def test_served_model_takes_integers_and_numeric_text(store, monkeypatch):
