@@ -56,6 +56,14 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
         check_store(uri, timeout=STORE_TIMEOUT)
     except StoreUnavailable as exc:
         fail(redact(str(exc)))
+    from nnpipe.tracking.prometheus import check_port_free, port_from_env
+
+    try:  # a port asked for and taken is refused now, not moved to another the user is not watching
+        port = cfg.metrics_port if cfg.metrics_port is not None else port_from_env()
+        if port:
+            check_port_free(port)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
     address = cfg.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if cfg.distributed and address:
         from nnpipe.distributed.cluster import check_scheduler

@@ -121,14 +121,23 @@ CLI_CASES = [
     ("integer-regression-target", ["--dataset", "{d}/counts.csv", "--target", "y"], 1,
      "class 25 of target column 'y' has only 1 row(s); need at least 3 so the train, validation and test parts "
      "each get one; if the target is a quantity to predict, pass --task regression"),
+    ("sqlite-path-typo", ["--tracking-uri-env", "sqlite:///{d}/typo/sub/mlflow.db"], 1,
+     "directory {d}/typo/sub does not exist (a typo?)"),
+    ("metrics-port-busy", ["--metrics-port", "{busy}"], 1, "metrics port {busy} on 127.0.0.1 is in use"),
     ("bad-scheduler-address", ["--mode", "sync", "--scheduler", "tcp://a:b:c"], 1, "is not host:port"),
 ]
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
 def test_cli_refuses_bad_input_before_any_work(case, store, monkeypatch):
+    import socket
+
     _, argv, code, message = case
-    argv = [a.replace("{d}", str(store["files"])) for a in argv]
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()  # a port another process serves on
+    fill = lambda s: s.replace("{d}", str(store["files"])).replace("{busy}", str(busy.getsockname()[1]))  # noqa: E731
+    argv, message = [fill(a) for a in argv], fill(message)
     uri = store["uri"]
     if argv[:1] == ["--tracking-uri-env"]:
         uri, argv = argv[1], argv[2:]
@@ -143,6 +152,8 @@ def test_cli_refuses_bad_input_before_any_work(case, store, monkeypatch):
     if code == 1:
         assert result.output.count("\n") == 1, "one line"
     assert snapshot(store["uri"]) == before
+    assert not (store["files"] / "typo").exists()  # nothing created for a mistyped store path
+    busy.close()
 
 
 # Data files whose rows are bad: found when the file is loaded (by the CLI's pre-flight for files up to
