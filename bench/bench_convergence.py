@@ -62,10 +62,10 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.network import NetworkSpec, init_params
+from nnpipe.core.problem import Problem
+from nnpipe.core.training import fit
 from nnpipe.distributed import fit_distributed, start_local_cluster
-from nnpipe.network import NetworkSpec, init_params
-from nnpipe.problem import Problem
-from nnpipe.training import fit
 
 OLD = dict(outer_optimizer="none", lr_scaling="none", lr_warmup_epochs=0, warmup_epochs=0,
            staleness_policy="downweight")
@@ -185,9 +185,9 @@ def teacher(args: argparse.Namespace) -> None:
 
     import nnpipe
     from nnpipe.distributed.frames import cluster_runner
-    from nnpipe.source_eval import evaluate
-    from nnpipe.source_prep import TEST, prepare
     from nnpipe.sources import open_source
+    from nnpipe.sources.evaluate import evaluate
+    from nnpipe.sources.prep import TEST, prepare
 
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_scale import write_dataset  # one writer for both benches

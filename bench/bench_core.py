@@ -30,8 +30,8 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from nnpipe import NetworkSpec, TrainConfig, init_params
-from nnpipe.problem import Problem
-from nnpipe.training import fit
+from nnpipe.core.problem import Problem
+from nnpipe.core.training import fit
 
 warnings.simplefilter("ignore", ConvergenceWarning)
 

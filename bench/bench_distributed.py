@@ -42,10 +42,10 @@ from sklearn.datasets import make_classification  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from nnpipe.config import TrainConfig  # noqa: E402
+from nnpipe.core.network import NetworkSpec, init_params  # noqa: E402
+from nnpipe.core.problem import Problem  # noqa: E402
+from nnpipe.core.training import fit  # noqa: E402
 from nnpipe.distributed import fit_distributed  # noqa: E402
-from nnpipe.network import NetworkSpec, init_params  # noqa: E402
-from nnpipe.problem import Problem  # noqa: E402
-from nnpipe.training import fit  # noqa: E402
 
 
 def make_task(n_samples: int):
@@ -85,10 +85,10 @@ def _ref_time_to(target: float, n_epochs: int):
 
 def step_loop(seconds: float = 1.5, batch: int = 256) -> float:
     """Samples/s of plain 256-row training steps for ``seconds`` (runs on a worker via ``client.run``)."""
-    from nnpipe.distributed.trainer import ShardTrainer, _keep_step_memory, _pin_blas
+    from nnpipe import blas
+    from nnpipe.distributed.trainer import ShardTrainer
 
-    _pin_blas()
-    _keep_step_memory()
+    blas.prepare_training_process()
     net = SPEC
     rng = np.random.default_rng(0)
     X = rng.standard_normal((4096, 64)).astype(np.float32)

@@ -100,7 +100,7 @@ import numpy as np
 from nnpipe import tracking
 from nnpipe.api import build_spec
 from nnpipe.model import Model
-from nnpipe.network import init_params
+from nnpipe.core.network import init_params
 barrier, n, me, score = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 spec = build_spec("multiclass", 4, 3, (4,))
 model = Model(spec, init_params(spec, np.random.default_rng(int(me))), classes=np.array([0, 1, 2]))

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nnpipe.deploy.stack import _alive, free_port, spawn, stop, ui_api_env, wait_http
+from nnpipe.deploy.stack import free_port, pid_alive, spawn, stop, ui_api_env, wait_http
 
 NAME = "prefect-server"
 START_TIMEOUT_S = float(os.environ.get("NNPIPE_PREFECT_START_TIMEOUT", "240"))
@@ -75,7 +75,7 @@ def status(home: Path | None = None) -> dict | None:
         info = json.loads(record.read_text())
     except (OSError, ValueError):
         return None
-    if not _alive(int(info.get("pid", 0))) or not _healthy(info["api"]):
+    if not pid_alive(int(info.get("pid", 0))) or not _healthy(info["api"]):
         return None
     return info
 

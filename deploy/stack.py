@@ -109,7 +109,7 @@ def start_prefect_server(state: Path, port: int | None = None, ui: bool = True, 
     return proc, api
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
         return True
@@ -125,16 +125,16 @@ def stop(state: Path, name: str, timeout: float = 20) -> bool:
     if not pid_file.exists():
         return False
     pid = int(pid_file.read_text())
-    running = _alive(pid)
+    running = pid_alive(pid)
     if running:
         try:
             os.killpg(pid, signal.SIGTERM)  # the session we created: the process and its children
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(pid):
+        if pid_alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -150,7 +150,7 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
     """Start every process, wait until each answers, and write ``<state>/stack.json``."""
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
-    if (state / "stack.json").exists() and any(_alive(int(p.read_text())) for p in (state / "pids").glob("*.pid")):
+    if (state / "stack.json").exists() and any(pid_alive(int(p.read_text())) for p in (state / "pids").glob("*.pid")):
         raise RuntimeError(f"a stack is already running from {state}; run `python -m nnpipe.deploy.stack down --state-dir {state}` first")
     dask_port, mlflow_port, prefect_port = free_port(), free_port(), free_port()
     dashboard_port, train_metrics_port = free_port(), free_port()
@@ -231,7 +231,7 @@ def status(state: Path) -> dict[str, str]:
     out = {}
     for name in reversed(ORDER):
         pid_file = state / "pids" / f"{name}.pid"
-        out[name] = "running" if pid_file.exists() and _alive(int(pid_file.read_text())) else "stopped"
+        out[name] = "running" if pid_file.exists() and pid_alive(int(pid_file.read_text())) else "stopped"
     return out
 
 

@@ -14,8 +14,16 @@ from dataclasses import fields as dc_fields
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from nnpipe import metrics
 from nnpipe.config import OPTIMIZER_FIELDS, SCHEDULE_FIELDS, TrainConfig
 
 TRAIN_FIELDS = frozenset(f.name for f in dc_fields(TrainConfig))
@@ -26,9 +34,6 @@ TRAIN_FIELDS = frozenset(f.name for f in dc_fields(TrainConfig))
 # Checkpoints every 10 epochs are logged to the MLflow run, so any run (a
 # failed one too) can be resumed with ``resume_from``.
 PIPELINE_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 100, "patience": 10, "checkpoint_every": 10}
-
-# Metrics where a smaller value is better; everything else (accuracy, r2) is "greater is better".
-LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse")
 
 
 # Run tags of a pipeline run: the settings it ran with (what --resume-from restores) and the run it resumed.
@@ -134,7 +139,7 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _network_is_valid(self) -> "PipelineConfig":
         # The network's own checks (layer sizes, activation names), not a copy of them.
-        from nnpipe.network import NetworkSpec
+        from nnpipe.core.network import NetworkSpec
 
         if not self.hidden:
             raise ValueError(f"hidden layer sizes must be a non-empty list of integers >= 1, got {self.hidden!r}")
@@ -150,7 +155,7 @@ class PipelineConfig(BaseModel):
     @property
     def large_source(self) -> bool:
         """Whether the dataset trains as a large source (see :func:`nnpipe.sources.is_large`)."""
-        from nnpipe.sources import is_large
+        from nnpipe.sources.location import is_large
 
         if self.large is not None:
             return self.large
@@ -162,12 +167,9 @@ class PipelineConfig(BaseModel):
 
     def metric_for(self, task: str) -> tuple[str, bool]:
         """The promotion metric (without the ``test/`` prefix) and its direction for ``task``."""
-        metric = self.promotion_metric or ("mse" if task == "regression" else "accuracy")
-        metric = metric.removeprefix("test/")
+        metric = (self.promotion_metric or metrics.default_metric(task)).removeprefix("test/")
         greater = self.greater_is_better
-        if greater is None:
-            greater = not any(metric.endswith(k) for k in LOWER_IS_BETTER)
-        return metric, greater
+        return metric, metrics.greater_is_better(metric) if greater is None else greater
 
     def mlflow_params(self) -> dict[str, Any]:
         """The MLflow run's parameters: every setting with the value training really uses.
@@ -189,7 +191,7 @@ class PipelineConfig(BaseModel):
             params["tracking_uri"] = redact(self.tracking_uri)
         params["hidden"] = ",".join(map(str, self.hidden))
         effective = self.train.effective()
-        from nnpipe import schedules
+        from nnpipe.core import schedules
 
         factory = schedules.SCHEDULES[self.train.schedule]
         for name, p in inspect.signature(factory).parameters.items():

@@ -22,6 +22,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from nnpipe.flows import tasks
 from nnpipe.flows.config import PipelineConfig
+from nnpipe.flows.progress import announce
+from nnpipe.names import default_model_name
 
 
 @dataclass
@@ -44,11 +46,6 @@ class PipelineResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def default_model_name(dataset_name: str) -> str:
-    """``nnpipe-<dataset>``, with anything MLflow or a URL would trip on replaced by ``-``."""
-    return "nnpipe-" + re.sub(r"[^A-Za-z0-9_-]+", "-", dataset_name).strip("-").lower()
 
 
 def artifact_key(*parts: str) -> str:
@@ -78,7 +75,7 @@ def stem(dataset: str) -> str:
 def dataset_label(config: PipelineConfig) -> str:
     """The dataset as run names show it: the file stem, or a large source's short name."""
     if config.large_source:
-        from nnpipe.sources import short_name
+        from nnpipe.sources.location import short_name
 
         return short_name(config.dataset)
     return stem(config.dataset)
@@ -166,7 +163,7 @@ def dask_cluster(config: PipelineConfig) -> Iterator[str | None]:
     with connect(address=config.scheduler_address, workers=config.train.workers) as client:
         address = client.scheduler.address
         logger.info("Dask cluster %s (%d workers)", address, len(client.scheduler_info().get("workers", {})))
-        tasks.announce(f"Dask:        {client.dashboard_link}")
+        announce(f"Dask:        {client.dashboard_link}")
         yield address
 
 
@@ -201,106 +198,149 @@ def summary_markdown(result: PipelineResult, links: dict[str, str], ui_command: 
 """
 
 
-@flow(name="nnpipe-train", description="Train, evaluate, register and gate one nnpipe model.",
-      flow_run_name=flow_run_name)
-def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
-    """Run the whole training pipeline for ``config``; returns a :class:`PipelineResult` as a dict."""
+@dataclass(frozen=True)
+class RunRecord:
+    """The MLflow run a pipeline run writes to, and where its pages are."""
+
+    run_id: str
+    experiment_id: str
+    name: str
+    tracking_uri: str
+    prefect_url: str | None
+    metrics_port: int | None
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What either data path returns: the registered model and the data it learned from."""
+
+    model_name: str
+    version: str
+    model_uri: str
+    metrics: dict[str, float]
+    dataset: str  # as given: a file path, a built-in name, a source location
+    task: str
+
+
+@contextmanager
+def mlflow_run(config: PipelineConfig) -> Iterator[RunRecord]:
+    """The pipeline's MLflow run, opened first: anything raised inside ends it FAILED with the reason."""
     from nnpipe import tracking
     from nnpipe.tracking import links
     from nnpipe.tracking.prometheus import port_from_env
 
-    logger = get_run_logger()
     uri = tracking.configure(config.tracking_uri)
-    train_cfg = config.train
-    run_name = mlflow_run_name(config)
-    metrics_port = config.metrics_port if config.metrics_port is not None else port_from_env()
+    name = mlflow_run_name(config)
     prefect_url = flow_run_url()
     if prefect_url:
-        tasks.announce(f"Prefect:     {prefect_url}")
-    with ExitStack() as stack:
-        # The run first: everything after it that raises marks it FAILED with the reason.
-        run = stack.enter_context(
-            tracking.training_run(config.experiment, config.mlflow_params(), tags=run_start_tags(config),
-                                  run_name=run_name, description=run_description(config), system_metrics=True)
-        )
-        run_id = run.info.run_id
-        logger.info("MLflow run %s in %s", run_id, uri)
-        tasks.announce(f"MLflow:      run {run_name}  {links.run_url(uri, run.info.experiment_id, run_id)}")
-        if config.large_source:  # the rows stay on the workers (or stream through one process)
-            from nnpipe.flows import source_tasks
+        announce(f"Prefect:     {prefect_url}")
+    with tracking.training_run(config.experiment, config.mlflow_params(), tags=run_start_tags(config),
+                               run_name=name, description=run_description(config), system_metrics=True) as run:
+        get_run_logger().info("MLflow run %s in %s", run.info.run_id, uri)
+        announce(f"MLflow:      run {name}  {links.run_url(uri, run.info.experiment_id, run.info.run_id)}")
+        yield RunRecord(run.info.run_id, run.info.experiment_id, name, uri, prefect_url,
+                        config.metrics_port if config.metrics_port is not None else port_from_env())
 
-            source = source_tasks.describe(config)
-            address = stack.enter_context(dask_cluster(config))
-            prepared = source_tasks.validate_and_split(source, config, address)
-            ds_name, ds_source, ds_task = source.name, source.location, prepared.task
-            lineage = tracking.run_tags(source.name, source.fingerprint, address,
-                                        train_cfg.workers if config.distributed else None,
-                                        **source_tasks.lineage_extra(prepared))
-            tracking.set_run_tags(run_id, lineage)
-            ds = None  # the rows stay on the workers: no in-memory dataset to describe
-            tracking.log_params(run_id, config.promotion_params(ds_task))
-            model, fit = tasks.train(prepared, train_cfg, config.hidden, config.activation, address, run_id,
-                                     resume_from=config.resume_from, metrics_port=metrics_port, run_name=run_name,
-                                     dataset=ds_name)
-            tracking.set_run_tags(run_id, source_tasks.training_tags(fit))
-            logger.info("trained on %s shards; %s", fit.info.get("data_path"), source_tasks.training_tags(fit))
-            metrics, confusion = source_tasks.evaluate(model, prepared, train_cfg.mode, address)
-            model_name = config.model_name or default_model_name(ds_name)
-            model_uri, version = source_tasks.log_and_register(run_id, model, fit, train_cfg, prepared, metrics,
-                                                               confusion, model_name, lineage)
-        else:
-            ds = tasks.load(config.dataset, config.target, config.task, config.features)
-            tasks.validate(ds, config.test_size, config.val_size)
-            if ds.warnings:  # kept on the run, where whoever reviews the model looks
-                tracking.set_run_tags(run_id, {"nnpipe.data.warnings": "; ".join(ds.warnings)})
-            splits = tasks.split_scale(ds, config.test_size, config.val_size, train_cfg.seed)
-            ds_name, ds_source, ds_task = ds.name, ds.source, ds.task
-            tracking.log_params(run_id, config.promotion_params(ds.task))
-            tracking.log_dataset(run_id, ds, split_rows={"train": len(splits.y_train), "val": len(splits.y_val),
-                                                         "test": len(splits.y_test)})
-            tracking.set_run_description(run_id, run_description(config, ds))
-            address = stack.enter_context(dask_cluster(config))
-            lineage = tracking.run_tags(ds.name, ds.content_hash, address,
-                                        train_cfg.workers if config.distributed else None)
-            tracking.set_run_tags(run_id, lineage)
-            model, fit = tasks.train(splits, train_cfg, config.hidden, config.activation, address, run_id,
-                                     resume_from=config.resume_from, metrics_port=metrics_port, run_name=run_name,
-                                     dataset=ds.name)
-            metrics = tasks.evaluate(model, splits)
-            model_name = config.model_name or default_model_name(ds.name)
-            model_uri, version = tasks.log_and_register(run_id, model, fit, train_cfg, splits, metrics, model_name,
-                                                        lineage, run_name=run_name,
-                                                        label_names=tasks.class_label_names(ds))
-        metric, greater = config.metric_for(ds_task)
-        decision = tasks.promote(model_name, version, f"test/{metric}", greater, actor=f"prefect:{run_name}")
-        tracking.set_run_tags(run_id, {"nnpipe.promoted": decision.promoted, "nnpipe.promotion": decision.reason})
-        outcome = (f"Registered as **{model_name} v{version}**: "
-                   f"{'promoted to champion' if decision.promoted else 'not promoted'} ({decision.reason}).")
-        tracking.set_run_description(run_id, run_description(config, ds, outcome))
-    result = PipelineResult(
-        run_id=run_id, experiment_id=run.info.experiment_id, tracking_uri=uri, model_name=model_name,
-        version=str(version), model_uri=model_uri, metrics=metrics, promoted=bool(decision.promoted),
+
+def train_in_memory(config: PipelineConfig, run: RunRecord, stack: ExitStack) -> Trained:
+    """Load, validate, split and scale in this process, then train, evaluate and register."""
+    ds = tasks.load(config.dataset, config.target, config.task, config.features)
+    tasks.validate(ds, config.test_size, config.val_size)
+    splits = tasks.split_scale(ds, config.test_size, config.val_size, config.train.seed)
+    tasks.describe_run(run.run_id, config, ds, splits, run_description(config, ds))
+    address = stack.enter_context(dask_cluster(config))  # after the data checks: bad data starts no cluster
+    lineage = tasks.tag_lineage(run.run_id, ds.name, ds.content_hash, address, config.train.workers
+                                if config.distributed else None)
+    model, fit = tasks.train(splits, config.train, config.hidden, config.activation, address, run.run_id,
+                             resume_from=config.resume_from, metrics_port=run.metrics_port, run_name=run.name,
+                             dataset=ds.name)
+    metrics = tasks.evaluate(model, splits)
+    model_name = config.model_name or default_model_name(ds.name)
+    model_uri, version = tasks.log_and_register(run.run_id, model, fit, config.train, splits, metrics, model_name,
+                                                lineage, run_name=run.name, label_names=tasks.class_label_names(ds))
+    return Trained(model_name, version, model_uri, metrics, ds.source, ds.task)
+
+
+def train_on_source(config: PipelineConfig, run: RunRecord, stack: ExitStack) -> Trained:
+    """A large source: validate, split, train and evaluate where the rows are read (on the workers)."""
+    from nnpipe.flows import source_tasks
+
+    source = source_tasks.describe(config)
+    address = stack.enter_context(dask_cluster(config))
+    prepared = source_tasks.validate_and_split(source, config, address)
+    source_tasks.describe_run(run.run_id, config, prepared)
+    lineage = tasks.tag_lineage(run.run_id, source.name, source.fingerprint, address,
+                                config.train.workers if config.distributed else None,
+                                **source_tasks.lineage_extra(prepared))
+    model, fit = tasks.train(prepared, config.train, config.hidden, config.activation, address, run.run_id,
+                             resume_from=config.resume_from, metrics_port=run.metrics_port, run_name=run.name,
+                             dataset=source.name)
+    metrics, confusion = source_tasks.evaluate(model, prepared, config.train.mode, address)
+    model_name = config.model_name or default_model_name(source.name)
+    model_uri, version = source_tasks.log_and_register(run.run_id, model, fit, config.train, prepared, metrics,
+                                                       confusion, model_name, lineage)
+    return Trained(model_name, version, model_uri, metrics, source.location, prepared.task)
+
+
+@flow(name="nnpipe-train", description="Train, evaluate, register and gate one nnpipe model.",
+      flow_run_name=flow_run_name)
+def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
+    """Run the whole training pipeline for ``config``; returns a :class:`PipelineResult` as a dict."""
+    with ExitStack() as stack:
+        run = stack.enter_context(mlflow_run(config))
+        train_path = train_on_source if config.large_source else train_in_memory
+        trained = train_path(config, run, stack)
+        metric, greater = config.metric_for(trained.task)
+        decision = tasks.promote(trained.model_name, trained.version, f"test/{metric}", greater,
+                                 actor=f"prefect:{run.name}")
+        tasks.record_outcome(run.run_id, trained.model_name, trained.version, decision,
+                             run_description(config, outcome=outcome_line(trained, decision)))
+    result = pipeline_result(config, run, trained, decision)
+    publish(result, decision)
+    return result.to_dict()
+
+
+def outcome_line(trained: Trained, decision: Any) -> str:
+    """What became of the model, for the run's description."""
+    return (f"Registered as **{trained.model_name} v{trained.version}**: "
+            f"{'promoted to champion' if decision.promoted else 'not promoted'} ({decision.reason}).")
+
+
+def pipeline_result(config: PipelineConfig, run: RunRecord, trained: Trained, decision: Any) -> PipelineResult:
+    """The flow's return value (what ``nnpipe train`` prints), with the pages to look at."""
+    from nnpipe.tracking import links
+
+    uri, name, version = run.tracking_uri, trained.model_name, trained.version
+    return PipelineResult(
+        run_id=run.run_id, experiment_id=run.experiment_id, tracking_uri=uri, model_name=name, version=version,
+        model_uri=trained.model_uri, metrics=trained.metrics, promoted=bool(decision.promoted),
         decision=decision.reason,
         # After the gate the champion is the new version if it won, else whoever held it.
-        champion_version=str(version) if decision.promoted else (
+        champion_version=version if decision.promoted else (
             None if decision.champion_version is None else str(decision.champion_version)),
-        dataset=ds_source, mode=train_cfg.mode,
-        extra={"run_name": run_name, "champion_before": decision.champion_version,
-               "run_url": links.run_url(uri, run.info.experiment_id, run_id),
-               "version_url": links.version_url(uri, model_name, version),
-               "model_url": links.model_url(uri, model_name), "prefect_url": prefect_url,
+        dataset=trained.dataset, mode=config.train.mode,
+        extra={"run_name": run.name, "champion_before": decision.champion_version,
+               "run_url": links.run_url(uri, run.experiment_id, run.run_id),
+               "version_url": links.version_url(uri, name, version),
+               "model_url": links.model_url(uri, name), "prefect_url": run.prefect_url,
                "outside_moves": list(decision.outside_moves)},
     )
+
+
+def publish(result: PipelineResult, decision: Any) -> None:
+    """The flow run's artefact (the decision beside the champion's metrics), its final name and log line."""
+    from nnpipe.tracking import links
+
     page = {"run": result.extra["run_url"], "version": result.extra["version_url"], "model": result.extra["model_url"]}
     create_markdown_artifact(
-        summary_markdown(result, page, links.ui_command(uri), _final_val(run_id),
-                         _champion_metrics(model_name, decision.champion_version)),
-        key=artifact_key("train", model_name),
-        description=f"{model_name} v{version}: {'promoted' if result.promoted else 'not promoted'}",
+        summary_markdown(result, page, links.ui_command(result.tracking_uri), _final_val(result.run_id),
+                         _champion_metrics(result.model_name, decision.champion_version)),
+        key=artifact_key("train", result.model_name),
+        description=f"{result.model_name} v{result.version}: {'promoted' if result.promoted else 'not promoted'}",
     )
-    _rename_flow_run(f"{flow_run_name()} → {model_name} v{version}")
-    logger.info("%s version %s: %s (MLflow run %s)", model_name, version, decision.reason, page["run"])
-    return result.to_dict()
+    _rename_flow_run(f"{flow_run_name()} → {result.model_name} v{result.version}")
+    get_run_logger().info("%s version %s: %s (MLflow run %s)", result.model_name, result.version, result.decision,
+                          page["run"])
 
 
 def _final_val(run_id: str) -> dict[str, float]:

@@ -19,8 +19,8 @@ from nnpipe.config import TrainConfig
 from nnpipe.flows.config import PipelineConfig
 from nnpipe.model import Model
 from nnpipe.results import FitResult
-from nnpipe.source_prep import TEST, PreparedSource, prepare
-from nnpipe.sources import Source, open_source, sample_rows
+from nnpipe.sources.location import Source, open_source, sample_rows
+from nnpipe.sources.prep import TEST, PreparedSource, prepare
 
 
 @task(name="open-source", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -45,12 +45,20 @@ def validate_and_split(source: Source, config: PipelineConfig, address: str | No
     return prepared
 
 
+@task(name="describe-run", cache_policy=NO_CACHE)
+def describe_run(run_id: str, config: PipelineConfig, prepared: PreparedSource) -> None:
+    """Put the gate's metric, resolved for the source's task, on the MLflow run."""
+    from nnpipe import tracking
+
+    tracking.log_params(run_id, config.promotion_params(prepared.task))
+
+
 @task(name="evaluate-source", cache_policy=NO_CACHE)
 def evaluate(model: Model, prepared: PreparedSource, mode: str, address: str | None
              ) -> tuple[dict[str, float], np.ndarray | None]:
     """Test metrics and confusion counts of the servable model, as sums over the test rows where they are."""
     from nnpipe.distributed.frames import runner_for
-    from nnpipe.source_eval import evaluate as evaluate_source
+    from nnpipe.sources.evaluate import evaluate as evaluate_source
 
     with runner_for(mode, address) as run:
         metrics, confusion = evaluate_source(prepared, model.spec, model.theta, TEST, run, raw_units=True)
@@ -62,9 +70,11 @@ def evaluate(model: Model, prepared: PreparedSource, mode: str, address: str | N
 def log_and_register(run_id: str, model: Model, result: FitResult, config: TrainConfig, prepared: PreparedSource,
                      metrics: dict[str, float], confusion: np.ndarray | None, model_name: str,
                      tags: dict[str, str]) -> tuple[str, str]:
-    """Log test metrics, curves, the confusion matrix and the pyfunc model, then register it."""
+    """Log the data path, test metrics, curves, the confusion matrix and the pyfunc model, then register it."""
     from nnpipe import tracking
 
+    tracking.set_run_tags(run_id, training_tags(result))
+    get_run_logger().info("trained on %s shards; %s", result.info.get("data_path"), training_tags(result))
     tracking.log_final_metrics(run_id, metrics, prefix="test/")
     labels = None if prepared.classes is None else list(prepared.classes)
     tracking.log_training_artifacts(run_id, result.history, config.to_dict(), classes=labels,

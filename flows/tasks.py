@@ -10,77 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import threading
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.tasks import exponential_backoff
 
 import nnpipe
-from nnpipe.config import TrainConfig
-from nnpipe.data import Dataset, Splits, load_dataset, split_and_scale
-from nnpipe.model import Model
 from nnpipe.api import train as train_network
+from nnpipe.config import TrainConfig
+from nnpipe.data.load import Dataset, Splits, load_dataset, split_and_scale
+from nnpipe.flows.progress import announce, format_logs, notify
+from nnpipe.model import Model
 from nnpipe.results import Callback, FitResult
-
-# ---------------------------------------------------------------- progress
-
-# Listeners outside Prefect (the CLI's progress bar) that want every epoch/round.
-# A plain list, not a flow parameter: callables are neither serialisable nor a
-# part of the run's configuration.
-_LISTENERS: list[Callback] = []
-_LISTENERS_LOCK = threading.Lock()
-
-
-@contextmanager
-def registered(listeners: list[Any], item: Any) -> Iterator[None]:
-    """``item`` is in ``listeners`` for the block (one lock guards every listener list)."""
-    with _LISTENERS_LOCK:
-        listeners.append(item)
-    try:
-        yield
-    finally:
-        with _LISTENERS_LOCK:
-            listeners.remove(item)
-
-
-def progress_listener(callback: Callback) -> AbstractContextManager[None]:
-    """Call ``callback(step, logs)`` for every epoch or round of trainings started inside the block."""
-    return registered(_LISTENERS, callback)
-
-
-_ANNOUNCERS: list[Callable[[str], None]] = []
-
-
-def announcements(echo: Callable[[str], None]) -> AbstractContextManager[None]:
-    """Call ``echo(line)`` for every link a training in the block announces (MLflow run, dashboards)."""
-    return registered(_ANNOUNCERS, echo)
-
-
-def announce(line: str) -> None:
-    """Log ``line`` and show it to whoever listens (the CLI prints it even without ``-v``)."""
-    try:
-        get_run_logger().info("%s", line)
-    except Exception:  # outside a flow or task run: no run logger
-        pass
-    for echo in list(_ANNOUNCERS):
-        echo(line)
-
-
-def _notify(step: int, logs: dict[str, float]) -> None:
-    for cb in list(_LISTENERS):
-        cb(step, logs)
-
-
-def _fmt_logs(logs: dict[str, float]) -> str:
-    keys = [k for k in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/mse", "dist/staleness") if k in logs]
-    if logs.get("dist/workers_lost"):  # the run carries on without them: say so on every line from then on
-        keys.append("dist/workers_lost")
-    return " ".join(f"{k}={logs[k]:.4g}" for k in keys)
-
+from nnpipe.sources.prep import PreparedSource
 
 # ---------------------------------------------------------------- tasks
 
@@ -160,7 +105,7 @@ def split_scale(ds: Dataset, test_size: float, val_size: float, seed: int) -> Sp
 
 @task(name="train", cache_policy=NO_CACHE, persist_result=False)
 def train(
-    splits: Splits,
+    splits: Splits | PreparedSource,
     config: TrainConfig,
     hidden: list[int],
     activation: str,
@@ -174,6 +119,10 @@ def train(
 ) -> tuple[Model, FitResult]:
     """Train on the configured Dask cluster (or in-process for ``single``), logging every epoch.
 
+    ``splits`` is the in-memory split, or a large source prepared where its
+    rows are read (:class:`~nnpipe.sources.PreparedSource`): ``nnpipe.train``
+    takes either.
+
     Every epoch or round also shows on the Dask dashboard (distributed modes)
     and, with ``metrics_port`` (0: a free port), on a Prometheus ``/metrics``
     endpoint served for the duration of the training.
@@ -184,9 +133,9 @@ def train(
     prefix = f"[{label}] " if label else ""
 
     def log_progress(step: int, logs: dict[str, float]) -> None:  # every mode: once per epoch's worth of rows
-        logger.info("%sepoch %d: %s", prefix, step + 1, _fmt_logs(logs))
+        logger.info("%sepoch %d: %s", prefix, step + 1, format_logs(logs))
 
-    callbacks: list[Callback] = [log_progress, _notify]
+    callbacks: list[Callback] = [log_progress, notify]
     if run_id:
         callbacks.insert(0, tracking.metrics_callback(run_id))
     with ExitStack() as views:
@@ -205,7 +154,7 @@ def train(
         return _train(splits, config, hidden, activation, address, run_id, resume_from, callbacks, prefix)
 
 
-def _train(splits: Splits, config: TrainConfig, hidden: list[int], activation: str, address: str | None,
+def _train(splits: Splits | PreparedSource, config: TrainConfig, hidden: list[int], activation: str, address: str | None,
            run_id: str | None, resume_from: str | None, callbacks: list[Callback], prefix: str
            ) -> tuple[Model, FitResult]:
     from nnpipe import tracking
@@ -263,6 +212,30 @@ def _checkpoint_dir(config: TrainConfig) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="nnpipe-ckpt-") as tmp:
         yield tmp
+
+
+@task(name="describe-run", cache_policy=NO_CACHE)
+def describe_run(run_id: str, config: Any, ds: Dataset, splits: Splits, description: str) -> None:
+    """Put on the MLflow run what it trains on: the dataset input, the gate's metric, a description, data warnings."""
+    from nnpipe import tracking
+
+    tracking.log_params(run_id, config.promotion_params(ds.task))
+    tracking.log_dataset(run_id, ds, split_rows={"train": len(splits.y_train), "val": len(splits.y_val),
+                                                 "test": len(splits.y_test)})
+    tracking.set_run_description(run_id, description)
+    if ds.warnings:  # kept on the run, where whoever reviews the model looks
+        tracking.set_run_tags(run_id, {"nnpipe.data.warnings": "; ".join(ds.warnings)})
+
+
+@task(name="tag-lineage", cache_policy=NO_CACHE)
+def tag_lineage(run_id: str, dataset: str, digest: str, address: str | None, workers: int | None,
+                **extra: Any) -> dict[str, str]:
+    """Tag the run with its lineage (data digest, code version, cluster); returns the tags for the version too."""
+    from nnpipe import tracking
+
+    lineage = tracking.run_tags(dataset, digest, address, workers, **extra)
+    tracking.set_run_tags(run_id, lineage)
+    return lineage
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -342,3 +315,13 @@ def promote(model_name: str, version: str, metric: str, greater_is_better: bool,
     decision = tracking.promote_if_better(model_name, version, metric, greater_is_better, actor)
     get_run_logger().info("promotion: %s", decision.reason)
     return decision
+
+
+@task(name="record-outcome", cache_policy=NO_CACHE)
+def record_outcome(run_id: str, model_name: str, version: str, decision: Any, description: str) -> None:
+    """Tag the run with the gate's decision and end its description with what became of the model."""
+    from nnpipe import tracking
+
+    tracking.set_run_tags(run_id, {"nnpipe.promoted": decision.promoted, "nnpipe.promotion": decision.reason})
+    tracking.set_run_description(run_id, description)
+

@@ -8,24 +8,21 @@ and gated. ``nnpipe sweep`` is this flow with the grid sampler and no pruner.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from nnpipe.flows import tasks
 from nnpipe.flows.config import PipelineConfig
-from nnpipe.flows.pipeline import artifact_key, dataset_label, mlflow_run_link, mlflow_ui_command
-
-# Listeners outside Prefect (the CLI's per-trial lines); callables are not flow parameters.
-_LISTENERS: list[Callable[[Any], None]] = []
-
-
-def trial_listener(callback: Callable[[Any], None]) -> AbstractContextManager[None]:
-    """Call ``callback(TrialResult)`` as each trial of a study started inside the block ends."""
-    return tasks.registered(_LISTENERS, callback)
+from nnpipe.flows.pipeline import (
+    artifact_key,
+    dataset_label,
+    mlflow_run_link,
+    mlflow_ui_command,
+)
+from nnpipe.flows.progress import notify_trial
 
 
 def check_space(config: PipelineConfig, space: list[str] | None, **settings: Any) -> None:
@@ -58,7 +55,7 @@ def check_space(config: PipelineConfig, space: list[str] | None, **settings: Any
 
 def _check_in_memory(config: PipelineConfig) -> None:
     """Refuse a source that only ``nnpipe train`` reads on the workers, saying what to do instead."""
-    from nnpipe.data import DataError, check_source
+    from nnpipe.data.load import DataError, check_source
 
     try:
         check_source(config.dataset, config.target)
@@ -114,8 +111,7 @@ def tune_flow(config: PipelineConfig = PipelineConfig(), space: list[str] | None
     def on_result(r: Any) -> None:
         logger.info("trial %d %s after %d epochs %s%s", r.number, r.state, r.epochs, r.params,
                     "" if r.value is None else f": {r.value:.4f}")
-        for cb in list(_LISTENERS):
-            cb(r)
+        notify_trial(r)
 
     result = tune(
         splits, space, **settings, train=config.train, hidden=config.hidden, activation=config.activation,

@@ -2,13 +2,12 @@
 
 from nnpipe.api import build_spec, train
 from nnpipe.config import TrainConfig
-from nnpipe.data import load_dataset, split_and_scale
+from nnpipe.core.network import Network, NetworkSpec, init_params
+from nnpipe.data.load import load_dataset, split_and_scale
 from nnpipe.keras import Dense, Sequential
 from nnpipe.model import Model
-from nnpipe.network import Network, NetworkSpec, init_params
 from nnpipe.results import DivergenceError, FitResult
 from nnpipe.version import __version__
-
 
 __all__ = [
     "Dense",

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 
 from nnpipe.config import TrainConfig
-from nnpipe.data import Splits
-from nnpipe.losses import TASK_HEADS
+from nnpipe.core.losses import TASK_HEADS
+from nnpipe.core.network import NetworkSpec, init_params
+from nnpipe.core.problem import Problem
+from nnpipe.core.training import fit
+from nnpipe.data.load import Splits
 from nnpipe.model import Model
-from nnpipe.network import NetworkSpec, init_params
-from nnpipe.problem import Problem
 from nnpipe.results import Callback, FitResult
-from nnpipe.training import fit
 
 
 def build_spec(
@@ -58,7 +58,7 @@ def train(
     data : Splits, (X, Y), Source or PreparedSource
         A large source (:func:`nnpipe.sources.open_source`) is validated and
         split on the workers (``single``: in this process) with the default
-        test/validation fractions; a :class:`~nnpipe.source_prep.PreparedSource`
+        test/validation fractions; a :class:`~nnpipe.sources.prep.PreparedSource`
         is already validated and split. Either way the rows never pass through
         this process in the distributed modes. Otherwise:
         A split dataset (:func:`nnpipe.data.split_and_scale`): the network is
@@ -139,8 +139,8 @@ def _prepare(splits: Splits, config: TrainConfig, hidden: tuple[int, ...] | list
 
 
 def _is_source(data: Any) -> bool:
-    from nnpipe.source_prep import PreparedSource
-    from nnpipe.sources import Source
+    from nnpipe.sources.location import Source
+    from nnpipe.sources.prep import PreparedSource
 
     return isinstance(data, (Source, PreparedSource))
 
@@ -156,7 +156,7 @@ def _train_source(data: Any, config: TrainConfig, *, spec: NetworkSpec | None, t
                   hidden: tuple[int, ...] | list[int], activation: str, callbacks: Any, client: Any,
                   address: str | None, metadata: dict[str, Any] | None) -> FitResult:
     """A large source: prepared where it is read, trained in this process (single) or on the cluster."""
-    from nnpipe.source_prep import PreparedSource, prepare
+    from nnpipe.sources.prep import PreparedSource, prepare
 
     if config.mode != "single":
         from nnpipe.distributed.cluster import connect
@@ -168,7 +168,7 @@ def _train_source(data: Any, config: TrainConfig, *, spec: NetworkSpec | None, t
             spec = spec or source_spec(data, hidden, activation, config.dtype)
             result = fit_prepared(data, spec, _initial(spec, config, theta), config, callbacks=callbacks, client=c)
     else:
-        from nnpipe.source_fit import fit_single_source
+        from nnpipe.sources.fit import fit_single_source
 
         if not isinstance(data, PreparedSource):
             data = prepare(data, seed=config.seed)

@@ -6,14 +6,13 @@ can still render it as a form and validate it at a flow's boundary.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-import math
-
-from nnpipe import optimizers, schedules
-from nnpipe.optimizers import DEFAULT_LR, OPTIMIZERS, Optimizer
-from nnpipe.schedules import SCHEDULES, Schedule
+from nnpipe.core import optimizers, schedules
+from nnpipe.core.optimizers import DEFAULT_LR, OPTIMIZERS, Optimizer
+from nnpipe.core.schedules import SCHEDULES, Schedule
 
 # Hyperparameter fields of TrainConfig that belong to an optimizer or a schedule.
 # Left at None they take the registered class's own default; set, they must be

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from nnpipe.checks import check_features, check_lengths
 from nnpipe.config import TrainConfig
-from nnpipe.losses import get_head, head_name
-from nnpipe.network import Network, NetworkSpec, init_params
-from nnpipe.targets import decode_predictions, encode_targets, fit_classes
-from nnpipe.evaluation import evaluate_arrays
+from nnpipe.core.evaluation import evaluate_arrays
+from nnpipe.core.losses import get_head, head_name
+from nnpipe.core.network import Network, NetworkSpec, init_params
+from nnpipe.data.checks import check_features, check_lengths
+from nnpipe.data.targets import decode_predictions, encode_targets, fit_classes
 
 _KERAS_ACTIVATIONS = {None: "identity", "linear": "identity"}
 _OUTPUT_ACTIVATION = {"softmax": "softmax", "sigmoid": "sigmoid", "identity": "identity"}

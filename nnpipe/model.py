@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from nnpipe.checks import check_features
-from nnpipe.network import Network, NetworkSpec
-from nnpipe.targets import decode_predictions, encode_targets
-from nnpipe.evaluation import evaluate_arrays
+from nnpipe.core.evaluation import evaluate_arrays
+from nnpipe.core.network import Network, NetworkSpec
+from nnpipe.data.checks import check_features
+from nnpipe.data.targets import decode_predictions, encode_targets
 
 FORMAT_VERSION = 1
 

@@ -11,6 +11,7 @@ import) so that the CLI can check a name in milliseconds.
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import Any
 
 MAX_MODEL_NAME = 256  # registered_models.name is VARCHAR(256) in MLflow's schema
@@ -42,3 +43,9 @@ def check_model_name(name: Any, field: str = "model name") -> str:
     if norm != name or norm == "." or norm.startswith(".."):
         raise ValueError(f"{field} would resolve to the path {norm!r} (MLflow refuses such names), got {shown!r}")
     return name
+
+
+def default_model_name(dataset_name: str) -> str:
+    """``nnpipe-<dataset>``, with anything MLflow or a URL would trip on replaced by ``-``."""
+    return "nnpipe-" + re.sub(r"[^A-Za-z0-9_-]+", "-", dataset_name).strip("-").lower()
+

@@ -17,8 +17,8 @@ import numpy as np
 
 from nnpipe import checkpoint
 from nnpipe.config import TrainConfig
-from nnpipe.network import Network, NetworkSpec
-from nnpipe.evaluation import evaluate_arrays
+from nnpipe.core.evaluation import evaluate_arrays
+from nnpipe.core.network import Network, NetworkSpec
 from nnpipe.results import Callback, DivergenceError, FitResult
 
 log = logging.getLogger("nnpipe")

@@ -1,6 +1,6 @@
 """What training returns and raises, shared by every loop and by the reporting layer.
 
-Kept apart from the loops so that :mod:`nnpipe.training`, :mod:`nnpipe.reporting`
+Kept apart from the loops so that :mod:`nnpipe.core.training`, :mod:`nnpipe.reporting`
 and the distributed loops all import it without importing each other.
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nnpipe.optimizers import State
+from nnpipe.core.optimizers import State
 
 # callback(epoch_or_round, logs): logs use the MLflow metric keys ("train/loss", ...).
 Callback = Callable[[int, dict[str, float]], None]

@@ -34,7 +34,6 @@ def _setup(uri: str | None):
     from nnpipe import tracking
     from nnpipe.redact import move_credentials_to_env, redact
     from nnpipe.tracking.preflight import StoreUnavailable, check_store
-
     from nnpipe.tracking.store import sqlite_path
 
     uri = move_credentials_to_env(uri or tracking.tracking_uri())

@@ -9,8 +9,6 @@ line on stderr and exit code 1 (2 for usage errors), never a traceback.
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,162 +16,51 @@ from typing import Any, Iterator, Optional
 
 import typer
 
+from nnpipe.cli.common import (
+    build_config,
+    default_tracking_uri,
+    fail,
+    parse_hidden,
+    parse_names,
+    prefect_api,
+    quiet_console,
+    run_flow,
+)
 from nnpipe.cli.options import Scheduler, Target, Verbose
 from nnpipe.cli.preflight import preflight, sigterm_as_interrupt
 
 MODE_HELP = "single (one process) | sync | local-sgd | async (Dask)."
 
 
-def _fail(message: str, code: int = 1) -> None:
-    from nnpipe.redact import redact
-
-    typer.echo(f"error: {redact(message)}", err=True)
-    raise typer.Exit(code)
-
-
-def _parse_hidden(value: str | None) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        sizes = [int(part) for part in value.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers like 64,32, got {value!r}") from None
-    if not sizes:
-        raise typer.BadParameter(f"expected comma-separated integers like 64,32, got {value!r}")
-    return sizes
-
-
-def _parse_names(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    names = [part.strip() for part in value.split(",") if part.strip()]
-    if not names:
-        raise typer.BadParameter(f"expected comma-separated column names like a,b,c, got {value!r}")
-    return names
-
-
-@contextmanager
-def _quiet_console(verbose: bool) -> Iterator[None]:
-    """Hide Prefect's console log lines and MLflow's INFO chatter unless ``--verbose``; restore after.
-
-    The command prints its own progress and a one-line error; the full logs
-    still reach the Prefect API and its UI. Prefect's console handler is set
-    up by Prefect's own logging configuration on the "prefect" logger tree.
-    """
-    if verbose:
-        yield
-        return
-    import warnings
-
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    import nnpipe.tracking  # noqa: F401  (imports mlflow, which configures its loggers; set levels after)
-
-    saved: list[tuple[logging.Handler | logging.Logger, int]] = []
-    mlflow_logger = logging.getLogger("mlflow")
-    saved.append((mlflow_logger, mlflow_logger.level))
-    mlflow_logger.setLevel(logging.WARNING)
-    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):  # Prefect's config puts it on root
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, PrefectConsoleHandler):
-                saved.append((handler, handler.level))
-                handler.setLevel(logging.CRITICAL + 1)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
-            yield
-    finally:
-        for obj, level in saved:
-            obj.setLevel(level)
-
-
-@contextmanager
-def _prefect_api() -> Iterator[str | None]:
-    """Point Prefect at ``PREFECT_API_URL``, else at this user's local server (started once, then reused).
-
-    ``NNPIPE_PREFECT_SERVER=ephemeral`` keeps Prefect's own temporary server
-    per command instead (slower; nothing left running).
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        from nnpipe.deploy.local_prefect import api_answers
-
-        api = os.environ["PREFECT_API_URL"]
-        # Prefect itself retries for ~25 s before it gives up on a dead API; say so at once.
-        if not api_answers(api):
-            _fail(f"the Prefect API at PREFECT_API_URL={api} does not answer; start that server, "
-                  "or unset PREFECT_API_URL to use the local one")
-        yield api
-        return
-    if os.environ.get("NNPIPE_PREFECT_SERVER", "").lower() == "ephemeral":
-        yield None
-        return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from nnpipe.deploy.local_prefect import ensure_server
-
-    try:
-        info = ensure_server(echo=lambda line: typer.echo(line, err=True))
-    except (RuntimeError, OSError) as exc:
-        _fail(str(exc).splitlines()[0])
-    with temporary_settings(updates={PREFECT_API_URL: info["api"]}):
-        yield info["api"]
-
-
-def _default_tracking_uri(config_uri: str | None) -> str:
-    """Explicit URI, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
-    return config_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
 @contextmanager
 def _progress(total: int | None, label: str) -> Iterator[Any]:
     """A rich progress bar on a terminal; plain lines otherwise. Yields a ``(step, logs)`` callback."""
-    from nnpipe.flows.tasks import _fmt_logs, progress_listener
+    from nnpipe.flows.progress import format_logs, progress_listener
 
     if sys.stdout.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TextColumn("{task.fields[logs]}"), transient=False) as bar:
             tid = bar.add_task(label, total=total, logs="")
 
             def on_step(step: int, logs: dict[str, float]) -> None:
-                bar.update(tid, completed=step + 1, logs=_fmt_logs(logs))
+                bar.update(tid, completed=step + 1, logs=format_logs(logs))
 
             with progress_listener(on_step):
                 yield on_step
     else:
         def on_step(step: int, logs: dict[str, float]) -> None:
-            print(f"{label} {step + 1}{'/' + str(total) if total else ''}: {_fmt_logs(logs)}", flush=True)
+            print(f"{label} {step + 1}{'/' + str(total) if total else ''}: {format_logs(logs)}", flush=True)
 
         with progress_listener(on_step):
             yield on_step
-
-
-def _build(config_file: Optional[Path], overrides: dict[str, Any]):
-    from nnpipe.flows.config import ConfigError, build_config
-
-    try:
-        return build_config(config_file, overrides)
-    except ConfigError as exc:
-        _fail(str(exc))
-
-
-def _run_flow(fn, *args: Any, **kwargs: Any) -> Any:
-    """Run a flow, turning any failure into one line on stderr and exit code 1."""
-    from nnpipe.data import DataError
-
-    try:
-        return fn(*args, **kwargs)
-    except DataError as exc:
-        _fail(str(exc))
-    except (ValueError, TypeError) as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    except KeyboardInterrupt as exc:
-        _fail(f"interrupted ({exc}); the MLflow run is marked KILLED, nothing was registered" if str(exc)
-              else "interrupted; the MLflow run is marked KILLED, nothing was registered", 130)
-    except Exception as exc:  # a failed step: say which error, not where in the code
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        _fail(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -234,27 +121,27 @@ def register(app: typer.Typer) -> None:
         """Train, evaluate, register and gate one model (a Prefect flow; MLflow at ./mlflow.db by default)."""
         if task is not None and task not in ("classification", "regression"):
             raise typer.BadParameter(f"expected classification or regression, got {task!r}", param_hint="'--task'")
-        overrides = {"task": task, "resume_from": resume_from, "metrics_port": metrics_port, "features": _parse_names(features), "large": large, "stream": stream,
-            "dataset": dataset, "target": target, "hidden": _parse_hidden(hidden), "activation": activation,
+        overrides = {"task": task, "resume_from": resume_from, "metrics_port": metrics_port, "features": parse_names(features), "large": large, "stream": stream,
+            "dataset": dataset, "target": target, "hidden": parse_hidden(hidden), "activation": activation,
             "optimizer": optimizer, "lr": lr, "epochs": epochs, "batch_size": batch_size, "mode": mode,
             "workers": workers, "sync_every": sync_every, "max_staleness": max_staleness, "seed": seed,
             "dtype": dtype, "model_name": model_name, "scheduler_address": scheduler,
             "outer_optimizer": outer_optimizer, "outer_lr": outer_lr, "outer_momentum": outer_momentum,
             "warmup_epochs": warmup_epochs, "lr_scaling": lr_scaling, "lr_warmup_epochs": lr_warmup_epochs,
         }
-        cfg = _build(config, overrides)
+        cfg = build_config(config, overrides)
         if cfg.resume_from:  # the earlier run's settings, under the file's and the flags'
             from nnpipe.cli.resume import restore
 
-            cfg = restore(cfg, config, overrides, _default_tracking_uri, _fail, lambda line: typer.echo(line, err=True))
-        preflight(cfg, _default_tracking_uri, _fail, note=lambda line: typer.echo(line, err=True))  # data, store, scheduler: seconds, before any start
+            cfg = restore(cfg, config, overrides, default_tracking_uri, fail, lambda line: typer.echo(line, err=True))
+        preflight(cfg, default_tracking_uri, fail, note=lambda line: typer.echo(line, err=True))  # data, store, scheduler: seconds, before any start
         from nnpipe.flows.pipeline import training_flow
-        from nnpipe.flows.tasks import announcements
+        from nnpipe.flows.progress import announcements
 
         # Every mode reports once per epoch (the distributed ones per epoch's worth of rows, whatever the rounds).
-        with sigterm_as_interrupt(), _prefect_api(), _quiet_console(verbose), announcements(typer.echo), \
+        with sigterm_as_interrupt(), prefect_api(), quiet_console(verbose), announcements(typer.echo), \
                 _progress(cfg.train.epochs, "epoch"):
-            result = _run_flow(training_flow, cfg)
+            result = run_flow(training_flow, cfg)
         _print_result(result)
 
     @app.command()
@@ -274,9 +161,9 @@ def register(app: typer.Typer) -> None:
         names = set(deployment)
         unknown = sorted(names - {d.name for d in DEPLOYMENTS})
         if unknown:
-            _fail(f"unknown deployment(s) {unknown}; known: {[d.name for d in DEPLOYMENTS]}")
+            fail(f"unknown deployment(s) {unknown}; known: {[d.name for d in DEPLOYMENTS]}")
         if interval is not None and interval <= 0:
-            _fail(f"--interval must be a positive number of seconds, got {interval!r}")
+            fail(f"--interval must be a positive number of seconds, got {interval!r}")
         chosen = [d for d in DEPLOYMENTS if not names or d.name in names]
         if list_only:
             for line in table(chosen, interval):
@@ -285,10 +172,10 @@ def register(app: typer.Typer) -> None:
         from nnpipe.redact import move_credentials_to_env
 
         # served in this process: the credentials stay in its environment, not in Prefect's parameters
-        tracking_uri = move_credentials_to_env(_default_tracking_uri(mlflow_uri))
+        tracking_uri = move_credentials_to_env(default_tracking_uri(mlflow_uri))
         try:
             serve_deployments(chosen, interval=interval, tracking_uri=tracking_uri, echo=typer.echo)
         except KeyboardInterrupt:
             raise typer.Exit(0)
         except (RuntimeError, OSError, ValueError) as exc:
-            _fail(str(exc).splitlines()[0])
+            fail(str(exc).splitlines()[0])

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 STORE_TIMEOUT = 5.0

@@ -11,14 +11,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-
 import typer
 
-from nnpipe.cli.options import (BestModelName, Parallel, Scheduler, Study, Target, TrialDataset, TrialWorkers,
-                                 Verbose)
+from nnpipe.cli.common import (
+    build_config,
+    default_tracking_uri,
+    fail,
+    parse_hidden,
+    prefect_api,
+    quiet_console,
+    run_flow,
+)
+from nnpipe.cli.options import (
+    BestModelName,
+    Parallel,
+    Scheduler,
+    Study,
+    Target,
+    TrialDataset,
+    TrialWorkers,
+    Verbose,
+)
 from nnpipe.cli.preflight import preflight, sigterm_as_interrupt
-
-from nnpipe.cli.pipeline import _build, _default_tracking_uri, _fail, _parse_hidden, _prefect_api, _quiet_console, _run_flow
 
 
 def _settings(config: Optional[Path], flags: dict[str, Any]) -> Any:
@@ -30,20 +44,21 @@ def _settings(config: Optional[Path], flags: dict[str, Any]) -> Any:
         table = read_config_file(config).get("tune", {}) if config else {}
         return TuneSettings.from_table(table, where=f"{config}: [tune]").override(**flags)
     except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _run(cfg: Any, settings: Any, verbose: bool) -> None:
     """Check the space, run the tune flow with one line per finished trial, print the outcome."""
-    from nnpipe.flows.tune import check_space, trial_listener, tune_flow
+    from nnpipe.flows.progress import trial_listener
+    from nnpipe.flows.tune import check_space, tune_flow
     from nnpipe.tuning import SpaceError
 
     options = {k: v for k, v in settings.to_dict().items() if k not in ("space", "seed")}
     try:
         check_space(cfg, settings.space, **options)
     except (SpaceError, ValueError) as exc:
-        _fail(str(exc))
-    preflight(cfg, _default_tracking_uri, _fail)  # data, store, scheduler: seconds, before any start
+        fail(str(exc))
+    preflight(cfg, default_tracking_uri, fail)  # data, store, scheduler: seconds, before any start
     if not verbose:
         from nnpipe.tuning.study import quiet_optuna
 
@@ -54,8 +69,8 @@ def _run(cfg: Any, settings: Any, verbose: bool) -> None:
         note = f"  ({r.reason})" if r.reason and r.state != "COMPLETE" else ""
         typer.echo(f"  trial {r.number:>3} {r.state:<8}{value:>8}  {r.epochs:>4} epochs  {r.params}{note}")
 
-    with sigterm_as_interrupt(), _prefect_api(), _quiet_console(verbose), trial_listener(on_trial):
-        out = _run_flow(tune_flow, cfg, settings.space or None, **options)
+    with sigterm_as_interrupt(), prefect_api(), quiet_console(verbose), trial_listener(on_trial):
+        out = run_flow(tune_flow, cfg, settings.space or None, **options)
     for note in out["notes"]:
         typer.echo(f"note:        {note}")
     counts = {s: sum(t["state"] == s for t in out["trials"]) for s in ("COMPLETE", "PRUNED", "FAIL")}
@@ -110,11 +125,11 @@ def register(app: typer.Typer) -> None:
         verbose: Verbose = False,
     ) -> None:
         """Search hyperparameters with Optuna: trials in parallel on Dask, pruned mid-training; register and gate the best."""
-        overrides = {"dataset": dataset, "target": target, "hidden": _parse_hidden(hidden), "optimizer": optimizer,
+        overrides = {"dataset": dataset, "target": target, "hidden": parse_hidden(hidden), "optimizer": optimizer,
                      "lr": lr, "epochs": epochs, "batch_size": batch_size, "workers": workers, "seed": seed,
                      "model_name": model_name, "scheduler_address": scheduler}
-        cfg = _build(config, overrides)
-        cfg.tracking_uri = _default_tracking_uri(cfg.tracking_uri)
+        cfg = build_config(config, overrides)
+        cfg.tracking_uri = default_tracking_uri(cfg.tracking_uri)
         settings = _settings(config, {"space": list(space), "trials": trials, "timeout": timeout, "sampler": sampler,
                                       "pruner": pruner, "parallel": parallel, "study": study, "storage": storage,
                                       "metric": metric})
@@ -142,10 +157,10 @@ def register(app: typer.Typer) -> None:
         """
         overrides = {"dataset": dataset, "target": target, "workers": workers, "epochs": epochs, "seed": seed,
                      "model_name": model_name, "scheduler_address": scheduler}
-        cfg = _build(config, overrides)
-        cfg.tracking_uri = _default_tracking_uri(cfg.tracking_uri)
+        cfg = build_config(config, overrides)
+        cfg.tracking_uri = default_tracking_uri(cfg.tracking_uri)
         if not grid:
-            _fail("the grid is empty; give at least one --grid NAME=V1,V2")
+            fail("the grid is empty; give at least one --grid NAME=V1,V2")
         from nnpipe.tuning import TuneSettings
 
         _run(cfg, TuneSettings(space=list(grid), trials=trials, sampler="grid", pruner="none", parallel=parallel,

@@ -1,7 +1,7 @@
 """Training across a Dask cluster: ``sync``, ``local-sgd`` and ``async`` (the only package importing Dask).
 
 Entry point: :func:`fit_distributed` ``(problem, config)``, a checked
-:class:`nnpipe.problem.Problem` and how to train it (called by :func:`nnpipe.train`).
+:class:`nnpipe.core.problem.Problem` and how to train it (called by :func:`nnpipe.train`).
 Cluster helpers: :func:`connect` (a context manager the Prefect flows share
 with training), :func:`start_local_cluster`, :func:`worker_addresses`.
 Sources bigger than the driver's memory: :func:`nnpipe.distributed.frames.fit_prepared`.
@@ -64,10 +64,17 @@ from typing import Any
 
 import numpy as np
 
+from nnpipe import blas
 from nnpipe.config import TrainConfig
-from nnpipe.distributed.cluster import connect, start_local_cluster, wait_for_workers, worker_addresses
-from nnpipe.network import NetworkSpec
-from nnpipe.problem import Problem
+from nnpipe.core.network import NetworkSpec
+from nnpipe.core.problem import Problem
+from nnpipe.distributed.cluster import (
+    connect,
+    start_local_cluster,
+    wait_for_workers,
+    worker_addresses,
+)
+from nnpipe.distributed.protocol import Pool
 from nnpipe.results import Callback, FitResult
 
 log = logging.getLogger("nnpipe.distributed")
@@ -85,7 +92,7 @@ def fit_distributed(problem: Problem, config: TrainConfig, *, callbacks: tuple[C
     problem : Problem
         The network, starting parameters (not modified), training rows (cut
         into ``config.workers`` shards) and optional validation rows, evaluated
-        on the driver after every epoch (:class:`nnpipe.problem.Problem`).
+        on the driver after every epoch (:class:`nnpipe.core.problem.Problem`).
     config : TrainConfig
         ``mode`` in ``sync``, ``local-sgd``, ``async``; ``workers`` shards.
     callbacks : sequence of callable
@@ -118,32 +125,21 @@ def fit_distributed(problem: Problem, config: TrainConfig, *, callbacks: tuple[C
                 s.future.release()
 
 
-def _single_thread_blas():
-    try:
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(1)
-    except ImportError:  # an optimisation only
-        import contextlib
-
-        return contextlib.nullcontext()
-
-
-def run_mode(pool: Any, theta: np.ndarray, config: TrainConfig, reporter: Any, retune: bool = False
+def run_mode(pool: Pool, theta: np.ndarray, config: TrainConfig, reporter: Any, retune: bool = False
              ) -> tuple[np.ndarray, dict, int]:
     """Run ``config.mode``'s merge rule (after its sync warm-up epochs) on ``pool``'s trainers.
 
     ``pool`` is a :class:`.pool.TrainerPool` or anything with its interface
     (the tests use an in-process one). ``retune``: the round size was chosen
     for the user, so ``local-sgd`` and ``async`` choose ``sync_every`` again
-    from their first rounds (:class:`nnpipe.round_size.RoundRetuner`).
+    from their first rounds (:class:`nnpipe.distributed.round_size.RoundRetuner`).
     Returns ``(theta, opt_state, last_epoch)``.
     """
     from nnpipe.distributed import rounds
     from nnpipe.distributed.async_ import MergeOnArrival
     from nnpipe.distributed.local_sgd import AverageParameters
+    from nnpipe.distributed.round_size import RoundRetuner
     from nnpipe.distributed.sync import AverageGradients
-    from nnpipe.round_size import RoundRetuner
 
     if config.mode == "sync":
         return rounds.run(pool, theta, config, reporter, AverageGradients(pool, config, theta))
@@ -188,7 +184,7 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
         pool.start(addresses[: len(shards)])
         # The driver shares the cores with local workers: a multi-threaded BLAS
         # here (validation, averaging) would fight them and can be 10x slower.
-        with _single_thread_blas():
+        with blas.single_thread():
             theta, state, last_epoch = run_mode(pool, theta, config, reporter, retune=retune)
     finally:
         pool.close()
@@ -208,5 +204,5 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
         "param_bytes": int(theta.nbytes),
         "seconds": time.perf_counter() - t0,
     }
-    info.update(getattr(pool, "rule_info", {}))
+    info.update(pool.rule_info)
     return reporter.result(theta, state, last_epoch, info)

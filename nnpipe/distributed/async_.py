@@ -36,6 +36,7 @@ import numpy as np
 
 from nnpipe.config import TrainConfig
 from nnpipe.distributed.outer import OuterRule
+from nnpipe.distributed.protocol import Pool
 from nnpipe.distributed.rounds import EpochTally, check_update
 from nnpipe.distributed.rpc import WorkerLost
 from nnpipe.results import check_finite
@@ -59,7 +60,7 @@ def staleness_weight(staleness: int, max_staleness: int, policy: str) -> float:
 class MergeOnArrival(OuterRule):
     """Merge each trainer's delta as it arrives, weighted by its staleness; re-dispatch at once."""
 
-    def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray):
+    def __init__(self, pool: Pool, config: TrainConfig, theta: np.ndarray):
         super().__init__(pool, config, theta)
         self.target = np.empty_like(theta)
         self.inflight: dict[Any, tuple[Any, int, float]] = {}

@@ -1,8 +1,8 @@
 """Training on a large source with the rows staying on the workers.
 
 The core describes the source (:mod:`nnpipe.sources`), validates, splits and
-reduces its statistics (:mod:`nnpipe.source_prep`) and evaluates it
-(:mod:`nnpipe.source_eval`) through a *runner*; :func:`cluster_runner` is the
+reduces its statistics (:mod:`nnpipe.sources.prep`) and evaluates it
+(:mod:`nnpipe.sources.evaluate`) through a *runner*; :func:`cluster_runner` is the
 Dask one: pieces are read and summarised on the workers, and a reduction
 runs on a worker too, so the driver receives one small result per step.
 
@@ -10,7 +10,7 @@ Shards are tasks (:func:`place_source_shards`) that read the segments of
 training rows ``[lo_i, hi_i)`` on a worker, balanced by rows and rebuilt from
 the source if their worker dies. A shard is held as training-dtype arrays when
 its bytes fit ``config.memory_share`` of the worker's memory limit, else it is
-a :class:`~nnpipe.streaming.RowStream` that reads its pieces again every pass.
+a :class:`~nnpipe.sources.streaming.RowStream` that reads its pieces again every pass.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from nnpipe import blas
 from nnpipe.config import TrainConfig
+from nnpipe.core.network import Network, NetworkSpec, init_params
 from nnpipe.distributed.cluster import connect, wait_for_workers
 from nnpipe.distributed.shards import Shard, row_bounds
-from nnpipe.network import Network, NetworkSpec, init_params
 from nnpipe.results import Callback, FitResult
-from nnpipe.source_eval import add_sums, array_sums, combine, evaluate, prep_fields
-from nnpipe.source_prep import TRAIN, VAL, PreparedSource, local_runner
-from nnpipe.streaming import RowStream, shard_arrays, shard_bytes
+from nnpipe.sources.evaluate import add_sums, array_sums, combine, evaluate, prep_fields
+from nnpipe.sources.prep import TRAIN, VAL, PreparedSource, local_runner
+from nnpipe.sources.streaming import RowStream, shard_arrays, shard_bytes
 
 log = logging.getLogger("nnpipe.distributed")
 
@@ -158,10 +159,7 @@ def _round_trips(client: Any, addresses: list[str], theta: np.ndarray, n: int, i
 
 def _time_steps(spec: dict, batch: int, seconds: float = 0.2) -> float:
     """Seconds of compute per row of one optimizer step at ``batch`` rows (on a worker), over ``seconds``."""
-    from nnpipe.distributed.trainer import _keep_step_memory, _pin_blas
-
-    _pin_blas()
-    _keep_step_memory()
+    blas.prepare_training_process()
     ns = NetworkSpec.from_dict(spec)
     net = Network(ns)
     theta = init_params(ns, 0)
@@ -181,14 +179,14 @@ def _time_steps(spec: dict, batch: int, seconds: float = 0.2) -> float:
 
 def auto_round(client: Any, config: TrainConfig, spec: NetworkSpec, addresses: list[str], n_train: int
                ) -> tuple[TrainConfig, dict[str, float]]:
-    """Measure a round and a step on the workers, then choose the round size (:func:`nnpipe.round_size.choose_round`).
+    """Measure a round and a step on the workers, then choose the round size (:func:`nnpipe.distributed.round_size.choose_round`).
 
     Both are measured as training meets them: the round trip is a round to
     every worker at once by the loops' direct call (not through the
     scheduler); the step time is the slowest worker's while all of them step
     at once (they share the machine's cores and memory bandwidth).
     """
-    from nnpipe.round_size import LOCAL_BATCH, choose_round
+    from nnpipe.distributed.round_size import LOCAL_BATCH, choose_round
 
     theta = init_params(spec, 0)
     rtts = _round_trips(client, addresses, theta, 20, inline=config.mode == "sync")

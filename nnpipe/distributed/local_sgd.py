@@ -15,12 +15,11 @@ shard passes once; its last round may take fewer than K steps.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from nnpipe.config import TrainConfig
 from nnpipe.distributed.outer import OuterRule
+from nnpipe.distributed.protocol import Pool
 from nnpipe.distributed.rounds import EpochTally, check_update, gather_round
 
 
@@ -54,7 +53,7 @@ def consensus_distance(thetas: list[np.ndarray], mean: np.ndarray) -> float:
 class AverageParameters(OuterRule):
     """K local steps on every trainer, then the outer step toward their row-weighted average."""
 
-    def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray):
+    def __init__(self, pool: Pool, config: TrainConfig, theta: np.ndarray):
         super().__init__(pool, config, theta)
         self.avg = np.empty_like(theta)
         self.round = 0

@@ -7,9 +7,9 @@ simply become the target. With one, ``theta - target`` is a pseudo-gradient
 and the core's own optimizers take the step (Wang et al. 2020, SlowMo;
 Douillard et al. 2023, DiLoCo):
 
-- ``sgd``: :class:`~nnpipe.optimizers.SGD`, or heavy-ball
-  :class:`~nnpipe.optimizers.Momentum` when ``outer_momentum > 0`` (SlowMo);
-- ``nesterov``: :class:`~nnpipe.optimizers.Nesterov` (DiLoCo uses lr 0.7, momentum
+- ``sgd``: :class:`~nnpipe.core.optimizers.SGD`, or heavy-ball
+  :class:`~nnpipe.core.optimizers.Momentum` when ``outer_momentum > 0`` (SlowMo);
+- ``nesterov``: :class:`~nnpipe.core.optimizers.Nesterov` (DiLoCo uses lr 0.7, momentum
   0.9; the defaults here, lr 1.0 and momentum 0.5, measured better, see the README).
 
 The state (momentum buffer, step count) lives on the driver, is advanced once
@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from typing import Any
-
 from nnpipe.config import TrainConfig
+from nnpipe.core.optimizers import SGD, Momentum, Nesterov, Optimizer
+from nnpipe.distributed.protocol import Pool
 from nnpipe.distributed.rounds import MergeRule
-from nnpipe.optimizers import SGD, Momentum, Nesterov, Optimizer
 
 
 class OuterOptimizer:
@@ -99,6 +98,6 @@ class OuterRule(MergeRule):
 
     trainer_state = True
 
-    def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray):
+    def __init__(self, pool: Pool, config: TrainConfig, theta: np.ndarray):
         super().__init__(pool, config, theta)
         self.outer = OuterOptimizer.from_config(config, theta)

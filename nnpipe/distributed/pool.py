@@ -37,12 +37,12 @@ import numpy as np
 from distributed import Client, Future
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.network import NetworkSpec
 from nnpipe.distributed.cluster import worker_addresses
-from nnpipe.distributed.shards import Shard
 from nnpipe.distributed.rpc import WorkerLost, call_actor
+from nnpipe.distributed.shards import Shard
 from nnpipe.distributed.trainer import ShardTrainer
 from nnpipe.distributed.watch import RESUME_HINT, LossWatch, SchedulerLost
-from nnpipe.network import NetworkSpec
 
 log = logging.getLogger("nnpipe.distributed")
 
@@ -107,6 +107,7 @@ class TrainerPool:
         self.bytes_other = 0
         self.rounds = 0
         self.overhead_s: list[float] = []  # per round: wall time minus the slowest trainer's compute
+        self.rule_info: dict[str, Any] = {}  # what the merge rule reports (FitResult.info)
         self._next_id = 0
         self.known: set[str] = set()
         self._run = uuid.uuid4().hex[:8]  # trainer keys are unique per run, never reused across runs

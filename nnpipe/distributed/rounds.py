@@ -25,10 +25,11 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from nnpipe.config import TrainConfig
+from nnpipe.distributed.protocol import Pool
 from nnpipe.distributed.reporter import Reporter
+from nnpipe.distributed.round_size import RoundRetuner
 from nnpipe.distributed.rpc import WorkerLost
 from nnpipe.results import DivergenceError
-from nnpipe.round_size import RoundRetuner
 
 log = logging.getLogger("nnpipe.distributed")
 
@@ -51,7 +52,7 @@ class EpochTally:
         self.rows += rows
         self.correct += correct
 
-    def logs(self, lr: float, pool: Any) -> dict[str, float]:
+    def logs(self, lr: float, pool: Pool) -> dict[str, float]:
         rows = max(self.rows, 1)
         out = {"train/loss": self.loss_sum / rows, "lr": lr,
                "train/samples_per_s": self.rows / max(time.perf_counter() - self.t0, 1e-9),
@@ -78,7 +79,7 @@ class Gathered(NamedTuple):
     compute_s: float  # the trainers' mean compute inside the round
 
 
-def gather_round(pool: Any, method: str, args_for: Callable[[Any], tuple], where: str, tally: EpochTally,
+def gather_round(pool: Pool, method: str, args_for: Callable[[Any], tuple], where: str, tally: EpochTally,
                  inline: bool = False) -> Gathered:
     """Call ``method`` on every trainer and wait for all; rebuild and retry lost ones.
 
@@ -108,7 +109,7 @@ def gather_round(pool: Any, method: str, args_for: Callable[[Any], tuple], where
                     float(np.mean([r[-1] for r in order])))
 
 
-def trainer_states(pool: Any) -> dict[int, dict]:
+def trainer_states(pool: Pool) -> dict[int, dict]:
     """Each shard's trainer state (optimizer, stream), fetched for a checkpoint."""
     out = {}
     for t in list(pool.trainers):
@@ -117,7 +118,7 @@ def trainer_states(pool: Any) -> dict[int, dict]:
     return out
 
 
-def restore_trainers(pool: Any, states: dict[int, dict]) -> None:
+def restore_trainers(pool: Pool, states: dict[int, dict]) -> None:
     """Give every trainer its shard's saved state (or, with ``opt`` only, that optimizer state)."""
     for t in list(pool.trainers):
         state = states.get(t.shard.index)
@@ -131,14 +132,14 @@ class MergeRule:
     #: Trainers keep optimizer state and streams of their own (checkpointed with the run).
     trainer_state = False
 
-    def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray):
+    def __init__(self, pool: Pool, config: TrainConfig, theta: np.ndarray):
         self.pool, self.config = pool, config
         self.outer: Any = None  # an :class:`.outer.OuterOptimizer` when the rule has one
         self.k = config.sync_every  # local steps per round (local-sgd, async); the retuner may change it
         self.retuner: RoundRetuner | None = None  # set by run_mode when the round size was chosen for the user
 
     def observe_round(self, wall_s: float, compute_s: float, rows: float) -> None:
-        """Show the retuner one round's times (see :class:`nnpipe.round_size.RoundRetuner`)."""
+        """Show the retuner one round's times (see :class:`nnpipe.distributed.round_size.RoundRetuner`)."""
         if self.retuner is None:
             return
         k = self.retuner.observe(wall_s, compute_s, rows)
@@ -217,7 +218,7 @@ def rows_per_step_warning(config: TrainConfig, shard_rows: list[int]) -> str | N
     return None
 
 
-def run(pool: Any, theta: np.ndarray, config: TrainConfig, reporter: Reporter, rule: MergeRule,
+def run(pool: Pool, theta: np.ndarray, config: TrainConfig, reporter: Reporter, rule: MergeRule,
         warmup: MergeRule | None = None) -> tuple[np.ndarray, dict, int]:
     """Train ``theta`` in place with ``rule``; returns ``(theta, opt_state, last_epoch)``.
 

@@ -1,6 +1,6 @@
 """``sync``: one optimizer step per global mini-batch, gradients computed on the workers.
 
-The global batch order is single-process :func:`nnpipe.training.fit`'s: epoch
+The global batch order is single-process :func:`nnpipe.core.training.fit`'s: epoch
 ``e`` uses the ``e``-th ``default_rng(seed).permutation(n)``, cut into batches
 of ``batch_size``. Each trainer rebuilds that permutation itself (it is a few
 integers of work, not data) and takes the rows of each batch that fall in its
@@ -17,14 +17,13 @@ and ``async``, with a global batch of ``batch_size`` rows per worker.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.training import clip_by_global_norm
+from nnpipe.distributed.protocol import Pool
 from nnpipe.distributed.rounds import EpochTally, MergeRule, check_update, gather_round
 from nnpipe.results import check_finite
-from nnpipe.training import clip_by_global_norm
 
 
 class AverageGradients(MergeRule):
@@ -36,7 +35,7 @@ class AverageGradients(MergeRule):
         Global batch size; default ``config.batch_size``.
     """
 
-    def __init__(self, pool: Any, config: TrainConfig, theta: np.ndarray, batch: int | None = None):
+    def __init__(self, pool: Pool, config: TrainConfig, theta: np.ndarray, batch: int | None = None):
         super().__init__(pool, config, theta)
         self.opt = config.make_optimizer()
         self.state = self.opt.init(theta)

@@ -7,7 +7,7 @@ random stream between rounds, so a round moves parameters only. The math is
 the core's (:meth:`Network.step_views`, the optimizers); nothing is rewritten.
 It imports nothing from Dask: tests build it in-process and call it directly.
 
-Data access goes through :func:`shard_arrays` only: a shard is anything it
+Data access goes through :func:`unpack_shard` only: a shard is anything it
 can turn into ``(X, Y, lo)``, so another kind of shard (streamed from storage,
 say) plugs in there without touching the trainer.
 """
@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from nnpipe import blas
 from nnpipe.config import TrainConfig
-from nnpipe.network import Network, NetworkSpec
-from nnpipe.checks import aligned
-from nnpipe.training import clip_by_global_norm
+from nnpipe.core.network import Network, NetworkSpec
+from nnpipe.core.training import clip_by_global_norm
+from nnpipe.data.checks import aligned
 
 
 def build_shard(X: np.ndarray, Y: np.ndarray, lo: int) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def shard_rows(shard: dict[str, Any]) -> int:
     return len(shard["X"])
 
 
-def shard_arrays(shard: Any) -> tuple[np.ndarray, np.ndarray, int]:
+def unpack_shard(shard: Any) -> tuple[np.ndarray, np.ndarray, int]:
     """``(X, Y, lo)`` of a shard: its rows, their targets and its first global row.
 
     The trainer's one access to its data. A :func:`build_shard` dict today;
@@ -45,48 +46,6 @@ def shard_arrays(shard: Any) -> tuple[np.ndarray, np.ndarray, int]:
     raise TypeError(f"a shard must be a dict with 'X', 'Y' and 'lo' (see build_shard), got {type(shard).__name__}")
 
 
-def _pin_blas() -> None:
-    # Workers started by hand may not have OMP_NUM_THREADS=1 in their environment.
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except Exception:  # threadpoolctl is an optimisation, not a requirement
-        pass
-
-
-# glibc mallopt parameters.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def _keep_step_memory() -> bool:
-    """Let glibc reuse freed step buffers instead of returning them to the OS.
-
-    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which
-    also pins glibc's mmap threshold at 128 kB: every activation buffer of a
-    256-row step (256 x 256 float32 = 256 kB) is then a fresh ``mmap`` and a
-    round of page faults, and a step costs ~40% more CPU than in a plain
-    process (measured: 13.7 vs 9.4 us per sample). Raising both thresholds
-    keeps a step's few MB of working set in the heap. Linux/glibc only; a
-    no-op elsewhere.
-
-    Only as high as a step needs (8 MB holds a 2048 x 1024 float32
-    activation): arrays above it (pieces read from a source, shards,
-    evaluation chunks) stay ``mmap``-ed and go back to the OS when freed.
-    With 64 MB / 256 MB, set before the shards were read (the round-size
-    probe calls this), the freed read buffers stayed in the heap and
-    in-memory workers peaked tens of MB higher.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, 8 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 32 << 20)
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False
-
-
 class ShardTrainer:
     """Trains on one shard; lives on a worker as a Dask actor.
 
@@ -95,7 +54,7 @@ class ShardTrainer:
     spec : dict
         ``NetworkSpec.to_dict()``.
     shard : dict
-        From :func:`build_shard` (Dask resolves the shard future to it); read via :func:`shard_arrays`.
+        From :func:`build_shard` (Dask resolves the shard future to it); read via :func:`unpack_shard`.
     config : TrainConfig
     trainer_id : int
         Seeds this trainer's stream: ``SeedSequence(config.seed).spawn(...)[trainer_id]``.
@@ -107,14 +66,13 @@ class ShardTrainer:
 
     def __init__(self, spec: dict, shard: dict, config: TrainConfig, trainer_id: int, n_total: int,
                  delay_s: float = 0.0):
-        _pin_blas()
-        _keep_step_memory()
+        blas.prepare_training_process()
         self.spec = NetworkSpec.from_dict(spec)
         self.net = Network(self.spec)
-        # Source hook: a shard may be a stream (nnpipe.streaming.RowStream) read piece by piece, not arrays.
+        # Source hook: a shard may be a stream (nnpipe.sources.streaming.RowStream) read piece by piece, not arrays.
         self.stream = shard["stream"].fork(trainer_id) if isinstance(shard, dict) and "stream" in shard else None
         if self.stream is None:
-            self.X, self.Y, self.lo = shard_arrays(shard)
+            self.X, self.Y, self.lo = unpack_shard(shard)
             self.n = len(self.X)
         else:
             self.X = self.Y = None
@@ -171,7 +129,7 @@ class ShardTrainer:
         is the mean-loss gradient over this shard's rows of the batch.
         """
         if self.stream is not None:  # source hook
-            from nnpipe.streaming import stream_sync_grad
+            from nnpipe.sources.streaming import stream_sync_grad
 
             return stream_sync_grad(self, theta, epoch, step, batch)
         t0 = time.perf_counter()

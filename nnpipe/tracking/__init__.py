@@ -1,6 +1,23 @@
 """MLflow tracking for nnpipe: runs, metrics, pyfunc models, registry, promotion gate, rollback.
 
-The only package in nnpipe that imports mlflow. Typical use (what the flow does)::
+The only package in nnpipe that imports mlflow. Its modules, in three groups:
+
+Store (where things are kept)
+    :mod:`.store` (tracking URI, client), :mod:`.preflight` (is the store usable, in seconds),
+    :mod:`.locking` and :mod:`.flock` (one cross-process lock per store), :mod:`.links` (browser URLs),
+    :mod:`.errors` (what this package raises).
+Runs (one MLflow run per training)
+    :mod:`.runs` (lifecycle, params, tags, metrics), :mod:`.nested` (trial runs under a parent),
+    :mod:`.lineage` (data, code and cluster tags; the dataset input), :mod:`.plots` (curves,
+    confusion matrix, checkpoints), :mod:`.prometheus` (live ``/metrics`` while training),
+    :mod:`.restore` (what ``--resume-from`` reads back: a run's settings, its newest checkpoint).
+Registry (versions and who serves)
+    :mod:`.pyfunc` (the model as an MLflow pyfunc, no pickle), :mod:`.integrity` (SHA-256 of every
+    file, checked before a load), :mod:`.registry` (versions, aliases), :mod:`.promotion` (the gate,
+    manual promotion, rollback), :mod:`.history` (every alias move), :mod:`.story` (the
+    descriptions the registry page shows).
+
+Typical use (what the flow does)::
 
     from nnpipe import tracking
 
@@ -16,6 +33,7 @@ The only package in nnpipe that imports mlflow. Typical use (what the flow does)
     decision = tracking.promote_if_better("iris-mlp", version)
 """
 
+from nnpipe.tracking import links, nested
 from nnpipe.tracking.errors import (
     LockTimeout,
     NotServableError,
@@ -27,11 +45,9 @@ from nnpipe.tracking.errors import (
     UnknownVersionError,
 )
 from nnpipe.tracking.history import default_actor
-from nnpipe.tracking import links
 from nnpipe.tracking.integrity import TamperedModel, load_model, verify
 from nnpipe.tracking.lineage import git_revision, log_dataset, run_tags
 from nnpipe.tracking.locking import lock_path, store_lock
-from nnpipe.tracking import nested
 from nnpipe.tracking.plots import fetch_checkpoints, log_checkpoints, log_training_artifacts
 from nnpipe.tracking.promotion import (
     PromotionDecision,
@@ -56,9 +72,9 @@ from nnpipe.tracking.registry import (
 from nnpipe.tracking.runs import (
     FAILURE_TAG,
     flatten_params,
+    flush_metrics,
     log_final_metrics,
     log_params,
-    flush_metrics,
     metric_key,
     metrics_callback,
     run_status,

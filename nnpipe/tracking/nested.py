@@ -17,8 +17,18 @@ from typing import Any, Mapping
 
 from mlflow.entities import Metric, RunTag
 
-from nnpipe.tracking.runs import (BATCH_METRICS, FAILURE_TAG, MAX_TAG_VALUE, _clip, _key, _log_metrics, _metrics,
-                                  get_or_create_experiment, log_params, set_run_tags)
+from nnpipe.tracking.runs import (
+    BATCH_METRICS,
+    FAILURE_TAG,
+    MAX_TAG_VALUE,
+    clip,
+    get_or_create_experiment,
+    log_metric_points,
+    log_params,
+    metric_points,
+    mlflow_key,
+    set_run_tags,
+)
 from nnpipe.tracking.store import client
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -30,7 +40,7 @@ _lock = threading.Lock()
 
 
 def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
-    return {_key(k): _clip(str(v), MAX_TAG_VALUE) for k, v in tags.items() if v is not None}
+    return {mlflow_key(k): clip(str(v), MAX_TAG_VALUE) for k, v in tags.items() if v is not None}
 
 
 def start_child_run(parent_run_id: str, name: str, params: Mapping[str, Any],
@@ -51,7 +61,7 @@ def start_child_run(parent_run_id: str, name: str, params: Mapping[str, Any],
 def _history_metrics(history: Mapping[str, list[float]]) -> list[Metric]:
     metrics: list[Metric] = []
     for step in range(max((len(v) for v in history.values()), default=0)):
-        metrics.extend(_metrics({k: v[step] for k, v in history.items() if step < len(v)}, step))
+        metrics.extend(metric_points({k: v[step] for k, v in history.items() if step < len(v)}, step))
     return metrics
 
 
@@ -62,14 +72,14 @@ def end_run(run_id: str, status: str, tags: Mapping[str, Any] | None = None, fai
     ``status``: ``FINISHED``, ``FAILED`` (with ``failure`` as ``nnpipe.failure``) or ``KILLED``.
     A trial's whole record usually fits one ``log_batch``.
     """
-    logged = _history_metrics(history or {}) + _metrics(metrics or {}, 0)
+    logged = _history_metrics(history or {}) + metric_points(metrics or {}, 0)
     all_tags = _tags({**(tags or {}), **({FAILURE_TAG: failure} if failure else {})})
     tag_items = [RunTag(k, v) for k, v in all_tags.items()]
     if len(logged) <= BATCH_METRICS and len(tag_items) <= BATCH_TAGS:
         if logged or tag_items:
             client().log_batch(run_id, metrics=logged, tags=tag_items)
     else:
-        _log_metrics(run_id, logged)
+        log_metric_points(run_id, logged)
         set_run_tags(run_id, {t.key: t.value for t in tag_items})
     client().set_terminated(run_id, status)
 
@@ -77,7 +87,7 @@ def end_run(run_id: str, status: str, tags: Mapping[str, Any] | None = None, fai
 def log_history(run_id: str, history: Mapping[str, list[float]]) -> int:
     """Log a whole per-epoch history (``{"val/loss": [...], ...}``) at steps 0, 1, ... in batches; returns the count."""
     metrics = _history_metrics(history)
-    _log_metrics(run_id, metrics)
+    log_metric_points(run_id, metrics)
     return len(metrics)
 
 

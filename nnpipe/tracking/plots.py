@@ -12,13 +12,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
 import numpy as np
+
 # The object-oriented API draws with the Agg canvas and touches no global
 # backend, so importing this module changes nothing for a user's notebook.
 from matplotlib.figure import Figure
 
-from nnpipe.tracking.runs import _as_mapping
+from nnpipe.tracking.runs import as_mapping
 from nnpipe.tracking.store import client
 
 
@@ -152,7 +152,7 @@ def log_training_artifacts(
             )
         cfg = tmp / "config"
         cfg.mkdir()
-        plain = _plain(dict(_as_mapping(config)))
+        plain = _plain(dict(as_mapping(config)))
         (cfg / "config.json").write_text(json.dumps(plain, indent=2, sort_keys=True, default=str))
         (cfg / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(plain, default=str)), sort_keys=True))
         (cfg / "history.json").write_text(json.dumps(_plain(dict(history)), default=str))

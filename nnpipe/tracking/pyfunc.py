@@ -39,10 +39,10 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
-from nnpipe.checks import check_features
+from nnpipe.data.checks import check_features
 from nnpipe.model import Model
-from nnpipe.version import __version__
 from nnpipe.tracking.store import client
+from nnpipe.version import __version__
 
 _LOG_LOCK = threading.Lock()
 PROBA_PARAM = "predict_proba"

@@ -37,12 +37,12 @@ DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as the run's
 MetricsCallback = Callable[[int, Mapping[str, float]], None]
 
 
-def _key(key: Any) -> str:
+def mlflow_key(key: Any) -> str:
     """A valid MLflow key: disallowed characters become ``_``, long keys are cut."""
     return _BAD_KEY_CHARS.sub("_", str(key))[:MAX_KEY]
 
 
-def _clip(value: str, limit: int) -> str:
+def clip(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - 15] + "...[truncated]"
 
 
@@ -52,10 +52,10 @@ def _param_value(value: Any) -> str:
             value = json.dumps(value, default=str)
         except (TypeError, ValueError):
             value = str(value)
-    return _clip(str(value), MAX_PARAM_VALUE)
+    return clip(str(value), MAX_PARAM_VALUE)
 
 
-def _as_mapping(obj: Any) -> Mapping[str, Any]:
+def as_mapping(obj: Any) -> Mapping[str, Any]:
     """A mapping, or an object with ``to_dict()`` (``TrainConfig``) as one."""
     if isinstance(obj, Mapping):
         return obj
@@ -73,12 +73,12 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
     {'model.hidden': '[64, 32]', 'lr': '0.01'}
     """
     out: dict[str, str] = {}
-    for key, value in _as_mapping(params).items():
+    for key, value in as_mapping(params).items():
         full = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             out.update(flatten_params(value, prefix=f"{full}."))
         else:
-            out[_key(full)] = _param_value(value)
+            out[mlflow_key(full)] = _param_value(value)
     return out
 
 
@@ -152,7 +152,7 @@ def training_run(
     is re-raised.
     """
     exp_id = get_or_create_experiment(experiment)
-    str_tags = {_key(k): _clip(str(v), MAX_TAG_VALUE) for k, v in (tags or {}).items() if v is not None}
+    str_tags = {mlflow_key(k): clip(str(v), MAX_TAG_VALUE) for k, v in (tags or {}).items() if v is not None}
     if system_metrics and not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)  # MLflow's 10 s misses short trainings
     run = mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=None if run_id else run_name,
@@ -166,7 +166,7 @@ def training_run(
         # An Exception is a failure; any other BaseException is a stop from outside (Ctrl-C,
         # SIGTERM as Prefect's TerminationSignal, SystemExit): the run was killed, not broken.
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"
-        reason = _clip(f"{type(exc).__name__}: {exc}", MAX_TAG_VALUE)
+        reason = clip(f"{type(exc).__name__}: {exc}", MAX_TAG_VALUE)
         try:
             flush_metrics(run_id)  # a failed run's curves show where it went wrong
         except Exception:  # the store may be what failed; the status below matters more
@@ -212,7 +212,7 @@ def metric_key(key: str) -> str:
     return key
 
 
-def _metrics(logs: Mapping[str, Any], step: int, prefix: str = "", model_id: str | None = None) -> list[Metric]:
+def metric_points(logs: Mapping[str, Any], step: int, prefix: str = "", model_id: str | None = None) -> list[Metric]:
     now = int(time.time() * 1000)
     out = []
     for key, value in logs.items():
@@ -222,11 +222,11 @@ def _metrics(logs: Mapping[str, Any], step: int, prefix: str = "", model_id: str
             continue  # not a number (e.g. an event string): nothing to plot
         if math.isfinite(value):  # MLflow rejects NaN/inf in some stores; a gap is honest
             name = key if key.startswith(prefix) else f"{prefix}{key}"
-            out.append(Metric(_key(name), value, now, int(step), model_id=model_id))
+            out.append(Metric(mlflow_key(name), value, now, int(step), model_id=model_id))
     return out
 
 
-def _log_metrics(run_id: str, metrics: list[Metric]) -> None:
+def log_metric_points(run_id: str, metrics: list[Metric]) -> None:
     c = client()
     for start in range(0, len(metrics), BATCH_METRICS):
         c.log_batch(run_id, metrics=metrics[start : start + BATCH_METRICS])
@@ -250,7 +250,7 @@ def flush_metrics(run_id: str | None = None) -> None:
             _last_flush[rid] = time.monotonic()
     for rid, metrics in batches:
         if metrics:
-            _log_metrics(rid, metrics)
+            log_metric_points(rid, metrics)
 
 
 def metrics_callback(run_id: str) -> MetricsCallback:
@@ -265,7 +265,7 @@ def metrics_callback(run_id: str) -> MetricsCallback:
         raise ValueError(f"run_id must be a run id, got {run_id!r}")
 
     def callback(step: int, logs: Mapping[str, float]) -> None:
-        metrics = _metrics({metric_key(k): v for k, v in logs.items()}, step)
+        metrics = metric_points({metric_key(k): v for k, v in logs.items()}, step)
         with _pending_lock:
             _pending.setdefault(run_id, []).extend(metrics)
             due = time.monotonic() - _last_flush.get(run_id, -math.inf) >= FLUSH_S
@@ -281,21 +281,21 @@ def log_final_metrics(run_id: str, metrics: Mapping[str, float], prefix: str = "
 
     With ``model_id`` (a logged model's id) they also show on that model's page.
     """
-    logged = _metrics(metrics, step, prefix, model_id)
-    _log_metrics(run_id, logged)
+    logged = metric_points(metrics, step, prefix, model_id)
+    log_metric_points(run_id, logged)
     return {m.key: m.value for m in logged}
 
 
 def set_run_tags(run_id: str, tags: Mapping[str, Any]) -> None:
     """Add tags to a run (e.g. facts known only after training)."""
-    items = [RunTag(_key(k), _clip(str(v), MAX_TAG_VALUE)) for k, v in tags.items() if v is not None]
+    items = [RunTag(mlflow_key(k), clip(str(v), MAX_TAG_VALUE)) for k, v in tags.items() if v is not None]
     if items:
         client().log_batch(run_id, tags=items)
 
 
 def set_run_description(run_id: str, text: str) -> None:
     """Replace the run's description (markdown on the run page)."""
-    client().set_tag(run_id, DESCRIPTION_TAG, _clip(text, MAX_TAG_VALUE))
+    client().set_tag(run_id, DESCRIPTION_TAG, clip(text, MAX_TAG_VALUE))
 
 
 def run_status(run_id: str) -> str:

@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable
 
-from nnpipe import tracking
+from nnpipe import metrics, tracking
 from nnpipe.config import TrainConfig
-from nnpipe.data import Dataset, Splits, load_dataset, split_and_scale
+from nnpipe.data.load import Dataset, Splits, load_dataset, split_and_scale
 from nnpipe.distributed.cluster import connect, worker_addresses
+from nnpipe.names import default_model_name
 from nnpipe.tuning import report, resume
+from nnpipe.tuning.resume import stored_attrs
 from nnpipe.tuning.runner import StudyRunner, TrialResult
 from nnpipe.tuning.settings import DEFAULT_TRIALS, TuneSettings
-from nnpipe.tuning.resume import stored_attrs
 from nnpipe.tuning.space import SpaceError, parse_space
-from nnpipe.tuning.study import default_storage, direction_of, get_storage, make_pruner, make_sampler, open_study
+from nnpipe.tuning.study import (
+    default_storage,
+    get_storage,
+    make_pruner,
+    make_sampler,
+    open_study,
+)
 
 STUDY_ATTRS = ("nnpipe.dataset", resume.SPACE_ATTR, resume.METRIC_ATTR, resume.SAMPLER_ATTR, resume.PRUNER_ATTR,
                "nnpipe.parent_run_id", "nnpipe.experiment", "nnpipe.base")
@@ -64,9 +70,9 @@ class TuneResult:
         return out
 
 
-def _default_name(dataset: str) -> str:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"nnpipe-{re.sub(r'[^A-Za-z0-9_-]+', '-', dataset).strip('-').lower()}-{stamp}"
+def _default_study_name(dataset: str) -> str:
+    """The model's default name and the start time: ``nnpipe-digits-20261205-201500``."""
+    return f"{default_model_name(dataset)}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def _base(train: TrainConfig, hidden: list[int] | tuple[int, ...], activation: str) -> dict[str, Any]:
@@ -91,20 +97,142 @@ def _prepare_data(data: str | Dataset | Splits, target: str | None, test_size: f
     return split_and_scale(ds, test_size=test_size, val_size=val_size, seed=seed), ds.name, ds.content_hash
 
 
+@dataclass
+class StudyPlan:
+    """Everything a study's invocation resolved before it opens anything: what, on which data, how judged."""
+
+    name: str
+    storage: str
+    tracking_uri: str
+    resumed: bool
+    entries: list[str]
+    space: Any  # the parsed search space
+    sampler: str
+    pruner: str
+    metric: str  # the validation metric trials are judged by
+    direction: str
+    grid: dict | None
+    n_trials: int
+    sampler_seed: int
+    timeout: float | None
+    parallel: int | None
+    train: TrainConfig
+    hidden: list[int]
+    activation: str
+    splits: Splits
+    dataset: str
+    content_hash: str | None
+    model_name: str
+    gate_metric: str  # the test metric the promotion gate compares
+    greater_is_better: bool
+    parent_run_id: str | None  # a resumed study's parent run
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def grid_size(self) -> int | None:
+        return math.prod(len(v) for v in self.grid.values()) if self.grid else None
+
+    @property
+    def base(self) -> dict[str, Any]:
+        return _base(self.train, self.hidden, self.activation)
+
+
+def resolve(data: str | Dataset | Splits, space: list[str] | dict[str, str] | None, settings: TuneSettings,
+            *, train: TrainConfig | None = None, hidden: list[int] | tuple[int, ...] = (64, 32),
+            activation: str = "relu", target: str | None = None, test_size: float = 0.2, val_size: float = 0.1,
+            dataset_name: str | None = None, content_hash: str | None = None, tracking_uri: str | None = None,
+            model_name: str | None = None, promotion_metric: str | None = None,
+            greater_is_better: bool | None = None) -> StudyPlan:
+    """Check the settings and space, load the data and settle a resumed study's own choices; opens nothing.
+
+    Raises before any run, study or cluster exists: a bad space entry, a trial
+    mode other than ``single``, a resume with another space, metric or dataset.
+    """
+    if isinstance(space, dict):
+        space = [f"{k}={v}" for k, v in space.items()]
+    settings = settings.override(space=space)
+    train = replace(train or TrainConfig(), checkpoint_every=0)
+    if train.mode != "single":
+        raise ValueError(f"config field 'mode': tune trains each trial in one process on a worker, so mode must be "
+                         f"'single', got {train.mode!r} (trials run in parallel instead)")
+    entries = list(settings.space)
+    if entries:
+        parse_space(entries, base=train)  # fail on a bad entry before anything else
+    uri = tracking.configure(tracking_uri)
+    store = settings.storage or default_storage(uri)
+    name = settings.study
+    found = stored_attrs(name, store) if name is not None else None
+    resumed, stored = found is not None, (found[1] if found else {})
+    # A resume continues with the study's own space, sampler, pruner and metric unless given, and
+    # refuses a space or metric that is not its own (before any data, run or cluster).
+    chosen = resume.resolve(name, stored, space=entries, sampler=settings.sampler, pruner=settings.pruner,
+                            metric=settings.metric)
+    entries, sampler_name = chosen["space"], chosen["sampler"]
+    if not entries:
+        raise SpaceError("the search space is empty; give at least one --space NAME=EXPR, "
+                         "e.g. --space 'lr=loguniform(1e-4,1e-1)'")
+    parsed = parse_space(entries, base=train)
+    splits, ds_name, loaded_hash = _prepare_data(data, target, test_size, val_size, train.seed)
+    ds_name, content_hash = dataset_name or ds_name, content_hash or loaded_hash
+    if resumed and stored.get("nnpipe.dataset") not in (None, ds_name):
+        raise ValueError(f"study {name!r} was run on dataset {stored['nnpipe.dataset']!r}, not {ds_name!r}")
+    task = "multiclass" if splits.classes is not None else "regression"
+    metric_name = chosen["metric"] or ("val/accuracy" if task != "regression" else "val/loss")
+    grid = parsed.grid() if sampler_name == "grid" else None
+    grid_size = math.prod(len(v) for v in grid.values()) if grid else None
+    sampler_seed = train.seed if settings.seed is None else settings.seed
+    if resumed and grid is None:
+        # A resumed study must not replay its first configurations: offset the seed by the trials it
+        # has (still reproducible). The grid keeps its seed: it fixes the order grid ids refer to.
+        sampler_seed += len(get_storage(store).get_all_trials(found[0], deepcopy=False))
+    gate_metric = (promotion_metric or metrics.default_metric(task)).removeprefix("test/")
+    changes = _base_changes(stored.get("nnpipe.base"), _base(train, hidden, activation))
+    return StudyPlan(
+        name=name or _default_study_name(ds_name), storage=store, tracking_uri=uri, resumed=resumed,
+        entries=entries, space=parsed, sampler=sampler_name, pruner=chosen["pruner"], metric=metric_name,
+        direction=metrics.direction(metric_name), grid=grid,
+        n_trials=settings.trials or (grid_size if grid_size else DEFAULT_TRIALS), sampler_seed=sampler_seed,
+        timeout=settings.timeout, parallel=settings.parallel, train=train, hidden=list(hidden),
+        activation=activation, splits=splits, dataset=ds_name, content_hash=content_hash,
+        model_name=model_name or default_model_name(ds_name), gate_metric=gate_metric,
+        greater_is_better=metrics.greater_is_better(gate_metric) if greater_is_better is None else greater_is_better,
+        parent_run_id=stored.get("nnpipe.parent_run_id") if resumed else None,
+        notes=[f"study {name!r} was run with other settings; its new trials use {', '.join(changes)} (pass the "
+               "earlier options to keep the trials comparable)"] if changes else [])
+
+
+def open_plan_study(plan: StudyPlan) -> Any:
+    """Create or load the plan's Optuna study; a resumed study must optimise the same way."""
+    study = open_study(plan.name, plan.storage, plan.direction, make_sampler(plan.sampler, plan.sampler_seed, plan.grid),
+                       make_pruner(plan.pruner, plan.train.epochs))
+    if study.direction.name.lower() != plan.direction:
+        raise ValueError(f"study {plan.name!r} {study.direction.name.lower()}s; metric {plan.metric!r} needs "
+                         f"{plan.direction}")
+    return study
+
+
+def run_trials(plan: StudyPlan, study: Any, parent_id: str, *, address: str | None = None, client: Any = None,
+               workers: int = 2, on_result: Callable[[TrialResult], None] | None = None
+               ) -> tuple[list[TrialResult], StudyRunner, float, dict[str, str]]:
+    """Run the plan's trials on the Dask cluster, K at once; returns results, the runner, seconds, lineage tags."""
+    with connect(address=address, client=client, workers=workers) as dask_client:
+        k = plan.parallel or max(1, len(worker_addresses(dask_client)) or workers)
+        lineage = tracking.run_tags(plan.dataset, plan.content_hash, dask_client.scheduler.address, None) \
+            if plan.content_hash else {}
+        tracking.set_run_tags(parent_id, {**lineage, "nnpipe.tune.parallel": k})
+        runner = StudyRunner(study, plan.space, plan.splits, plan.train, plan.hidden, plan.activation, dask_client,
+                             storage=plan.storage, pruner=plan.pruner, metric=plan.metric, parallel=k,
+                             parent_run_id=parent_id, on_result=on_result, grid_size=plan.grid_size)
+        t0 = time.perf_counter()
+        results = runner.run(plan.n_trials, plan.timeout)
+        return results, runner, time.perf_counter() - t0, lineage
+
+
 def tune(
     data: str | Dataset | Splits = "iris",
     space: list[str] | dict[str, str] | None = None,
-    *,
-    trials: int | None = None,
-    timeout: float | None = None,
-    sampler: str | None = None,
-    pruner: str | None = None,
-    parallel: int | None = None,
-    study: str | None = None,
-    storage: str | None = None,
-    seed: int | None = None,
-    metric: str | None = None,
     settings: TuneSettings | None = None,
+    *,
     train: TrainConfig | None = None,
     hidden: list[int] | tuple[int, ...] = (64, 32),
     activation: str = "relu",
@@ -124,8 +252,13 @@ def tune(
     tags: dict[str, Any] | None = None,
     on_result: Callable[[TrialResult], None] | None = None,
     actor: str | None = None,
+    **overrides: Any,
 ) -> TuneResult:
     """Run (or resume) an Optuna study of trainings on a Dask cluster; register and gate the best model.
+
+    Four steps: :func:`resolve` the plan (no side effect), :func:`open_plan_study`,
+    :func:`run_trials` under the study's parent MLflow run, then
+    :func:`nnpipe.tuning.report.conclude` (register and gate the best).
 
     Parameters
     ----------
@@ -134,10 +267,12 @@ def tune(
     space : list of str or dict
         ``["lr=loguniform(1e-4,1e-1)", "optimizer=choice(adam,sgd)"]`` or ``{"lr": "loguniform(1e-4,1e-1)"}``
         (grammar: :mod:`nnpipe.tuning.space`). May be omitted when resuming a study.
-    trials, timeout, sampler, pruner, parallel, study, storage, seed, metric
-        Override ``settings`` (:class:`TuneSettings`). ``parallel`` defaults to the
-        number of workers; ``seed`` to ``train.seed``; ``metric`` to ``val/accuracy``
-        (classification) or ``val/loss`` (regression).
+    settings : TuneSettings, optional
+        How to search: trials, timeout, sampler, pruner, parallel, study, storage, seed, metric.
+        ``parallel`` defaults to the number of workers; ``seed`` to ``train.seed``; ``metric`` to
+        ``val/accuracy`` (classification) or ``val/loss`` (regression).
+    **overrides
+        Any :class:`TuneSettings` field by name (``trials=20, sampler="random"``), over ``settings``.
     dataset_name, content_hash : str, optional
         Lineage of data given already split (the name and hash of the dataset it came from).
     train : TrainConfig, optional
@@ -154,97 +289,46 @@ def tune(
     ------
     SpaceError
         A bad search-space entry, before any run or study is created.
+    TypeError
+        An unknown keyword (neither a parameter nor a :class:`TuneSettings` field).
     """
     t0 = time.perf_counter()
-    if isinstance(space, dict):
-        space = [f"{k}={v}" for k, v in space.items()]
-    settings = (settings or TuneSettings()).override(
-        space=space,
-        trials=trials, timeout=timeout, sampler=sampler, pruner=pruner, parallel=parallel, study=study,
-        storage=storage, seed=seed, metric=metric)
-    train = replace(train or TrainConfig(), checkpoint_every=0)
-    if train.mode != "single":
-        raise ValueError(f"config field 'mode': tune trains each trial in one process on a worker, so mode must be "
-                         f"'single', got {train.mode!r} (trials run in parallel instead)")
-    entries = list(settings.space)
-    if entries:
-        parse_space(entries, base=train)  # fail on a bad entry before anything else
-    uri = tracking.configure(tracking_uri)
-    store = settings.storage or default_storage(uri)
-    name = settings.study
-    found = stored_attrs(name, store) if name is not None else None
-    resumed, stored = found is not None, (found[1] if found else {})
-    # A resume continues with the study's own space, sampler, pruner and metric unless given, and
-    # refuses a space or metric that is not its own (before any data, run or cluster).
-    chosen = resume.resolve(name, stored, space=entries, sampler=settings.sampler, pruner=settings.pruner,
-                            metric=settings.metric)
-    entries, sampler_name, pruner_name = chosen["space"], chosen["sampler"], chosen["pruner"]
-    if not entries:
-        raise SpaceError("the search space is empty; give at least one --space NAME=EXPR, "
-                         "e.g. --space 'lr=loguniform(1e-4,1e-1)'")
-    parsed = parse_space(entries, base=train)
-    splits, ds_name, loaded_hash = _prepare_data(data, target, test_size, val_size, train.seed)
-    ds_name, content_hash = dataset_name or ds_name, content_hash or loaded_hash
-    if resumed and stored.get("nnpipe.dataset") not in (None, ds_name):
-        raise ValueError(f"study {name!r} was run on dataset {stored['nnpipe.dataset']!r}, not {ds_name!r}")
-    classification = splits.classes is not None
-    metric_name = chosen["metric"] or ("val/accuracy" if classification else "val/loss")
-    direction = direction_of(metric_name)
-    grid = parsed.grid() if sampler_name == "grid" else None
-    grid_size = math.prod(len(v) for v in grid.values()) if grid else None
-    n_trials = settings.trials or (grid_size if grid_size else DEFAULT_TRIALS)
-    sampler_seed = train.seed if settings.seed is None else settings.seed
-    if resumed and grid is None:
-        # A resumed study must not replay its first configurations: offset the seed by the trials it
-        # has (still reproducible). The grid keeps its seed: it fixes the order grid ids refer to.
-        sampler_seed += len(get_storage(store).get_all_trials(found[0], deepcopy=False))
-    sampler_obj = make_sampler(sampler_name, sampler_seed, grid)
-    name = name or _default_name(ds_name)
-    the_study = open_study(name, store, direction, sampler_obj, make_pruner(pruner_name, train.epochs))
-    base = _base(train, hidden, activation)
-    changes = _base_changes(stored.get("nnpipe.base"), base)
-    notes = [f"study {name!r} was run with other settings; its new trials use {', '.join(changes)} (pass the "
-             "earlier options to keep the trials comparable)"] if changes else []
-    if the_study.direction.name.lower() != direction:
-        raise ValueError(f"study {name!r} {the_study.direction.name.lower()}s; metric {metric_name!r} needs {direction}")
-    gate_metric = (promotion_metric or ("accuracy" if classification else "mse")).removeprefix("test/")
-    greater = greater_is_better if greater_is_better is not None else direction_of(gate_metric) == "maximize"
-    model_name = model_name or "nnpipe-" + re.sub(r"[^A-Za-z0-9_-]+", "-", ds_name).strip("-").lower()
-    params = {"dataset": ds_name, **train.to_dict(), "hidden": ",".join(map(str, hidden)), "activation": activation,
-              "tune.space": entries, "tune.sampler": sampler_name, "tune.pruner": pruner_name,
-              "tune.metric": metric_name, "tune.study": name, "tune.storage": store}
-    parent_id = stored.get("nnpipe.parent_run_id") if resumed else None
-    run_tags = {"nnpipe.flow": "nnpipe-tune", "nnpipe.tune.study": name, "nnpipe.tune.storage": store, **(tags or {})}
-    with tracking.training_run(experiment, {} if parent_id else params, tags=run_tags, run_name=f"tune-{name}",
-                               run_id=parent_id) as parent:
+    known = {f.name for f in fields(TuneSettings)} - {"space"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"tune() got unknown keyword argument(s) {unknown}; settings are {sorted(known)}")
+    plan = resolve(data, space, (settings or TuneSettings()).override(**overrides), train=train, hidden=hidden,
+                   activation=activation, target=target, test_size=test_size, val_size=val_size,
+                   dataset_name=dataset_name, content_hash=content_hash, tracking_uri=tracking_uri,
+                   model_name=model_name, promotion_metric=promotion_metric, greater_is_better=greater_is_better)
+    the_study = open_plan_study(plan)
+    params = {"dataset": plan.dataset, **plan.train.to_dict(), "hidden": ",".join(map(str, plan.hidden)),
+              "activation": plan.activation, "tune.space": plan.entries, "tune.sampler": plan.sampler,
+              "tune.pruner": plan.pruner, "tune.metric": plan.metric, "tune.study": plan.name,
+              "tune.storage": plan.storage}
+    run_tags = {"nnpipe.flow": "nnpipe-tune", "nnpipe.tune.study": plan.name, "nnpipe.tune.storage": plan.storage,
+                **(tags or {})}
+    with tracking.training_run(experiment, {} if plan.parent_run_id else params, tags=run_tags,
+                               run_name=f"tune-{plan.name}", run_id=plan.parent_run_id) as parent:
         parent_id = parent.info.run_id
-        for key, value in {"nnpipe.dataset": ds_name, resume.SPACE_ATTR: entries, resume.METRIC_ATTR: metric_name,
-                           resume.SAMPLER_ATTR: sampler_name, resume.PRUNER_ATTR: pruner_name,
-                           "nnpipe.parent_run_id": parent_id, "nnpipe.experiment": experiment,
-                           "nnpipe.base": base}.items():
+        for key, value in {"nnpipe.dataset": plan.dataset, resume.SPACE_ATTR: plan.entries,
+                           resume.METRIC_ATTR: plan.metric, resume.SAMPLER_ATTR: plan.sampler,
+                           resume.PRUNER_ATTR: plan.pruner, "nnpipe.parent_run_id": parent_id,
+                           "nnpipe.experiment": experiment, "nnpipe.base": plan.base}.items():
             the_study.set_user_attr(key, value)
-        with connect(address=address, client=client, workers=workers) as dask_client:
-            n_workers = len(worker_addresses(dask_client)) or workers
-            k = settings.parallel or max(1, n_workers)
-            lineage = tracking.run_tags(ds_name, content_hash, dask_client.scheduler.address, None) \
-                if content_hash else {}
-            tracking.set_run_tags(parent_id, {**lineage, "nnpipe.tune.parallel": k})
-            runner = StudyRunner(the_study, parsed, splits, train, list(hidden), activation, dask_client,
-                                 storage=store, pruner=pruner_name, metric=metric_name, parallel=k,
-                                 parent_run_id=parent_id, on_result=on_result, grid_size=grid_size)
-            t_trials = time.perf_counter()
-            results = runner.run(n_trials, settings.timeout)
-            t_trials = time.perf_counter() - t_trials
+        results, runner, t_trials, lineage = run_trials(plan, the_study, parent_id, address=address, client=client,
+                                                        workers=workers, on_result=on_result)
         epochs = sum(r.epochs for r in results)
         best_info, registered, artifacts = report.conclude(
-            the_study, parent_id, metric_name, epochs, runner.best_model, splits.raw_test[:5], model_name,
-            gate_metric, greater, actor or f"tune:{name}", {**lineage, "nnpipe.tune.parent": parent_id})
-    return TuneResult(study=name, storage=store, tracking_uri=uri, experiment_id=parent.info.experiment_id,
-                      parent_run_id=parent_id, metric=metric_name, trials=results, best=best_info,
-                      registered=registered, model_name=model_name, epochs_trained=epochs,
-                      wall_s=time.perf_counter() - t0, resumed=resumed, artifacts=artifacts,
-                      summary=report.summary_markdown(the_study, metric_name), trials_s=t_trials, notes=notes,
-                      sampler=sampler_name, pruner=pruner_name)
+            the_study, parent_id, plan.metric, epochs, runner.best_model, plan.splits.raw_test[:5], plan.model_name,
+            plan.gate_metric, plan.greater_is_better, actor or f"tune:{plan.name}",
+            {**lineage, "nnpipe.tune.parent": parent_id})
+    return TuneResult(study=plan.name, storage=plan.storage, tracking_uri=plan.tracking_uri,
+                      experiment_id=parent.info.experiment_id, parent_run_id=parent_id, metric=plan.metric,
+                      trials=results, best=best_info, registered=registered, model_name=plan.model_name,
+                      epochs_trained=epochs, wall_s=time.perf_counter() - t0, resumed=plan.resumed,
+                      artifacts=artifacts, summary=report.summary_markdown(the_study, plan.metric),
+                      trials_s=t_trials, notes=plan.notes, sampler=plan.sampler, pruner=plan.pruner)
 
 
-__all__ = ["TuneResult", "tune"]
+__all__ = ["StudyPlan", "TuneResult", "open_plan_study", "resolve", "run_trials", "tune"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nnpipe.tuning.space import SpaceError, parse_space
-from nnpipe.tuning.study import _journal_path, get_storage
+from nnpipe.tuning.study import get_storage, journal_path
 
 SPACE_ATTR = "nnpipe.space"
 SAMPLER_ATTR = "nnpipe.sampler"
@@ -27,7 +27,7 @@ DEFAULTS = {"sampler": "tpe", "pruner": "median"}
 
 def _may_exist(storage: str) -> bool:
     """False when the storage is a file that does not exist yet (so asking it would only create it)."""
-    journal = _journal_path(storage)
+    journal = journal_path(storage)
     if journal is not None:
         return Path(journal).exists()
     if storage.startswith("sqlite:///"):

@@ -28,7 +28,7 @@ import optuna
 
 from nnpipe import tracking
 from nnpipe.config import TrainConfig
-from nnpipe.data import Splits
+from nnpipe.data.load import Splits
 from nnpipe.distributed.jobs import place, wait_first, worker_lost
 from nnpipe.tuning.space import Space
 from nnpipe.tuning.worker import run_trial

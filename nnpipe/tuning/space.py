@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 import optuna
 
 from nnpipe.config import OPTIMIZER_FIELDS, SCHEDULE_FIELDS, TrainConfig
-from nnpipe.network import NetworkSpec
+from nnpipe.core.network import NetworkSpec
 
 TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 # Trials train one process each on a worker, so the coordination fields are not searchable.

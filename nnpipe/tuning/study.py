@@ -31,7 +31,6 @@ PRUNERS = ("median", "hyperband", "none")
 # (Optuna's own default of 5 startup trials would prune nothing in a study of 6).
 MEDIAN_STARTUP_TRIALS = 2
 MEDIAN_WARMUP_EPOCHS = 3
-LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse")
 
 _storages: dict[str, optuna.storages.BaseStorage] = {}
 _lock = threading.Lock()
@@ -42,14 +41,16 @@ def default_storage(tracking_uri: str | None) -> str:
     env = os.environ.get(ENV_STORAGE)
     if env:
         return env
-    from nnpipe.tracking.store import sqlite_path  # here, not at import: workers never load mlflow
+    from nnpipe.tracking.store import (
+        sqlite_path,  # here, not at import: workers never load mlflow
+    )
 
     db = sqlite_path(tracking_uri) if tracking_uri else None
     folder = db.parent if db is not None else Path.cwd()
     return str(folder / "optuna.log")
 
 
-def _journal_path(url: str) -> str | None:
+def journal_path(url: str) -> str | None:
     if url.startswith("journal:"):
         return url[len("journal:"):]
     if "://" not in url and url.endswith((".log", ".jsonl")):
@@ -61,7 +62,7 @@ def get_storage(url: str) -> optuna.storages.BaseStorage:
     """The storage for ``url``, one per process (workers reuse it across trials)."""
     with _lock:
         if url not in _storages:
-            journal = _journal_path(url)
+            journal = journal_path(url)
             if journal is not None:
                 from optuna.storages.journal import JournalFileBackend
 
@@ -102,10 +103,6 @@ def quiet_optuna() -> None:
     """Optuna's own INFO lines ("A new study created ...", "Trial 3 finished ...") off: callers report trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-
-def direction_of(metric: str) -> str:
-    """``minimize`` for losses and errors, ``maximize`` otherwise (accuracy, r2)."""
-    return "minimize" if metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER else "maximize"
 
 
 def make_sampler(name: str, seed: int | None, grid: dict | None = None) -> optuna.samplers.BaseSampler:

@@ -22,7 +22,7 @@ import optuna
 
 from nnpipe.api import train as train_network
 from nnpipe.config import TrainConfig
-from nnpipe.data import Splits
+from nnpipe.data.load import Splits
 from nnpipe.tuning.study import get_storage, make_pruner
 
 WORKER_ATTR = "nnpipe.worker"

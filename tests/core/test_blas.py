@@ -6,7 +6,7 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from nnpipe.blas import GEMM_THREAD_MIN, THREAD_ENV, largest_product, step_threads
-from nnpipe.network import NetworkSpec
+from nnpipe.core.network import NetworkSpec
 
 
 def blas_threads() -> list[int]:
@@ -50,9 +50,9 @@ def test_fit_reports_its_decision(two_threads):
     import numpy as np
 
     from nnpipe.config import TrainConfig
-    from nnpipe.network import init_params
-    from nnpipe.problem import Problem
-    from nnpipe.training import fit
+    from nnpipe.core.network import init_params
+    from nnpipe.core.problem import Problem
+    from nnpipe.core.training import fit
 
     spec = NetworkSpec(4, (8,), "relu", 3)
     rng = np.random.default_rng(0)

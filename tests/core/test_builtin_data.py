@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from nnpipe.builtin_data import cache_dir
+from nnpipe.data.builtin import cache_dir
 
 # Loads iris in a fresh interpreter and reports what it got and whether sklearn was imported.
 PROBE = """

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from nnpipe import Network, NetworkSpec, init_params
-from nnpipe.activations import ACTIVATIONS
-from nnpipe.losses import HEADS
+from nnpipe.core.activations import ACTIVATIONS
+from nnpipe.core.losses import HEADS
 
 
 def _targets(head: str, rng: np.random.Generator, n: int, n_out: int) -> np.ndarray:

@@ -11,8 +11,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from nnpipe import Dense, Model, Sequential, TrainConfig
-from nnpipe.data import load_dataset, split_and_scale
 from nnpipe.api import train
+from nnpipe.data import load_dataset, split_and_scale
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_core_imports_no_dask_mlflow_or_prefect():
     code = textwrap.dedent(
         """
         import sys
-        import nnpipe, nnpipe.keras, nnpipe.model, nnpipe.training, nnpipe.reporting, nnpipe.checkpoint, nnpipe.api, nnpipe.data
+        import nnpipe, nnpipe.keras, nnpipe.model, nnpipe.core.training, nnpipe.reporting, nnpipe.checkpoint, nnpipe.api, nnpipe.data
         bad = sorted(m for m in sys.modules if m.split('.')[0] in {'dask', 'distributed', 'mlflow', 'prefect'})
         print(bad)
         """

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from nnpipe.optimizers import OPTIMIZERS, get_optimizer
-from nnpipe.schedules import get_schedule
+from nnpipe.core.optimizers import OPTIMIZERS, get_optimizer
+from nnpipe.core.schedules import get_schedule
 
 THETA = np.array([1.0, -2.0, 0.5])
 GRAD = np.array([0.5, -1.0, 2.0])

@@ -13,8 +13,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from nnpipe import TrainConfig
-from nnpipe.data import load_dataset, split_and_scale
 from nnpipe.api import train
+from nnpipe.data import load_dataset, split_and_scale
 
 SEEDS = (0, 1, 2)
 

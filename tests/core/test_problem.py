@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from nnpipe.network import NetworkSpec, init_params
-from nnpipe.problem import Problem
+from nnpipe.core.network import NetworkSpec, init_params
+from nnpipe.core.problem import Problem
 
 SPEC = NetworkSpec(4, (5,), ("relu",), 3)
 THETA = init_params(SPEC, 0)

@@ -56,8 +56,8 @@ def test_a_name_accepted_here_is_accepted_by_mlflow(name):
 
 def test_a_decompression_bomb_is_refused_before_it_expands(tmp_path):
     from nnpipe.api import build_spec
+    from nnpipe.core.network import init_params
     from nnpipe.model import Model
-    from nnpipe.network import init_params
 
     spec = build_spec("multiclass", 4, 3, (8,))
     Model(spec, init_params(spec, 0), classes=np.arange(3)).save(tmp_path)

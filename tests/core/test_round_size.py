@@ -1,11 +1,16 @@
-"""Choosing ``sync_every`` again from the run's first rounds (:class:`nnpipe.round_size.RoundRetuner`)."""
+"""Choosing ``sync_every`` again from the run's first rounds (:class:`nnpipe.distributed.round_size.RoundRetuner`)."""
 
 from __future__ import annotations
 
 import math
 
 from nnpipe.config import TrainConfig
-from nnpipe.round_size import RETUNE_ROUNDS, RETUNE_SKIP, RoundRetuner, choose_round
+from nnpipe.distributed.round_size import (
+    RETUNE_ROUNDS,
+    RETUNE_SKIP,
+    RoundRetuner,
+    choose_round,
+)
 
 
 def test_retuner_skips_the_first_round_and_chooses_once_from_the_median():

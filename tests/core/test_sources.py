@@ -12,16 +12,16 @@ import pytest
 from sklearn.preprocessing import StandardScaler
 
 import nnpipe
-from nnpipe.config import TrainConfig
-from nnpipe.data import DataError
-from nnpipe.problem import Problem
-from nnpipe.round_size import choose_round
-from nnpipe.source_eval import evaluate
-from nnpipe.source_prep import TEST, TRAIN, VAL, prepare, split_codes
 from nnpipe.api import source_spec
+from nnpipe.config import TrainConfig
+from nnpipe.core.problem import Problem
+from nnpipe.core.training import fit
+from nnpipe.data import DataError
+from nnpipe.distributed.round_size import choose_round
 from nnpipe.sources import is_large, open_source
-from nnpipe.streaming import RowStream, shard_arrays
-from nnpipe.training import fit
+from nnpipe.sources.evaluate import evaluate
+from nnpipe.sources.prep import TEST, TRAIN, prepare, split_codes
+from nnpipe.sources.streaming import RowStream, shard_arrays
 
 
 def frame(n: int = 1200, seed: int = 0) -> pd.DataFrame:
@@ -119,7 +119,7 @@ def test_statistics_match_standard_scaler_for_any_block_size(tmp_path, df):
 
 
 def _prep(p):
-    from nnpipe.source_eval import prep_fields
+    from nnpipe.sources.evaluate import prep_fields
 
     return prep_fields(p)
 
@@ -156,7 +156,7 @@ def test_single_in_memory_equals_fit_on_the_same_rows(tmp_path, df):
     assert out.info["data_path"] == "in-memory"
     rows = training_rows(df)
     model = out.model
-    theta0 = nnpipe.network.init_params(model.spec, np.random.default_rng(np.random.SeedSequence(1).spawn(1)[0]))
+    theta0 = nnpipe.core.network.init_params(model.spec, np.random.default_rng(np.random.SeedSequence(1).spawn(1)[0]))
     ref = fit(Problem(model.spec, theta0, model.transform(rows[p.source.features].to_numpy()),
                       model.encode_targets(rows["label"].to_numpy())), cfg)
     np.testing.assert_allclose(out.theta, ref.theta, rtol=1e-12)

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 
 from nnpipe import DivergenceError, Network, NetworkSpec, TrainConfig, init_params
-from nnpipe.problem import Problem
-from nnpipe.training import fit
-from nnpipe.evaluation import evaluate_arrays
-from nnpipe.training import clip_by_global_norm
+from nnpipe.core.evaluation import evaluate_arrays
+from nnpipe.core.problem import Problem
+from nnpipe.core.training import clip_by_global_norm, fit
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.network import NetworkSpec
+from nnpipe.core.problem import Problem
 from nnpipe.distributed import run_mode
 from nnpipe.distributed.pool import TrainerPool, _payload_bytes
 from nnpipe.distributed.reporter import Reporter
 from nnpipe.distributed.shards import Shard, row_bounds
 from nnpipe.distributed.trainer import ShardTrainer, build_shard
-from nnpipe.network import NetworkSpec
-from nnpipe.problem import Problem
 from nnpipe.results import FitResult
 
 
@@ -114,5 +114,5 @@ def fit_in_process(problem: Problem, config: TrainConfig, *, n_shards: int | Non
     reporter = Reporter(spec, config, problem.validation, callbacks, config.mode)
     theta = np.array(problem.theta, dtype=spec.dtype, copy=True)
     theta, state, last_epoch = run_mode(pool, theta, config, reporter)
-    info = {"mode": config.mode, "events": pool.events, **getattr(pool, "rule_info", {})}
+    info = {"mode": config.mode, "events": pool.events, **pool.rule_info}
     return reporter.result(theta, state, last_epoch, info), pool

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from distributed import LocalCluster
 
-from nnpipe.network import NetworkSpec, init_params
+from nnpipe.core.network import NetworkSpec, init_params
 
 
 def local_cluster(n_workers: int = 2) -> LocalCluster:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.problem import Problem
 from nnpipe.distributed import fit_distributed
-from nnpipe.problem import Problem
 from nnpipe.results import DivergenceError
 from tests.distributed.helpers import local_cluster, small_net
 

@@ -12,9 +12,9 @@ import distributed
 import pytest
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.problem import Problem
 from nnpipe.distributed import connect, fit_distributed
 from nnpipe.keras import Dense, Sequential
-from nnpipe.problem import Problem
 from tests.distributed.helpers import small_net
 
 pytestmark = pytest.mark.cluster

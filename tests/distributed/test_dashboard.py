@@ -8,9 +8,9 @@ import urllib.request
 import pytest
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.problem import Problem
 from nnpipe.distributed import fit_distributed
 from nnpipe.distributed.progress import PREFIX, TOPIC, DashboardProgress
-from nnpipe.problem import Problem
 from tests.browser import browser, shot  # noqa: F401  (browser is a fixture)
 from tests.distributed.helpers import small_net
 

@@ -11,11 +11,11 @@ import distributed
 import numpy as np
 import pytest
 
-from nnpipe.config import TrainConfig
-from nnpipe.distributed import fit_distributed, worker_addresses
 from nnpipe.checkpoint import latest_path
-from nnpipe.problem import Problem
-from nnpipe.training import fit
+from nnpipe.config import TrainConfig
+from nnpipe.core.problem import Problem
+from nnpipe.core.training import fit
+from nnpipe.distributed import fit_distributed, worker_addresses
 from tests.distributed.helpers import local_cluster, rel_diff, small_net
 
 pytestmark = pytest.mark.cluster

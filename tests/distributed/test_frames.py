@@ -11,14 +11,14 @@ import pytest
 from sklearn.preprocessing import StandardScaler
 
 import nnpipe
+from nnpipe.api import source_spec
 from nnpipe.config import TrainConfig
+from nnpipe.core.network import init_params
+from nnpipe.core.problem import Problem
 from nnpipe.distributed import fit_distributed, worker_addresses
 from nnpipe.distributed.frames import cluster_runner, place_source_shards
-from nnpipe.network import init_params
-from nnpipe.problem import Problem
-from nnpipe.source_prep import TRAIN, prepare, split_codes
-from nnpipe.api import source_spec
 from nnpipe.sources import open_source
+from nnpipe.sources.prep import TRAIN, prepare, split_codes
 from tests.distributed.helpers import local_cluster, rel_diff
 from tests.distributed.test_faults import kill_worker
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.problem import Problem
 from nnpipe.distributed import fit_distributed
 from nnpipe.distributed.local_sgd import consensus_distance, weighted_average
-from nnpipe.problem import Problem
 from nnpipe.results import DivergenceError
 from tests.distributed.helpers import rel_diff, small_net
 

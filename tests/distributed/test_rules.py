@@ -16,13 +16,13 @@ from packaging.version import Version
 
 from nnpipe import checkpoint
 from nnpipe.config import TrainConfig
+from nnpipe.core.network import NetworkSpec, init_params
+from nnpipe.core.problem import Problem
+from nnpipe.core.training import fit
 from nnpipe.distributed import rpc
 from nnpipe.distributed.async_ import staleness_weight
 from nnpipe.distributed.outer import OuterOptimizer
 from nnpipe.distributed.rounds import epoch_lr, rows_per_step_warning, warn_small_steps
-from nnpipe.network import NetworkSpec, init_params
-from nnpipe.problem import Problem
-from nnpipe.training import fit
 from tests.distributed.fakes import fit_in_process
 from tests.distributed.helpers import digits, rel_diff, small_net
 
@@ -302,7 +302,7 @@ def test_local_sgd_rounds_switch_to_the_retuned_size(data):
     """With ``retune``, rounds after the timed ones take the new ``sync_every``; the ones before keep the probe's."""
     from nnpipe.distributed import run_mode
     from nnpipe.distributed.reporter import Reporter
-    from nnpipe.round_size import RETUNE_ROUNDS, RETUNE_SKIP
+    from nnpipe.distributed.round_size import RETUNE_ROUNDS, RETUNE_SKIP
     from tests.distributed.fakes import InProcessPool
 
     X, y = data
@@ -354,3 +354,27 @@ def test_a_moved_trainer_continues_its_stream_exactly(data, mode):
     assert len(events) == 1 and events[0]["worker"] == "inproc://new"
     assert sorted(t.address for t in pool.trainers) == ["inproc://0", "inproc://new"]
     np.testing.assert_array_equal(moved, still)
+
+
+# ---- the pool's written contract ------------------------------------------------------------------
+def test_both_pools_fulfil_the_pool_protocol(data):
+    """The Dask pool and the in-process pool have every member the Protocol names, with its parameters."""
+    import inspect
+    import typing
+
+    from nnpipe.distributed.pool import TrainerPool
+    from nnpipe.distributed.protocol import Pool
+    from tests.distributed.fakes import InProcessPool
+
+    X, y = data
+    spec, _ = small_net("float64")
+    pool = InProcessPool(X, y, spec, TrainConfig(mode="local-sgd", workers=2, epochs=1, batch_size=8), 2)
+    methods = [n for n, v in vars(Pool).items() if inspect.isfunction(v) and not n.startswith("_")]
+    assert len(methods) >= 15
+    for name in methods:
+        want = list(inspect.signature(getattr(Pool, name)).parameters)
+        for cls in (TrainerPool, InProcessPool):
+            assert list(inspect.signature(getattr(cls, name)).parameters) == want, (cls.__name__, name)
+    for name in typing.get_type_hints(Pool, localns={"Shard": object, "Trainer": object}):
+        assert hasattr(pool, name), name
+    assert isinstance(pool.rule_info, dict)

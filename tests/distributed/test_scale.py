@@ -6,10 +6,10 @@ import distributed
 import pytest
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.network import NetworkSpec, init_params
+from nnpipe.core.problem import Problem
+from nnpipe.core.training import fit
 from nnpipe.distributed import fit_distributed
-from nnpipe.network import NetworkSpec, init_params
-from nnpipe.problem import Problem
-from nnpipe.training import fit
 from tests.distributed.helpers import digits, local_cluster
 
 pytestmark = pytest.mark.cluster

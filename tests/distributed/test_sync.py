@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from nnpipe.config import TrainConfig
+from nnpipe.core.problem import Problem
+from nnpipe.core.training import fit
 from nnpipe.distributed import fit_distributed
-from nnpipe.problem import Problem
 from nnpipe.results import DivergenceError
-from nnpipe.training import fit
 from tests.distributed.helpers import rel_diff, small_net
 
 pytestmark = pytest.mark.cluster

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from nnpipe.config import TrainConfig
-from nnpipe.distributed.trainer import ShardTrainer, build_shard, shard_arrays
-from nnpipe.network import Network
+from nnpipe.core.network import Network
+from nnpipe.distributed.trainer import ShardTrainer, build_shard, unpack_shard
 from tests.distributed.helpers import small_net
 
 
@@ -64,9 +64,9 @@ def test_state_round_trip_continues_the_stream_exactly(data):
     assert b.pos == before
 
 
-def test_shard_arrays_names_what_it_got():
+def test_unpack_shard_names_what_it_got():
     with pytest.raises(TypeError, match="got list"):
-        shard_arrays([1, 2])
+        unpack_shard([1, 2])
 
 
 def test_a_pass_gathers_batches_by_index_without_a_copy_of_the_shard():
@@ -124,8 +124,8 @@ def test_a_shard_delivered_at_an_odd_offset_trains_the_same_without_copying_it_p
 
 
 def test_a_problem_aligns_arrays_at_an_odd_offset_and_trains_the_same(data):
-    from nnpipe.problem import Problem
-    from nnpipe.training import fit
+    from nnpipe.core.problem import Problem
+    from nnpipe.core.training import fit
 
     X, y = data
     spec, theta0 = small_net("float64")

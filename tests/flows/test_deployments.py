@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import yaml
 
-from nnpipe.deploy.deployments import DEPLOYMENTS, ENTRYPOINT, PREFECT_YAML, prefect_yaml
+from nnpipe.deploy.deployments import (
+    DEPLOYMENTS,
+    ENTRYPOINT,
+    PREFECT_YAML,
+    prefect_yaml,
+)
 
 
 def test_committed_prefect_yaml_is_the_generated_one():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
-from nnpipe.flows import tasks
+from nnpipe.flows import progress, tasks
 from nnpipe.flows.config import build_config
 from nnpipe.flows.pipeline import artifact_key, training_flow
 from nnpipe.flows.tune import tune_flow
@@ -90,8 +90,8 @@ def test_a_lost_cluster_message_names_the_run_to_resume():
 
 
 def test_progress_lines_show_lost_workers_once_there_are_some():
-    assert "workers_lost" not in tasks._fmt_logs({"train/loss": 0.5, "dist/workers_lost": 0.0})
-    assert tasks._fmt_logs({"train/loss": 0.5, "dist/workers_lost": 1.0}) == "train/loss=0.5 dist/workers_lost=1"
+    assert "workers_lost" not in progress.format_logs({"train/loss": 0.5, "dist/workers_lost": 0.0})
+    assert progress.format_logs({"train/loss": 0.5, "dist/workers_lost": 1.0}) == "train/loss=0.5 dist/workers_lost=1"
 
 
 def test_artifact_keys_are_what_prefect_accepts():

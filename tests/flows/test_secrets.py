@@ -8,7 +8,6 @@ import asyncio
 import pytest
 from typer.testing import CliRunner
 
-
 pytestmark = [pytest.mark.server, pytest.mark.usefixtures("prefect_harness")]
 SECRET = "S3cretPW"
 

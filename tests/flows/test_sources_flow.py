@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from nnpipe.source_prep import TEST, split_codes
 from nnpipe.sources import open_source
+from nnpipe.sources.prep import TEST, split_codes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("prefect_harness")]
 runner = CliRunner()

@@ -7,6 +7,7 @@ they run sooner or later), so the test needs no optional service and no cluster.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,11 +163,58 @@ def test_no_import_cycles():
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
+def private_reach_ins(path: Path, module: str, known: set[str]) -> list[str]:
+    """``from nnpipe.x import _name`` and ``x._name`` (``x`` a project module) in another module's code.
+
+    A leading underscore means "only this module uses it"; a name another
+    module needs is part of a seam and gets a public name. Dunders
+    (``__version__``) are public by convention.
+    """
+    tree = ast.parse(path.read_text(), filename=str(path))
+    private = lambda name: name.startswith("_") and not name.startswith("__")  # noqa: E731
+    aliases: dict[str, str] = {}  # local name -> project module it is bound to
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "nnpipe" and not node.level:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                if sub in known:
+                    aliases[alias.asname or alias.name] = sub
+                elif private(alias.name) and node.module != module:
+                    out.append(f"{path.relative_to(REPO)}:{node.lineno}: from {node.module} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name in known:
+                    aliases[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and private(node.attr) and isinstance(node.value, ast.Name)
+                and aliases.get(node.value.id, module) != module):
+            out.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value.id}.{node.attr}")
+    return out
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    mods = modules()
+    found = [hit for module, path in mods.items() for hit in private_reach_ins(path, module, set(mods))]
+    assert not found, "private names used across modules (give them a public name):\n" + "\n".join(found)
+
+
+def test_the_private_check_sees_a_planted_reach_in(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    path = tmp_path / "nnpipe" / "x.py"
+    path.parent.mkdir()
+    path.write_text("from nnpipe.tracking.runs import _hidden\nfrom nnpipe import tracking\ntracking._secret()\n"
+                    "from nnpipe.version import __version__\n")
+    known = {"nnpipe.tracking", "nnpipe.tracking.runs", "nnpipe.version", "nnpipe.x"}
+    hits = private_reach_ins(path, "nnpipe.x", known)
+    assert [h.split(": ", 1)[1] for h in hits] == ["from nnpipe.tracking.runs import _hidden", "tracking._secret"]
+
+
 def test_the_checker_sees_a_planted_upward_import_and_cycle():
     edges = {"a": {"b"}, "b": {"a"}, "c": set()}
     assert cycles(edges) == [["a", "b"]]
-    assert rank("nnpipe.training") < rank("nnpipe.distributed.pool") < rank("nnpipe.flows.pipeline")
-    assert layer("nnpipe.cli.pipeline") == "cli" and layer("nnpipe.network") == "core"
+    assert rank("nnpipe.core.training") < rank("nnpipe.distributed.pool") < rank("nnpipe.flows.pipeline")
+    assert layer("nnpipe.cli.pipeline") == "cli" and layer("nnpipe.core.network") == "core"
 
 
 def test_only_nnpipe_is_installed_at_the_top_level():
@@ -190,3 +238,14 @@ def test_generic_top_level_names_are_not_importable_outside_the_repo(name, tmp_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != REPO])
     assert importlib.util.find_spec(name) is None
+
+
+@pytest.mark.parametrize("package", ["nnpipe.core", "nnpipe.data", "nnpipe.sources", "nnpipe.tracking"])
+def test_each_package_map_names_every_module(package):
+    """A package's docstring is its map: every module in the folder is named there as :mod:`.name`."""
+    import importlib
+
+    folder = ROOTS["nnpipe"] / package.split(".", 1)[1]
+    doc = importlib.import_module(package).__doc__ or ""
+    missing = [p.stem for p in folder.glob("*.py") if p.stem != "__init__" and f":mod:`.{p.stem}`" not in doc]
+    assert not missing, f"{package}'s docstring does not name {missing}"

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 
-
 @pytest.fixture(autouse=True)
 def _forget_store(monkeypatch):
     """MLflow keeps the tracking URI in a global (and echoes it into the env): drop it after each test.

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from nnpipe import tracking
-from nnpipe.model import Model
 from nnpipe.api import build_spec
-from nnpipe.network import init_params
+from nnpipe.core.network import init_params
+from nnpipe.model import Model
 
 name, barrier, me, scores = sys.argv[1], Path(sys.argv[2]), sys.argv[3], [float(s) for s in sys.argv[4:]]
 tracking.configure()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import contextmanager
-from typing import Iterator
 import signal
 import subprocess
 import sys
@@ -16,11 +14,10 @@ from typing import Iterator
 
 import numpy as np
 
-from nnpipe.deploy import stack
-from nnpipe.deploy.stack import free_port  # noqa: F401  (re-exported for the tests)
 from nnpipe import TrainConfig, tracking
 from nnpipe.api import train
-
+from nnpipe.deploy import stack
+from nnpipe.deploy.stack import free_port  # noqa: F401  (re-exported for the tests)
 
 VENV_BIN = Path(sys.executable).parent
 MLFLOW = str(VENV_BIN / "mlflow")

@@ -17,8 +17,8 @@ import numpy as np
 
 from nnpipe import tracking
 from nnpipe.api import build_spec
+from nnpipe.core.network import init_params
 from nnpipe.model import Model
-from nnpipe.network import init_params
 
 name, barrier, n, me, score = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 spec = build_spec("multiclass", 4, 3, (4,))

@@ -242,8 +242,8 @@ def _fitted():
 
 
 def _model_predict(X):
+    from nnpipe.core.network import init_params
     from nnpipe.model import Model
-    from nnpipe.network import init_params
 
     return Model(SPEC, init_params(SPEC, 0), classes=np.arange(3), feature_names=list("abcd")).predict(X)
 

@@ -12,7 +12,14 @@ from typer.testing import CliRunner
 
 from nnpipe import tracking
 from nnpipe.cli import app
-from tests.tracking.helpers import NNPIPE, STRONG, WEAK, child_env, scratch_store, train_logged
+from tests.tracking.helpers import (
+    NNPIPE,
+    STRONG,
+    WEAK,
+    child_env,
+    scratch_store,
+    train_logged,
+)
 
 NAME = "cli-iris"
 runner = CliRunner()

@@ -62,10 +62,11 @@ def test_params_tags_and_metrics_are_logged(sqlite_store):
 
 
 def test_failed_run_is_marked_and_cannot_be_registered(sqlite_store, iris_splits):
-    from nnpipe.model import Model
-    from nnpipe.api import build_spec
-    from nnpipe.network import init_params
     import numpy as np
+
+    from nnpipe.api import build_spec
+    from nnpipe.core.network import init_params
+    from nnpipe.model import Model
 
     _, splits = iris_splits
     spec = build_spec("multiclass", 4, 3, (4,))
@@ -152,9 +153,9 @@ def test_champion_stack_walks_back_through_successive_rollbacks():
 def test_log_model_after_the_run_block_keeps_the_run_finished(sqlite_store, iris_splits):
     import numpy as np
 
-    from nnpipe.model import Model
     from nnpipe.api import build_spec
-    from nnpipe.network import init_params
+    from nnpipe.core.network import init_params
+    from nnpipe.model import Model
 
     _, splits = iris_splits
     spec = build_spec("multiclass", 4, 3, (4,))

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from nnpipe import tracking
-from tests.tracking.helpers import MLFLOW, STRONG, child_env, free_port, start_server, stop, train_logged
+from tests.tracking.helpers import (
+    MLFLOW,
+    STRONG,
+    child_env,
+    free_port,
+    start_server,
+    stop,
+    train_logged,
+)
 
 pytestmark = pytest.mark.server
 

@@ -130,3 +130,12 @@ def test_a_resume_takes_the_stored_settings_and_the_same_space_in_any_spelling()
     with pytest.raises(SpaceError, match=r"\('lr=0.01,0.1' where the study has 'lr=choice\(0.01,0.001\)'\)"):
         resolve("s", stored, space=["lr=0.01,0.1", "optimizer=adam,sgd"], sampler=None, pruner=None, metric=None)
     assert resolve(None, None, space=["lr=0.1"], sampler=None, pruner=None, metric=None)["sampler"] == "tpe"
+
+
+def test_tune_refuses_an_unknown_setting_before_anything_starts(tmp_path, monkeypatch):
+    from nnpipe.tuning import tune
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['trialz'\]; settings are .*'trials'"):
+        tune("iris", ["lr=loguniform(1e-4,1e-1)"], trialz=3)
+    assert list(tmp_path.iterdir()) == []  # no store, no study, no run

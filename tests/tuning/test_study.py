@@ -13,8 +13,8 @@ import pytest
 
 from nnpipe.config import TrainConfig
 from nnpipe.tuning import tune
-from nnpipe.tuning.study import get_storage
 from nnpipe.tuning.runner import FAILURE_ATTR, RETRY_ATTR, RUN_ATTR
+from nnpipe.tuning.study import get_storage
 from nnpipe.tuning.worker import WORKER_ATTR
 
 pytestmark = pytest.mark.cluster

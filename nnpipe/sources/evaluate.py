@@ -3,7 +3,7 @@
 Each piece (or in-memory shard) returns a handful of sums: loss, correct
 rows and a confusion-count matrix for classification; squared and absolute
 error and the target's sums for regression. :func:`combine` turns them into
-exactly the metrics :func:`nnpipe.evaluation.evaluate_arrays` (validation, on
+exactly the metrics :func:`nnpipe.core.evaluation.evaluate_arrays` (validation, on
 scaled targets) and :meth:`nnpipe.model.Model.evaluate` (test, in the
 target's units) give on the same rows held in memory.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from nnpipe.network import Network, NetworkSpec
-from nnpipe.source_prep import PreparedSource, Runner, local_runner, piece_rows
+from nnpipe.core.network import Network, NetworkSpec
+from nnpipe.sources.prep import PreparedSource, Runner, local_runner, piece_rows
 
 CHUNK = 16384
 

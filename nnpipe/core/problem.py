@@ -1,6 +1,6 @@
 """What to train: the network, its starting parameters and the encoded rows, checked once.
 
-Every training loop (:func:`nnpipe.training.fit`,
+Every training loop (:func:`nnpipe.core.training.fit`,
 :func:`nnpipe.distributed.fit_distributed`) takes a :class:`Problem` and the
 :class:`~nnpipe.config.TrainConfig` saying how to train it, so the arrays are
 checked in one place (here) and the loops' signatures do not repeat each other.
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from nnpipe.checks import aligned, check_features, check_lengths
-from nnpipe.network import NetworkSpec
+from nnpipe.core.network import NetworkSpec
+from nnpipe.data.checks import aligned, check_features, check_lengths
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Problem:
         Starting parameters; training never modifies them (loops copy first).
     X : array-like of shape (n_samples, spec.n_inputs)
         Scaled, finite features; kept as a C-contiguous, aligned array of
-        ``spec.dtype`` (no copy when it already is one; see :func:`nnpipe.checks.aligned`).
+        ``spec.dtype`` (no copy when it already is one; see :func:`nnpipe.data.checks.aligned`).
     Y : array-like of shape (n_samples,) or (n_samples, n_outputs)
         Targets encoded for the head (:meth:`nnpipe.model.Model.encode_targets`);
         finite when floating.

@@ -1,8 +1,8 @@
 """``single`` mode on a prepared large source: the training rows in memory when they fit, else streamed.
 
-In memory it is exactly :func:`nnpipe.training.fit` on the training rows (read
+In memory it is exactly :func:`nnpipe.core.training.fit` on the training rows (read
 piece by piece into one array); streamed it is
-:func:`nnpipe.streaming.fit_stream`, with validation read where the rows are.
+:func:`nnpipe.sources.streaming.fit_stream`, with validation read where the rows are.
 The budget is ``config.memory_share`` of this machine's memory.
 """
 
@@ -14,13 +14,13 @@ import os
 import numpy as np
 
 from nnpipe.config import TrainConfig
-from nnpipe.network import NetworkSpec
-from nnpipe.problem import Problem
+from nnpipe.core.network import NetworkSpec
+from nnpipe.core.problem import Problem
+from nnpipe.core.training import fit
 from nnpipe.results import Callback, FitResult
-from nnpipe.source_eval import evaluate, prep_fields
-from nnpipe.source_prep import TRAIN, VAL, PreparedSource, local_runner
-from nnpipe.streaming import RowStream, fit_stream, shard_arrays, shard_bytes
-from nnpipe.training import fit
+from nnpipe.sources.evaluate import evaluate, prep_fields
+from nnpipe.sources.prep import TRAIN, VAL, PreparedSource, local_runner
+from nnpipe.sources.streaming import RowStream, fit_stream, shard_arrays, shard_bytes
 
 log = logging.getLogger("nnpipe")
 

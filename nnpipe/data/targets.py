@@ -25,7 +25,7 @@ def encode_labels(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 
 def encode_targets(y: np.ndarray, head: str, classes: np.ndarray | None, dtype: str) -> np.ndarray:
-    """Targets in the form the head's loss expects (see :mod:`nnpipe.losses`)."""
+    """Targets in the form the head's loss expects (see :mod:`nnpipe.core.losses`)."""
     if head == "softmax":
         return encode_labels(y, classes)
     if head == "sigmoid":

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from nnpipe.builtin_data import LOADERS, load_bundle
+from nnpipe.data.builtin import LOADERS, load_bundle
 
 BUILTIN: dict[str, str] = LOADERS  # built-in dataset name -> scikit-learn loader
 TASKS = ("multiclass", "binary", "regression", "classification")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnpipe.network import Network, count_correct
+from nnpipe.core.network import Network, count_correct
 
 
 def evaluate_arrays(

@@ -25,9 +25,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nnpipe.data import DataError
-from nnpipe.network import NetworkSpec
-from nnpipe.sources import Piece, Source, read_piece
+from nnpipe.core.network import NetworkSpec
+from nnpipe.data.load import DataError
+from nnpipe.sources.location import Piece, Source, read_piece
 
 log = logging.getLogger("nnpipe")
 

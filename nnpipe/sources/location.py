@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from nnpipe.data import BUILTIN, DataError
+from nnpipe.data.load import BUILTIN, DataError
 
 LARGE_FILE_BYTES = 256 << 20
 BLOCK_BYTES = 16 << 20  # a piece's float64 copies stay well under a worker's budget

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from nnpipe.activations import get_activation
-from nnpipe.losses import get_head, head_name
+from nnpipe.core.activations import get_activation
+from nnpipe.core.losses import get_head, head_name
 
 DTYPES = ("float32", "float64")
 
@@ -35,7 +35,7 @@ class NetworkSpec:
     n_outputs : int
         Width of the output layer.
     head : str
-        ``"softmax"``, ``"sigmoid"`` or ``"identity"`` (see :mod:`nnpipe.losses`).
+        ``"softmax"``, ``"sigmoid"`` or ``"identity"`` (see :mod:`nnpipe.core.losses`).
     dtype : str
         ``"float32"`` (default) or ``"float64"``.
     """
@@ -213,7 +213,7 @@ class Network:
         theta : ndarray of shape (n_params,)
         X : ndarray of shape (n_samples, n_features)
         Y : ndarray
-            Encoded targets (see :mod:`nnpipe.losses`).
+            Encoded targets (see :mod:`nnpipe.core.losses`).
         l2 : float
             Weight decay on the weights (not the biases).
         grad : ndarray of shape (n_params,), optional

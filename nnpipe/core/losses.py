@@ -5,7 +5,7 @@ predictions ``P`` and gives the mean loss over the batch and its gradient with
 respect to ``Z``. Pairing them is what makes the gradient cheap and stable
 (softmax + cross-entropy gives ``P - Y``), the way scikit-learn's MLP does.
 
-Targets ``Y`` are encoded by :mod:`nnpipe.targets`: class indices of shape
+Targets ``Y`` are encoded by :mod:`nnpipe.data.targets`: class indices of shape
 (n_samples,) for ``softmax``, a 0/1 column (n_samples, 1) for ``sigmoid``, and
 floats (n_samples, n_outputs) for ``identity``.
 """
@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from nnpipe.activations import sigmoid
+from nnpipe.core.activations import sigmoid
 
 
 class Head(NamedTuple):

@@ -2,7 +2,7 @@
 
 A shard of a source is a list of *segments* ``(piece, row0, a, b)``: rows
 ``a:b`` of a piece's training rows (see
-:meth:`nnpipe.source_prep.PreparedSource.segments`). :func:`shard_arrays`
+:meth:`nnpipe.sources.prep.PreparedSource.segments`). :func:`shard_arrays`
 reads them into one training-dtype array pair (the in-memory path).
 :class:`RowStream` instead reads them again every pass, holding at most two
 segments at once (the current one and the next, read ahead in a thread):
@@ -24,10 +24,10 @@ import numpy as np
 
 from nnpipe.blas import step_threads
 from nnpipe.config import TrainConfig
-from nnpipe.network import Network, NetworkSpec
+from nnpipe.core.network import Network, NetworkSpec
 from nnpipe.reporting import Reporter
 from nnpipe.results import Callback, FitResult, check_finite
-from nnpipe.source_prep import piece_rows
+from nnpipe.sources.prep import piece_rows
 
 Segment = tuple[Any, int, int, int]
 
@@ -243,7 +243,7 @@ def fit_stream(spec: NetworkSpec, theta: np.ndarray, stream: RowStream, config: 
                callbacks: tuple[Callback, ...] | list[Callback] = ()) -> FitResult:
     """Single-process training on a stream: one epoch is one pass, memory bounded by two segments.
 
-    Same optimizer, schedule, early stopping and callbacks as :func:`nnpipe.training.fit`;
+    Same optimizer, schedule, early stopping and callbacks as :func:`nnpipe.core.training.fit`;
     the batch order is the stream's (pieces shuffled, rows shuffled within each).
     """
     net = Network(spec)
@@ -260,7 +260,7 @@ def fit_stream(spec: NetworkSpec, theta: np.ndarray, stream: RowStream, config: 
 def epoch_loop(net: Network, theta: np.ndarray, state: dict, stream: RowStream, config: TrainConfig,
                reporter: Reporter, opt: Any, schedule: Callable[[int], float]) -> None:
     """:func:`fit_stream`'s epochs, updating ``theta`` and ``state`` in place."""
-    from nnpipe.training import clip_by_global_norm
+    from nnpipe.core.training import clip_by_global_norm
 
     grad = np.empty_like(theta)
     views, grad_views = net.views(theta), net.views(grad)

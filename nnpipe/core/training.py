@@ -12,11 +12,12 @@ import numpy as np
 
 from nnpipe.blas import step_threads
 from nnpipe.config import TrainConfig
-from nnpipe.network import Network
-from nnpipe.optimizers import State
-from nnpipe.problem import Problem
+from nnpipe.core.network import Network
+from nnpipe.core.optimizers import State
+from nnpipe.core.problem import Problem
 from nnpipe.reporting import Reporter
 from nnpipe.results import Callback, FitResult, check_finite
+
 
 def clip_by_global_norm(grad: np.ndarray, max_norm: float | None) -> np.ndarray:
     """Scale ``grad`` in place so its L2 norm is at most ``max_norm``."""
@@ -38,7 +39,7 @@ def fit(problem: Problem, config: TrainConfig, *, callbacks: tuple[Callback, ...
     ----------
     problem : Problem
         The network, starting parameters, training rows and optional
-        validation rows (:class:`nnpipe.problem.Problem`; ``theta`` is not modified).
+        validation rows (:class:`nnpipe.core.problem.Problem`; ``theta`` is not modified).
     config : TrainConfig
     callbacks : sequence of callable
         Called as ``callback(epoch, logs)`` after every epoch.

@@ -1,0 +1,147 @@
+"""What every ``nnpipe`` command shares: one-line errors, option parsing, quiet consoles, the Prefect API.
+
+A command fails with ``error: ...`` on stderr and exit code 1 (2 for usage,
+130 when interrupted), never a traceback; :func:`run_flow` turns any failure
+of a flow into that line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print ``error: <message>`` (credentials redacted) on stderr and exit with ``code``."""
+    from nnpipe.redact import redact
+
+    typer.echo(f"error: {redact(message)}", err=True)
+    raise typer.Exit(code)
+
+
+def parse_hidden(value: str | None) -> list[int] | None:
+    """``--hidden 64,32`` as ``[64, 32]`` (None when not given); a usage error quoting anything else."""
+    if value is None:
+        return None
+    try:
+        sizes = [int(part) for part in value.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers like 64,32, got {value!r}") from None
+    if not sizes:
+        raise typer.BadParameter(f"expected comma-separated integers like 64,32, got {value!r}")
+    return sizes
+
+
+def parse_names(value: str | None) -> list[str] | None:
+    """``--features a,b,c`` as ``["a", "b", "c"]`` (None when not given)."""
+    if value is None:
+        return None
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise typer.BadParameter(f"expected comma-separated column names like a,b,c, got {value!r}")
+    return names
+
+
+@contextmanager
+def quiet_console(verbose: bool) -> Iterator[None]:
+    """Hide Prefect's console log lines and MLflow's INFO chatter unless ``--verbose``; restore after.
+
+    The command prints its own progress and a one-line error; the full logs
+    still reach the Prefect API and its UI. Prefect's console handler is set
+    up by Prefect's own logging configuration on the "prefect" logger tree.
+    """
+    if verbose:
+        yield
+        return
+    import warnings
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    import nnpipe.tracking  # noqa: F401  (imports mlflow, which configures its loggers; set levels after)
+
+    saved: list[tuple[logging.Handler | logging.Logger, int]] = []
+    mlflow_logger = logging.getLogger("mlflow")
+    saved.append((mlflow_logger, mlflow_logger.level))
+    mlflow_logger.setLevel(logging.WARNING)
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):  # Prefect's config puts it on root
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                saved.append((handler, handler.level))
+                handler.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
+            yield
+    finally:
+        for obj, level in saved:
+            obj.setLevel(level)
+
+
+@contextmanager
+def prefect_api() -> Iterator[str | None]:
+    """Point Prefect at ``PREFECT_API_URL``, else at this user's local server (started once, then reused).
+
+    ``NNPIPE_PREFECT_SERVER=ephemeral`` keeps Prefect's own temporary server
+    per command instead (slower; nothing left running).
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        from nnpipe.deploy.local_prefect import api_answers
+
+        api = os.environ["PREFECT_API_URL"]
+        # Prefect itself retries for ~25 s before it gives up on a dead API; say so at once.
+        if not api_answers(api):
+            fail(f"the Prefect API at PREFECT_API_URL={api} does not answer; start that server, "
+                  "or unset PREFECT_API_URL to use the local one")
+        yield api
+        return
+    if os.environ.get("NNPIPE_PREFECT_SERVER", "").lower() == "ephemeral":
+        yield None
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from nnpipe.deploy.local_prefect import ensure_server
+
+    try:
+        info = ensure_server(echo=lambda line: typer.echo(line, err=True))
+    except (RuntimeError, OSError) as exc:
+        fail(str(exc).splitlines()[0])
+    with temporary_settings(updates={PREFECT_API_URL: info["api"]}):
+        yield info["api"]
+
+
+def default_tracking_uri(config_uri: str | None) -> str:
+    """Explicit URI, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
+    return config_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def build_config(config_file: Optional[Path], overrides: dict[str, Any]) -> Any:
+    """The validated :class:`~nnpipe.flows.config.PipelineConfig`: file values, then flags; one line on error."""
+    from nnpipe.flows.config import ConfigError, build_config
+
+    try:
+        return build_config(config_file, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def run_flow(fn, *args: Any, **kwargs: Any) -> Any:
+    """Run a flow, turning any failure into one line on stderr and exit code 1."""
+    from nnpipe.data.load import DataError
+
+    try:
+        return fn(*args, **kwargs)
+    except DataError as exc:
+        fail(str(exc))
+    except (ValueError, TypeError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except KeyboardInterrupt as exc:
+        fail(f"interrupted ({exc}); the MLflow run is marked KILLED, nothing was registered" if str(exc)
+              else "interrupted; the MLflow run is marked KILLED, nothing was registered", 130)
+    except Exception as exc:  # a failed step: say which error, not where in the code
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        fail(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)

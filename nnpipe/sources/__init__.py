@@ -1,0 +1,17 @@
+"""Large data sources: the rows stay on the workers, and the driver holds small vectors only.
+
+Read in this order:
+
+- :mod:`.location` — what a file, directory of parts, glob or URL holds, read from metadata, and its pieces;
+- :mod:`.prep` — validating, splitting (by a seeded hash of each row's position) and scaling piece by piece;
+- :mod:`.streaming` — the training rows as arrays, or streamed a piece at a time past a memory budget;
+- :mod:`.evaluate` — metrics of a model on a source as sums and counts;
+- :mod:`.fit` — ``single`` mode on a prepared source.
+
+The distributed modes place the same pieces on the workers (:mod:`nnpipe.distributed.frames`).
+"""
+
+from nnpipe.sources.location import Piece, Source, is_large, open_source, short_name
+from nnpipe.sources.prep import PreparedSource, prepare
+
+__all__ = ["Piece", "PreparedSource", "Source", "is_large", "open_source", "prepare", "short_name"]
