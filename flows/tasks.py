@@ -53,6 +53,8 @@ def load(source: str, target: str | None = None, task: str | None = None,
          features: list[str] | None = None) -> Dataset:
     """Load and validate a built-in dataset or a CSV/Parquet file."""
     ds = load_dataset(source, target=target, task=task, features=features)
+    for note in ds.notes:  # a folder read into memory: say how much
+        announce(f"Data:        {note}")
     get_run_logger().info(
         "loaded %s: %d rows, %d features, task %s, sha256 %s", ds.source, len(ds.y), ds.X.shape[1], ds.task, ds.content_hash[:12]
     )

@@ -31,9 +31,13 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
 
     ``note(line)`` receives what is worth a word but no refusal (a numeric target taken as classes).
     """
-    from nnpipe.data import DataError, check_class_sizes, check_source, load_dataset
+    from nnpipe.data import DataError, check_class_sizes, check_source, is_parts, load_dataset
 
     try:
+        if is_parts(cfg.dataset):  # a local folder or glob: every part's columns, from headers and footers
+            from nnpipe.sources import open_source
+
+            open_source(cfg.dataset, cfg.target, cfg.features)
         # a large source (directory, glob, URL, big file) is validated part by part on the workers
         if not cfg.large_source:
             check_source(cfg.dataset, cfg.target)

@@ -2,6 +2,7 @@
 
 - :mod:`.load` — CSV/Parquet files and built-in datasets into a validated :class:`Dataset`, then
   :func:`split_and_scale`;
+- :mod:`.parts` — a folder or glob of parts read into memory when it fits;
 - :mod:`.builtin` — scikit-learn's toy datasets, cached as ``.npz``;
 - :mod:`.targets` — encoding targets for a head and mapping predictions back to labels;
 - :mod:`.checks` — checks of arrays handed to the API.
@@ -18,9 +19,10 @@ from nnpipe.data.load import (
     Splits,
     check_source,
     infer_task,
+    is_parts,
     load_dataset,
     split_and_scale,
 )
 
-__all__ = ["BUILTIN", "TASKS", "DataError", "Dataset", "Splits", "check_class_sizes", "check_source", "infer_task", "load_dataset",
+__all__ = ["BUILTIN", "TASKS", "DataError", "Dataset", "Splits", "check_class_sizes", "check_source", "infer_task", "is_parts", "load_dataset",
            "split_and_scale"]

@@ -55,6 +55,8 @@ class Dataset:
         SHA-256 of the file bytes (or of the arrays for a built-in dataset).
     warnings : list of str
         Problems worth telling the user that did not stop the load.
+    notes : list of str
+        What the load did that the user should hear (how much a folder of parts read into memory).
     class_names : list of str, optional
         Readable names of the classes in label order (built-in datasets only).
     """
@@ -69,6 +71,7 @@ class Dataset:
     content_hash: str
     warnings: list[str] = field(default_factory=list)
     class_names: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> np.ndarray | None:
@@ -144,6 +147,10 @@ def load_dataset(source: str | Path, target: str | None = None, task: str | None
         if features:
             raise DataError(f"{src}: features={features!r} select columns of a file; built-in datasets use all")
         ds = _load_builtin(src)
+    elif is_parts(src):  # a folder or a glob of parts, read into memory (--in-memory)
+        from nnpipe.data.parts import load_parts
+
+        ds = load_parts(src, str(target), features)
     else:
         ds = _load_file(Path(src), str(target), features)
     if task == "classification":
@@ -162,6 +169,14 @@ def load_dataset(source: str | Path, target: str | None = None, task: str | None
     return ds
 
 
+def is_parts(source: str) -> bool:
+    """A local folder or a glob: several files read as one table (not a URL, not a built-in name)."""
+    import glob
+    import os
+
+    return "://" not in source and source not in BUILTIN and (os.path.isdir(source) or glob.has_magic(source))
+
+
 def check_source(source: str | Path, target: str | None = None) -> list[str]:
     """Cheap checks of a source before anything expensive starts; returns the feature column names.
 
@@ -175,6 +190,10 @@ def check_source(source: str | Path, target: str | None = None) -> list[str]:
     """
     src = str(source)
     if src in BUILTIN:
+        return []
+    if is_parts(src):  # parts are checked when listed (nnpipe.data.parts): names, schemas, sizes
+        if not target:
+            raise DataError(f"{src}: a target column is required for a file source (--target COLUMN)")
         return []
     path = Path(src)
     suffix = path.suffix.lower()
@@ -260,7 +279,16 @@ def _read_frame(path: Path):
 
 def _load_file(path: Path, target: str, only: list[str] | None = None) -> Dataset:
     frame = _read_frame(path)
-    src = str(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return dataset_from_frame(frame, str(path), path.stem, target, only, digest, csv=path.suffix.lower() == ".csv")
+
+
+def dataset_from_frame(frame, src: str, name: str, target: str, only: list[str] | None, digest: str,
+                       csv: bool = False) -> Dataset:
+    """A validated :class:`Dataset` from a frame read from ``src`` (a file, or the parts of a folder).
+
+    ``csv``: report rows with their file line too (one header line above them).
+    """
     if len(frame) == 0:
         raise DataError(f"{src}: file has a header but no data rows")
     if target not in frame.columns:
@@ -275,7 +303,7 @@ def _load_file(path: Path, target: str, only: list[str] | None = None) -> Datase
     if not features:
         raise DataError(f"{src}: no feature columns besides the target {target!r}")
     # CSV rows are reported as 1-based data rows; the file line is that plus the header.
-    line = (lambda i: f"row {i + 1} (line {i + 2})") if path.suffix.lower() == ".csv" else (lambda i: f"row {i + 1}")
+    line = (lambda i: f"row {i + 1} (line {i + 2})") if csv else (lambda i: f"row {i + 1}")
     y = frame[target].to_numpy()
     missing = frame[target].isna().to_numpy()
     if missing.any():
@@ -289,8 +317,7 @@ def _load_file(path: Path, target: str, only: list[str] | None = None) -> Datase
     elif y.dtype.kind == "f":
         _check_magnitude(y.astype(np.float64), src, f"target column {target!r}", line)
     warnings = _check_constant(X, list(map(str, features)), src)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Dataset(path.stem, src, X, y, list(map(str, features)), target, infer_task(y), digest, warnings)
+    return Dataset(name, src, X, y, list(map(str, features)), target, infer_task(y), digest, warnings)
 
 
 def _check_constant(X: np.ndarray, names: list[str], src: str) -> list[str]:

@@ -57,6 +57,9 @@ def store(tmp_path_factory, sqlite_template, iris_splits):
     write("bad.toml", "epochs = [\n")
     # a regression target stored as whole numbers: most values occur once
     write("counts.csv", "a,b,y\n" + "".join(f"{i},{i % 7},{25 + 3 * i}\n" for i in range(30)))
+    (files / "lake").mkdir()  # parts whose columns differ
+    pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0], "y": [0, 1]}).to_parquet(files / "lake" / "part-0.parquet")
+    pd.DataFrame({"b": [3.0, 4.0], "y": [0, 1]}).to_parquet(files / "lake" / "part-1.parquet")
     write("abc.csv", "a,b,c,y\n" + "".join(f"{i},{i % 5},{i % 3},{i % 2}\n" for i in range(30)))
     yield {"uri": uri, "files": files, "model": model, "splits": splits}
     tracking.reset()
@@ -121,6 +124,10 @@ CLI_CASES = [
     ("integer-regression-target", ["--dataset", "{d}/counts.csv", "--target", "y"], 1,
      "class 25 of target column 'y' has only 1 row(s); need at least 3 so the train, validation and test parts "
      "each get one; if the target is a quantity to predict, pass --task regression"),
+    ("parts-columns-differ", ["--dataset", "{d}/lake", "--target", "y"], 1,
+     "{d}/lake/part-1.parquet: its columns differ from {d}/lake/part-0.parquet's; missing ['a']"),
+    ("parts-in-memory-columns-differ", ["--dataset", "{d}/lake/*.parquet", "--target", "y", "--in-memory"], 1,
+     "{d}/lake/part-1.parquet: its columns differ"),
     ("sqlite-path-typo", ["--tracking-uri-env", "sqlite:///{d}/typo/sub/mlflow.db"], 1,
      "directory {d}/typo/sub does not exist (a typo?)"),
     ("metrics-port-busy", ["--metrics-port", "{busy}"], 1, "metrics port {busy} on 127.0.0.1 is in use"),
