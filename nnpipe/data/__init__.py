@@ -2,7 +2,6 @@
 
 - :mod:`.load` — CSV/Parquet files and built-in datasets into a validated :class:`Dataset`, then
   :func:`split_and_scale`;
-- :mod:`.parts` — a folder or glob of parts read into memory when it fits;
 - :mod:`.builtin` — scikit-learn's toy datasets, cached as ``.npz``;
 - :mod:`.targets` — encoding targets for a head and mapping predictions back to labels;
 - :mod:`.checks` — checks of arrays handed to the API.

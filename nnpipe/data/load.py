@@ -147,17 +147,27 @@ def load_dataset(source: str | Path, target: str | None = None, task: str | None
         if features:
             raise DataError(f"{src}: features={features!r} select columns of a file; built-in datasets use all")
         ds = _load_builtin(src)
-    elif is_parts(src):  # a folder or a glob of parts, read into memory (--in-memory)
-        from nnpipe.data.parts import load_parts
-
-        ds = load_parts(src, str(target), features)
+    elif is_parts(src):
+        raise DataError(f"{src}: a folder or glob of parts; read it with nnpipe.sources.load_parts "
+                        "(nnpipe train --in-memory does)")
     else:
         ds = _load_file(Path(src), str(target), features)
+    return apply_task(ds, task)
+
+
+def apply_task(ds: Dataset, task: str | None) -> Dataset:
+    """Set ``ds.task`` from ``task`` (``classification`` picks binary or multiclass), or keep the inferred one.
+
+    Raises
+    ------
+    DataError
+        A classification target with a single class.
+    """
     if task == "classification":
         ds.task = "binary" if len(np.unique(ds.y)) == 2 else "multiclass"
     elif task is not None:
         ds.task = task
-    elif src not in BUILTIN and ds.task == "multiclass" and ds.y.dtype.kind in "iuf" and len(np.unique(ds.y)) > 5:
+    elif ds.source not in BUILTIN and ds.task == "multiclass" and ds.y.dtype.kind in "iuf" and len(np.unique(ds.y)) > 5:
         # whole numbers with several values: a count or a score may be meant as a quantity
         ds.warnings.append(f"target column {ds.target!r} holds {len(np.unique(ds.y))} whole-number values, "
                            f"trained as classes; {REGRESSION_HINT}")

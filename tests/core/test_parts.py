@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nnpipe.data import DataError, load_dataset
-from nnpipe.data.parts import load_parts
+from nnpipe.data import DataError
+from nnpipe.sources import load_parts
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def lake(tmp_path):
 def test_a_folder_and_a_glob_read_into_memory_say_how_much(lake):
     root, frame = lake
     for location in (str(root), str(root / "part-*.parquet")):
-        ds = load_dataset(location, target="y")
+        ds = load_parts(location, "y")
         assert ds.X.shape == (90, 2) and sorted(ds.y.tolist()) == sorted(frame["y"].tolist())
         assert ds.notes == [f"read 3 parquet parts of {location} into memory: "
                             f"{ds.notes[0].split(': ', 1)[1].split(' on disk')[0]} on disk, 2 kB as arrays, 90 rows"]
@@ -39,5 +39,5 @@ def test_a_part_with_other_columns_is_named(lake):
     root, frame = lake
     frame.drop(columns=["a"]).to_parquet(root / "part-9.parquet")
     with pytest.raises(DataError, match=r"part-9.parquet: its columns differ from .*part-0.parquet's; missing \['a'\]"):
-        load_dataset(str(root), target="y")
-    assert load_dataset(str(root), target="y", features=["b"]).X.shape == (180, 1)  # naming the columns works
+        load_parts(str(root), "y")
+    assert load_parts(str(root), "y", ["b"]).X.shape == (180, 1)  # naming the columns works

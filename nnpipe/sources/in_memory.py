@@ -9,7 +9,8 @@ refused with the way to train them where they lie (as a large source).
 
 from __future__ import annotations
 
-from nnpipe.data.load import DataError, Dataset, dataset_from_frame
+from nnpipe.data.load import DataError, Dataset, apply_task, dataset_from_frame
+from nnpipe.sources.location import open_source
 
 # Bytes in memory per byte on disk, roughly: Parquet compresses (and pandas adds its overhead);
 # a CSV number of ~8 characters becomes an 8-byte float.
@@ -24,7 +25,7 @@ def available_bytes() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def load_parts(location: str, target: str, features: list[str] | None = None,
+def load_parts(location: str, target: str, features: list[str] | None = None, task: str | None = None,
                available: int | None = None) -> Dataset:
     """Read every part of ``location`` into one validated :class:`Dataset`; its ``notes`` say how much was read.
 
@@ -35,8 +36,6 @@ def load_parts(location: str, target: str, features: list[str] | None = None,
         that cannot be read, or parts too large for the memory available.
     """
     import pandas as pd
-
-    from nnpipe.sources import open_source
 
     source = open_source(location, target, features)  # lists the parts, checks each one's columns
     on_disk = source.n_bytes
@@ -54,7 +53,7 @@ def load_parts(location: str, target: str, features: list[str] | None = None,
             raise DataError(f"{path}: cannot be read as {source.fmt}: {str(exc).splitlines()[0]}") from exc
         frames.append(frame[source.columns] if set(source.columns) <= set(frame.columns) else frame)
     frame = pd.concat(frames, ignore_index=True)
-    ds = dataset_from_frame(frame, location, source.name, target, features, source.fingerprint)
+    ds = apply_task(dataset_from_frame(frame, location, source.name, target, features, source.fingerprint), task)
     ds.notes.append(f"read {len(source.files)} {source.fmt} parts of {location} into memory: "
                     f"{_mb(on_disk)} on disk, {_mb(ds.X.nbytes + ds.y.nbytes)} as arrays, {len(ds.y)} rows")
     return ds
