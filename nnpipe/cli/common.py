@@ -104,13 +104,14 @@ def prefect_api() -> Iterator[str | None]:
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from nnpipe.deploy.local_prefect import ensure_server
+    from nnpipe.deploy.local_prefect import client_lease, ensure_server
 
     try:
         info = ensure_server(echo=lambda line: typer.echo(line, err=True))
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, ValueError) as exc:
         fail(str(exc).splitlines()[0])
-    with temporary_settings(updates={PREFECT_API_URL: info["api"]}):
+    # a lease for as long as this command runs: the server's idle watch never stops it under a training
+    with client_lease(), temporary_settings(updates={PREFECT_API_URL: info["api"]}):
         yield info["api"]
 
 
