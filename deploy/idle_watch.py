@@ -97,9 +97,9 @@ def read(state: Path) -> dict | None:
         return None
 
 
-def watch(state: Path, pid: int, api: str, limit: float, every: float | None = None) -> None:
-    """Until the server ``pid`` ends: note each use; stop it after ``limit`` seconds without one."""
-    from nnpipe.deploy.stack import pid_alive
+def watch(state: Path, pid: int, api: str, limit: float, server: str, every: float | None = None) -> None:
+    """Until the server ``pid`` (started as ``server`` in ``state``) ends: note each use; stop it after ``limit`` s without one."""
+    from nnpipe.deploy.stack import pid_alive, stop
 
     every = every or max(1.0, min(30.0, limit / 6))
     last = time.time()
@@ -108,14 +108,13 @@ def watch(state: Path, pid: int, api: str, limit: float, every: float | None = N
             last = time.time()
         (state / "idle.json").write_text(json.dumps({"last_active": last, "idle_seconds": limit, "pid": pid}))
         if time.time() - last >= limit:
-            from nnpipe.deploy.local_prefect import stop_server
-
-            stop_server(state.parent, watch=False)
+            (state / "server.json").unlink(missing_ok=True)  # no command finds it from now on
+            stop(state, server)
             (state / "idle.json").unlink(missing_ok=True)
             print(f"stopped the Prefect server (pid {pid}) after {limit / 60:g} min without use", flush=True)
             return
         time.sleep(every)
 
 
-if __name__ == "__main__":  # python -m nnpipe.deploy.idle_watch STATE PID API SECONDS
-    watch(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
+if __name__ == "__main__":  # python -m nnpipe.deploy.idle_watch STATE PID API SECONDS SERVER_NAME
+    watch(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5])

@@ -130,20 +130,19 @@ def ensure_server(home: Path | None = None, echo: Callable[[str], None] = print,
             (state / "server.json").write_text(json.dumps(info, indent=2))
             # beside it, the watch that stops it once unused (a server per PREFECT_HOME would otherwise pile up)
             spawn(state, idle_watch.NAME, [sys.executable, "-m", "nnpipe.deploy.idle_watch", str(state), str(proc.pid),
-                                           api, str(limit)])
+                                           api, str(limit), NAME])
             echo(f"Prefect server at {info['ui']} (stays up for later runs; stops itself after {limit / 60:g} min "
                  "unused; `nnpipe server stop` stops it now)")
             return info
         raise RuntimeError(f"could not start a local Prefect server: {last_error}")
 
 
-def stop_server(home: Path | None = None, watch: bool = True) -> bool:
-    """Stop this user's local Prefect server (and its idle watch, unless ``watch`` is False: the watch itself calls); True if one was running."""
+def stop_server(home: Path | None = None) -> bool:
+    """Stop this user's local Prefect server and its idle watch; True if the server was running."""
     state = state_dir(home)
     with _locked(state):
         (state / "server.json").unlink(missing_ok=True)
-        if watch:
-            stop(state, idle_watch.NAME)
+        stop(state, idle_watch.NAME)
         return stop(state, NAME)
 
 
