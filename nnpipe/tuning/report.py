@@ -18,11 +18,10 @@ from typing import Any
 import optuna
 
 from nnpipe import tracking
-from nnpipe.tuning.runner import EPOCHS_ATTR, RUN_ATTR
+from nnpipe.tuning.runner import EPOCHS_ATTR, MODEL_ATTR, RUN_ATTR, kept_model
 
 # Study attributes (a finished trial's own attributes are read-only).
 REGISTERED_ATTR = "nnpipe.registered.trial_{}"
-MODEL_ATTR = "nnpipe.model_uri.trial_{}"
 log = logging.getLogger("nnpipe.tuning")
 
 PLOTS = {
@@ -119,11 +118,11 @@ def register_best(study: optuna.Study, best: optuna.trial.FrozenTrial, model: An
         return {"version": str(version), "promoted": False, "new": False,
                 "champion_version": None if champion is None else str(champion),
                 "decision": f"best trial {best.number} is already registered as v{version}; nothing to gate"}
-    if model is None:
+    uri = study.user_attrs.get(MODEL_ATTR.format(best.number))  # kept by an interrupted invocation
+    if model is None and uri is None:
         return None
     run_id = best.user_attrs[RUN_ATTR]
-    uri = tracking.log_model(run_id, model, raw_example)
-    study.set_user_attr(MODEL_ATTR.format(best.number), uri)
+    uri = uri or kept_model(study, best.number, model, raw_example)
     version = tracking.register_model(uri, model_name, run_id, {**tags, "nnpipe.tune.study": study.study_name,
                                                                 "nnpipe.tune.trial": best.number})
     study.set_user_attr(REGISTERED_ATTR.format(best.number), str(version))
