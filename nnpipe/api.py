@@ -88,6 +88,37 @@ def train(
     -------
     FitResult
         The same type in every mode; ``model`` is set when ``data`` is a dataset.
+
+    Examples
+    --------
+    A dataset, split and scaled: the network comes from its task and shape, and
+    the result carries a servable model that takes raw rows.
+
+    >>> import nnpipe
+    >>> splits = nnpipe.split_and_scale(nnpipe.load_dataset("iris"), seed=0)
+    >>> result = nnpipe.train(splits, nnpipe.TrainConfig(epochs=5, seed=0), hidden=(8,))
+    >>> result.epochs_run, sorted(result.history)[:3]
+    (5, ['lr', 'train/accuracy', 'train/loss'])
+    >>> result.model.predict(splits.raw_test[:4]).shape
+    (4,)
+
+    Bare arrays need the network; here a binary task, one sigmoid output:
+
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(128, 3))
+    >>> Y = (X[:, :1] > 0).astype(np.float64)
+    >>> spec = nnpipe.NetworkSpec(3, (8,), ("relu",), 1, head="sigmoid")
+    >>> result = nnpipe.train((X, Y), nnpipe.TrainConfig(epochs=3, optimizer="adam", lr=1e-2), spec=spec)
+    >>> result.theta.shape
+    (41,)
+
+    The same call trains on a Dask cluster (``address=``, ``client=``,
+    ``DASK_SCHEDULER_ADDRESS``, or a local cluster of ``workers`` processes):
+
+    >>> config = nnpipe.TrainConfig(mode="local-sgd", workers=2, sync_every=5, epochs=2, seed=0)
+    >>> result = nnpipe.train(splits, config, hidden=(8,))
+    >>> result.info["workers"], result.epochs_run
+    (2, 2)
     """
     config = TrainConfig() if config is None else config
     if not isinstance(config, TrainConfig):

@@ -24,7 +24,7 @@ SCHEDULE_FIELDS = ("step_size", "gamma", "min_lr")
 MODES = ("single", "sync", "local-sgd", "async")
 # Outer optimizers of local-sgd and async (nnpipe/distributed/outer.py): default (lr, momentum).
 # Nesterov's lr 1.0 / momentum 0.5 measured better than DiLoCo's 0.7 / 0.9 on digits at 16
-# workers (0.969 vs 0.947 median test accuracy; bench/bench_convergence.py, README).
+# workers (0.969 vs 0.947 median test accuracy; bench/bench_convergence.py, docs/benchmarks.md).
 OUTER_OPTIMIZERS = {"none": (None, None), "sgd": (1.0, 0.0), "nesterov": (1.0, 0.5)}
 # outer_optimizer=None picks the mode's: measured on digits at 2-16 workers, Nesterov closes
 # most of local SGD's gap to sync. Async takes its merges as they are: with Nesterov it lost 3 and
@@ -32,7 +32,7 @@ OUTER_OPTIMIZERS = {"none": (None, None), "sgd": (1.0, 0.0), "nesterov": (1.0, 0
 # on by stale momentum) and reached 95% of sync 2.7 epochs later on digits at 16 workers.
 OUTER_BY_MODE = {"local-sgd": "nesterov", "async": "none"}
 # Synchronous warm-up epochs of local-sgd and async when warmup_epochs is None: this many, but at most
-# one in 20 epochs. Measured (bench/bench_convergence.py, README): on digits two sync epochs bring local
+# one in 20 epochs. Measured (bench/bench_convergence.py, docs/benchmarks.md): on digits two sync epochs bring local
 # SGD and async to 95% of sync's final accuracy in 4 epochs at 8 workers (sync: 6; no warm-up: 6-8).
 DEFAULT_WARMUP_EPOCHS = 2
 STALENESS_POLICIES = ("inverse", "downweight", "drop")

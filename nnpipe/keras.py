@@ -26,7 +26,15 @@ _OUTPUT_ACTIVATION = {"softmax": "softmax", "sigmoid": "sigmoid", "identity": "i
 
 
 class Dense:
-    """A fully connected layer: ``units`` outputs and an activation name."""
+    """A fully connected layer: ``units`` outputs and an activation name.
+
+    Examples
+    --------
+    >>> Dense(8, input_dim=4, activation="relu").units
+    8
+    >>> Dense(3, activation="linear").activation    # Keras' name for no activation
+    'identity'
+    """
 
     def __init__(self, units: int, activation: str | None = None, input_dim: int | None = None,
                  input_shape: tuple[int] | None = None, kernel_initializer: str = "glorot_uniform"):
@@ -50,7 +58,33 @@ class History:
 
 
 class Sequential:
-    """A stack of :class:`Dense` layers trained with :meth:`fit`."""
+    """A stack of :class:`Dense` layers trained with :meth:`fit`.
+
+    Examples
+    --------
+    >>> from nnpipe import Dense, Sequential, load_dataset, split_and_scale
+    >>> splits = split_and_scale(load_dataset("iris"), seed=0)
+    >>> model = Sequential([Dense(8, input_dim=4, activation="relu"), Dense(3, activation="softmax")], seed=0)
+    >>> model.compile(loss="sparse_categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    >>> history = model.fit(splits.X_train, splits.y_train, epochs=100, batch_size=8, verbose=0)
+    >>> len(history.history["loss"])
+    100
+    >>> loss, accuracy = model.evaluate(splits.X_test, splits.y_test)
+    >>> bool(accuracy > 0.8)
+    True
+    >>> model.predict(splits.X_test[:2]).shape          # class probabilities
+    (2, 3)
+    >>> model.predict_classes(splits.X_test[:2]).shape
+    (2,)
+
+    ``fit`` also trains on a Dask cluster (``address=``, ``client=``,
+    ``DASK_SCHEDULER_ADDRESS``, or a local cluster of ``workers`` processes):
+
+    >>> history = model.fit(splits.X_train, splits.y_train, epochs=2, batch_size=8, verbose=0,
+    ...                     mode="local-sgd", workers=2, sync_every=5)
+    >>> len(history.history["loss"])
+    2
+    """
 
     def __init__(self, layers: list[Dense] | None = None, seed: int | None = None):
         self.layers: list[Dense] = []

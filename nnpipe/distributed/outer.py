@@ -10,7 +10,7 @@ Douillard et al. 2023, DiLoCo):
 - ``sgd``: :class:`~nnpipe.core.optimizers.SGD`, or heavy-ball
   :class:`~nnpipe.core.optimizers.Momentum` when ``outer_momentum > 0`` (SlowMo);
 - ``nesterov``: :class:`~nnpipe.core.optimizers.Nesterov` (DiLoCo uses lr 0.7, momentum
-  0.9; the defaults here, lr 1.0 and momentum 0.5, measured better, see the README).
+  0.9; the defaults here, lr 1.0 and momentum 0.5, measured better, see docs/benchmarks.md).
 
 The state (momentum buffer, step count) lives on the driver, is advanced once
 per merge in the order merges happen, and is checkpointed with the

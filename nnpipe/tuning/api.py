@@ -291,6 +291,27 @@ def tune(
         A bad search-space entry, before any run or study is created.
     TypeError
         An unknown keyword (neither a parameter nor a :class:`TuneSettings` field).
+
+    Examples
+    --------
+    Two trials of a one-parameter space on iris, side by side on the cluster
+    (``address=``, ``client=``, ``DASK_SCHEDULER_ADDRESS``, or a local cluster of
+    ``workers`` processes). The study goes to ``./optuna.log``, its runs and
+    the best trial's registered model to ``./mlflow.db``:
+
+    >>> from nnpipe import TrainConfig
+    >>> from nnpipe.tuning import tune
+    >>> result = tune("iris", ["lr=loguniform(1e-3,1e-1)"], trials=2, parallel=2, study="iris-doc",
+    ...               train=TrainConfig(epochs=3, seed=0))
+    >>> sum(result.counts().values()), result.metric
+    (2, 'val/accuracy')
+    >>> sorted(result.best["params"])
+    ['lr']
+    >>> result.registered["version"]            # the first version of nnpipe-iris in this store
+    '1'
+
+    Calling it again with the same ``study`` resumes it with its own space
+    (``tune("iris", study="iris-doc", trials=10)``); ``result.resumed`` says so.
     """
     t0 = time.perf_counter()
     known = {f.name for f in fields(TuneSettings)} - {"space"}

@@ -1,4 +1,4 @@
-"""Saved models, the Keras-style front and the seed example from the README."""
+"""Saved models, the Keras-style front and its seed example (docs/library.md)."""
 
 import subprocess
 import sys

@@ -265,7 +265,7 @@ def test_new_settings_are_validated_and_quote_the_bad_value(kw, match):
 def test_outer_defaults():
     assert TrainConfig(mode="local-sgd").effective()["outer_optimizer"] == "nesterov"
     assert TrainConfig(mode="local-sgd").outer_settings() == (1.0, 0.5)
-    assert TrainConfig(mode="async").outer_name() == "none"  # measured: Nesterov hurt async (README)
+    assert TrainConfig(mode="async").outer_name() == "none"  # measured: Nesterov hurt async (docs/benchmarks.md)
     with pytest.raises(ValueError, match="'outer_lr'"):  # an outer setting with no outer optimizer is refused
         TrainConfig(mode="async", outer_lr=0.5)
     assert TrainConfig(mode="sync").outer_name() == "none"
