@@ -52,7 +52,10 @@ def in_store(first, monkeypatch):
     monkeypatch.setenv("NNPIPE_PREFECT_SERVER", "ephemeral")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.chdir(first["root"])
-    return first
+    yield first
+    from nnpipe import tracking
+
+    tracking.reset()  # the CLI configured MLflow for this store: the next module's tests configure their own
 
 
 def test_resume_with_no_flags_restores_the_run(in_store):
