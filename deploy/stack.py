@@ -143,11 +143,16 @@ def stop(state: Path, name: str, timeout: float = 20) -> bool:
     return running
 
 
-ORDER = ("prefect-worker", "prefect-server", "mlflow", "dask-workers", "dask-scheduler")
+ORDER = ("nnpipe-serve", "prefect-worker", "prefect-server", "mlflow", "dask-workers", "dask-scheduler")
 
 
-def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: bool = True, timeout: float = 240) -> dict[str, Any]:
-    """Start every process, wait until each answers, and write ``<state>/stack.json``."""
+def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: bool = True, timeout: float = 240,
+       serve: str | None = None) -> dict[str, Any]:
+    """Start every process, wait until each answers, and write ``<state>/stack.json``.
+
+    ``serve``: a registered model name; ``nnpipe serve`` then follows its champion
+    (answering 503 until it has one) and Prometheus scrapes it.
+    """
     state = state.resolve()
     state.mkdir(parents=True, exist_ok=True)
     if (state / "stack.json").exists() and any(pid_alive(int(p.read_text())) for p in (state / "pids").glob("*.pid")):
@@ -185,6 +190,13 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
         info["metrics"] = {"dask": f"http://127.0.0.1:{dashboard_port}/metrics",
                            "mlflow": f"{info['mlflow_uri']}/metrics",
                            "nnpipe": f"http://127.0.0.1:{train_metrics_port}/metrics"}
+        if serve:
+            serve_port = free_port()
+            served = spawn(state, "nnpipe-serve", [str(BIN / "nnpipe"), "serve", serve, "--port", str(serve_port)],
+                           env={"MLFLOW_TRACKING_URI": info["mlflow_uri"]})
+            info["serve"] = f"http://127.0.0.1:{serve_port}"
+            info["metrics"]["serve"] = f"{info['serve']}/metrics"
+            wait_port(serve_port, timeout, served)
         info["prometheus_config"] = str(write_prometheus_config(state, info["metrics"]))
         spawn(state, "prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
               env=worker_env, cwd=REPO)
@@ -249,11 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend-store-uri", default=None, help="MLflow store, e.g. postgresql://user:pw@host/db (default SQLite in the state dir)")
     parser.add_argument("--no-ui", action="store_true", help="Prefect server without its UI (starts faster)")
     parser.add_argument("--timeout", type=float, default=240)
+    parser.add_argument("--serve", metavar="MODEL", default=None,
+                        help="also run `nnpipe serve MODEL` (follows its champion; 503 until there is one)")
     args = parser.parse_args(argv)
     state = args.state_dir.resolve()
     try:
         if args.command == "up":
-            info = up(state, args.workers, args.backend_store_uri, ui=not args.no_ui, timeout=args.timeout)
+            info = up(state, args.workers, args.backend_store_uri, ui=not args.no_ui, timeout=args.timeout,
+                      serve=args.serve)
             print(json.dumps(info, indent=2))
             print("\n".join(env_lines(state)))
         elif args.command == "down":

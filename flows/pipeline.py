@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from nnpipe.flows import tasks
 from nnpipe.flows.config import PipelineConfig
+from nnpipe.flows.orphans import current_flow_run_tags, end_orphans
 from nnpipe.flows.progress import announce
 from nnpipe.names import default_model_name
 
@@ -230,12 +231,14 @@ def mlflow_run(config: PipelineConfig) -> Iterator[RunRecord]:
     from nnpipe.tracking.prometheus import port_from_env
 
     uri = tracking.configure(config.tracking_uri)
+    end_orphans()  # runs a driver killed outright left RUNNING: FAILED, and their flow runs Crashed
     name = mlflow_run_name(config)
     prefect_url = flow_run_url()
     if prefect_url:
         announce(f"Prefect:     {prefect_url}")
-    with tracking.training_run(config.experiment, config.mlflow_params(), tags=run_start_tags(config),
-                               run_name=name, description=run_description(config), system_metrics=True) as run:
+    with tracking.training_run(config.experiment, config.mlflow_params(),
+                               tags={**run_start_tags(config), **current_flow_run_tags()}, run_name=name,
+                               description=run_description(config), system_metrics=True) as run:
         get_run_logger().info("MLflow run %s in %s", run.info.run_id, uri)
         announce(f"MLflow:      run {name}  {links.run_url(uri, run.info.experiment_id, run.info.run_id)}")
         yield RunRecord(run.info.run_id, run.info.experiment_id, name, uri, prefect_url,

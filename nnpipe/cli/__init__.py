@@ -22,12 +22,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from nnpipe.cli import models, pipeline, server, tune
+    from nnpipe.cli import models, pipeline, serve, server, tune
 
     pipeline.register(app)
     tune.register(app)
     models.register(app)
     server.register(app)
+    serve.register(app)
 
 
 _register()

@@ -16,7 +16,9 @@ from rich.table import Table
 
 from nnpipe.cli.options import TrackingUri
 
-SHOWN_METRICS = ("test/accuracy", "test/loss", "test/r2", "test/mse", "val/accuracy", "val/loss")
+# shadow/* and live/*: what `nnpipe serve` logged about a version on live traffic (docs/serving.md)
+SHOWN_METRICS = ("test/accuracy", "test/loss", "test/r2", "test/mse", "val/accuracy", "val/loss",
+                 "shadow/agreement", "shadow/mean_abs_diff", "live/shift_max")
 
 
 def _console(stderr: bool = False) -> Console:
@@ -46,7 +48,22 @@ def _setup(uri: str | None):
     except StoreUnavailable as exc:
         _fail(redact(str(exc)))
     tracking.configure(uri)
+    end_orphans(tracking)
     return tracking
+
+
+def end_orphans(tracking) -> None:
+    """End runs a driver killed outright left RUNNING (FAILED, with why), saying so on stderr.
+
+    Their Prefect flow runs are ended Crashed by the next flow (train, tune or a schedule), which has Prefect at hand.
+    """
+    try:
+        orphans = tracking.end_orphaned_runs()
+    except Exception as exc:  # cleaning up must never stop the command the user asked for
+        typer.echo(f"note: could not check for orphaned runs: {type(exc).__name__}: {exc}", err=True)
+        return
+    for o in orphans:
+        typer.echo(f"note: run {o.run_name} ({o.run_id}) was still RUNNING; ended it FAILED: {o.reason}", err=True)
 
 
 def _run(action):

@@ -31,6 +31,8 @@ LAYERS: dict[str, tuple[str, int]] = {
     "nnpipe.tuning": ("tuning", 3),
     "nnpipe.flows": ("flows", 4),
     "nnpipe.deploy": ("deploy", 5),
+    # the model server: above tracking, beside the CLI and the deployments; no prefect, no dask
+    "nnpipe.serve": ("serve", 5),
     "nnpipe.cli": ("cli", 6),
 }
 # Third-party packages each layer alone may import.
