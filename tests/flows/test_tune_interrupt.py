@@ -9,14 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import BIN, clean_env
+from tests.flows.conftest import BIN, clean_env, default_sigint
 
 pytestmark = [pytest.mark.server, pytest.mark.cluster]
-
-
-def _restore_sigint() -> None:
-    # a suite started from a background job inherits SIGINT ignored: the child must take it as a user's Ctrl-C
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_ctrl_c_during_tune_leaves_no_run_running_and_keeps_the_best(tmp_path: Path):
@@ -28,7 +23,7 @@ def test_ctrl_c_during_tune_leaves_no_run_running_and_keeps_the_best(tmp_path: P
     cmd = [str(BIN / "nnpipe"), "tune", "--dataset", "digits", "--trials", "40", "--space", "lr=loguniform(1e-3,1e-1)", "--parallel", "2", "--workers", "2",
            "--study", "interrupted"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_restore_sigint)
+                            preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 400
         for line in proc.stdout:  # one trial done: the next ones are running, the best so far is in memory
