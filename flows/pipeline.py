@@ -126,6 +126,18 @@ def flow_run_url() -> str | None:
     return flow_run.ui_url
 
 
+def run_start_tags(config: PipelineConfig) -> dict[str, str]:
+    """Tags a pipeline run starts with: the flow, its settings (what ``--resume-from`` restores), the run it resumes."""
+    import json
+
+    from nnpipe.flows.config import CONFIG_TAG, RESUMED_FROM_TAG
+
+    tags = {"nnpipe.flow": "nnpipe-train", CONFIG_TAG: json.dumps(config.resume_values(), sort_keys=True)}
+    if config.resume_from:  # the new run links to the one it continues
+        tags[RESUMED_FROM_TAG] = config.resume_from
+    return tags
+
+
 def run_description(config: PipelineConfig, ds: Any = None, outcome: str = "") -> str:
     """The MLflow run's description (markdown): what trains on what, and (at the end) what became of it."""
     t = config.train
@@ -135,7 +147,8 @@ def run_description(config: PipelineConfig, ds: Any = None, outcome: str = "") -
         data += f" ({len(ds.y)} rows, {ds.X.shape[1]} features, {ds.task})"
     text = (f"Trains a {'-'.join(map(str, config.hidden))} {config.activation} network on {data} "
             f"with {t.optimizer} (lr {t.learning_rate:g}, batch {t.batch_size}, up to {t.epochs} epochs) on {where}; "
-            f"started by the nnpipe-train flow.")
+            f"started by the nnpipe-train flow."
+            + (f" Resumes run `{config.resume_from}` from its newest checkpoint." if config.resume_from else ""))
     return text + (f"\n\n{outcome}" if outcome else "")
 
 
@@ -227,7 +240,8 @@ def mlflow_run(config: PipelineConfig) -> Iterator[RunRecord]:
     if prefect_url:
         announce(f"Prefect:     {prefect_url}")
     with tracking.training_run(config.experiment, config.mlflow_params(),
-                               tags={"nnpipe.flow": "nnpipe-train", **current_flow_run_tags()}, run_name=name, description=run_description(config), system_metrics=True) as run:
+                               tags={**run_start_tags(config), **current_flow_run_tags()}, run_name=name,
+                               description=run_description(config), system_metrics=True) as run:
         get_run_logger().info("MLflow run %s in %s", run.info.run_id, uri)
         announce(f"MLflow:      run {name}  {links.run_url(uri, run.info.experiment_id, run.info.run_id)}")
         yield RunRecord(run.info.run_id, run.info.experiment_id, name, uri, prefect_url,

@@ -52,7 +52,16 @@ def _retry_on_io(task, task_run, state) -> bool:
 def load(source: str, target: str | None = None, task: str | None = None,
          features: list[str] | None = None) -> Dataset:
     """Load and validate a built-in dataset or a CSV/Parquet file."""
-    ds = load_dataset(source, target=target, task=task, features=features)
+    from nnpipe.data import is_parts
+
+    if is_parts(source):  # a folder or glob read into memory (--in-memory)
+        from nnpipe.sources import load_parts
+
+        ds = load_parts(source, str(target), features, task=task)
+    else:
+        ds = load_dataset(source, target=target, task=task, features=features)
+    for note in ds.notes:  # a folder read into memory: say how much
+        announce(f"Data:        {note}")
     get_run_logger().info(
         "loaded %s: %d rows, %d features, task %s, sha256 %s", ds.source, len(ds.y), ds.X.shape[1], ds.task, ds.content_hash[:12]
     )

@@ -56,10 +56,12 @@ def check_space(config: PipelineConfig, space: list[str] | None, **settings: Any
 
 def _check_in_memory(config: PipelineConfig) -> None:
     """Refuse a source that only ``nnpipe train`` reads on the workers, saying what to do instead."""
-    from nnpipe.data.load import DataError, check_source
+    from nnpipe.data import DataError, check_source, is_parts
 
     try:
         check_source(config.dataset, config.target)
+        if is_parts(config.dataset):  # train reads parts into memory (--in-memory); trials do not (yet)
+            raise DataError(config.dataset)
     except DataError:
         if not config.large_source:
             raise  # a plain bad path or format: its own message says what is wrong

@@ -179,7 +179,8 @@ def promote(
         was = "none" if previous is None else f"v{previous}"
         _console().print(f"{name}: champion {was} -> v{number}", soft_wrap=True)
         if decision == "rejected":
-            _console().print(f"forced over the promotion gate, which said: {gate_reason}", soft_wrap=True)
+            _console().print(f"forced over the promotion gate, which said when v{number} was registered: {gate_reason}",
+                             soft_wrap=True)
     _links(tracking, name, number)
 
 

@@ -10,7 +10,8 @@ Runs (one MLflow run per training)
     :mod:`.runs` (lifecycle, params, tags, metrics), :mod:`.nested` (trial runs under a parent),
     :mod:`.heartbeat` (a run's driver and its heartbeat), :mod:`.orphans` (runs whose driver died, ended FAILED),
     :mod:`.lineage` (data, code and cluster tags; the dataset input), :mod:`.plots` (curves,
-    confusion matrix, checkpoints), :mod:`.prometheus` (live ``/metrics`` while training).
+    confusion matrix, checkpoints), :mod:`.prometheus` (live ``/metrics`` while training),
+    :mod:`.restore` (what ``--resume-from`` reads back: a run's settings, its newest checkpoint).
 Registry (versions and who serves)
     :mod:`.pyfunc` (the model as an MLflow pyfunc, no pickle), :mod:`.integrity` (SHA-256 of every
     file, checked before a load), :mod:`.registry` (versions, aliases), :mod:`.promotion` (the gate,

@@ -55,6 +55,20 @@ def port_from_env() -> int | None:
     return port
 
 
+def check_port_free(port: int, host: str | None = None) -> None:
+    """Raise ``OSError`` (one line) if ``port`` cannot be bound on the metrics host: asked for, so not moved."""
+    import socket
+
+    host = host or os.environ.get(ENV_HOST) or "127.0.0.1"
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the exporter's server binds
+        try:
+            sock.bind((host, int(port)))
+        except OSError as exc:
+            raise OSError(f"metrics port {port} on {host} is in use ({exc.strerror or exc}); choose another "
+                          "--metrics-port, or 0 for a free one") from None
+
+
 class TrainingExporter:
     """Serve one training's live metrics on ``host:port`` (own registry; stop with :meth:`close`).
 

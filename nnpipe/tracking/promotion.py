@@ -28,7 +28,7 @@ from nnpipe.tracking import history, integrity, story
 from nnpipe.tracking.errors import NotServableError, PromotionRefused, RollbackRefused, TrackingError
 from nnpipe.tracking.locking import store_lock
 from nnpipe.tracking.registry import (
-    CHAMPION, RUN_ID_TAG, alias_version, get_registered, get_version, previous_champion, sync_aliases,
+    CHAMPION, RUN_ID_TAG, alias_history, alias_version, get_registered, get_version, previous_champion, sync_aliases,
     sync_aliases_locked, version_number,
 )
 from nnpipe.tracking.store import client
@@ -308,11 +308,14 @@ def rollback(
     sync_aliases(name)
     current = alias_version(name, CHAMPION, c)
     if to is None:
-        target = previous_champion(name, current)
+        existing = {int(v.version) for v in c.search_model_versions(f"name='{name}'")}
+        target = previous_champion(name, current, existing)
         if target is None:
+            gone = sorted(set(history.champion_stack(alias_history(name, CHAMPION))) - existing)
+            deleted = f"; deleted since their reign: {', '.join(f'v{v}' for v in gone)}" if gone else ""
             raise RollbackRefused(
                 f"model {name!r} has no previous champion in its history (champion: "
-                f"{'none' if current is None else f'v{current}'}); pass --to VERSION"
+                f"{'none' if current is None else f'v{current}'}{deleted}); pass --to VERSION"
             )
     else:
         target = version_number(to)

@@ -153,9 +153,9 @@ def alias_history(name: str, alias: str | None = None) -> list[dict[str, Any]]:
     return [e for e in history.load_events(c, name) if alias is None or e.get("alias") == alias]
 
 
-def previous_champion(name: str, current: int | None) -> int | None:
-    """The champion before ``current`` according to the history, or None."""
-    return history.previous_in(alias_history(name, CHAMPION), current)
+def previous_champion(name: str, current: int | None, existing: set[int] | None = None) -> int | None:
+    """The champion before ``current`` according to the history, or None; only one of ``existing`` when given."""
+    return history.previous_in(alias_history(name, CHAMPION), current, existing=existing)
 
 
 def sync_aliases_locked(c: MlflowClient, name: str) -> list[dict[str, Any]]:

@@ -20,11 +20,10 @@ import optuna
 
 from nnpipe import tracking
 from nnpipe.tuning.resume import METRIC_ATTR
-from nnpipe.tuning.runner import EPOCHS_ATTR, RUN_ATTR
+from nnpipe.tuning.runner import EPOCHS_ATTR, MODEL_ATTR, RUN_ATTR, kept_model
 
 # Study attributes (a finished trial's own attributes are read-only).
 REGISTERED_ATTR = "nnpipe.registered.trial_{}"
-MODEL_ATTR = "nnpipe.model_uri.trial_{}"
 log = logging.getLogger("nnpipe.tuning")
 
 PLOTS = {
@@ -134,19 +133,21 @@ def register_best(study: optuna.Study, best: optuna.trial.FrozenTrial, model: An
         return {"version": str(version), "promoted": False, "new": False,
                 "champion_version": None if champion is None else str(champion),
                 "decision": f"best trial {best.number} is already registered as v{version}; nothing to gate"}
-    if model is None:
+    uri = study.user_attrs.get(MODEL_ATTR.format(best.number))  # kept by an interrupted invocation
+    if model is None and uri is None:
         return None
     run_id = best.user_attrs[RUN_ATTR]
-    run_name = tracking.client().get_run(run_id).data.tags.get("mlflow.runName", f"trial-{best.number}")
-    # named like a `train` run's model (study and trial), not MLflow's default "model"
-    uri = tracking.log_model(run_id, model, raw_example, name=f"{study.study_name}-{run_name}"[:200])
-    study.set_user_attr(MODEL_ATTR.format(best.number), uri)
+    uri = uri or kept_model(study, best.number, model, raw_example)
     version = tracking.register_model(uri, model_name, run_id, tracking.version_tags(
         tags, **{"nnpipe.tune.trial": f"{study.study_name} #{best.number}"}))
     study.set_user_attr(REGISTERED_ATTR.format(best.number), str(version))
     decision = tracking.promote_if_better(model_name, version, f"test/{metric}", greater_is_better, actor)
     champion = version if decision.promoted else decision.champion_version
     if page is not None:
+        if model is None:  # kept by an interrupted invocation: the registered copy, digests checked
+            from nnpipe.tracking.serving import load_verified
+
+            model = load_verified(model_name, int(version)).model
         dress_champion_run(study, best, run_id, model, model_name, version, metric, greater_is_better, decision,
                            page)
     return {"version": str(version), "promoted": bool(decision.promoted), "decision": decision.reason, "new": True,

@@ -85,7 +85,7 @@ def test_a_gate_rejected_version_needs_force_and_the_gate_is_quoted(registry):
     assert tracking.alias_version(NAME, "champion") == v2
     result = cli(registry, "promote", NAME, str(v3), "--force", "--reason", "canary")
     assert result.exit_code == 0, result.output
-    assert f"champion v{v2} -> v{v3}" in result.output and "forced over the promotion gate, which said:" in result.output
+    assert f"champion v{v2} -> v{v3}" in result.output and f"forced over the promotion gate, which said when v{v3} was registered:" in result.output
     last = tracking.alias_history(NAME, "champion")[-1]
     assert last["action"] == "promote" and "forced over the gate" in last["reason"] and last["reason"].startswith("canary")
     assert cli(registry, "rollback", NAME, "--reason", "undo the canary").exit_code == 0
