@@ -7,7 +7,8 @@ command that needs an API starts ``prefect server start`` in its own session
 (database in ``$PREFECT_HOME``), records it in
 ``$PREFECT_HOME/nnpipe-server/server.json`` and leaves it running; later
 commands find it there and connect in milliseconds, and the Prefect UI at its
-address shows every past run. ``nnpipe server stop`` stops it.
+address shows every past run. ``nnpipe server stop`` stops it; unused for an
+hour (``NNPIPE_PREFECT_IDLE_MINUTES``) it stops itself (:mod:`.idle_watch`).
 
 Starting is serialised by a file lock, so commands started together on a fresh
 machine share one server and one database initialisation instead of racing.
@@ -18,12 +19,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from nnpipe.deploy import idle_watch
 from nnpipe.deploy.processes import free_port, pid_alive, spawn, stop, wait_http
 from nnpipe.deploy.services import ui_api_env
 
@@ -96,6 +99,7 @@ def ensure_server(home: Path | None = None, echo: Callable[[str], None] = print,
     """
     home = home or prefect_home()
     state = state_dir(home)
+    limit = idle_watch.idle_seconds()
     found = status(home)
     if found:
         return found
@@ -123,19 +127,51 @@ def ensure_server(home: Path | None = None, echo: Callable[[str], None] = print,
                 stop(state, NAME)
                 continue
             info = {"api": api, "ui": f"http://127.0.0.1:{port}", "pid": proc.pid, "home": str(home),
-                    "started": time.time()}
+                    "started": time.time(), "idle_seconds": limit}
             (state / "server.json").write_text(json.dumps(info, indent=2))
-            echo(f"Prefect server at {info['ui']} (stays up for later runs; `nnpipe server stop` stops it)")
+            # beside it, the watch that stops it once unused (a server per PREFECT_HOME would otherwise pile up)
+            spawn(state, idle_watch.NAME, [sys.executable, "-m", "nnpipe.deploy.idle_watch", str(state), str(proc.pid),
+                                           api, str(limit), NAME])
+            echo(f"Prefect server at {info['ui']} (stays up for later runs; stops itself after {limit / 60:g} min "
+                 "unused; `nnpipe server stop` stops it now)")
             return info
         raise RuntimeError(f"could not start a local Prefect server: {last_error}")
 
 
 def stop_server(home: Path | None = None) -> bool:
-    """Stop this user's local Prefect server; True if one was running."""
+    """Stop this user's local Prefect server and its idle watch; True if the server was running."""
     state = state_dir(home)
     with _locked(state):
         (state / "server.json").unlink(missing_ok=True)
+        stop(state, idle_watch.NAME)
         return stop(state, NAME)
+
+
+def idle_line(info: dict, now: float | None = None) -> str:
+    """When the server stops itself: ``idle for 3 min; stops itself at 21:50 UTC unless used (after 60 min idle)``."""
+    import datetime as _dt
+
+    watch = idle_watch.read(state_dir(Path(info["home"])))
+    if watch is None or not pid_alive(int(_pid(state_dir(Path(info["home"])), idle_watch.NAME) or 0)):
+        return "no idle watch: it stays up until `nnpipe server stop`"
+    now = time.time() if now is None else now
+    limit = float(watch["idle_seconds"])
+    at = _dt.datetime.fromtimestamp(watch["last_active"] + limit, _dt.timezone.utc).strftime("%H:%M:%S UTC")
+    idle = max(0.0, now - watch["last_active"])
+    return (f"idle for {idle / 60:.0f} min; stops itself at {at} unless used "
+            f"(after {limit / 60:g} min idle; {idle_watch.ENV_IDLE} sets it)")
+
+
+def _pid(state: Path, name: str) -> int | None:
+    try:
+        return int((state / "pids" / f"{name}.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def client_lease(home: Path | None = None):
+    """A context in which this process counts as a client of the local server (the idle watch waits for it)."""
+    return idle_watch.lease(state_dir(home))
 
 
 def _server_command() -> list[str]:

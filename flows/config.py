@@ -8,7 +8,6 @@ data is read or any MLflow run is opened. The training fields are
 
 from __future__ import annotations
 
-import inspect
 import tomllib
 from dataclasses import fields as dc_fields
 from pathlib import Path
@@ -24,7 +23,7 @@ from pydantic import (
 )
 
 from nnpipe import metrics
-from nnpipe.config import TrainConfig
+from nnpipe.config import OPTIMIZER_FIELDS, SCHEDULE_FIELDS, TrainConfig
 
 TRAIN_FIELDS = frozenset(f.name for f in dc_fields(TrainConfig))
 
@@ -34,6 +33,15 @@ TRAIN_FIELDS = frozenset(f.name for f in dc_fields(TrainConfig))
 # Checkpoints every 10 epochs are logged to the MLflow run, so any run (a
 # failed one too) can be resumed with ``resume_from``.
 PIPELINE_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 100, "patience": 10, "checkpoint_every": 10}
+
+
+# Run tags of a pipeline run: the settings it ran with (what --resume-from restores) and the run it resumed.
+CONFIG_TAG = "nnpipe.config"
+RESUMED_FROM_TAG = "nnpipe.resumed_from"
+# Settings a resumed run cannot change: its checkpoint holds this network, for this data, in this mode.
+CHECKPOINT_FIELDS = ("dataset", "target", "features", "task", "hidden", "activation", "train.mode")
+# Not restored by a resume: where this run happens and what it resumes are this command's own.
+NOT_RESTORED = ("tracking_uri", "scheduler_address", "resume_from", "metrics_port")
 
 
 class ConfigError(ValueError):
@@ -47,7 +55,8 @@ class PipelineConfig(BaseModel):
 
     dataset: str = Field("iris", description="Built-in dataset name (iris, wine, breast_cancer, digits, diabetes) or a CSV/Parquet path.")
     target: str | None = Field(None, description="Target column (required for CSV/Parquet files).")
-    task: Literal["multiclass", "binary", "regression"] | None = Field(None, description="Override the inferred task.")
+    task: Literal["classification", "multiclass", "binary", "regression"] | None = Field(
+        None, description="Override the inferred task: classification (binary or multiclass by class count) or regression.")
     features: list[str] | None = Field(None, description="Feature columns of a file source; default every column but the target.")
     large: bool | None = Field(None, description="Treat the dataset as a large source read on the workers (True) or load it in memory (False); unset: a directory, glob or URL, or a file over large_file_mb, is large.")
     large_file_mb: float = Field(256, gt=0, description="A single file bigger than this (MB) is a large source.")
@@ -66,6 +75,42 @@ class PipelineConfig(BaseModel):
     warm_start: Literal["champion"] | None = Field(None, description="Start from the registered champion's weights when its network has this run's shape (tag nnpipe.warm_start names the version).")
     metrics_port: int | None = Field(None, ge=0, lt=65536, description="Serve live training metrics for Prometheus on this port (0: a free one) while training; unset: NNPIPE_METRICS_PORT, else off.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(**PIPELINE_TRAIN_DEFAULTS), description="Optimisation, stopping and distributed coordination.")
+
+    @field_validator("hidden", mode="before")
+    @classmethod
+    def _hidden_as_the_cli_writes_it(cls, value: Any) -> Any:
+        # "16,8" in a file means what --hidden 16,8 means on the command line
+        if isinstance(value, str):
+            try:
+                return [int(part) for part in value.replace(" ", "").split(",") if part]
+            except ValueError:
+                raise ValueError(f"expected comma-separated integers like 64,32, got {value!r}") from None
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _features_are_unique(cls, value: list[str] | None) -> list[str] | None:
+        # a column named twice would train, then fail while MLflow logs the model's input schema
+        if value is not None:
+            seen: set[str] = set()
+            for name in value:
+                if name in seen:
+                    raise ValueError(f"column {name!r} is named twice, got {value!r}")
+                seen.add(name)
+        return value
+
+    @model_validator(mode="after")
+    def _columns_only_for_files(self) -> "PipelineConfig":
+        # a built-in dataset has its own target and features: a flag naming columns would be ignored
+        from nnpipe.data import BUILTIN
+
+        if self.dataset in BUILTIN:
+            for name in ("target", "features"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"config field {name!r}: built-in dataset {self.dataset!r} has its own "
+                                     f"target and features; {name} selects columns of a CSV/Parquet file, "
+                                     f"got {getattr(self, name)!r}")
+        return self
 
     @field_validator("model_name")
     @classmethod
@@ -145,21 +190,14 @@ class PipelineConfig(BaseModel):
         if self.tracking_uri:  # where the run was tracked, as given (credentials redacted)
             params["tracking_uri"] = redact(self.tracking_uri)
         params["hidden"] = ",".join(map(str, self.hidden))
-        effective = self.train.effective()
-        from nnpipe.core import schedules
-
-        factory = schedules.SCHEDULES[self.train.schedule]
-        for name, p in inspect.signature(factory).parameters.items():
-            if name in effective and effective[name] is None and p.default is not inspect.Parameter.empty:
-                effective[name] = p.default
-        for key, value in effective.items():
-            modes = MODE_ONLY.get(key)
-            if value is None or key == "checkpoint_dir" or (modes and self.train.mode not in modes):
-                continue
-            if key == "restore_best" and self.train.patience is None:
-                continue  # nothing to restore without early stopping
-            params[key] = value
+        params.update(self.train.applicable())
         return params
+
+    def resume_values(self) -> dict[str, Any]:
+        """The settings a later ``--resume-from`` of this run restores (JSON-ready; see :data:`CONFIG_TAG`)."""
+        values = self.model_dump(mode="json", exclude=set(NOT_RESTORED))
+        values["train"] = {k: v for k, v in values["train"].items() if k != "checkpoint_dir"}
+        return values
 
     def promotion_params(self, task: str) -> dict[str, Any]:
         """``promotion_metric`` (as logged, ``test/...``) and ``greater_is_better`` resolved for ``task``."""
@@ -167,22 +205,23 @@ class PipelineConfig(BaseModel):
         return {"promotion_metric": f"test/{metric}", "greater_is_better": greater}
 
 
-# Training fields that only mean something in some modes.
-MODE_ONLY: dict[str, tuple[str, ...]] = {
-    "workers": ("sync", "local-sgd", "async"),
-    "sync_every": ("local-sgd", "async"),
-    "max_staleness": ("async",),
-    "staleness_policy": ("async",),
-    "mixing": ("async",),
-}
 
 
 def split_train_fields(values: dict[str, Any]) -> dict[str, Any]:
-    """Move flat training keys (``epochs = 30`` at top level) into the ``train`` table."""
+    """Move flat training keys (``epochs = 30`` at top level) into the ``train`` table.
+
+    The reverse too: pipeline keys written in a ``[train]`` table (``hidden``,
+    ``activation``, ``model_name``) move to the top level, so either place works.
+    """
     out = {k: v for k, v in values.items() if k not in TRAIN_FIELDS}
-    train = dict(out.pop("train", None) or {})
+    train = out.pop("train", None) or {}
     if not isinstance(train, dict):
         raise ConfigError(f"'train' must be a table of training fields, got {train!r}")
+    train = dict(train)
+    for key in [k for k in train if k not in TRAIN_FIELDS and k in PipelineConfig.model_fields and k != "train"]:
+        if key in out and out[key] != train[key]:
+            raise ConfigError(f"{key!r} is set twice, {out[key]!r} at the top level and {train[key]!r} in [train]")
+        out[key] = train.pop(key)
     for key in [k for k in values if k in TRAIN_FIELDS]:  # file order, so output is stable
         train[key] = values[key]
     if train:
@@ -217,9 +256,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(
-    file: str | Path | None = None, overrides: dict[str, Any] | None = None
+    file: str | Path | None = None, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
 ) -> PipelineConfig:
     """File values (if any), then ``overrides`` on top (CLI flags win), validated into a config.
+
+    ``base`` (a resumed run's :meth:`PipelineConfig.resume_values`) lies under both:
+    whatever the file and the flags leave unset keeps the earlier run's value.
 
     Raises
     ------
@@ -229,7 +271,12 @@ def build_config(
     values: dict[str, Any] = split_train_fields(read_config_file(file)) if file else {}
     values.pop("tune", None)  # the [tune] table is nnpipe tune's (nnpipe.tuning.TuneSettings.from_table)
     over = split_train_fields({k: v for k, v in (overrides or {}).items() if v is not None})
-    train = {**PIPELINE_TRAIN_DEFAULTS, **values.get("train", {}), **over.pop("train", {})}
+    below = split_train_fields(dict(base or {}))
+    below_train = dict(below.pop("train", {}))
+    if {"batch_size", "sync_every"} & (values.get("train", {}).keys() | over.get("train", {}).keys()):
+        below_train.pop("auto_round", None)  # a round size given now wins over the earlier run's chosen one
+    values = {**below, **values}
+    train = {**PIPELINE_TRAIN_DEFAULTS, **below_train, **values.get("train", {}), **over.pop("train", {})}
     # Round size left to us: a large source's distributed run chooses it (an explicit value always wins).
     if not {"batch_size", "sync_every", "auto_round"} & train.keys():
         train["auto_round"] = True
@@ -240,6 +287,41 @@ def build_config(
     except ValidationError as exc:
         where = f"{file}: " if file else ""
         raise ConfigError(where + describe_validation_error(exc)) from None
+
+
+def values_from_params(params: dict[str, str]) -> dict[str, Any]:
+    """A run's settings rebuilt from its MLflow params (runs logged before :data:`CONFIG_TAG` existed).
+
+    Params are strings and hold effective values; the optimizer, schedule and
+    outer-loop options are left out (they are the defaults resolved, and would
+    clash with an ``--optimizer`` given now), the rest is parsed back.
+    """
+    import ast
+
+    skip = {*NOT_RESTORED, "promotion_metric", "greater_is_better", "outer_optimizer", "outer_lr", "outer_momentum",
+            "warmup_epochs", "checkpoint_dir"}
+    skip.update(OPTIMIZER_FIELDS + SCHEDULE_FIELDS)
+    values: dict[str, Any] = {}
+    for key, text in params.items():
+        if key in skip or (key not in TRAIN_FIELDS and key not in PipelineConfig.model_fields) or key == "train":
+            continue
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text  # a name: adam, relu, iris, a path
+        values[key] = text if key in ("dataset", "target", "model_name", "experiment", "hidden") else value
+    return split_train_fields(values)
+
+
+def explicit_values(file: str | Path | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """What the file and the flags set themselves, flattened to ``key`` / ``train.key`` (defaults left out)."""
+    values = split_train_fields(read_config_file(file)) if file else {}
+    values.pop("tune", None)
+    over = split_train_fields({k: v for k, v in (overrides or {}).items() if v is not None})
+    train = {**values.pop("train", {}), **over.pop("train", {})}
+    flat = {**values, **over}
+    flat.update({f"train.{k}": v for k, v in train.items()})
+    return flat
 
 
 def describe_validation_error(exc: ValidationError) -> str:

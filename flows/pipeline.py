@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from nnpipe.flows import tasks
 from nnpipe.flows.config import PipelineConfig
+from nnpipe.flows.orphans import current_flow_run_tags, end_orphans
 from nnpipe.flows.progress import announce
 from nnpipe.names import default_model_name
 
@@ -125,6 +126,18 @@ def flow_run_url() -> str | None:
     return flow_run.ui_url
 
 
+def run_start_tags(config: PipelineConfig) -> dict[str, str]:
+    """Tags a pipeline run starts with: the flow, its settings (what ``--resume-from`` restores), the run it resumes."""
+    import json
+
+    from nnpipe.flows.config import CONFIG_TAG, RESUMED_FROM_TAG
+
+    tags = {"nnpipe.flow": "nnpipe-train", CONFIG_TAG: json.dumps(config.resume_values(), sort_keys=True)}
+    if config.resume_from:  # the new run links to the one it continues
+        tags[RESUMED_FROM_TAG] = config.resume_from
+    return tags
+
+
 def run_description(config: PipelineConfig, ds: Any = None, outcome: str = "") -> str:
     """The MLflow run's description (markdown): what trains on what, and (at the end) what became of it."""
     t = config.train
@@ -134,7 +147,8 @@ def run_description(config: PipelineConfig, ds: Any = None, outcome: str = "") -
         data += f" ({len(ds.y)} rows, {ds.X.shape[1]} features, {ds.task})"
     text = (f"Trains a {'-'.join(map(str, config.hidden))} {config.activation} network on {data} "
             f"with {t.optimizer} (lr {t.learning_rate:g}, batch {t.batch_size}, up to {t.epochs} epochs) on {where}; "
-            f"started by the nnpipe-train flow.")
+            f"started by the nnpipe-train flow."
+            + (f" Resumes run `{config.resume_from}` from its newest checkpoint." if config.resume_from else ""))
     return text + (f"\n\n{outcome}" if outcome else "")
 
 
@@ -150,8 +164,11 @@ def dask_cluster(config: PipelineConfig) -> Iterator[str | None]:
     with connect(address=config.scheduler_address, workers=config.train.workers) as client:
         address = client.scheduler.address
         logger.info("Dask cluster %s (%d workers)", address, len(client.scheduler_info().get("workers", {})))
-        announce(f"Dask:        {client.dashboard_link}")
+        announce(f"Dask:        {client.dashboard_link}"
+                 + ("" if config.scheduler_address else "  (lives as long as this training)"))
         yield address
+    if not config.scheduler_address:  # the link printed above stops answering now: say so
+        announce("Dask:        training ended; its cluster and dashboard are closed (the MLflow run keeps every epoch)")
 
 
 def summary_markdown(result: PipelineResult, links: dict[str, str], ui_command: str | None,
@@ -179,7 +196,7 @@ def summary_markdown(result: PipelineResult, links: dict[str, str], ui_command: 
 - dataset **{result.dataset}**, mode **{result.mode}**
 - MLflow run: [{result.extra.get("run_name", result.run_id)}]({links["run"]})
 - model version: [{result.model_name} v{result.version}]({links["version"]}) · registry: [{result.model_name}]({links["model"]})
-- champion now: {"none" if result.champion_version is None else f"v{result.champion_version}"}
+- champion after this gate ({_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC): {"none" if result.champion_version is None else f"v{result.champion_version}"}; where the champion alias is now: [the registry page]({links["model"]})
 
 {chr(10).join(rows)}{serve}
 """
@@ -217,12 +234,14 @@ def mlflow_run(config: PipelineConfig) -> Iterator[RunRecord]:
     from nnpipe.tracking.prometheus import port_from_env
 
     uri = tracking.configure(config.tracking_uri)
+    end_orphans()  # runs a driver killed outright left RUNNING: FAILED, and their flow runs Crashed
     name = mlflow_run_name(config)
     prefect_url = flow_run_url()
     if prefect_url:
         announce(f"Prefect:     {prefect_url}")
-    with tracking.training_run(config.experiment, config.mlflow_params(), tags={"nnpipe.flow": "nnpipe-train"},
-                               run_name=name, description=run_description(config), system_metrics=True) as run:
+    with tracking.training_run(config.experiment, config.mlflow_params(),
+                               tags={**run_start_tags(config), **current_flow_run_tags()}, run_name=name,
+                               description=run_description(config), system_metrics=True) as run:
         get_run_logger().info("MLflow run %s in %s", run.info.run_id, uri)
         announce(f"MLflow:      run {name}  {links.run_url(uri, run.info.experiment_id, run.info.run_id)}")
         yield RunRecord(run.info.run_id, run.info.experiment_id, name, uri, prefect_url,
@@ -280,17 +299,10 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         metric, greater = config.metric_for(trained.task)
         decision = tasks.promote(trained.model_name, trained.version, f"test/{metric}", greater,
                                  actor=f"prefect:{run.name}")
-        tasks.record_outcome(run.run_id, trained.model_name, trained.version, decision,
-                             run_description(config, outcome=outcome_line(trained, decision)))
+        tasks.record_outcome(run.run_id, trained.model_name, trained.version, decision, run_description(config))
     result = pipeline_result(config, run, trained, decision)
     publish(result, decision)
     return result.to_dict()
-
-
-def outcome_line(trained: Trained, decision: Any) -> str:
-    """What became of the model, for the run's description."""
-    return (f"Registered as **{trained.model_name} v{trained.version}**: "
-            f"{'promoted to champion' if decision.promoted else 'not promoted'} ({decision.reason}).")
 
 
 def pipeline_result(config: PipelineConfig, run: RunRecord, trained: Trained, decision: Any) -> PipelineResult:

@@ -82,7 +82,7 @@ def log_and_register(run_id: str, model: Model, result: FitResult, config: Train
     # The schema and a few rows of one piece; float64 so that clients may send any float width.
     example = sample_rows(prepared.source)[prepared.source.features].astype("float64")
     model_uri = tracking.log_model(run_id, model, example)
-    version = tracking.register_model(model_uri, model_name, run_id, tags)
+    version = tracking.register_model(model_uri, model_name, run_id, tracking.version_tags(tags))
     get_run_logger().info("registered %s version %s from %s", model_name, version, model_uri)
     return model_uri, str(version)
 

@@ -52,7 +52,16 @@ def _retry_on_io(task, task_run, state) -> bool:
 def load(source: str, target: str | None = None, task: str | None = None,
          features: list[str] | None = None) -> Dataset:
     """Load and validate a built-in dataset or a CSV/Parquet file."""
-    ds = load_dataset(source, target=target, task=task, features=features)
+    from nnpipe.data import is_parts
+
+    if is_parts(source):  # a folder or glob read into memory (--in-memory)
+        from nnpipe.sources import load_parts
+
+        ds = load_parts(source, str(target), features, task=task)
+    else:
+        ds = load_dataset(source, target=target, task=task, features=features)
+    for note in ds.notes:  # a folder read into memory: say how much
+        announce(f"Data:        {note}")
     get_run_logger().info(
         "loaded %s: %d rows, %d features, task %s, sha256 %s", ds.source, len(ds.y), ds.X.shape[1], ds.task, ds.content_hash[:12]
     )
@@ -151,9 +160,12 @@ def train(
             exporter = views.enter_context(TrainingExporter(
                 metrics_port, info={"run": run_name or label, "mode": config.mode, "dataset": dataset}))
             callbacks.append(exporter.callback)
-            announce(f"Prometheus:  {exporter.url}")
+            announce(f"Prometheus:  {exporter.url}  (served while this training runs)")
         theta = warm_start_theta(warm_from, splits, config, hidden, activation, run_id) if warm_from else None
-        return _train(splits, config, hidden, activation, address, run_id, resume_from, callbacks, prefix, theta)
+        trained = _train(splits, config, hidden, activation, address, run_id, resume_from, callbacks, prefix, theta)
+    if metrics_port is not None:  # the /metrics link printed above stops answering now
+        announce("Prometheus:  training ended; /metrics is closed (the MLflow run keeps every epoch)")
+    return trained
 
 
 def _train(splits: Splits | PreparedSource, config: TrainConfig, hidden: list[int], activation: str, address: str | None,
@@ -185,6 +197,11 @@ def _train(splits: Splits | PreparedSource, config: TrainConfig, hidden: list[in
             if run_id and config.checkpoint_every:
                 tracking.log_checkpoints(run_id, ckpt_dir)
     logger.info("%strained %d epochs%s", prefix, result.epochs_run, " (stopped early)" if result.stopped_early else "")
+    note = result.info.get("early_stopping")
+    if note:  # the console line ended at "epoch 16/30": say why, and which epoch the model is
+        announce(f"{prefix}{note[0].upper()}{note[1:]}")
+        if run_id:
+            tracking.set_run_tags(run_id, {"nnpipe.early_stopping": note})
     return model, result
 
 
@@ -298,24 +315,29 @@ def log_and_register(
 ) -> tuple[str, str]:
     """Log final metrics and the pyfunc model to the run, register it, then its plots; returns (model_uri, version).
 
-    The final metrics (test, and validation of the model as returned: the
-    restored best with early stopping) are logged one step after the last
-    epoch, the step the logged model takes its metrics from, so its page
-    shows these and not the first epoch's.
+    The test metrics are logged one step after the last epoch, the step the
+    logged model takes its metrics from, so its page shows these and not the
+    first epoch's. With early stopping, the restored model's validation
+    metrics are ``val/best_*`` at its epoch's step (no point is added to the
+    ``val/*`` curves).
     """
     from nnpipe import tracking
 
     logger = get_run_logger()
     final_step = max([result.epochs_run, *(len(v) for v in result.history.values())])
     tracking.log_final_metrics(run_id, metrics, prefix="test/", step=final_step)
-    if len(splits.y_val):
+    if len(splits.y_val) and config.patience is not None and config.restore_best and result.best_epoch is not None:
+        # The restored model's validation metrics at its own epoch's step: the curves gain no
+        # point after the last epoch (which read as a last-epoch improvement), and the
+        # early-stopping tag says which epoch the model is.
         raw_val = splits.X_val * splits.scale + splits.mean  # the model scales raw features itself
         val = model.evaluate(raw_val, splits.y_val)
-        tracking.log_final_metrics(run_id, {k: float(v) for k, v in val.items()}, prefix="val/", step=final_step)
+        tracking.log_final_metrics(run_id, {f"best_{k}": float(v) for k, v in val.items()}, prefix="val/",
+                                   step=result.best_epoch)
     # the run's name (dataset, mode, network, time): unique, unlike MLflow's default "model"
     model_uri = tracking.log_model(run_id, model, splits.raw_test[:5], name=(run_name or model_name)[:200],
                                    step=final_step)
-    version = tracking.register_model(model_uri, model_name, run_id, tags)
+    version = tracking.register_model(model_uri, model_name, run_id, tracking.version_tags(tags))
     logger.info("registered %s version %s from %s", model_name, version, model_uri)
     try:  # plots name the version, so they come after registering; a failed plot is no failed run
         y_pred = model.predict(splits.raw_test)
@@ -339,7 +361,7 @@ def register(model_uri: str, model_name: str, run_id: str, tags: dict[str, str])
     """Register an already-logged model as a new version (alias ``candidate``)."""
     from nnpipe import tracking
 
-    version = tracking.register_model(model_uri, model_name, run_id, tags)
+    version = tracking.register_model(model_uri, model_name, run_id, tracking.version_tags(tags))
     get_run_logger().info("registered %s version %s from %s", model_name, version, model_uri)
     return str(version)
 
@@ -356,9 +378,15 @@ def promote(model_name: str, version: str, metric: str, greater_is_better: bool,
 
 @task(name="record-outcome", cache_policy=NO_CACHE)
 def record_outcome(run_id: str, model_name: str, version: str, decision: Any, description: str) -> None:
-    """Tag the run with the gate's decision and end its description with what became of the model."""
+    """Tag the run with the gate's decision and end its description with what became of the model (dated)."""
     from nnpipe import tracking
+    from nnpipe.tracking import links
 
-    tracking.set_run_tags(run_id, {"nnpipe.promoted": decision.promoted, "nnpipe.promotion": decision.reason})
-    tracking.set_run_description(run_id, description)
+    tags, outcome, _ = tracking.run_outcome(model_name, version, decision.promoted, decision.reason,
+                                            links.model_url(tracking.tracking_uri(), model_name))
+    tracking.set_run_tags(run_id, tags)  # dated: still true after the champion moves on
+    note = tracking.client().get_run(run_id).data.tags.get("nnpipe.early_stopping")
+    if note:  # why training ended where it did, and which epoch the model is
+        outcome = f"{note[0].upper()}{note[1:]}.\n\n{outcome}"
+    tracking.set_run_description(run_id, f"{description}\n\n{outcome}")
 

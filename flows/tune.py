@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from nnpipe.flows import tasks
 from nnpipe.flows.config import PipelineConfig
+from nnpipe.flows.orphans import end_orphans
 from nnpipe.flows.pipeline import (
     artifact_key,
     dataset_label,
@@ -55,10 +56,12 @@ def check_space(config: PipelineConfig, space: list[str] | None, **settings: Any
 
 def _check_in_memory(config: PipelineConfig) -> None:
     """Refuse a source that only ``nnpipe train`` reads on the workers, saying what to do instead."""
-    from nnpipe.data.load import DataError, check_source
+    from nnpipe.data import DataError, check_source, is_parts
 
     try:
         check_source(config.dataset, config.target)
+        if is_parts(config.dataset):  # train reads parts into memory (--in-memory); trials do not (yet)
+            raise DataError(config.dataset)
     except DataError:
         if not config.large_source:
             raise  # a plain bad path or format: its own message says what is wrong
@@ -103,6 +106,7 @@ def tune_flow(config: PipelineConfig = PipelineConfig(), space: list[str] | None
                 "study": study, "storage": storage, "metric": metric}
     check_space(config, space, **settings)
     uri = tracking.configure(config.tracking_uri)
+    end_orphans()  # runs a driver killed outright left RUNNING: FAILED, and their flow runs Crashed
     ds = tasks.load(config.dataset, config.target, config.task, config.features)
     tasks.validate(ds, config.test_size, config.val_size)
     splits = tasks.split_scale(ds, config.test_size, config.val_size, config.train.seed)

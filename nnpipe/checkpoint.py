@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -69,11 +70,28 @@ def save(directory: str | os.PathLike, epoch: int, arrays: Mapping[str, Any], me
     return path
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """Whether a file name is one :func:`save` writes (``ckpt-000009.npz``)."""
+    return bool(_NAME.match(name))
+
+
 def load(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read a checkpoint written by :func:`save`: ``(arrays, meta)``."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(bytes(z[_META]).decode())
-        arrays = _unflatten({k: z[k].copy() for k in z.files if k != _META})
+    """Read a checkpoint written by :func:`save`: ``(arrays, meta)``.
+
+    Raises
+    ------
+    ValueError
+        ``<path>: cannot be read as a checkpoint (...)``: a truncated or foreign file, named.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z[_META]).decode())
+            arrays = _unflatten({k: z[k].copy() for k in z.files if k != _META})
+        if "theta" not in arrays:
+            raise KeyError("theta")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: cannot be read as a checkpoint, truncated or not one ({reason})") from None
     return arrays, {**meta, "path": str(path)}
 
 

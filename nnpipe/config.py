@@ -291,6 +291,33 @@ class TrainConfig:
             out["outer_lr"], out["outer_momentum"] = self.outer_settings()
         return out
 
+    def applicable(self) -> dict[str, Any]:
+        """The settings that apply to this run, with the values training uses: what MLflow logs as params.
+
+        Like :meth:`effective` (``lr`` 0.001 for Adam, schedule defaults
+        filled in), without what does not apply: unset options (``beta1``
+        for SGD), fields of other modes (``max_staleness`` outside
+        ``async``), ``restore_best`` without ``patience``, and the
+        checkpoint directory (a place, not a setting). Two runs' params then
+        differ only where their training did, whether from ``train`` or ``tune``.
+        """
+        import inspect
+
+        effective = self.effective()
+        factory = schedules.SCHEDULES[self.schedule]
+        for name, p in inspect.signature(factory).parameters.items():
+            if name in effective and effective[name] is None and p.default is not inspect.Parameter.empty:
+                effective[name] = p.default
+        out = {}
+        for key, value in effective.items():
+            modes = MODE_ONLY.get(key)
+            if value is None or key == "checkpoint_dir" or (modes and self.mode not in modes):
+                continue
+            if key == "restore_best" and self.patience is None:
+                continue  # nothing to restore without early stopping
+            out[key] = value
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -302,6 +329,16 @@ class TrainConfig:
             raise ValueError(f"unknown training config field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**d)
 
+
+
+# Training fields that only mean something in some modes.
+MODE_ONLY: dict[str, tuple[str, ...]] = {
+    "workers": ("sync", "local-sgd", "async"),
+    "sync_every": ("local-sgd", "async"),
+    "max_staleness": ("async",),
+    "staleness_policy": ("async",),
+    "mixing": ("async",),
+}
 
 
 def _is_int(value: Any) -> bool:

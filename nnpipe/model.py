@@ -76,7 +76,16 @@ class Model:
         """Scaled features in the network's dtype; checks the number of columns."""
         # finite, 2-D, the trained number of columns; errors name the column and row
         X = check_features(X, "X", self.spec.n_inputs, columns=self.feature_names, allow_1d=True)
-        return ((X - self.mean) / self.scale).astype(self.spec.dtype)
+        Z = (X - self.mean) / self.scale
+        # beyond the network's dtype (1e39 in a float32 model) a value becomes inf, and every output NaN
+        limit = float(np.finfo(self.spec.dtype).max) ** 0.5
+        far = np.abs(Z) > limit
+        if far.any():
+            row, col = (int(i) for i in np.argwhere(far)[0])
+            label = repr(self.feature_names[col]) if self.feature_names else str(col)
+            raise ValueError(f"X column {label} row {row} is {float(X[row, col])!r}, too large for this "
+                             f"{self.spec.dtype} model (scaled, more than {limit:.3g} in magnitude)")
+        return Z.astype(self.spec.dtype)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Head outputs: class probabilities (n_samples, n_classes) or, for binary, (n_samples, 2)."""

@@ -149,5 +149,32 @@ class Reporter:
         if self.stopper.best_theta is not None:
             theta = self.stopper.best_theta
         info["resumed_from"] = self.resumed_from
+        note = stop_note(self.history, self.config, epochs_run, self.stopper.best_epoch, stopped,
+                         restored=self.stopper.best_theta is not None)
+        if note:
+            info["early_stopping"] = note
+            log.info("%s", note)
         return FitResult(theta=theta, opt_state=opt_state, history=self.history, epochs_run=epochs_run,
                          best_epoch=self.stopper.best_epoch, stopped_early=stopped, info=info)
+
+
+def stop_note(history: Mapping[str, list[float]], config: TrainConfig, epochs_run: int, best_epoch: int | None,
+              stopped: bool, restored: bool) -> str | None:
+    """Why training ended where it did and which epoch the model is, in one line (None without early stopping).
+
+    ``early stopping: stopped after epoch 16 of 30, val/loss had not improved for 4 epochs;
+    the model is epoch 12's (val/loss 0.0712), restored``. Epochs count from 1, as the console does.
+    """
+    if config.patience is None or best_epoch is None or (not stopped and best_epoch == epochs_run - 1):
+        return None  # no early stopping, or it changed nothing: the last epoch is the model
+    monitored = "val/loss" if history.get("val/loss") else "train/loss"
+    values = history.get(monitored) or []
+    best = f" ({monitored} {values[best_epoch]:.4g})" if best_epoch < len(values) else ""
+    if stopped:
+        head = (f"early stopping: stopped after epoch {epochs_run} of {config.epochs}, {monitored} had not improved "
+                f"for {config.patience} epochs")
+    else:
+        head = f"early stopping: not triggered ({monitored} improved within every {config.patience} epochs)"
+    if restored:
+        return f"{head}; the model is epoch {best_epoch + 1}'s{best}, restored"
+    return f"{head}; the model is the last epoch's (restore_best is off; the best was epoch {best_epoch + 1}{best})"

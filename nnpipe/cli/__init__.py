@@ -34,6 +34,18 @@ def _register() -> None:
 _register()
 
 
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    """``warning: <message>``: what a command-line user needs, without Python's file, line and source."""
+    return f"warning: {message}\n"
+
+
+def one_line_warnings() -> None:
+    """Print every warning of this process as one ``warning: ...`` line (set by :func:`main`, not on import)."""
+    import warnings
+
+    warnings.formatwarning = _one_line
+
+
 def main() -> None:
     """Entry point of the ``nnpipe`` console script."""
     # Telemetry off for this process and the servers it starts, set here (not on
@@ -43,6 +55,7 @@ def main() -> None:
     for key, value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
                        ("MLFLOW_ENABLE_TELEMETRY", "false"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
         os.environ.setdefault(key, value)
+    one_line_warnings()  # e.g. the small-batch warning printed as a raw UserWarning with its source line
     app()
 
 

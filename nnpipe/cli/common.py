@@ -104,13 +104,14 @@ def prefect_api() -> Iterator[str | None]:
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from nnpipe.deploy.local_prefect import ensure_server
+    from nnpipe.deploy.local_prefect import client_lease, ensure_server
 
     try:
         info = ensure_server(echo=lambda line: typer.echo(line, err=True))
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, ValueError) as exc:
         fail(str(exc).splitlines()[0])
-    with temporary_settings(updates={PREFECT_API_URL: info["api"]}):
+    # a lease for as long as this command runs: the server's idle watch never stops it under a training
+    with client_lease(), temporary_settings(updates={PREFECT_API_URL: info["api"]}):
         yield info["api"]
 
 
@@ -129,8 +130,11 @@ def build_config(config_file: Optional[Path], overrides: dict[str, Any]) -> Any:
         fail(str(exc))
 
 
-def run_flow(fn, *args: Any, **kwargs: Any) -> Any:
-    """Run a flow, turning any failure into one line on stderr and exit code 1."""
+INTERRUPTED = "the MLflow run is marked KILLED, nothing was registered"
+
+
+def run_flow(fn, *args: Any, on_interrupt: str = INTERRUPTED, **kwargs: Any) -> Any:
+    """Run a flow, turning any failure into one line on stderr and exit code 1 (130 and ``on_interrupt`` for Ctrl-C)."""
     from nnpipe.data.load import DataError
 
     try:
@@ -140,8 +144,7 @@ def run_flow(fn, *args: Any, **kwargs: Any) -> Any:
     except (ValueError, TypeError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     except KeyboardInterrupt as exc:
-        fail(f"interrupted ({exc}); the MLflow run is marked KILLED, nothing was registered" if str(exc)
-              else "interrupted; the MLflow run is marked KILLED, nothing was registered", 130)
+        fail(f"interrupted ({exc}); {on_interrupt}" if str(exc) else f"interrupted; {on_interrupt}", 130)
     except Exception as exc:  # a failed step: say which error, not where in the code
         first = str(exc).splitlines()[0] if str(exc) else ""
         fail(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)

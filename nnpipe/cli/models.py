@@ -1,4 +1,4 @@
-"""``nnpipe models | promote | rollback | history``: the model registry from the command line.
+"""``nnpipe models | promote | rollback | history | watch``: the model registry from the command line.
 
 Each command is a call into :mod:`nnpipe.tracking`; errors print one clear
 line to stderr and exit with status 1 (2 for usage errors, from Typer).
@@ -48,7 +48,27 @@ def _setup(uri: str | None):
     except StoreUnavailable as exc:
         _fail(redact(str(exc)))
     tracking.configure(uri)
+    end_orphans(tracking)
+    from nnpipe.tracking.pages import describe_found, sweep_at_start
+
+    # every model's pages, not only the one asked about: a move in the UI is recorded at the next command
+    for line in describe_found(sweep_at_start(uri, warn=lambda m: _console(stderr=True).print(f"warning: {m}"))):
+        _console(stderr=True).print(f"[bold yellow]note:[/] {line}", markup=True, soft_wrap=True)
     return tracking
+
+
+def end_orphans(tracking) -> None:
+    """End runs a driver killed outright left RUNNING (FAILED, with why), saying so on stderr.
+
+    Their Prefect flow runs are ended Crashed by the next flow (train, tune or a schedule), which has Prefect at hand.
+    """
+    try:
+        orphans = tracking.end_orphaned_runs()
+    except Exception as exc:  # cleaning up must never stop the command the user asked for
+        typer.echo(f"note: could not check for orphaned runs: {type(exc).__name__}: {exc}", err=True)
+        return
+    for o in orphans:
+        typer.echo(f"note: run {o.run_name} ({o.run_id}) was still RUNNING; ended it FAILED: {o.reason}", err=True)
 
 
 def _run(action):
@@ -159,7 +179,8 @@ def promote(
         was = "none" if previous is None else f"v{previous}"
         _console().print(f"{name}: champion {was} -> v{number}", soft_wrap=True)
         if decision == "rejected":
-            _console().print(f"forced over the promotion gate, which said: {gate_reason}", soft_wrap=True)
+            _console().print(f"forced over the promotion gate, which said when v{number} was registered: {gate_reason}",
+                             soft_wrap=True)
     _links(tracking, name, number)
 
 
@@ -209,9 +230,34 @@ def history(
     _links(tracking, name)
 
 
+def watch(
+    interval: float = typer.Option(2.0, "--interval", min=0.2, help="Seconds between two looks at the aliases."),
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Keep every model's registry pages in step with its aliases until Ctrl-C: a move made in the MLflow UI is recorded and the descriptions rewritten within INTERVAL seconds."""
+    import threading
+
+    from nnpipe.tracking.pages import describe_found
+    from nnpipe.tracking.pages import watch as watch_pages
+
+    _setup(tracking_uri)  # its sweep already ran once
+    out = _console()
+    out.print(f"watching the aliases every {interval:g} s (Ctrl-C to stop)")
+
+    def report(found) -> None:
+        for line in describe_found(found):
+            out.print(f"note: {line}", soft_wrap=True)
+
+    try:
+        watch_pages(threading.Event(), interval, on_moves=report)
+    except KeyboardInterrupt:
+        out.print("stopped")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``models``, ``promote``, ``rollback`` and ``history`` to ``app``."""
+    """Add ``models``, ``promote``, ``rollback``, ``history`` and ``watch`` to ``app``."""
     app.command("models")(models)
     app.command("promote")(promote)
     app.command("rollback")(rollback)
     app.command("history")(history)
+    app.command("watch")(watch)

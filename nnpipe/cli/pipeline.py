@@ -89,6 +89,7 @@ def register(app: typer.Typer) -> None:
     def train(
         dataset: Optional[str] = typer.Option(None, "--dataset", help="Built-in name (iris, wine, breast_cancer, digits, diabetes), a CSV/Parquet file (.csv.gz too), a directory of Parquet parts, a glob or an fsspec URL. Default: iris."),
         target: Target = None,
+        task: Optional[str] = typer.Option(None, "--task", metavar="KIND", help="classification | regression (default: inferred; a target of whole numbers is taken as classes)."),
         features: Optional[str] = typer.Option(None, "--features", metavar="A,B,C", help="Feature columns of a file source (default: every column but the target)."),
         large: Optional[bool] = typer.Option(None, "--large/--in-memory", help="Read the dataset on the workers as a large source, or load it in memory (default: large for a directory, glob, URL or a file over 256 MB)."),
         stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="Large sources: stream pieces every epoch, or hold shards in memory (default: by the workers' memory)."),
@@ -119,7 +120,9 @@ def register(app: typer.Typer) -> None:
         verbose: Verbose = False,
     ) -> None:
         """Train, evaluate, register and gate one model (a Prefect flow; MLflow at ./mlflow.db by default)."""
-        overrides = {"resume_from": resume_from, "warm_start": warm_start, "metrics_port": metrics_port, "features": parse_names(features), "large": large, "stream": stream,
+        if task is not None and task not in ("classification", "regression"):
+            raise typer.BadParameter(f"expected classification or regression, got {task!r}", param_hint="'--task'")
+        overrides = {"task": task, "resume_from": resume_from, "warm_start": warm_start, "metrics_port": metrics_port, "features": parse_names(features), "large": large, "stream": stream,
             "dataset": dataset, "target": target, "hidden": parse_hidden(hidden), "activation": activation,
             "optimizer": optimizer, "lr": lr, "epochs": epochs, "batch_size": batch_size, "mode": mode,
             "workers": workers, "sync_every": sync_every, "max_staleness": max_staleness, "seed": seed,
@@ -128,7 +131,11 @@ def register(app: typer.Typer) -> None:
             "warmup_epochs": warmup_epochs, "lr_scaling": lr_scaling, "lr_warmup_epochs": lr_warmup_epochs,
         }
         cfg = build_config(config, overrides)
-        preflight(cfg, default_tracking_uri, fail)  # data, store, scheduler: seconds, before any start
+        if cfg.resume_from:  # the earlier run's settings, under the file's and the flags'
+            from nnpipe.cli.resume import restore
+
+            cfg = restore(cfg, config, overrides, default_tracking_uri, fail, lambda line: typer.echo(line, err=True))
+        preflight(cfg, default_tracking_uri, fail, note=lambda line: typer.echo(line, err=True))  # data, store, scheduler: seconds, before any start
         from nnpipe.flows.pipeline import training_flow
         from nnpipe.flows.progress import announcements
 

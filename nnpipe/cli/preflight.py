@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,11 +26,19 @@ FULL_CHECK_BYTES = 64 * 2**20  # files up to this size are read (and every row c
 SCHEDULER_TIMEOUT = 5.0
 
 
-def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable[[str], None]) -> None:
-    """Check ``cfg`` (a ``PipelineConfig``) and set its clean tracking URI; ``fail(message)`` on a problem."""
-    from nnpipe.data.load import DataError, check_source, load_dataset
+def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable[[str], None],
+              note: Callable[[str], None] = lambda line: None) -> None:
+    """Check ``cfg`` (a ``PipelineConfig``) and set its clean tracking URI; ``fail(message)`` on a problem.
+
+    ``note(line)`` receives what is worth a word but no refusal (a numeric target taken as classes).
+    """
+    from nnpipe.data import DataError, check_class_sizes, check_source, is_parts, load_dataset
 
     try:
+        if is_parts(cfg.dataset):  # a local folder or glob: every part's columns, from headers and footers
+            from nnpipe.sources import open_source
+
+            open_source(cfg.dataset, cfg.target, cfg.features)
         # a large source (directory, glob, URL, big file) is validated part by part on the workers
         if not cfg.large_source:
             check_source(cfg.dataset, cfg.target)
@@ -37,7 +46,11 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
 
         probe(str(cfg.dataset))  # an s3:// bucket that is missing, refused or unreachable: one line in seconds
         if not cfg.large_source and _small_file(cfg.dataset):  # every row checked now: a bad value is named in seconds, not after start-up
-            load_dataset(cfg.dataset, cfg.target, cfg.task, cfg.features)
+            ds = load_dataset(cfg.dataset, cfg.target, cfg.task, cfg.features)
+            check_class_sizes(ds, cfg.test_size, cfg.val_size)
+            for line in ds.warnings:
+                if "--task" in line:
+                    note(f"note: {ds.source}: {line}")
     except DataError as exc:
         fail(str(exc))
     from nnpipe.redact import move_credentials_to_env, redact
@@ -51,6 +64,19 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
         check_store(uri, timeout=STORE_TIMEOUT)
     except StoreUnavailable as exc:
         fail(redact(str(exc)))
+    from nnpipe.tracking.prometheus import check_port_free, port_from_env
+
+    try:  # a port asked for and taken is refused now, not moved to another the user is not watching
+        port = cfg.metrics_port if cfg.metrics_port is not None else port_from_env()
+        if port:
+            check_port_free(port)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    from nnpipe.tracking.pages import describe_found, sweep_at_start
+
+    # Alias moves made in the UI since nnpipe last looked go into the history and pages first.
+    for line in describe_found(sweep_at_start(uri, warn=lambda m: print(f"warning: {m}", file=sys.stderr))):
+        print(line, file=sys.stderr)
     address = cfg.scheduler_address or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if cfg.distributed and address:
         from nnpipe.distributed.cluster import check_scheduler

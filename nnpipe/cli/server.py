@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"no local Prefect server is running (PREFECT_HOME {local_prefect.prefect_home()})")
             raise typer.Exit(1)
         typer.echo(f"running: UI {info['ui']}  API {info['api']}  pid {info['pid']}")
+        typer.echo(local_prefect.idle_line(info))
 
     @group.command()
     def start() -> None:

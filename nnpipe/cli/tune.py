@@ -70,7 +70,9 @@ def _run(cfg: Any, settings: Any, verbose: bool) -> None:
         typer.echo(f"  trial {r.number:>3} {r.state:<8}{value:>8}  {r.epochs:>4} epochs  {r.params}{note}")
 
     with sigterm_as_interrupt(), prefect_api(), quiet_console(verbose), trial_listener(on_trial):
-        out = run_flow(tune_flow, cfg, settings.space or None, **options)
+        out = run_flow(tune_flow, cfg, settings.space or None, **options, on_interrupt=(
+            "the study's run and every open trial run are marked KILLED; the best trial so far is kept: "
+            "run the same command (same --study) to resume the study and register it"))
     for note in out["notes"]:
         typer.echo(f"note:        {note}")
     counts = {s: sum(t["state"] == s for t in out["trials"]) for s in ("COMPLETE", "PRUNED", "FAIL")}

@@ -12,14 +12,16 @@ Sources too large for the driver live in :mod:`nnpipe.sources`.
 from nnpipe.data.load import (
     BUILTIN,
     TASKS,
+    check_class_sizes,
     DataError,
     Dataset,
     Splits,
     check_source,
     infer_task,
+    is_parts,
     load_dataset,
     split_and_scale,
 )
 
-__all__ = ["BUILTIN", "TASKS", "DataError", "Dataset", "Splits", "check_source", "infer_task", "load_dataset",
+__all__ = ["BUILTIN", "TASKS", "DataError", "Dataset", "Splits", "check_class_sizes", "check_source", "infer_task", "is_parts", "load_dataset",
            "split_and_scale"]

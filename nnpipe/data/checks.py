@@ -27,6 +27,12 @@ def check_features(X: Any, name: str = "X", n_features: int | None = None, colum
     allow_1d : bool
         Treat a 1-D array as a single row.
     """
+    raw = np.asarray(X) if not isinstance(X, np.ndarray) else X
+    if raw.dtype.kind == "c":  # a complex value would silently lose its imaginary part
+        flat = np.argwhere(raw.imag != 0) if raw.ndim else np.empty((0, 0), int)
+        at = tuple(int(i) for i in (flat[0] if len(flat) else np.zeros(raw.ndim, int)))
+        where = f" column {at[-1]} row {at[0]}" if raw.ndim == 2 else ""
+        raise ValueError(f"{name}{where} is {raw[at].item()!r}, not a real number")
     try:
         arr = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:

@@ -19,7 +19,9 @@ import numpy as np
 from nnpipe.data.builtin import LOADERS, load_bundle
 
 BUILTIN: dict[str, str] = LOADERS  # built-in dataset name -> scikit-learn loader
-TASKS = ("multiclass", "binary", "regression")
+TASKS = ("multiclass", "binary", "regression", "classification")
+# Said wherever a numeric target was taken as classes: how to predict it as a quantity instead.
+REGRESSION_HINT = "if the target is a quantity to predict, pass --task regression (task = \"regression\" in a config file)"
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", "": "csv"}
 # Largest |value| accepted. Beyond it the scaler's variance (a sum of squares)
 # overflows float64 on realistic row counts and training "diverges" for no
@@ -53,6 +55,8 @@ class Dataset:
         SHA-256 of the file bytes (or of the arrays for a built-in dataset).
     warnings : list of str
         Problems worth telling the user that did not stop the load.
+    notes : list of str
+        What the load did that the user should hear (how much a folder of parts read into memory).
     class_names : list of str, optional
         Readable names of the classes in label order (built-in datasets only).
     """
@@ -67,6 +71,7 @@ class Dataset:
     content_hash: str
     warnings: list[str] = field(default_factory=list)
     class_names: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> np.ndarray | None:
@@ -142,16 +147,44 @@ def load_dataset(source: str | Path, target: str | None = None, task: str | None
         if features:
             raise DataError(f"{src}: features={features!r} select columns of a file; built-in datasets use all")
         ds = _load_builtin(src)
+    elif is_parts(src):
+        raise DataError(f"{src}: a folder or glob of parts; read it with nnpipe.sources.load_parts "
+                        "(nnpipe train --in-memory does)")
     else:
         ds = _load_file(Path(src), str(target), features)
-    if task is not None:
+    return apply_task(ds, task)
+
+
+def apply_task(ds: Dataset, task: str | None) -> Dataset:
+    """Set ``ds.task`` from ``task`` (``classification`` picks binary or multiclass), or keep the inferred one.
+
+    Raises
+    ------
+    DataError
+        A classification target with a single class.
+    """
+    if task == "classification":
+        ds.task = "binary" if len(np.unique(ds.y)) == 2 else "multiclass"
+    elif task is not None:
         ds.task = task
+    elif ds.source not in BUILTIN and ds.task == "multiclass" and ds.y.dtype.kind in "iuf" and len(np.unique(ds.y)) > 5:
+        # whole numbers with several values: a count or a score may be meant as a quantity
+        ds.warnings.append(f"target column {ds.target!r} holds {len(np.unique(ds.y))} whole-number values, "
+                           f"trained as classes; {REGRESSION_HINT}")
     if ds.task != "regression" and len(np.unique(ds.y)) < 2:
         raise DataError(
             f"{ds.source}: target column {ds.target!r} has a single class {np.unique(ds.y).tolist()!r}; "
             "need at least 2 to train a classifier"
         )
     return ds
+
+
+def is_parts(source: str) -> bool:
+    """A local folder or a glob: several files read as one table (not a URL, not a built-in name)."""
+    import glob
+    import os
+
+    return "://" not in source and source not in BUILTIN and (os.path.isdir(source) or glob.has_magic(source))
 
 
 def check_source(source: str | Path, target: str | None = None) -> list[str]:
@@ -167,6 +200,10 @@ def check_source(source: str | Path, target: str | None = None) -> list[str]:
     """
     src = str(source)
     if src in BUILTIN:
+        return []
+    if is_parts(src):  # parts are checked when listed (nnpipe.data.parts): names, schemas, sizes
+        if not target:
+            raise DataError(f"{src}: a target column is required for a file source (--target COLUMN)")
         return []
     path = Path(src)
     suffix = path.suffix.lower()
@@ -252,7 +289,16 @@ def _read_frame(path: Path):
 
 def _load_file(path: Path, target: str, only: list[str] | None = None) -> Dataset:
     frame = _read_frame(path)
-    src = str(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return dataset_from_frame(frame, str(path), path.stem, target, only, digest, csv=path.suffix.lower() == ".csv")
+
+
+def dataset_from_frame(frame, src: str, name: str, target: str, only: list[str] | None, digest: str,
+                       csv: bool = False) -> Dataset:
+    """A validated :class:`Dataset` from a frame read from ``src`` (a file, or the parts of a folder).
+
+    ``csv``: report rows with their file line too (one header line above them).
+    """
     if len(frame) == 0:
         raise DataError(f"{src}: file has a header but no data rows")
     if target not in frame.columns:
@@ -267,7 +313,7 @@ def _load_file(path: Path, target: str, only: list[str] | None = None) -> Datase
     if not features:
         raise DataError(f"{src}: no feature columns besides the target {target!r}")
     # CSV rows are reported as 1-based data rows; the file line is that plus the header.
-    line = (lambda i: f"row {i + 1} (line {i + 2})") if path.suffix.lower() == ".csv" else (lambda i: f"row {i + 1}")
+    line = (lambda i: f"row {i + 1} (line {i + 2})") if csv else (lambda i: f"row {i + 1}")
     y = frame[target].to_numpy()
     missing = frame[target].isna().to_numpy()
     if missing.any():
@@ -281,8 +327,7 @@ def _load_file(path: Path, target: str, only: list[str] | None = None) -> Datase
     elif y.dtype.kind == "f":
         _check_magnitude(y.astype(np.float64), src, f"target column {target!r}", line)
     warnings = _check_constant(X, list(map(str, features)), src)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Dataset(path.stem, src, X, y, list(map(str, features)), target, infer_task(y), digest, warnings)
+    return Dataset(name, src, X, y, list(map(str, features)), target, infer_task(y), digest, warnings)
 
 
 def _check_constant(X: np.ndarray, names: list[str], src: str) -> list[str]:
@@ -329,6 +374,27 @@ def _numeric_column(series, src: str, col: str, line: Callable[[int], str]) -> n
     return values
 
 
+def check_class_sizes(ds: Dataset, test_size: float = 0.2, val_size: float = 0.1) -> None:
+    """Refuse a classification target with a class too small to reach every part of the split.
+
+    Raises
+    ------
+    DataError
+        Naming the class and its row count; for a numeric target, with the hint to use ``--task regression``.
+    """
+    parts = 1 + (test_size > 0) + (val_size > 0)
+    if ds.task != "regression":
+        labels, counts = np.unique(ds.y, return_counts=True)
+        small = counts < parts
+        if small.any():
+            k = int(np.flatnonzero(small)[0])
+            raise DataError(
+                f"{ds.source}: class {labels[k].item()!r} of target column {ds.target!r} has only "
+                f"{counts[k]} row(s); need at least {parts} so the train, validation and test parts each get one"
+                + (f"; {REGRESSION_HINT}" if ds.y.dtype.kind in "iuf" else "")
+            )
+
+
 def split_and_scale(ds: Dataset, test_size: float = 0.2, val_size: float = 0.1, seed: int = 0) -> Splits:
     """Seeded (stratified for classification) train/val/test split and a StandardScaler fitted on train.
 
@@ -346,16 +412,7 @@ def split_and_scale(ds: Dataset, test_size: float = 0.2, val_size: float = 0.1, 
     if not 0 < test_size + val_size < 1:
         raise DataError(f"test_size + val_size must be in (0, 1), got {test_size + val_size!r}")
     classify = ds.task != "regression"
-    parts = 1 + (test_size > 0) + (val_size > 0)
-    if classify:
-        labels, counts = np.unique(ds.y, return_counts=True)
-        small = counts < parts
-        if small.any():
-            k = int(np.flatnonzero(small)[0])
-            raise DataError(
-                f"{ds.source}: class {labels[k].item()!r} of target column {ds.target!r} has only "
-                f"{counts[k]} row(s); need at least {parts} so the train, validation and test parts each get one"
-            )
+    check_class_sizes(ds, test_size, val_size)
     idx = np.arange(len(ds.y))
     try:
         rest, test = train_test_split(idx, test_size=test_size, random_state=seed,

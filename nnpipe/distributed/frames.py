@@ -26,7 +26,8 @@ import numpy as np
 from nnpipe import blas
 from nnpipe.config import TrainConfig
 from nnpipe.core.network import Network, NetworkSpec, init_params
-from nnpipe.distributed.cluster import connect, wait_for_workers
+from nnpipe.distributed.cluster import connect, wait_for_workers, worker_addresses
+from nnpipe.distributed.rpc import WorkerLost
 from nnpipe.distributed.shards import Shard, row_bounds
 from nnpipe.results import Callback, FitResult
 from nnpipe.sources.evaluate import add_sums, array_sums, combine, evaluate, prep_fields
@@ -140,8 +141,8 @@ def _round_trips(client: Any, addresses: list[str], theta: np.ndarray, n: int, i
     actors = [client.submit(_Echo, actor=True, workers=[a], key=f"nnpipe-echo-{i}-{tag}")
               for i, a in enumerate(addresses)]
     try:
-        for actor in actors:
-            actor.result(timeout=60)
+        for actor, address in zip(actors, addresses):
+            _wait_on(client, actor, address)
         out = []
         loop = client.loop.asyncio_loop
         for _ in range(n):
@@ -155,6 +156,20 @@ def _round_trips(client: Any, addresses: list[str], theta: np.ndarray, n: int, i
     finally:
         for actor in actors:
             actor.release()
+
+
+def _wait_on(client: Any, fut: Any, address: str, timeout: float = 60.0) -> None:
+    """Wait for ``fut``, restricted to ``address``; :class:`WorkerLost` within a second of that worker leaving."""
+    deadline, asked = time.monotonic() + timeout, time.monotonic()
+    while not fut.done():
+        if time.monotonic() - asked > 1.0:
+            asked = time.monotonic()
+            if address not in worker_addresses(client):
+                raise WorkerLost(f"worker {address} left while measuring the round size")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{fut.key} did not start on {address} within {timeout:.0f} s")
+        time.sleep(0.02)
+    fut.result()
 
 
 def _time_steps(spec: dict, batch: int, seconds: float = 0.2) -> float:
@@ -189,11 +204,23 @@ def auto_round(client: Any, config: TrainConfig, spec: NetworkSpec, addresses: l
     from nnpipe.distributed.round_size import LOCAL_BATCH, choose_round
 
     theta = init_params(spec, 0)
-    rtts = _round_trips(client, addresses, theta, 20, inline=config.mode == "sync")
+    n_workers = len(addresses)
+    for attempt in range(3):
+        try:
+            rtts = _round_trips(client, addresses, theta, 20, inline=config.mode == "sync")
+            break
+        except WorkerLost as exc:  # measure again on the workers still there; training rebuilds the shard
+            live = set(worker_addresses(client))
+            addresses = [a for a in addresses if a in live] or sorted(live)[:n_workers]
+            log.warning("%s; measuring the round again on %d worker(s)", exc, len(addresses))
+            if attempt == 2 or not addresses:
+                raise
     batch = config.batch_size if config.mode == "sync" else max(config.batch_size, LOCAL_BATCH)
-    steps = [client.submit(_time_steps, spec.to_dict(), max(batch, 64), workers=[a], pure=False) for a in addresses]
+    # Any worker may time a step if the chosen one is lost meanwhile: a task never waits for a dead worker.
+    steps = [client.submit(_time_steps, spec.to_dict(), max(batch, 64), workers=[a], allow_other_workers=True,
+                           pure=False) for a in addresses]
     row_s = max(client.gather(steps))
-    return choose_round(config, float(np.median(rtts)), float(row_s), n_train, len(addresses))
+    return choose_round(config, float(np.median(rtts)), float(row_s), n_train, n_workers)
 
 
 def fit_prepared(prepared: PreparedSource, spec: NetworkSpec, theta: np.ndarray, config: TrainConfig, *,

@@ -49,6 +49,7 @@ log = logging.getLogger("nnpipe.distributed")
 __all__ = ["Trainer", "TrainerPool", "WorkerLost", "SchedulerLost"]
 
 LOST_WAIT_S = 20.0  # how long a run with no live worker waits for one before it stops
+START_TIMEOUT_S = 120.0  # a last resort: a lost worker is noticed within a second, never by this
 BALANCE_CHECK_S = 1.0  # how often a pool with a doubled-up worker asks the scheduler for idle ones
 
 
@@ -119,27 +120,58 @@ class TrainerPool:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self, addresses: list[str]) -> None:
-        """One trainer per shard, shard ``i`` on ``addresses[i % len(addresses)]``."""
+        """One trainer per shard, shard ``i`` on ``addresses[i % len(addresses)]``.
+
+        A worker lost while the trainers start (or gone before: the list may be
+        a moment old) has its trainers started on a live worker instead.
+        """
         # Workers already there and not chosen (config.workers < cluster size) stay
         # out of this run; only workers that join later count as new capacity.
         self.known = set(self.live_workers()) | set(addresses)
         self.excluded = self.known - set(addresses)
         futs = [self._submit(shard, addresses[i % len(addresses)]) for i, shard in enumerate(self.shards)]
         for shard, (tid, addr, fut) in zip(self.shards, futs):
-            self._await(fut, 120)
-            self.trainers.append(Trainer(tid, shard, addr, fut))
+            self.trainers.append(self._started(shard, tid, addr, fut, "while starting the trainers"))
 
-    def _await(self, fut: Any, timeout: float) -> Any:
+    def _started(self, shard: Shard, tid: int, address: str, fut: Future, where: str) -> Trainer:
+        """The trainer once its actor runs; started again on a live worker while its worker is lost."""
+        while True:
+            try:
+                self._await(fut, START_TIMEOUT_S, address)
+                return Trainer(tid, shard, address, fut)
+            except WorkerLost as exc:
+                fut.release()
+                self._record_loss(address, tid, shard, where, exc)
+                new_address = self._least_loaded(self._live_or_stop(address, tid, shard, where))
+                old = tid
+                tid, address, fut = self._submit(shard, new_address)
+                self.events.append({"event": "shard_rebuilt", "trainer": tid, "shard": shard.index,
+                                    "worker": address, "replaces": old, "where": where, "time": time.time()})
+                log.info("shard_rebuilt: trainer %d on shard %d at %s (%s)", tid, shard.index, address, where)
+
+    def _await(self, fut: Any, timeout: float, address: str | None = None) -> Any:
         """``fut.result()``, checking the scheduler meanwhile (a lost one raises :class:`SchedulerLost`).
 
-        Polls ``fut.done()`` rather than calling ``result(timeout=...)`` in slices: short
-        timeouts in distributed's ``sync`` raced and failed (``UnboundLocalError``) here.
+        With ``address`` (the one worker ``fut`` may run on), raises
+        :class:`WorkerLost` as soon as that worker is gone: the task would
+        otherwise wait for it until ``timeout``. Polls ``fut.done()`` rather
+        than calling ``result(timeout=...)`` in slices: short timeouts in
+        distributed's ``sync`` raced and failed (``UnboundLocalError``) here.
         """
         deadline = time.monotonic() + timeout
+        asked = time.monotonic()
         while not fut.done():
             self.watch.check_scheduler()
+            if address is not None and address in self.watch.removed:
+                raise WorkerLost(f"worker {address} removed by the scheduler before {fut.key} started")
+            # The watch hears of removals after it subscribed; a worker that died just before is
+            # seen missing from the scheduler's list (asked once a second: it is a round trip).
+            if address is not None and time.monotonic() - asked > 1.0:
+                asked = time.monotonic()
+                if address not in self.live_workers():
+                    raise WorkerLost(f"worker {address} is gone from the scheduler before {fut.key} started")
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"trainer {fut.key} did not start within {timeout:.0f} s")
+                raise TimeoutError(f"trainer {fut.key} did not start within {timeout:.0f} s on {address}")
             time.sleep(0.02)
         try:
             return fut.result()
@@ -147,6 +179,8 @@ class TrainerPool:
             if self.client is not None and self.client.status not in ("running", "newly-created"):
                 raise SchedulerLost(f"lost the Dask scheduler at {self.watch.address} while "
                                     f"starting a trainer ({exc!r}); the run stopped: {RESUME_HINT}") from exc
+            if address is not None and address not in self.live_workers():
+                raise WorkerLost(f"worker {address} lost while starting {fut.key}: {exc!r}") from exc
             raise
 
     def _submit(self, shard: Shard, address: str) -> tuple[int, str, Future]:
@@ -160,14 +194,13 @@ class TrainerPool:
         return tid, address, fut
 
     def add_trainer(self, shard: Shard, address: str, reason: str, **facts: Any) -> Trainer:
-        """Start a trainer for ``shard`` on ``address`` and log why."""
+        """Start a trainer for ``shard`` on ``address`` (or a live worker if that one is lost) and log why."""
         tid, addr, fut = self._submit(shard, address)
-        self._await(fut, 120)
-        t = Trainer(tid, shard, addr, fut)
+        t = self._started(shard, tid, addr, fut, facts.get("where", reason))
         self.trainers.append(t)
-        self.events.append({"event": reason, "trainer": tid, "shard": shard.index, "worker": addr,
+        self.events.append({"event": reason, "trainer": t.id, "shard": shard.index, "worker": t.address,
                             "time": time.time(), **facts})
-        log.info("%s: trainer %d on shard %d at %s", reason, tid, shard.index, addr)
+        log.info("%s: trainer %d on shard %d at %s", reason, t.id, shard.index, t.address)
         return t
 
     def close(self) -> None:
@@ -254,31 +287,41 @@ class TrainerPool:
         if trainer not in self.trainers and trainer.id in self.replaced_by:
             return self.replaced_by[trainer.id]
         dead = trainer.address
-        self.lost.add(dead)
-        self.events.append({"event": "worker_lost", "worker": dead, "trainer": trainer.id,
-                            "shard": trainer.shard.index, "where": where, "error": str(exc), "time": time.time()})
-        log.warning("worker %s lost (%s) %s; rebuilding shard %d", dead, exc, where, trainer.shard.index)
+        self._record_loss(dead, trainer.id, trainer.shard, where, exc)
         trainer.future.release()
         self.trainers.remove(trainer)
+        address = self._least_loaded(self._live_or_stop(dead, trainer.id, trainer.shard, where, timeout))
+        new = self.add_trainer(trainer.shard, address, "shard_rebuilt", replaces=trainer.id, where=where)
+        self.replaced_by[trainer.id] = new
+        return new
+
+    def _record_loss(self, address: str, tid: int, shard: Shard, where: str, exc: BaseException) -> None:
+        self.lost.add(address)
+        self.events.append({"event": "worker_lost", "worker": address, "trainer": tid, "shard": shard.index,
+                            "where": where, "error": str(exc), "time": time.time()})
+        log.warning("worker %s lost (%s) %s; rebuilding shard %d", address, exc, where, shard.index)
+
+    def _live_or_stop(self, dead: str, tid: int, shard: Shard, where: str, timeout: float = LOST_WAIT_S
+                      ) -> list[str]:
+        """The live workers, waiting up to ``timeout`` s for one; else the run stops with a resume hint."""
         deadline = time.monotonic() + timeout
         while True:
             live = self.live_workers()
             if live:
-                break
+                return live
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no live Dask workers left: lost {dead} (trainer {trainer.id}, shard "
-                                   f"{trainer.shard.index}) {where} and none joined within {timeout:.0f} s; the run "
+                raise RuntimeError(f"no live Dask workers left: lost {dead} (trainer {tid}, shard "
+                                   f"{shard.index}) {where} and none joined within {timeout:.0f} s; the run "
                                    f"stopped: {RESUME_HINT}")
             time.sleep(0.2)
-        # The least loaded live worker takes the shard.
+
+    def _least_loaded(self, live: list[str]) -> str:
+        """The live worker running the fewest of this run's trainers (ties: the first by address)."""
         load = {a: 0 for a in live}
         for t in self.trainers:
             if t.address in load:
                 load[t.address] += 1
-        address = min(live, key=lambda a: (load[a], a))
-        new = self.add_trainer(trainer.shard, address, "shard_rebuilt", replaces=trainer.id, where=where)
-        self.replaced_by[trainer.id] = new
-        return new
+        return min(live, key=lambda a: (load[a], a))
 
     def rebalance(self, where: str) -> None:
         """Move trainers off a worker running several onto live workers running none.

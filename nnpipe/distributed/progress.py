@@ -2,9 +2,9 @@
 
 The trainers are actors, and actor calls are not tasks, so the dashboard's
 task stream and progress bars show nothing of a training. This callback makes
-each epoch-equivalent visible there: it submits one tiny task with the key
-``nnpipe-round-<step>-<id>`` (the task stream draws each; the *Progress*
-bar ``nnpipe-round`` counts the rounds done until training ends), and logs the
+each epoch visible there: it submits one tiny task with the key
+``nnpipe-epoch-<epoch>-<id>`` (the task stream draws each; the *Progress*
+bar ``nnpipe-epoch`` counts the epochs done until training ends), and logs the
 same logs as a scheduler event under the topic ``nnpipe`` (``Client.get_events``,
 and the scheduler's event log on the dashboard's ``/info`` pages).
 
@@ -24,16 +24,16 @@ from distributed import Client
 log = logging.getLogger(__name__)
 
 TOPIC = "nnpipe"
-PREFIX = "nnpipe-round"
+PREFIX = "nnpipe-epoch"  # one task per epoch: a "round" is sync_every local steps (MLflow's dist/rounds)
 
 
-def _round(step: int, loss: float | None) -> dict[str, Any]:
-    """The marker task: it does nothing but carry the round's step and loss into the task stream."""
+def _epoch(step: int, loss: float | None) -> dict[str, Any]:
+    """The marker task: it does nothing but carry the epoch's number and loss into the task stream."""
     return {"step": step, "loss": loss}
 
 
 class DashboardProgress:
-    """``callback(step, logs)`` that shows every round on the Dask dashboard of ``address``.
+    """``callback(step, logs)`` that shows every epoch on the Dask dashboard of ``address``.
 
     Parameters
     ----------
@@ -60,13 +60,13 @@ class DashboardProgress:
             logs["dist/workers_live"] = float(len(live))
             logs["dist/workers_lost"] = float(len(self.started - live))
             loss = logs.get("train/loss")
-            fut = self.client.submit(_round, int(step), None if loss is None else float(loss),
+            fut = self.client.submit(_epoch, int(step), None if loss is None else float(loss),
                                      key=f"{PREFIX}-{int(step) + 1}-{self.tag}", pure=False)
-            self.futures.append(fut)  # held until the training ends: the Progress bar counts rounds done
+            self.futures.append(fut)  # held until the training ends: the Progress bar counts epochs done
             self.client.log_event(TOPIC, {"label": self.label, "step": int(step) + 1,
                                           **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}})
         except Exception as exc:  # the dashboard is a view: never fail a training over it
-            log.warning("could not show round %d on the Dask dashboard: %s", step + 1, exc)
+            log.warning("could not show epoch %d on the Dask dashboard: %s", step + 1, exc)
 
     def close(self) -> None:
         self.futures.clear()

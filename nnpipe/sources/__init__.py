@@ -3,6 +3,7 @@
 Read in this order:
 
 - :mod:`.location` — what a file, directory of parts, glob or URL holds, read from metadata, and its pieces;
+- :mod:`.in_memory` — a folder or glob of parts read into memory when it fits (``--in-memory``);
 - :mod:`.prep` — validating, splitting (by a seeded hash of each row's position) and scaling piece by piece;
 - :mod:`.streaming` — the training rows as arrays, or streamed a piece at a time past a memory budget;
 - :mod:`.evaluate` — metrics of a model on a source as sums and counts;
@@ -12,7 +13,8 @@ Read in this order:
 The distributed modes place the same pieces on the workers (:mod:`nnpipe.distributed.frames`).
 """
 
+from nnpipe.sources.in_memory import load_parts
 from nnpipe.sources.location import Piece, Source, is_large, open_source, short_name
 from nnpipe.sources.prep import PreparedSource, prepare
 
-__all__ = ["Piece", "PreparedSource", "Source", "is_large", "open_source", "prepare", "short_name"]
+__all__ = ["Piece", "PreparedSource", "Source", "is_large", "load_parts", "open_source", "prepare", "short_name"]

@@ -278,7 +278,12 @@ def open_source(location: str, target: str, features: list[str] | None = None, *
             else:
                 pieces.append(Piece(len(pieces), url, show, fmt, None, 0, (), None, hive))
         if columns is None:
-            columns = cols
+            columns, first = cols, show
+        elif not features and set(cols) != set(columns):  # every column is used: every part must have them
+            lost, extra = [c for c in columns if c not in cols], [c for c in cols if c not in columns]
+            raise DataError(f"{show}: its columns differ from {first}'s"
+                            + (f"; missing {lost}" if lost else "") + (f"; extra {extra}" if extra else "")
+                            + " (name the columns to use with --features)")
         missing = [c for c in [target, *(features or [])] if c not in cols]
         if missing:
             raise DataError(f"{show}: column {missing[0]!r} not found; columns are {cols}")

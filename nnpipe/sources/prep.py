@@ -274,8 +274,8 @@ def prepare(source: Source, run: Runner = local_runner, *, seed: int = 0, test_s
     rows = np.array([c["rows"] for c in checks], dtype=np.int64)
     if rows.sum() == 0:
         raise DataError(f"{source.location}: no data rows")
-    if task is None:
-        if not all(c["integral"] for c in checks):
+    if task is None or task == "classification":
+        if task is None and not all(c["integral"] for c in checks):
             task = "regression"
         else:
             n_classes = len(np.unique(np.concatenate([c["labels"] for c in checks])))
@@ -284,7 +284,7 @@ def prepare(source: Source, run: Runner = local_runner, *, seed: int = 0, test_s
     if task != "regression":
         if any(c["labels"] is None for c in checks):
             raise DataError(f"{source.location}: target {source.target!r} has non-integral or more than "
-                            f"{MAX_CLASSES} distinct values; use task=regression")
+                            f"{MAX_CLASSES} distinct values; use --task regression")
         classes = np.unique(np.concatenate([c["labels"] for c in checks]))
         if len(classes) < 2:
             raise DataError(f"{source.location}: target column {source.target!r} has a single class "

@@ -8,14 +8,18 @@ Store (where things are kept)
     :mod:`.errors` (what this package raises).
 Runs (one MLflow run per training)
     :mod:`.runs` (lifecycle, params, tags, metrics), :mod:`.nested` (trial runs under a parent),
+    :mod:`.heartbeat` (a run's driver and its heartbeat), :mod:`.orphans` (runs whose driver died, ended FAILED),
     :mod:`.lineage` (data, code and cluster tags; the dataset input), :mod:`.plots` (curves,
-    confusion matrix, checkpoints), :mod:`.prometheus` (live ``/metrics`` while training).
+    confusion matrix, checkpoints), :mod:`.prometheus` (live ``/metrics`` while training),
+    :mod:`.restore` (what ``--resume-from`` reads back: a run's settings, its newest checkpoint).
 Registry (versions and who serves)
     :mod:`.pyfunc` (the model as an MLflow pyfunc, no pickle), :mod:`.integrity` (SHA-256 of every
     file, checked before a load), :mod:`.registry` (versions, aliases), :mod:`.promotion` (the gate,
     manual promotion, rollback), :mod:`.history` (every alias move), :mod:`.story` (the
-    descriptions the registry page shows), :mod:`.serving` (what ``nnpipe serve`` needs: a
-    verified load, the alias's target, live metrics on a version's run).
+    descriptions the registry page shows, every champion statement dated), :mod:`.pages` (the
+    sweep at command start and the watcher that keep those pages in step with the aliases),
+    :mod:`.serving` (what ``nnpipe serve`` needs: a verified load, the alias's target, live
+    metrics on a version's run).
 
 Typical use (what the flow does)::
 
@@ -46,8 +50,11 @@ from nnpipe.tracking.errors import (
 )
 from nnpipe.tracking.history import default_actor
 from nnpipe.tracking.integrity import TamperedModel, load_model, verify
-from nnpipe.tracking.lineage import git_revision, log_dataset, run_tags
+from nnpipe.tracking.lineage import git_revision, log_dataset, run_tags, version_tags
 from nnpipe.tracking.locking import lock_path, store_lock
+from nnpipe.tracking import pages, story
+from nnpipe.tracking.orphans import DRIVER_DIED, Orphan, end_orphaned_runs
+from nnpipe.tracking.story import run_outcome
 from nnpipe.tracking.plots import fetch_checkpoints, log_checkpoints, log_training_artifacts
 from nnpipe.tracking.promotion import (
     PromotionDecision,
@@ -86,6 +93,9 @@ from nnpipe.tracking.runs import (
 from nnpipe.tracking.store import client, configure, reset, tracking_uri
 
 __all__ = [
+    "DRIVER_DIED",
+    "Orphan",
+    "end_orphaned_runs",
     "CANDIDATE",
     "CHAMPION",
     "FAILURE_TAG",
@@ -127,12 +137,15 @@ __all__ = [
     "metrics_callback",
     "nested",
     "champion_model",
+    "pages",
     "previous_champion",
     "promote",
     "promote_if_better",
     "register_model",
     "reset",
     "rollback",
+    "run_outcome",
+    "story",
     "run_status",
     "run_tags",
     "set_run_description",
@@ -141,4 +154,5 @@ __all__ = [
     "sync_aliases",
     "tracking_uri",
     "training_run",
+    "version_tags",
 ]

@@ -183,7 +183,11 @@ def champion_stack(events: list[dict[str, Any]], alias: str = "champion") -> lis
     return stack
 
 
-def previous_in(events: list[dict[str, Any]], current: int | None, alias: str = "champion") -> int | None:
-    """The champion before ``current`` according to ``events``, or None."""
-    stack = [v for v in champion_stack(events, alias) if v != current]
+def previous_in(events: list[dict[str, Any]], current: int | None, alias: str = "champion",
+                existing: set[int] | None = None) -> int | None:
+    """The champion before ``current`` according to ``events``, or None; only one of ``existing`` when given.
+
+    A version deleted in MLflow since its reign is passed over: the one before it is the rollback target.
+    """
+    stack = [v for v in champion_stack(events, alias) if v != current and (existing is None or v in existing)]
     return stack[-1] if stack else None

@@ -139,4 +139,6 @@ def load_model(name: str, version: Any) -> Any:
     compare(recorded(c, name, int(version)) or digest_tree(dst), digest_tree(dst), f"model {name!r} v{int(version)}")
     model = mlflow.pyfunc.load_model(str(dst))
     weakref.finalize(model, shutil.rmtree, keep, True)
-    return model
+    from nnpipe.tracking.pyfunc import InputChecked
+
+    return InputChecked(model)

@@ -28,6 +28,20 @@ def git_revision(path: str | Path | None = None) -> tuple[str | None, bool | Non
         return None, None  # no git installed, or not a checkout: an installed package
 
 
+VERSION_TAG_KEYS = ("dataset.hash",)  # the rest of the lineage is on the run, one click away
+
+
+def version_tags(lineage: dict[str, Any], **extra: Any) -> dict[str, str]:
+    """The few lineage tags a model version carries (the data's hash), plus ``extra``.
+
+    The versions list shows every tag of every version; the whole lineage
+    (:func:`run_tags`) stays on the run, which ``nnpipe.run_id`` names.
+    """
+    out = {k: str(lineage[k]) for k in VERSION_TAG_KEYS if lineage.get(k) is not None}
+    out.update({k: str(v) for k, v in extra.items() if v is not None})
+    return out
+
+
 def run_tags(
     dataset_name: str,
     dataset_hash: str,

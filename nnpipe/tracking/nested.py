@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from mlflow.entities import Metric, RunTag
 
+from nnpipe.tracking.heartbeat import driver_tags
 from nnpipe.tracking.runs import (
     BATCH_METRICS,
     FAILURE_TAG,
@@ -53,7 +54,9 @@ def start_child_run(parent_run_id: str, name: str, params: Mapping[str, Any],
         experiment = c.get_run(parent_run_id).info.experiment_id
         with _lock:
             _experiment_of[parent_run_id] = experiment
-    run = c.create_run(experiment, run_name=name, tags={**_tags(tags or {}), PARENT_TAG: parent_run_id})
+    # The driver's identity (no heartbeat thread per child: the parent's heartbeat speaks for it, see .orphans).
+    run = c.create_run(experiment, run_name=name,
+                       tags={**driver_tags(), **_tags(tags or {}), PARENT_TAG: parent_run_id})
     log_params(run.info.run_id, params)
     return run.info.run_id
 

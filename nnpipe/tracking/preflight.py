@@ -32,7 +32,8 @@ def check_store(uri: str, timeout: float = DEFAULT_TIMEOUT) -> None:
     """Raise :class:`StoreUnavailable` (one line, no password) unless ``uri`` looks usable.
 
     * ``sqlite:///path``: the file, if it exists, is a SQLite database; else
-      its directory exists (or can be created) and is writable.
+      its directory exists and is writable (a missing directory is more
+      often a typo than a wish for a new, empty registry).
     * ``http(s)://``: the server answers ``/health`` and accepts the
       credentials from ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` (or
       ``MLFLOW_TRACKING_TOKEN``) on a read-only API call, within ``timeout``.
@@ -60,6 +61,9 @@ def _check_sqlite(uri: str) -> None:
         if not os.access(db, os.W_OK):
             raise StoreUnavailable(f"tracking store {db}: not writable")
         return
+    if not db.parent.is_dir():  # a typo in the path would otherwise start a new, empty registry
+        raise StoreUnavailable(f"tracking store {db}: directory {db.parent} does not exist (a typo?); "
+                               "create it first to start a new store there")
     parent = next((p for p in [db.parent, *db.parent.parents] if p.exists()), Path("/"))
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise StoreUnavailable(f"tracking store {db}: cannot create it, {parent} is not a writable directory")

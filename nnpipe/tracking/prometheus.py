@@ -5,16 +5,20 @@ to ``nnpipe.train(callbacks=...)`` and scrape ``http://HOST:PORT/metrics``.
 Off unless asked for (``--metrics-port``, the pipeline's ``metrics_port``, or
 ``NNPIPE_METRICS_PORT``); port 0 takes a free port and :attr:`url` says which.
 
-Exposed (gauges unless noted), updated every epoch or round:
+Exposed (gauges unless noted), updated once per epoch in every mode. Words
+mean one thing everywhere: an *epoch* is one pass over the training rows
+(the console's ``epoch k/N``, the MLflow step), a *step* is one optimizer
+update, and a *round* is ``sync_every`` local steps of the distributed
+modes (MLflow's ``dist/rounds``, per epoch); nothing here counts rounds.
 
 ==================================  =============================================
 ``nnpipe_epoch``                    epochs (epoch-equivalents) done
-``nnpipe_rounds_total``             counter of callbacks (epochs or rounds)
+``nnpipe_epochs_total``             counter of epochs reported (from the restart, when resumed)
 ``nnpipe_samples_per_second``       training throughput, all workers
 ``nnpipe_train_loss``               training loss
 ``nnpipe_validation{metric=...}``   each validation metric (``loss``, ``accuracy``, ...)
-``nnpipe_round_latency_seconds``    wall time of the last epoch/round, as seen by the driver
-``nnpipe_staleness``                mean staleness of the last round's merges (async)
+``nnpipe_epoch_latency_seconds``    wall time of the last epoch, as seen by the driver
+``nnpipe_staleness``                mean staleness of the last epoch's merges (async)
 ``nnpipe_workers_live``             workers the scheduler knows (1 in single mode)
 ``nnpipe_workers_lost``             workers lost since training started
 ``nnpipe_training_info{...}``       run, mode and dataset as labels (value 1)
@@ -51,6 +55,20 @@ def port_from_env() -> int | None:
     return port
 
 
+def check_port_free(port: int, host: str | None = None) -> None:
+    """Raise ``OSError`` (one line) if ``port`` cannot be bound on the metrics host: asked for, so not moved."""
+    import socket
+
+    host = host or os.environ.get(ENV_HOST) or "127.0.0.1"
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the exporter's server binds
+        try:
+            sock.bind((host, int(port)))
+        except OSError as exc:
+            raise OSError(f"metrics port {port} on {host} is in use ({exc.strerror or exc}); choose another "
+                          "--metrics-port, or 0 for a free one") from None
+
+
 class TrainingExporter:
     """Serve one training's live metrics on ``host:port`` (own registry; stop with :meth:`close`).
 
@@ -68,12 +86,12 @@ class TrainingExporter:
         self.registry = CollectorRegistry()
         r = self.registry
         self.epoch = Gauge("nnpipe_epoch", "Epochs (epoch-equivalents) done", registry=r)
-        self.rounds = Counter("nnpipe_rounds", "Epochs or rounds reported", registry=r)
+        self.epochs_done = Counter("nnpipe_epochs", "Epochs reported", registry=r)
         self.samples = Gauge("nnpipe_samples_per_second", "Training throughput, all workers", registry=r)
         self.loss = Gauge("nnpipe_train_loss", "Training loss", registry=r)
         self.validation = Gauge("nnpipe_validation", "Validation metric", ["metric"], registry=r)
-        self.latency = Gauge("nnpipe_round_latency_seconds", "Wall time of the last epoch or round", registry=r)
-        self.staleness = Gauge("nnpipe_staleness", "Mean staleness of the last round's merges", registry=r)
+        self.latency = Gauge("nnpipe_epoch_latency_seconds", "Wall time of the last epoch", registry=r)
+        self.staleness = Gauge("nnpipe_staleness", "Mean staleness of the last epoch's merges", registry=r)
         self.live = Gauge("nnpipe_workers_live", "Workers training now", registry=r)
         self.lost = Gauge("nnpipe_workers_lost", "Workers lost since training started", registry=r)
         Info("nnpipe_training", "What is training", registry=r).info({k: str(v) for k, v in (info or {}).items()})
@@ -97,13 +115,13 @@ class TrainingExporter:
         return f"http://{host}:{self.port}/metrics"
 
     def callback(self, step: int, logs: Mapping[str, float]) -> None:
-        """A training callback: update every metric from this epoch's or round's logs."""
+        """A training callback: update every metric from this epoch's logs."""
         now = time.monotonic()
         with self._lock:
             self.latency.set(now - self._last)
             self._last = now
             self.epoch.set(step + 1)
-            self.rounds.inc()
+            self.epochs_done.inc()
             for key, value in logs.items():
                 try:
                     value = float(value)

@@ -16,7 +16,6 @@ meantime.
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,12 +28,11 @@ from nnpipe.tracking import history, integrity, story
 from nnpipe.tracking.errors import NotServableError, PromotionRefused, RollbackRefused, TrackingError
 from nnpipe.tracking.locking import store_lock
 from nnpipe.tracking.registry import (
-    CHAMPION, RUN_ID_TAG, alias_version, get_registered, get_version, previous_champion, sync_aliases,
+    CHAMPION, RUN_ID_TAG, alias_history, alias_version, get_registered, get_version, previous_champion, sync_aliases,
     sync_aliases_locked, version_number,
 )
 from nnpipe.tracking.store import client
 
-GATE_PREFIX = "nnpipe.gate."
 
 
 @dataclass
@@ -130,7 +128,7 @@ def promote_if_better(
     """Make ``version`` the champion if it beats the current one on ``metric`` (or there is none).
 
     Ties keep the current champion. The decision, both scores and the reason
-    are recorded on the version as ``nnpipe.gate.*`` tags (the gate's verdict
+    are recorded on the version as the ``nnpipe.gate`` and ``nnpipe.gate.reason`` tags (the gate's verdict
     at that time; the version's current champion status is the tag
     ``nnpipe.champion`` and its description); a promotion is also recorded in
     the alias history. A champion moved outside nnpipe since the last recorded
@@ -183,25 +181,20 @@ def promote_if_better(
         if promoted:
             integrity.verify(name, number, c)  # never crown a version whose files changed since registration
             _record_champion_move(c, name, champ, number, "gate", reason, actor, metric)
-        tags = {
-            "decision": "promoted" if promoted else "rejected",
-            "metric": metric,
-            "greater_is_better": str(greater_is_better),
-            "score": _fmt(score),
-            "champion_version": "none" if champ is None else str(champ),
-            "champion_score": _fmt(champ_score),
-            "reason": reason,
-            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        for key, value in tags.items():
-            c.set_model_version_tag(name, str(number), GATE_PREFIX + key, value)
+        # One readable tag and its sentence (the versions list stays short); the description has the rest.
+        verdict = "promoted" if promoted else "rejected"
+        c.set_model_version_tag(name, str(number), story.GATE_TAG, story.gate_line(
+            verdict, history.now_iso(), metric, _fmt(score), "none" if champ is None else str(champ),
+            _fmt(champ_score)))
+        c.set_model_version_tag(name, str(number), story.GATE_REASON_TAG, reason[:history.MAX_REASON])
         story.refresh(c, name, {number} | ({champ} if champ is not None else set()))
     return PromotionDecision(promoted, number, score, champ, champ_score, metric, greater_is_better, reason, outside)
 
 
 def gate_verdict(mv: ModelVersion) -> tuple[str | None, str]:
     """The gate's decision on a version (``promoted``, ``rejected`` or None if never gated) and its reason."""
-    return mv.tags.get(GATE_PREFIX + "decision"), mv.tags.get(GATE_PREFIX + "reason", "")
+    gate = story.gate_record(mv.tags)
+    return gate.get("decision"), gate.get("reason", "")
 
 
 def promote(
@@ -315,11 +308,14 @@ def rollback(
     sync_aliases(name)
     current = alias_version(name, CHAMPION, c)
     if to is None:
-        target = previous_champion(name, current)
+        existing = {int(v.version) for v in c.search_model_versions(f"name='{name}'")}
+        target = previous_champion(name, current, existing)
         if target is None:
+            gone = sorted(set(history.champion_stack(alias_history(name, CHAMPION))) - existing)
+            deleted = f"; deleted since their reign: {', '.join(f'v{v}' for v in gone)}" if gone else ""
             raise RollbackRefused(
                 f"model {name!r} has no previous champion in its history (champion: "
-                f"{'none' if current is None else f'v{current}'}); pass --to VERSION"
+                f"{'none' if current is None else f'v{current}'}{deleted}); pass --to VERSION"
             )
     else:
         target = version_number(to)

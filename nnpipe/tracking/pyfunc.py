@@ -98,6 +98,9 @@ def check_input(model: Model, model_input: Any) -> np.ndarray:
         # integer column labels: an array sent as-is, in the trained column order
         positional = len(model_input.columns) > 0 and all(isinstance(c, (int, np.integer))
                                                            for c in model_input.columns)
+        twice = model_input.columns[model_input.columns.duplicated()]
+        if len(twice):  # which of the two would be the feature? refuse rather than pick one
+            raise ValueError(f"input column {str(twice[0])!r} is given twice; send each column once")
         if names and not positional:
             missing = [n for n in names if n not in model_input.columns]
             if missing:
@@ -110,6 +113,8 @@ def check_input(model: Model, model_input: Any) -> np.ndarray:
             bad = values.isna() & column.notna()
             if column.dtype == bool or column.dtype == object:  # True is not a measurement
                 bad |= column.map(lambda v: isinstance(v, (bool, np.bool_))).astype(bool)
+            if column.dtype.kind == "c" or column.dtype == object:  # 1+2j would lose its imaginary part
+                bad |= column.map(lambda v: isinstance(v, (complex, np.complexfloating)) and v.imag != 0).astype(bool)
             if bad.any():
                 row = int(np.flatnonzero(bad.to_numpy())[0])
                 value = column.iloc[row]
@@ -135,8 +140,38 @@ class NnpipePyfunc:
         if params and _truthy(params.get(PROBA_PARAM, False)):
             if model.classes is None:
                 raise ValueError("predict_proba was requested but this is a regression model (no classes)")
-            return pd.DataFrame(model.predict_proba(X), columns=[str(c) for c in model.classes.tolist()])
-        return model.predict(X)
+            return pd.DataFrame(_answer(model.predict_proba, X), columns=[str(c) for c in model.classes.tolist()])
+        return _answer(model.predict, X)
+
+
+class InputChecked:
+    """A loaded pyfunc model whose ``predict`` refuses what MLflow's schema check would garble first.
+
+    MLflow enforces the signature before :class:`NnpipePyfunc` sees the
+    input; a column sent twice fails there with the whole frame in the
+    message. Every other attribute is the wrapped model's.
+    """
+
+    def __init__(self, model: Any):
+        self._model = model
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        if isinstance(data, pd.DataFrame):
+            twice = data.columns[data.columns.duplicated()]
+            if len(twice):
+                raise BadInput(f"input column {str(twice[0])!r} is given twice; send each column once")
+        return self._model.predict(data, params=params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def _answer(predict: Any, X: np.ndarray) -> Any:
+    """``predict(X)``, a value the model refuses (too large for its dtype) as :class:`BadInput`."""
+    try:
+        return predict(X)
+    except ValueError as exc:
+        raise BadInput(str(exc).replace("X column", "input column", 1)) from None
 
 
 def _load_pyfunc(data_path: str) -> NnpipePyfunc:

@@ -153,9 +153,9 @@ def alias_history(name: str, alias: str | None = None) -> list[dict[str, Any]]:
     return [e for e in history.load_events(c, name) if alias is None or e.get("alias") == alias]
 
 
-def previous_champion(name: str, current: int | None) -> int | None:
-    """The champion before ``current`` according to the history, or None."""
-    return history.previous_in(alias_history(name, CHAMPION), current)
+def previous_champion(name: str, current: int | None, existing: set[int] | None = None) -> int | None:
+    """The champion before ``current`` according to the history, or None; only one of ``existing`` when given."""
+    return history.previous_in(alias_history(name, CHAMPION), current, existing=existing)
 
 
 def champion_model(name: str) -> tuple[int, Any] | None:
@@ -273,7 +273,7 @@ def list_versions(name: str) -> list[dict[str, Any]]:
         Keys: ``version`` (int), ``aliases`` (list of str), ``status`` (registry
         status), ``run_id``, ``run_status``, ``created`` (ISO time), ``metrics``
         (the run's latest value per key), ``gate`` (the promotion gate's
-        ``nnpipe.gate.*`` tags without the prefix), ``champion`` (when it was
+        verdict, :func:`nnpipe.tracking.story.gate_record`), ``champion`` (when it was
         champion, from the history: ``since ...`` or its last reign), ``tags``, ``source``.
     """
     c = client()
@@ -302,7 +302,7 @@ def list_versions(name: str) -> list[dict[str, Any]]:
             "run_status": run_state,
             "created": _iso(mv.creation_timestamp),
             "metrics": metrics,
-            "gate": {k[len("nnpipe.gate."):]: v for k, v in mv.tags.items() if k.startswith("nnpipe.gate.")},
+            "gate": story.gate_record(mv.tags),
             "champion": story.status_short(number, model.aliases, spans.get(number, [])),
             "tags": dict(mv.tags),
             "source": mv.source,

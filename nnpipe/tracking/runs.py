@@ -21,6 +21,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from nnpipe.tracking.heartbeat import Heartbeat, driver_tags
 from nnpipe.tracking.store import artifact_root, client
 
 FAILURE_TAG = "nnpipe.failure"
@@ -31,7 +32,7 @@ BATCH_PARAMS = 100  # log_batch accepts at most 100 params ...
 BATCH_METRICS = 1000  # ... and 1000 metrics per call
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
 
-SYSTEM_METRICS_INTERVAL = 2.0  # seconds
+SYSTEM_METRICS_INTERVAL = 0.5  # seconds: a run of one second still gets a point (MLflow drops a partial sample)
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as the run's description
 
 MetricsCallback = Callable[[int, Mapping[str, float]], None]
@@ -138,7 +139,7 @@ def training_run(
     system_metrics : bool
         Sample CPU, memory, disk and network use into ``system/*`` metrics
         while the run is active (MLflow's monitor; every
-        ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` s, default here 2 s).
+        ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` s, default here 0.5 s).
 
     Yields
     ------
@@ -146,19 +147,26 @@ def training_run(
 
     Notes
     -----
+    While open, the run carries its driver's identity and a heartbeat
+    (:mod:`nnpipe.tracking.orphans`), so that a driver killed outright leaves
+    a run the next command ends FAILED, not one RUNNING forever.
     On an exception the run gets ``nnpipe.failure = "<Type>: <message>"`` and
     status ``FAILED`` (``KILLED`` on ``KeyboardInterrupt``, a termination signal or
     ``SystemExit``), then the exception
     is re-raised.
     """
     exp_id = get_or_create_experiment(experiment)
-    str_tags = {mlflow_key(k): clip(str(v), MAX_TAG_VALUE) for k, v in (tags or {}).items() if v is not None}
+    # The driver's identity and heartbeat: a run whose driver dies outright is found and ended
+    # by the next command (nnpipe.tracking.orphans) instead of showing RUNNING forever.
+    tags = {**driver_tags(), **(tags or {})}
+    str_tags = {mlflow_key(k): clip(str(v), MAX_TAG_VALUE) for k, v in tags.items() if v is not None}
     if system_metrics and not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
         mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)  # MLflow's 10 s misses short trainings
     run = mlflow.start_run(run_id=run_id, experiment_id=exp_id, run_name=None if run_id else run_name,
                            nested=nested, tags=str_tags, description=None if run_id else description,
                            log_system_metrics=system_metrics or None)
     run_id = run.info.run_id
+    heartbeat = Heartbeat(run_id)
     try:
         log_params(run_id, params)
         yield run
@@ -171,6 +179,7 @@ def training_run(
             flush_metrics(run_id)  # a failed run's curves show where it went wrong
         except Exception:  # the store may be what failed; the status below matters more
             pass
+        heartbeat.stop()
         try:
             client().set_tag(run_id, FAILURE_TAG, reason)
         finally:
@@ -182,6 +191,7 @@ def training_run(
                 client().set_terminated(run_id, status)
         raise
     else:
+        heartbeat.stop()
         flush_metrics(run_id)
         if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
             mlflow.end_run("FINISHED")

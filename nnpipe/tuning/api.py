@@ -90,11 +90,11 @@ def _base_changes(stored: dict[str, Any] | None, now: dict[str, Any]) -> list[st
 
 
 def _prepare_data(data: str | Dataset | Splits, target: str | None, test_size: float, val_size: float,
-                  seed: int) -> tuple[Splits, str, str | None]:
+                  seed: int) -> tuple[Splits, str, str | None, Dataset | None]:
     if isinstance(data, Splits):
-        return data, "data", None
+        return data, "data", None, None
     ds = data if isinstance(data, Dataset) else load_dataset(data, target=target)
-    return split_and_scale(ds, test_size=test_size, val_size=val_size, seed=seed), ds.name, ds.content_hash
+    return split_and_scale(ds, test_size=test_size, val_size=val_size, seed=seed), ds.name, ds.content_hash, ds
 
 
 @dataclass
@@ -127,6 +127,7 @@ class StudyPlan:
     greater_is_better: bool
     parent_run_id: str | None  # a resumed study's parent run
     notes: list[str] = field(default_factory=list)
+    page: Any = None  # report.PageFacts: what the champion's run page shows beyond the study
 
     @property
     def grid_size(self) -> int | None:
@@ -172,7 +173,7 @@ def resolve(data: str | Dataset | Splits, space: list[str] | dict[str, str] | No
         raise SpaceError("the search space is empty; give at least one --space NAME=EXPR, "
                          "e.g. --space 'lr=loguniform(1e-4,1e-1)'")
     parsed = parse_space(entries, base=train)
-    splits, ds_name, loaded_hash = _prepare_data(data, target, test_size, val_size, train.seed)
+    splits, ds_name, loaded_hash, ds = _prepare_data(data, target, test_size, val_size, train.seed)
     ds_name, content_hash = dataset_name or ds_name, content_hash or loaded_hash
     if resumed and stored.get("nnpipe.dataset") not in (None, ds_name):
         raise ValueError(f"study {name!r} was run on dataset {stored['nnpipe.dataset']!r}, not {ds_name!r}")
@@ -198,7 +199,9 @@ def resolve(data: str | Dataset | Splits, space: list[str] | dict[str, str] | No
         greater_is_better=metrics.greater_is_better(gate_metric) if greater_is_better is None else greater_is_better,
         parent_run_id=stored.get("nnpipe.parent_run_id") if resumed else None,
         notes=[f"study {name!r} was run with other settings; its new trials use {', '.join(changes)} (pass the "
-               "earlier options to keep the trials comparable)"] if changes else [])
+               "earlier options to keep the trials comparable)"] if changes else [],
+        page=report.PageFacts(ds=ds, splits=splits, hidden=list(hidden), activation=activation,
+                              test_size=test_size, val_size=val_size, space=entries))
 
 
 def open_plan_study(plan: StudyPlan) -> Any:
@@ -323,7 +326,7 @@ def tune(
                    dataset_name=dataset_name, content_hash=content_hash, tracking_uri=tracking_uri,
                    model_name=model_name, promotion_metric=promotion_metric, greater_is_better=greater_is_better)
     the_study = open_plan_study(plan)
-    params = {"dataset": plan.dataset, **plan.train.to_dict(), "hidden": ",".join(map(str, plan.hidden)),
+    params = {"dataset": plan.dataset, **plan.train.applicable(), "hidden": ",".join(map(str, plan.hidden)),
               "activation": plan.activation, "tune.space": plan.entries, "tune.sampler": plan.sampler,
               "tune.pruner": plan.pruner, "tune.metric": plan.metric, "tune.study": plan.name,
               "tune.storage": plan.storage}
@@ -343,7 +346,7 @@ def tune(
         best_info, registered, artifacts = report.conclude(
             the_study, parent_id, plan.metric, epochs, runner.best_model, plan.splits.raw_test[:5], plan.model_name,
             plan.gate_metric, plan.greater_is_better, actor or f"tune:{plan.name}",
-            {**lineage, "nnpipe.tune.parent": parent_id})
+            {**lineage, "nnpipe.tune.parent": parent_id}, page=plan.page)
     return TuneResult(study=plan.name, storage=plan.storage, tracking_uri=plan.tracking_uri,
                       experiment_id=parent.info.experiment_id, parent_run_id=parent_id, metric=plan.metric,
                       trials=results, best=best_info, registered=registered, model_name=plan.model_name,

@@ -19,10 +19,13 @@ rejects) is FAIL without a retry: running it again would fail again.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 
@@ -77,6 +80,7 @@ class StudyRunner:
         self._retries: list[tuple[dict[str, Any], int]] = []
         self._data: Any = None
         self.best_model: tuple[int, Any] | None = None
+        self._open: set[str] = set()  # trial runs started and not yet ended
 
     # ------------------------------------------------------------ loop
 
@@ -107,15 +111,31 @@ class StudyRunner:
             self._books.shutdown(wait=True)
             self._check_books()
         except BaseException:
-            self._books.shutdown(wait=True)  # finished trials' runs are ended before the study stops
-            for future, running in pending.items():  # interrupted: nothing is left RUNNING
-                future.cancel()
-                self._tell(running, optuna.trial.TrialState.FAIL, None, "interrupted")
-                if running.run_id:
-                    tracking.nested.end_run(running.run_id, "KILLED", {"nnpipe.tune.state": "FAIL"},
-                                            failure="interrupted: the study stopped")
+            with sigint_ignored():  # a second Ctrl-C must not leave half of this undone
+                self._stop(pending)
             raise
         return self.results
+
+    def _stop(self, pending: dict[Any, "_Running"]) -> None:
+        """Interrupted: end every open trial run KILLED (nothing left RUNNING) and keep the best model so far."""
+        self._books.shutdown(wait=True)  # finished trials' runs are ended before the study stops
+        for future, running in pending.items():
+            future.cancel()
+            self._tell(running, optuna.trial.TrialState.FAIL, None, "interrupted")
+        # every run opened and not yet ended: the pending ones, and any caught between settling and booking
+        for run_id in sorted(self._open):
+            try:
+                tracking.nested.end_run(run_id, "KILLED", {"nnpipe.tune.state": "FAIL"},
+                                        failure="interrupted: the study stopped")
+            except Exception:  # the store itself may be what failed; end the others
+                continue
+            self._open.discard(run_id)
+        if self.best_model is not None:  # logged to its run, so that resuming the study registers it
+            number, model = self.best_model
+            try:
+                kept_model(self.study, number, model, self.splits.raw_test[:5])
+            except Exception:
+                pass
 
     def _record(self, running: _Running, result: TrialResult, history: dict[str, list[float]], model: Any) -> None:
         """A finished trial: in the results (and reported) now, its MLflow run written by the bookkeeping thread."""
@@ -170,8 +190,10 @@ class StudyRunner:
             run_trial, self._data, train, hidden, activation, self.storage, self.study.study_name, trial.number,
             self.pruner, self.metric, pure=False, key=f"nnpipe-trial-{self.study.study_name}-{trial.number}")
         # The run is opened once the trial is on its way (its worker does not need the run id).
-        config = {**train.to_dict(), "hidden": ",".join(map(str, hidden)), "activation": activation}
+        # the settings that apply, as a `train` run logs them: no `beta1 None` to show up as a difference
+        config = {**train.applicable(), "hidden": ",".join(map(str, hidden)), "activation": activation}
         running.run_id = tracking.nested.start_child_run(self.parent_run_id, f"trial-{trial.number}", config, tags)
+        self._open.add(running.run_id)
         trial.set_user_attr(RUN_ATTR, running.run_id)
         return future, running
 
@@ -241,9 +263,45 @@ class StudyRunner:
                                     metrics={**{f"test/{k}": float(v) for k, v in metrics.items()},
                                              "tune/objective": result.value})
         elif result.state == "PRUNED":
-            # A pruned trial did what it was asked: stopped early. MLflow's KILLED (never FAILED) says
-            # "stopped on purpose"; the tag says by whom.
-            tracking.nested.end_run(running.run_id, "KILLED",
-                                    {**tags, "pruned": "true", "nnpipe.tune.pruned": result.reason}, history=history)
+            # A pruned trial did what it was asked: stopped early on the pruner's word. MLflow has no
+            # "pruned" status and KILLED read as "someone stopped it", so the run ends FINISHED and its
+            # name says pruned, where the runs table and compare show it; the tags keep the why.
+            name = f"trial-{result.number} (pruned after epoch {result.epochs})"
+            tracking.nested.end_run(running.run_id, "FINISHED",
+                                    {**tags, "pruned": "true", "nnpipe.tune.pruned": result.reason,
+                                     "mlflow.runName": name}, history=history)
         else:
             tracking.nested.end_run(running.run_id, "FAILED", tags, failure=result.reason, history=history)
+        self._open.discard(running.run_id)
+
+
+# Where a trial's logged model is recorded on the study (``models:/`` or ``runs:/`` URI).
+MODEL_ATTR = "nnpipe.model_uri.trial_{}"
+
+
+def kept_model(study: optuna.Study, number: int, model: Any, raw_example: Any) -> str:
+    """Log trial ``number``'s ``model`` to its run and record the URI on the study; returns the URI.
+
+    An interrupted study keeps its best model this way: resuming it finds the URI and registers it.
+    """
+    uri = study.user_attrs.get(MODEL_ATTR.format(number))
+    if uri is None:
+        run_id = next(t.user_attrs[RUN_ATTR] for t in study.get_trials(deepcopy=False) if t.number == number)
+        run_name = tracking.client().get_run(run_id).data.tags.get("mlflow.runName", f"trial-{number}")
+        # named like a `train` run's model (study and trial), not MLflow's default "model"
+        uri = tracking.log_model(run_id, model, raw_example, name=f"{study.study_name}-{run_name}"[:200])
+        study.set_user_attr(MODEL_ATTR.format(number), uri)
+    return uri
+
+
+@contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT (main thread only) while an interrupted study closes its books; restore it after."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

@@ -79,6 +79,16 @@ def test_early_stopping_restores_best(blobs):
     assert evaluate_arrays(net, r.theta, X[100:130], y[100:130])["loss"] == pytest.approx(
         min(r.history["val/loss"]), rel=1e-5
     )
+    # the one line the console, the run tag and the description show (epochs count from 1)
+    note = r.info["early_stopping"]
+    assert note.startswith(f"early stopping: stopped after epoch {r.epochs_run} of 200, val/loss had not improved "
+                           f"for 3 epochs; the model is epoch {best + 1}'s (val/loss ")
+    assert note.endswith(", restored")
+    kept = fit(Problem(spec, init_params(spec, 0), X[:100], y[:100], (X[100:130], y[100:130])),
+               TrainConfig(epochs=200, batch_size=8, lr=0.05, patience=3, restore_best=False))
+    assert "the model is the last epoch's (restore_best is off" in kept.info["early_stopping"]
+    assert "early_stopping" not in fit(Problem(spec, init_params(spec, 0), X[:100], y[:100]),
+                                       TrainConfig(epochs=2)).info
 
 
 def test_divergence_stops_with_a_clear_error(blobs):

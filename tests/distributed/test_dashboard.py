@@ -29,7 +29,7 @@ def test_dashboard_status_page_loads_with_bokeh(client):
     assert "bokeh" in page.lower() and "Task Stream" in page
 
 
-def test_every_round_shows_on_the_dashboard(client, data):
+def test_every_epoch_shows_on_the_dashboard(client, data):
     X, y = data
     spec, theta0 = small_net("float32")
     seen = []
@@ -38,7 +38,7 @@ def test_every_round_shows_on_the_dashboard(client, data):
         fit_distributed(Problem(spec, theta0, X, y), cfg, callbacks=[progress, lambda e, logs: seen.append(dict(logs))],
                         client=client)
         # counted while the progress still holds the round tasks (closing it releases them)
-        # one task per round, grouped as "nnpipe-round" in the task stream and progress bars;
+        # one task per epoch, grouped as "nnpipe-epoch" in the task stream and progress bars;
         # the dashboard server's own /metrics counts them by prefix
         metrics_url = client.dashboard_link.replace("/status", "/metrics")
         deadline = time.monotonic() + 30
@@ -53,7 +53,7 @@ def test_every_round_shows_on_the_dashboard(client, data):
         assert done >= len(seen), f"{done} {PREFIX} tasks counted at {metrics_url}, expected {len(seen)}"
     # the callbacks after it get the worker counts
     assert seen and all(s["dist/workers_live"] == 2 and s["dist/workers_lost"] == 0 for s in seen)
-    # one scheduler event per round, with the round's logs
+    # one scheduler event per epoch, with the epoch's logs
     deadline = time.monotonic() + 30
     events: list = []
     while len(events) < len(seen) and time.monotonic() < deadline:  # log_event does not wait for the scheduler

@@ -183,3 +183,45 @@ def test_losing_the_scheduler_stops_the_run_with_a_resume_hint(data):
 
         with pytest.raises(SchedulerLost, match=r"lost the Dask scheduler at tcp://\S+ .*--resume-from"):
             fit_distributed(Problem(spec, theta0, X, y), cfg, client=client, callbacks=[close_scheduler])
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_worker_killed_while_the_trainers_are_placed(data, mode):
+    """The trainers start on a worker the driver still lists but that was just SIGKILLed: the lost worker's
+    trainer starts on a live one at once, where before it waited for the dead worker until a 120 s timeout."""
+    from nnpipe.distributed import train_on_shards
+    from nnpipe.distributed.shards import place_shards
+
+    X, y = data
+    spec, theta0 = small_net("float64")
+    cfg = TrainConfig(mode=mode, workers=2, epochs=3, batch_size=60, seed=3, dtype="float64", sync_every=3,
+                      warmup_epochs=0)
+    with local_cluster(2) as cluster, distributed.Client(cluster) as client:
+        client.wait_for_workers(2)
+        addresses = worker_addresses(client)
+        shards = place_shards(client, X, y, addresses)
+        kill_worker(client, addresses[0])  # the list handed on below is now stale
+        out = train_on_shards(client, shards, spec, theta0, cfg, addresses=addresses)
+        for s in shards:
+            s.future.release()
+    events = out.info["events"]
+    lost = [e for e in events if e["event"] == "worker_lost"]
+    rebuilt = [e for e in events if e["event"] == "shard_rebuilt"]
+    assert lost and lost[0]["worker"] == addresses[0] and lost[0]["shard"] == 0, events
+    assert rebuilt and rebuilt[0]["shard"] == 0 and rebuilt[0]["worker"] != addresses[0], events
+    assert out.epochs_run == 3 and np.isfinite(out.theta).all()
+
+
+def test_a_worker_killed_before_the_round_size_is_measured(data):
+    """A large source measures a round before placing shards: a worker lost then is measured without, not waited for."""
+    from nnpipe.distributed.frames import auto_round
+
+    spec, _ = small_net("float64")
+    cfg = TrainConfig(mode="local-sgd", workers=2, auto_round=True, dtype="float64")
+    with local_cluster(2) as cluster, distributed.Client(cluster) as client:
+        client.wait_for_workers(2)
+        addresses = worker_addresses(client)
+        kill_worker(client, addresses[0])  # the list handed on below is now stale
+        chosen, facts = auto_round(client, cfg, spec, addresses, n_train=600)
+    assert chosen.sync_every >= 1 and chosen.batch_size >= 1
+    assert facts["round/rtt_s"] > 0 and facts["round/row_s"] > 0

@@ -27,6 +27,18 @@ def mlflow_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test sends SIGINT: its default handler back.
+
+    A process started from a background job (``cmd &``, CI runners) inherits
+    SIGINT as ignored, and so would the child: it would never stop, and the
+    test would hang until pytest-timeout instead of failing.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment of a new user: no Prefect/MLflow/Dask settings, telemetry off, a fresh HOME."""
     env = {k: v for k, v in os.environ.items()

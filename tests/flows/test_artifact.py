@@ -56,7 +56,7 @@ def test_artifact_links_work_and_compare_with_the_champion(mlflow_server, monkey
     run_url, version_url, registry_url = (links[second["extra"]["run_name"]], links[f"{name} v2"], links[name])
     assert all(u.startswith(mlflow_server + "/#/") for u in (run_url, version_url, registry_url))
     # each link names something the server has
-    run_id = run_url.rsplit("/", 1)[1]
+    run_id = run_url.split("?")[0].rsplit("/", 1)[1]
     assert run_id == second["run_id"]
     assert get_json(f"{mlflow_server}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]["info"]["status"] == "FINISHED"
     quoted = urllib.parse.quote(name)

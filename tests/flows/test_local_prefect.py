@@ -37,7 +37,7 @@ def test_four_commands_at_once_start_one_server_and_reuse_it(tmp_path: Path):
         # A later command finds it without starting anything.
         again = subprocess.run([sys.executable, "-c", START], env=env, capture_output=True, text=True, timeout=60)
         assert again.stdout.strip() in apis
-        assert len(list((home / "nnpipe-server" / "pids").glob("*.pid"))) == 1
+        assert sorted(p.name for p in (home / "nnpipe-server" / "pids").glob("*.pid")) == ["idle-watch.pid", "prefect-server.pid"]
     finally:
         assert local_prefect.stop_server(home) is True
     assert local_prefect.status(home) is None
@@ -46,3 +46,34 @@ def test_four_commands_at_once_start_one_server_and_reuse_it(tmp_path: Path):
 
 def test_a_dead_api_url_is_reported_at_once():
     assert local_prefect.api_answers("http://127.0.0.1:9/api", tries=1, timeout=1) is False
+
+
+def test_an_unused_server_stops_itself_after_the_idle_time_and_not_under_a_client(tmp_path: Path):
+    import time
+
+    from nnpipe.deploy import idle_watch
+    from nnpipe.deploy.stack import pid_alive
+
+    env = clean_env(tmp_path, NNPIPE_PREFECT_IDLE_MINUTES="0.1")  # 6 s, checked every second
+    home = Path(env["PREFECT_HOME"])
+    state = local_prefect.state_dir(home)
+    try:
+        with idle_watch.lease(state):  # this test is a client from before the server starts
+            start = subprocess.run([sys.executable, "-c", START], env=env, capture_output=True, text=True, timeout=300)
+            assert start.returncode == 0, start.stderr
+            info = local_prefect.status(home)
+            assert info is not None and info["idle_seconds"] == 6
+            shown = subprocess.run([str(Path(sys.executable).parent / "nnpipe"), "server", "status"], env=env,
+                                   capture_output=True, text=True, timeout=60)
+            assert "stops itself at" in shown.stdout and "after 0.1 min idle" in shown.stdout, shown.stdout
+            time.sleep(12)  # twice the idle time, with a client: still up
+            assert local_prefect.status(home) is not None
+        deadline = time.monotonic() + 60
+        while pid_alive(info["pid"]) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not pid_alive(info["pid"]), "the idle server did not stop"
+        assert local_prefect.status(home) is None
+        log = (state / "logs" / f"{idle_watch.NAME}.log").read_text()
+        assert "stopped the Prefect server" in log and "after 0.1 min without use" in log
+    finally:
+        local_prefect.stop_server(home)

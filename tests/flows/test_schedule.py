@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nnpipe.deploy.local_prefect import stop_server
-from tests.flows.conftest import BIN, clean_env
+from tests.flows.conftest import BIN, clean_env, default_sigint
 
 pytestmark = pytest.mark.server
 
@@ -31,7 +31,7 @@ def test_interval_schedule_runs_the_pipeline(tmp_path: Path):
     log = open(tmp_path / "schedule.log", "w")
     proc = subprocess.Popen([str(BIN / "nnpipe"), "schedule", "-d", "nightly-iris", "--interval", "5"], cwd=tmp_path,
                             env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=log, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
     try:
         api = None
         deadline = time.monotonic() + 240

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.flows.conftest import BIN, clean_env
+from tests.flows.conftest import BIN, clean_env, default_sigint
 
 pytestmark = pytest.mark.server
 NAME = "sig"
@@ -50,7 +50,7 @@ def test_signal_ends_the_run_killed_and_leaves_the_champion(signum, store_with_c
     (tmp_path / "long.toml").write_text("epochs = 100000\npatience = 100000\n")
     cmd = [str(BIN / "nnpipe"), "train", "--model-name", NAME, "--config", str(tmp_path / "long.toml")]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(user_home), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 300
         for line in proc.stdout:  # plain progress lines: wait until training is under way

@@ -31,11 +31,11 @@ def test_metrics_endpoint_answers_mid_run():
         nnpipe.train(splits, TrainConfig(epochs=6, batch_size=16), hidden=(8,),
                      callbacks=[exporter.callback, scrape_at_epoch_3])
     assert scraped, "the endpoint was not scraped during training"
-    assert scraped[("nnpipe_epoch", ())] == 3 and scraped[("nnpipe_rounds_total", ())] == 3
+    assert scraped[("nnpipe_epoch", ())] == 3 and scraped[("nnpipe_epochs_total", ())] == 3
     assert scraped[("nnpipe_train_loss", ())] > 0 and scraped[("nnpipe_samples_per_second", ())] > 0
     assert 0 <= scraped[("nnpipe_validation", (("metric", "accuracy"),))] <= 1
     assert scraped[("nnpipe_validation", (("metric", "loss"),))] > 0
-    assert scraped[("nnpipe_round_latency_seconds", ())] > 0
+    assert scraped[("nnpipe_epoch_latency_seconds", ())] > 0
     assert scraped[("nnpipe_workers_live", ())] == 1 and scraped[("nnpipe_workers_lost", ())] == 0
     assert scraped[("nnpipe_training_info", (("mode", "single"), ("run", "prom-test")))] == 1
     # closed with the training: nothing listens any more

@@ -107,6 +107,15 @@ def train_logged(name: str, ds, splits, experiment: str, **config):
     return version, model, run_id
 
 
+def weak_then_strong(name: str, ds, splits) -> tuple[int, int]:
+    """Two gated versions of ``name``: v1 weak (champion first), v2 strong (champion now)."""
+    v1, _, _ = train_logged(name, ds, splits, experiment=name, **WEAK)
+    tracking.promote_if_better(name, v1)
+    v2, _, _ = train_logged(name, ds, splits, experiment=name, **STRONG)
+    assert tracking.promote_if_better(name, v2).promoted
+    return v1, v2
+
+
 _LOAD = r"""
 import json, sys
 import numpy as np, pandas as pd, mlflow

@@ -10,6 +10,7 @@ takes seconds.
 from __future__ import annotations
 
 import math
+import re
 
 import mlflow
 import numpy as np
@@ -54,6 +55,12 @@ def store(tmp_path_factory, sqlite_template, iris_splits):
     (files / "binary.csv").write_bytes(b"\xff\xfe\x00garbage\x00\x81\n")
     write("cfg.json", "{}")
     write("bad.toml", "epochs = [\n")
+    # a regression target stored as whole numbers: most values occur once
+    write("counts.csv", "a,b,y\n" + "".join(f"{i},{i % 7},{25 + 3 * i}\n" for i in range(30)))
+    (files / "lake").mkdir()  # parts whose columns differ
+    pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0], "y": [0, 1]}).to_parquet(files / "lake" / "part-0.parquet")
+    pd.DataFrame({"b": [3.0, 4.0], "y": [0, 1]}).to_parquet(files / "lake" / "part-1.parquet")
+    write("abc.csv", "a,b,c,y\n" + "".join(f"{i},{i % 5},{i % 3},{i % 2}\n" for i in range(30)))
     yield {"uri": uri, "files": files, "model": model, "splits": splits}
     tracking.reset()
 
@@ -108,14 +115,36 @@ CLI_CASES = [
      "tracking server http://127.0.0.1:9 is not reachable"),
     ("dead-scheduler", ["--mode", "sync", "--scheduler", "tcp://127.0.0.1:9"], 1,
      "Dask scheduler tcp://127.0.0.1:9 is not reachable"),
+    ("features-twice", ["--dataset", "{d}/abc.csv", "--target", "y", "--features", "a,a,b"], 1,
+     "'features': column 'a' is named twice"),
+    ("target-on-builtin", ["--dataset", "iris", "--target", "species"], 1,
+     "built-in dataset 'iris' has its own target and features; target selects columns"),
+    ("features-on-builtin", ["--dataset", "wine", "--features", "a"], 1, "built-in dataset 'wine' has its own target"),
+    ("task-unknown", ["--task", "clustering"], 2, "Invalid value for '--task'"),
+    ("integer-regression-target", ["--dataset", "{d}/counts.csv", "--target", "y"], 1,
+     "class 25 of target column 'y' has only 1 row(s); need at least 3 so the train, validation and test parts "
+     "each get one; if the target is a quantity to predict, pass --task regression"),
+    ("parts-columns-differ", ["--dataset", "{d}/lake", "--target", "y"], 1,
+     "{d}/lake/part-1.parquet: its columns differ from {d}/lake/part-0.parquet's; missing ['a']"),
+    ("parts-in-memory-columns-differ", ["--dataset", "{d}/lake/*.parquet", "--target", "y", "--in-memory"], 1,
+     "{d}/lake/part-1.parquet: its columns differ"),
+    ("sqlite-path-typo", ["--tracking-uri-env", "sqlite:///{d}/typo/sub/mlflow.db"], 1,
+     "directory {d}/typo/sub does not exist (a typo?)"),
+    ("metrics-port-busy", ["--metrics-port", "{busy}"], 1, "metrics port {busy} on 127.0.0.1 is in use"),
     ("bad-scheduler-address", ["--mode", "sync", "--scheduler", "tcp://a:b:c"], 1, "is not host:port"),
 ]
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
 def test_cli_refuses_bad_input_before_any_work(case, store, monkeypatch):
+    import socket
+
     _, argv, code, message = case
-    argv = [a.replace("{d}", str(store["files"])) for a in argv]
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()  # a port another process serves on
+    fill = lambda s: s.replace("{d}", str(store["files"])).replace("{busy}", str(busy.getsockname()[1]))  # noqa: E731
+    argv, message = [fill(a) for a in argv], fill(message)
     uri = store["uri"]
     if argv[:1] == ["--tracking-uri-env"]:
         uri, argv = argv[1], argv[2:]
@@ -130,6 +159,8 @@ def test_cli_refuses_bad_input_before_any_work(case, store, monkeypatch):
     if code == 1:
         assert result.output.count("\n") == 1, "one line"
     assert snapshot(store["uri"]) == before
+    assert not (store["files"] / "typo").exists()  # nothing created for a mistyped store path
+    busy.close()
 
 
 # Data files whose rows are bad: found when the file is loaded (by the CLI's pre-flight for files up to
@@ -227,6 +258,10 @@ def _model_predict(X):
 API_CASES += [
     ("predict-nan", lambda: _model_predict(_nan(X4, 4, 1)), ValueError, "X column 'b' row 4 is NaN"),
     ("predict-columns", lambda: _model_predict(X4[:, :3]), ValueError, "X has 3 columns, expected 4"),
+    ("predict-too-large", lambda: _model_predict(_nan(X4, 1, 2, 1e39)), ValueError,
+     "X column 'c' row 1 is 1e+39, too large for this float32 model"),
+    ("predict-complex", lambda: _model_predict(np.where(np.arange(4) == 3, 1 + 2j, X4)), ValueError,
+     "X column 3 row 0 is (1+2j), not a real number"),
     ("keras-predict-inf", lambda: _fitted().predict(_nan(X4, 0, 3, -math.inf)), ValueError, "x column 3 row 0 is -inf"),
 ]
 
@@ -255,6 +290,10 @@ PYFUNC_CASES = [
      "column 'sepal width (cm)' row 1 is 'abc', not a number"),
     ("boolean-column", lambda f: f.assign(**{f.columns[0]: [True, False, True, True]}),
      "column 'sepal length (cm)' row 0 is True, not a number"),
+    ("too-large-for-float32", lambda f: f.assign(**{f.columns[0]: [1.0, 1e39, 2.0, 3.0]}),
+     "input column 'sepal length (cm)' row 1 is 1e+39, too large for this float32 model"),
+    ("complex-value", lambda f: f.assign(**{f.columns[2]: [1.0, 2.0, 1 + 2j, 3.0]}),
+     "column 'petal length (cm)' row 2 is (1+2j), not a number"),
     ("list-in-a-cell", lambda f: f.assign(**{f.columns[3]: [1.0, 2.0, [1.0], 3.0]}),
      "column 'petal width (cm)' row 2 is [1.0], not a number"),
 ]
@@ -272,6 +311,21 @@ def test_served_model_refuses_rows_it_cannot_predict(case, store, monkeypatch):
     text = str(err.value)
     assert message in text and "\n" not in text and len(text) < 200, text
     assert snapshot(store["uri"]) == before
+
+
+def test_a_column_sent_twice_is_named(store, monkeypatch):
+    # MLflow's schema check runs before the model's own: nnpipe's loader checks first; the model itself too
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    tracking.configure(store["uri"])
+    frame = _frame(store["splits"])
+    twice = pd.concat([frame, frame.iloc[:, :1]], axis=1)
+    message = "input column 'sepal length (cm)' is given twice; send each column once"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tracking.load_model(NAME, "@champion").predict(twice)
+    from nnpipe.tracking.pyfunc import NnpipePyfunc
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        NnpipePyfunc(store["model"]).predict(twice)
 
 
 def test_served_model_takes_integers_and_numeric_text(store, monkeypatch):

@@ -59,9 +59,11 @@ def test_study_prunes_registers_gates_and_resumes(client, store: Path):
     assert set(by_run) == {c.info.run_id for c in children}
     for child in children:
         t = by_run[child.info.run_id]
-        # pruned: PRUNED in Optuna, KILLED + pruned tag in MLflow, never FAILED
-        assert child.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[t.state]
+        # pruned: PRUNED in Optuna; in MLflow FINISHED (it did what it was asked), named and tagged pruned,
+        # never FAILED or KILLED (issue 23: "a pruned trial shows as KILLED")
+        assert child.info.status == "FINISHED"
         assert (child.data.tags.get("pruned") == "true") == (t.state == "PRUNED")
+        assert ("(pruned after epoch" in child.info.run_name) == (t.state == "PRUNED")
         assert child.data.params["lr"] == str(t.params["lr"])
         assert len(mc.get_metric_history(child.info.run_id, "val/accuracy")) == t.epochs
     pruned = [t for t in first.trials if t.state == "PRUNED"]
@@ -71,7 +73,23 @@ def test_study_prunes_registers_gates_and_resumes(client, store: Path):
     reg = first.registered
     version = mc.get_model_version("tune-iris", reg["version"])
     assert version.run_id == first.best["run_id"] and reg["promoted"]
-    assert version.tags["nnpipe.gate.decision"] == "promoted"
+    assert version.tags["nnpipe.gate"].startswith("promoted ")
+    # the tuned champion's run page is as rich as a `train` run's (issue 23)
+    best_run = mc.get_run(first.best["run_id"])
+    assert "None" not in best_run.data.params.values(), best_run.data.params
+    assert {"lr", "optimizer", "hidden", "dataset", "promotion_metric"} <= set(best_run.data.params)
+    assert best_run.inputs.dataset_inputs and best_run.inputs.dataset_inputs[0].dataset.name == "iris"
+    files = {f.path for f in mc.list_artifacts(best_run.info.run_id)}
+    assert {"loss.png", "accuracy.png", "confusion_matrix.png"} <= files
+    note = best_run.data.tags["mlflow.note.content"]
+    assert f"Trial {first.best['number']} of tuning study `iris-small`" in note and "promoted it to champion at 20" in note
+    logged = mc.search_logged_models(experiment_ids=[best_run.info.experiment_id],
+                                     filter_string=f"source_run_id = '{best_run.info.run_id}'")
+    assert logged and logged[0].name != "model" and "iris-small" in logged[0].name
+    assert "None" not in parent.data.params.values(), parent.data.params  # the settings that apply, as `train` logs
+    parent_note = mc.get_run(first.parent_run_id).data.tags["mlflow.note.content"]
+    assert f"tune-iris v{reg['version']}" in parent_note and "#/models/tune-iris/versions/" in parent_note
+    assert f"trial {first.best['number']}" in parent_note.lower()
     assert str(mc.get_model_version_by_alias("tune-iris", "champion").version) == reg["version"]
     assert {"tune/summary.md", "tune/trials.csv", "tune/optimization_history.png",
             "tune/parallel_coordinate.png"} <= set(first.artifacts)
