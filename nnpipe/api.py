@@ -151,6 +151,14 @@ def train(
     return result
 
 
+def class_shares(y: np.ndarray, classes: np.ndarray | None) -> np.ndarray | None:
+    """Each class's share of the rows ``y`` (original labels), in ``classes`` order; None for regression."""
+    if classes is None or len(y) == 0:
+        return None
+    labels = np.asarray(y).reshape(len(y))
+    return np.array([np.count_nonzero(labels == c) for c in classes], dtype=np.float64) / len(labels)
+
+
 def _prepare(splits: Splits, config: TrainConfig, hidden: tuple[int, ...] | list[int], activation: str,
              metadata: dict[str, Any] | None) -> tuple[Model, tuple[np.ndarray, np.ndarray], tuple | None]:
     """The servable model (untrained) and the encoded training and validation pairs."""
@@ -158,7 +166,8 @@ def _prepare(splits: Splits, config: TrainConfig, hidden: tuple[int, ...] | list
     # The model is built first so that training and serving encode targets the same way.
     model = Model(spec, init_params(spec, 0), classes=splits.classes, mean=splits.mean, scale=splits.scale,
                   feature_names=splits.feature_names, metadata=metadata,
-                  target_mean=splits.target_mean, target_scale=splits.target_scale)
+                  target_mean=splits.target_mean, target_scale=splits.target_scale,
+                  class_freq=class_shares(splits.y_train, splits.classes))
     validation = None
     if len(splits.y_val):
         validation = (splits.X_val.astype(spec.dtype), model.encode_targets(splits.y_val))

@@ -39,6 +39,9 @@ class Model:
     feature_names : list of str, optional
     metadata : dict, optional
         Free-form JSON-serialisable facts (dataset, run id, ...).
+    class_freq : ndarray of shape (n_classes,), optional
+        Classification: each class's share of the training rows, in ``classes``
+        order (a served model compares its live predictions with it).
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class Model:
         metadata: dict[str, Any] | None = None,
         target_mean: np.ndarray | None = None,
         target_scale: np.ndarray | None = None,
+        class_freq: np.ndarray | None = None,
     ):
         self.spec = spec
         self.net = Network(spec)
@@ -67,6 +71,10 @@ class Model:
         self.target_scale = np.ones(n_out) if target_scale is None else np.asarray(target_scale, dtype=np.float64).reshape(-1)
         self.feature_names = list(feature_names) if feature_names is not None else None
         self.metadata = dict(metadata or {})
+        self.class_freq = None if class_freq is None else np.asarray(class_freq, dtype=np.float64)
+        if self.class_freq is not None and (self.classes is None or self.class_freq.shape != self.classes.shape):
+            raise ValueError(f"class_freq has shape {self.class_freq.shape}, expected one share per class "
+                             f"({None if self.classes is None else len(self.classes)})")
 
     @property
     def task(self) -> str:
@@ -132,6 +140,7 @@ class Model:
             "classes": None if self.classes is None else self.classes.tolist(),
             "feature_names": self.feature_names,
             "metadata": self.metadata,
+            "class_freq": None if self.class_freq is None else self.class_freq.tolist(),
         }
         (path / "model.json").write_text(json.dumps(doc, indent=2, default=str))
         return path
@@ -159,6 +168,7 @@ class Model:
             scale=scale,
             feature_names=doc.get("feature_names"),
             metadata=doc.get("metadata"),
+            class_freq=doc.get("class_freq"),
             **target,
         )
 

@@ -106,8 +106,13 @@ def _from_mlflow(name: str, alias: str) -> dict:
         scale = float(model.scale[i]) if model.scale[i] > 0 else 1.0
         features.append({"name": n, "train_mean": float(model.mean[i]), "train_scale": scale,
                          "live_mean": None if shift is None else float(model.mean[i]) + shift * scale, "shift": shift})
-    return {"model": name, "version": version, "rows": int(live.get("live/rows", 0)), "features": features,
-            "source": f"MLflow metrics live/shift/* of v{version}'s run (logged by nnpipe serve)"}
+    out = {"model": name, "version": version, "rows": int(live.get("live/rows", 0)), "features": features,
+           "source": f"MLflow metrics live/shift/* of v{version}'s run (logged by nnpipe serve)"}
+    if model.class_freq is not None:  # only the distance is logged, not each class's live share
+        out["prediction_shift"] = live.get("live/prediction_shift")
+        out["classes"] = [{"label": c, "train_share": float(f), "live_share": None}
+                          for c, f in zip(model.classes.tolist(), model.class_freq)]
+    return out
 
 
 def drift(
@@ -139,6 +144,15 @@ def drift(
         table.add_row(f["name"], num(f["train_mean"]), num(f["train_scale"]), num(f["live_mean"]),
                       "-" if f["shift"] is None else f"{f['shift']:+.3f}", flag)
     _console().print(table)
+    if report.get("classes"):
+        moved = report.get("prediction_shift")
+        classes = Table(title="predicted classes against the training mix: prediction shift "
+                              f"{'-' if moved is None else f'{moved:.3f}'} (total variation, 0 to 1)")
+        for col in ("class", "train share", "live share"):
+            classes.add_column(col, justify="left" if col == "class" else "right")
+        for c in report["classes"]:
+            classes.add_row(str(c["label"]), f"{c['train_share']:.3f}", num(c["live_share"]))
+        _console().print(classes)
     if not report["rows"]:
         _console().print("no live rows yet: start `nnpipe serve` and send it requests "
                          "(servers log drift to MLflow every --report-every seconds)")

@@ -70,7 +70,8 @@ class Server:
         except Exception as exc:  # the store may be down; the swap stands
             log.warning("could not log v%s's last drift window: %s", getattr(old, "version", "?"), exc)
         model = new.model
-        self.drift = DriftMonitor(new.feature_names, model.mean, model.scale, self.config.drift_halflife)
+        self.drift = DriftMonitor(new.feature_names, model.mean, model.scale, self.config.drift_halflife,
+                                  classes=model.classes, class_freq=getattr(model, "class_freq", None))
         self.metrics.swaps.labels(self.config.alias).inc()
         self.metrics.version.labels(self.config.alias).set(new.version)
 
@@ -87,6 +88,9 @@ class Server:
             for name, value in zip(drift.names, shift):
                 self.metrics.drift.labels(name).set(float(value))
             self.metrics.drift_max.set(float(np.max(np.abs(shift))))
+        moved = None if drift is None else drift.prediction_shift()
+        if moved is not None:
+            self.metrics.prediction_shift.set(moved)
 
     def report_drift(self, current: ServedVersion | None = None, drift: DriftMonitor | None = None) -> None:
         """Log the drift of ``current`` (default: the served version) to its run."""
@@ -97,6 +101,8 @@ class Server:
             return
         values = {f"live/shift/{n}": float(v) for n, v in zip(drift.names, shift)}
         values.update({"live/shift_max": float(np.max(np.abs(shift))), "live/rows": float(drift.rows)})
+        if drift.prediction_shift() is not None:
+            values["live/prediction_shift"] = drift.prediction_shift()
         log_live_metrics(current.run_id, values)
 
     def report(self) -> None:
@@ -185,6 +191,8 @@ class Server:
         drift = self.drift
         if drift is not None and drift.names == served.feature_names:
             drift.observe(X)
+            if isinstance(out, np.ndarray):
+                drift.observe_predictions(out)
         if self.shadow is not None and isinstance(out, np.ndarray):
             self.shadow.submit(X, out, served.version)
         self.metrics.requests.labels(version, "200").inc()

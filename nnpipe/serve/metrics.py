@@ -58,6 +58,9 @@ class ServeMetrics:
                            ["feature"], **kw, **gauge)
         self.drift_max = Gauge("nnpipe_serve_feature_shift_max", "Largest absolute standardised mean shift",
                                **kw, **gauge)
+        self.prediction_shift = Gauge("nnpipe_serve_prediction_shift",
+                                      "Total variation distance of live predicted class shares from the training "
+                                      "class shares (0 to 1)", **kw, **gauge)
 
     def exposition(self) -> bytes:
         """The text ``/metrics`` answers with (summed over worker processes in multiprocess mode)."""

@@ -67,6 +67,10 @@ def test_model_round_trip_predicts_original_string_labels(tmp_path):
     loaded = Model.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.predict(splits.raw_test), model.predict(splits.raw_test))
     np.testing.assert_array_equal(loaded.predict_proba(splits.raw_test), model.predict_proba(splits.raw_test))
+    # The training split's class mix travels with the model (a served model compares its predictions with it).
+    want = [np.mean(splits.y_train == c) for c in model.classes]
+    np.testing.assert_allclose(model.class_freq, want)
+    np.testing.assert_allclose(loaded.class_freq, want)
     # Arrays only: the weights load with pickle disabled, and the spec is plain JSON.
     with np.load(tmp_path / "m" / "weights.npz", allow_pickle=False) as f:
         assert set(f.files) == {"theta", "mean", "scale", "target_mean", "target_scale"}

@@ -223,3 +223,26 @@ def test_the_alias_change_hook_sees_each_move_once(registry):
     watcher.check()
     watcher.check()
     assert seen == [("hooked", None, 2)] and watcher.current.version == 2
+
+
+def test_prediction_shift_compares_the_predicted_classes_with_the_training_mix(registry, app_for):
+    registry.set_alias("champion", 1)
+    client = app_for()
+    wait_for(lambda: served_version(client) == 1, 30, "the champion loaded")
+    X, cols, model = registry.splits.raw_test, registry.columns, registry.models[1]
+    assert model.class_freq is not None and model.class_freq.sum() == pytest.approx(1.0)
+    pred = model.predict(X)
+    label = pred[0]
+    one_class = X[pred == label]  # rows the model puts in one class: the live mix is that class alone
+    for _ in range(10):
+        assert client.post("/invocations", json=split_body(one_class, cols)).status_code == 200
+    report = client.get("/drift").json()
+    shares = {c["label"]: c for c in report["classes"]}
+    assert shares[label.item()]["live_share"] == pytest.approx(1.0)
+    train_share = float(model.class_freq[list(model.classes).index(label)])
+    assert shares[label.item()]["train_share"] == pytest.approx(train_share)
+    assert report["prediction_shift"] == pytest.approx(1.0 - train_share)
+    client.app.state.server.tick()  # what the gauge thread does every second
+    gauge = [line for line in client.get("/metrics").text.splitlines()
+             if line.startswith("nnpipe_serve_prediction_shift ")]
+    assert float(gauge[0].split()[-1]) == pytest.approx(1.0 - train_share)
