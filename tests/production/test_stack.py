@@ -44,7 +44,7 @@ class Stack:
 
     def up(self) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "nnpipe.deploy.stack", "up", "--production", "--no-ui",
-                               "--workers", "2", "--state-dir", str(self.state)],
+                               "--workers", "2", "--serve", MODEL, "--state-dir", str(self.state)],
                               cwd=REPO, env=clean_env(self.home), capture_output=True, text=True, timeout=400)
 
     def down(self) -> subprocess.CompletedProcess:
@@ -175,6 +175,18 @@ def test_training_from_the_lake_tracks_to_postgres_and_stores_artefacts_in_the_b
                           password=(secrets / "pg-password").read_text().strip()) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM model_versions WHERE name = %s", (MODEL,))
         assert cur.fetchone()[0] >= 1
+    # the stack's `nnpipe serve` follows the champion of the PostgreSQL-backed registry
+    import urllib.request
+
+    deadline, served = time.monotonic() + 30, None
+    while time.monotonic() < deadline and served != int(version.version):
+        try:
+            with urllib.request.urlopen(f"{stack.info['serve']}/version", timeout=5) as answer:
+                served = json.loads(answer.read())["version"]
+        except OSError:  # 503 until the champion is loaded
+            pass
+        time.sleep(1)
+    assert served == int(version.version), (served, version.version)
 
 
 def _flow_runs(stack: Stack, deployment_id: str) -> list:
