@@ -87,6 +87,19 @@ def end_run(run_id: str, status: str, tags: Mapping[str, Any] | None = None, fai
     client().set_terminated(run_id, status)
 
 
+def running_children(parent_run_id: str) -> list[str]:
+    """Ids of the runs nested under ``parent_run_id`` that are still RUNNING (asked of the store, not remembered).
+
+    An interrupt can land between the store creating a child run and its
+    caller learning the id: only the store knows about such a run.
+    """
+    c = client()
+    experiment = c.get_run(parent_run_id).info.experiment_id
+    found = c.search_runs([experiment], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' "
+                                                      "and attributes.status = 'RUNNING'", max_results=1000)
+    return [r.info.run_id for r in found]
+
+
 def log_history(run_id: str, history: Mapping[str, list[float]]) -> int:
     """Log a whole per-epoch history (``{"val/loss": [...], ...}``) at steps 0, 1, ... in batches; returns the count."""
     metrics = _history_metrics(history)

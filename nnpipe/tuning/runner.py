@@ -130,6 +130,12 @@ class StudyRunner:
             except Exception:  # the store itself may be what failed; end the others
                 continue
             self._open.discard(run_id)
+        try:  # and any the interrupt caught between the store creating it and this loop learning its id
+            for run_id in tracking.nested.running_children(self.parent_run_id):
+                tracking.nested.end_run(run_id, "KILLED", {"nnpipe.tune.state": "FAIL"},
+                                        failure="interrupted: the study stopped")
+        except Exception:  # the store itself may be what failed
+            pass
         if self.best_model is not None:  # logged to its run, so that resuming the study registers it
             number, model = self.best_model
             try:

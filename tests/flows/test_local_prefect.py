@@ -73,7 +73,10 @@ def test_an_unused_server_stops_itself_after_the_idle_time_and_not_under_a_clien
             time.sleep(1)
         assert not pid_alive(info["pid"]), "the idle server did not stop"
         assert local_prefect.status(home) is None
-        log = (state / "logs" / f"{idle_watch.NAME}.log").read_text()
+        log_file = state / "logs" / f"{idle_watch.NAME}.log"
+        while "stopped the Prefect server" not in log_file.read_text() and time.monotonic() < deadline + 30:
+            time.sleep(0.5)  # the watch writes its line once the server's process has gone
+        log = log_file.read_text()
         assert "stopped the Prefect server" in log and "after 0.1 min without use" in log
     finally:
         local_prefect.stop_server(home)
