@@ -172,7 +172,7 @@ def test_hyperband_prunes_and_a_resume_reuses_the_study_settings(client, store: 
     # no space, sampler or pruner given: the study's own
     second = tune("iris", None, trials=2, **common)
     assert second.resumed and (second.sampler, second.pruner) == ("random", "hyperband")
-    assert [t.number for t in second.trials] == [6, 7]
+    assert sorted(t.number for t in second.trials) == [6, 7]  # two at once: they finish in either order
     assert all(1e-5 <= t.params["lr"] <= 1e-1 and t.params["optimizer"] in ("adam", "sgd") for t in second.trials)
 
     mc = MlflowClient(tracking_uri=uri)
