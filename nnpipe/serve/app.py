@@ -101,8 +101,9 @@ class Server:
             return
         values = {f"live/shift/{n}": float(v) for n, v in zip(drift.names, shift)}
         values.update({"live/shift_max": float(np.max(np.abs(shift))), "live/rows": float(drift.rows)})
-        if drift.prediction_shift() is not None:
-            values["live/prediction_shift"] = drift.prediction_shift()
+        moved = drift.prediction_shift()
+        if moved is not None:
+            values["live/prediction_shift"] = moved
         log_live_metrics(current.run_id, values)
 
     def report(self) -> None:
