@@ -195,7 +195,7 @@ class Network:
         """Mean loss over the rows of ``X`` plus ``0.5 * l2 * sum(W**2)``."""
         value = self.head.loss(self.forward(theta, X), Y)
         if l2:
-            value += 0.5 * l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W, _ in self.views(theta))
+            value += l2_penalty(self.views(theta), l2)
         return value
 
     def loss_and_grad(
@@ -282,8 +282,13 @@ class Network:
                 dA = np.dot(dZ, W.T)
                 dZ = self.acts[layer - 1].backward(dA, inputs[layer])
         if l2:
-            loss += 0.5 * l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W, _ in views)
+            loss += l2_penalty(views, l2)
         return loss, correct
+
+
+def l2_penalty(views: list[tuple[np.ndarray, np.ndarray]], l2: float) -> float:
+    """``0.5 * l2 * sum(W**2)`` over the layers' weights (biases are not decayed)."""
+    return 0.5 * l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W, _ in views)
 
 
 def count_correct(task: str, P: np.ndarray, Y: np.ndarray) -> int:

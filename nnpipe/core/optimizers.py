@@ -15,11 +15,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 State = dict[str, np.ndarray]
+Stepper = Callable[[float], None]
+
+
+def clip_by_global_norm(grad: np.ndarray, max_norm: float | None) -> np.ndarray:
+    """Scale ``grad`` in place so its L2 norm is at most ``max_norm``."""
+    if max_norm is not None:
+        norm = float(np.sqrt(np.dot(grad, grad)))
+        if norm > max_norm:
+            grad *= max_norm / norm
+    return grad
+
+
+def _tick(state: State) -> int:
+    """Count one more step in ``state`` and return the new count."""
+    t = int(state["t"]) + 1
+    state["t"] = np.array(t)  # a fresh 0-d array is cheaper than an in-place add
+    return t
 
 
 @dataclass(frozen=True)
@@ -50,13 +67,26 @@ class Optimizer:
         if not inplace:
             theta = theta.copy()
             state = {k: v.copy() for k, v in state.items()}
-        t = int(state["t"]) + 1
-        state["t"] = np.array(t)  # a fresh 0-d array is cheaper than an in-place add
-        self._update(theta, grad, state, lr, t)
+        self._update(theta, grad, state, lr, _tick(state))
         return theta, state
 
     def _update(self, theta: np.ndarray, grad: np.ndarray, state: State, lr: float, t: int) -> None:
         raise NotImplementedError
+
+    def stepper(self, theta: np.ndarray, state: State) -> tuple[np.ndarray, Stepper]:
+        """A gradient buffer and ``step(lr)``, the in-place update of ``theta`` and ``state`` from it.
+
+        ``step(lr)`` does bit for bit what ``step(theta, grad, state, lr,
+        inplace=True)`` does; a rule may lay its buffers out so the update
+        takes fewer calls (the single-process fused loop calls it every step).
+        ``state`` may be rebound to those buffers, so the caller must own it.
+        """
+        grad = np.empty_like(theta)
+
+        def step(lr: float) -> None:
+            self._update(theta, grad, state, lr, _tick(state))
+
+        return grad, step
 
     def config(self) -> dict[str, Any]:
         return {"optimizer": self.name, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
@@ -112,6 +142,10 @@ class Adam(Optimizer):
         tmp -= v
         tmp *= 1 - self.beta2
         v += tmp  # v = b2*v + (1-b2)*g**2
+        self._apply(theta, m, v, tmp, lr, t)
+
+    def _apply(self, theta, m, v, tmp, lr, t):
+        """``theta -= lr * m_hat / (sqrt(v_hat) + eps)`` from the updated moments (``tmp`` is scratch)."""
         # lr/b1 * m / (sqrt(v)/sqrt(b2) + eps) == lr*sqrt(b2)/b1 * m / (sqrt(v) + eps*sqrt(b2))
         # with b1, b2 the bias corrections: the same update, one pass fewer.
         sqrt_bias2 = math.sqrt(1 - self.beta2**t)
@@ -120,6 +154,28 @@ class Adam(Optimizer):
         np.divide(m, tmp, out=tmp)
         tmp *= lr * sqrt_bias2 / (1 - self.beta1**t)
         theta -= tmp
+
+    def stepper(self, theta, state):
+        # m and v stacked in one (2, n) array, and the gradient beside its
+        # square: both moment updates are then three calls instead of six,
+        # with the same float operations on every element (the factors
+        # 1 - beta are cast to the parameters' dtype either way).
+        n, dtype = len(theta), theta.dtype
+        G, T = np.empty((2, n), dtype), np.empty((2, n), dtype)
+        MV = np.stack([state["m"], state["v"]]).astype(dtype, copy=False)
+        state["m"], state["v"] = MV[0], MV[1]
+        decay = np.array([[1 - self.beta1], [1 - self.beta2]], dtype=dtype)
+        grad, m, v, tmp = G[0], MV[0], MV[1], T[0]
+
+        def step(lr: float) -> None:
+            t = _tick(state)
+            np.multiply(grad, grad, out=G[1])
+            np.subtract(G, MV, out=T)
+            np.multiply(T, decay, out=T)
+            np.add(MV, T, out=MV)
+            self._apply(theta, m, v, tmp, lr, t)
+
+        return grad, step
 
 
 @dataclass(frozen=True)

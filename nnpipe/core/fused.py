@@ -1,0 +1,166 @@
+"""The single-process loop's fused path: whole epochs with every buffer allocated once.
+
+The general step (:meth:`nnpipe.core.network.Network.step_views`, then
+:meth:`nnpipe.core.optimizers.Optimizer.step`) is short and clear, but a step
+of the seed's 4-4-3 network at batch 10 makes about fifty NumPy calls and a
+dozen temporaries, each a few microseconds on this machine: overhead, not
+arithmetic, sets the speed of tiny batches. This path runs the same float
+operations in the same order, so its parameters equal the general loop's bit
+for bit (``tests/core/test_fused.py``), and saves the rest:
+
+- rows are gathered a block at a time (:data:`BLOCK_ROWS`), and each step's
+  batch is a view of the block;
+- pre-activations, activations, input gradients and the softmax scratch live
+  in buffers made once for the whole run;
+- for the softmax head, the one-hot targets and the index of each row's loss
+  term are made once per block, and the predicted classes compared once per
+  block;
+- the optimizer updates through its :meth:`~nnpipe.core.optimizers.Optimizer.stepper`
+  (Adam keeps ``m`` and ``v`` in one array: three calls for both moments).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nnpipe.core.network import Network, count_correct, l2_penalty
+from nnpipe.core.optimizers import Optimizer, State, clip_by_global_norm
+
+# Shuffled rows gathered at once: big enough that the gather's cost per step
+# vanishes, small enough (a few MB at 64 float32 features) not to copy the data set.
+BLOCK_ROWS = 8192
+
+
+class FusedLoop:
+    """Runs epochs of mini-batch training on ``X``, ``Y`` updating ``theta`` and ``state`` in place.
+
+    Parameters
+    ----------
+    net : Network
+    opt : Optimizer
+    theta : ndarray of shape (n_params,)
+        Updated in place.
+    state : dict of ndarray
+        The optimizer's state, updated in place (its arrays may be replaced by
+        the optimizer's own buffers, so the caller must own the dict).
+    X, Y : ndarray
+        Training rows and encoded targets.
+    batch : int
+        Rows per step (the last step of an epoch may be shorter).
+    l2, clip_norm, want_correct
+        As in :func:`nnpipe.core.training.fit_loop`.
+    """
+
+    def __init__(self, net: Network, opt: Optimizer, theta: np.ndarray, state: State, X: np.ndarray,
+                 Y: np.ndarray, batch: int, *, l2: float = 0.0, clip_norm: float | None = None,
+                 want_correct: bool = True):
+        self.net, self.X, self.Y, self.batch = net, X, Y, batch
+        self.l2, self.clip_norm, self.want_correct = l2, clip_norm, want_correct
+        self.grad, self.update = opt.stepper(theta, state)
+        self.views, self.grad_views = net.views(theta), net.views(self.grad)
+        n, dtype, widths = len(X), net.dtype, net.spec.sizes[1:]
+        # A block is a whole number of batches, so no batch straddles two blocks.
+        block = batch * max(1, BLOCK_ROWS // batch)
+        self.block = block = n if block >= n else block
+        self.Xblk = np.empty((block, *X.shape[1:]), X.dtype)
+        self.Yblk = np.empty((block, *Y.shape[1:]), Y.dtype)
+        self.Zs = [np.empty((batch, w), dtype) for w in widths]
+        self.dAs = [np.empty((batch, w), dtype) for w in widths[:-1]]
+        self.ones = np.ones(batch, dtype)
+        self.softmax = net.spec.head == "softmax"
+        if self.softmax:
+            k = widths[-1]
+            self.eye = np.eye(k, dtype=dtype)
+            self.onehot = np.empty((block, k), dtype)
+            self.col = np.empty((batch, 1), dtype)
+            # Row i of a block is row i % batch of its step's P: its loss term
+            # sits at flat index (i % batch) * k + y_i of that P.
+            self.base = (np.arange(block) % batch) * k
+            self.flat = np.empty(block, dtype=np.intp)
+            self.pred = np.empty(block, dtype=np.intp)
+
+    def epoch(self, perm: np.ndarray, lr: float, row_stats: np.ndarray) -> tuple[float, int]:
+        """One pass over the rows in the order ``perm``.
+
+        Writes each row's loss statistic into ``row_stats`` (epoch order) and
+        returns the summed L2 penalty (times rows) and the correctly classified rows.
+        """
+        n, batch, block = len(perm), self.batch, self.block
+        penalty, correct = 0.0, 0
+        for b0 in range(0, n, block):
+            r = min(block, n - b0)
+            idx = perm[b0:b0 + r]
+            Xblk = np.take(self.X, idx, axis=0, out=self.Xblk[:r], mode="clip")
+            Yblk = np.take(self.Y, idx, axis=0, out=self.Yblk[:r], mode="clip")
+            if self.softmax:
+                self.eye.take(Yblk, axis=0, out=self.onehot[:r], mode="clip")
+                np.add(self.base[:r], Yblk, out=self.flat[:r])
+            for s in range(0, r, batch):
+                e = min(s + batch, r)
+                l2_term, c = self.step(Xblk[s:e], Yblk[s:e], s, e, row_stats[b0 + s:b0 + e])
+                penalty += l2_term * (e - s)
+                correct += c
+                clip_by_global_norm(self.grad, self.clip_norm)
+                self.update(lr)
+            if self.softmax and self.want_correct:
+                correct += int(np.count_nonzero(self.pred[:r] == Yblk))
+        return penalty, correct
+
+    def step(self, Xb: np.ndarray, Yb: np.ndarray, s: int, e: int, stats: np.ndarray) -> tuple[float, int]:
+        """Forward and backward pass of rows ``s:e`` of the current block; the gradient lands in ``self.grad``.
+
+        The operations and their order are :meth:`Network.step_views`'s, into
+        the preallocated buffers; returns the L2 term and, for heads other than
+        softmax, the correct rows (softmax counts them per block).
+        """
+        m = e - s
+        full = m == self.batch
+        net, views = self.net, self.views
+        inputs = [Xb]
+        A = Xb
+        for (W, b), act, Z in zip(views[:-1], net.acts, self.Zs):
+            Z = np.dot(A, W, out=Z if full else Z[:m])
+            Z += b
+            A = act.forward(Z)
+            inputs.append(A)
+        W, b = views[-1]
+        Z = self.Zs[-1]
+        P = np.dot(A, W, out=Z if full else Z[:m])
+        P += b
+        correct = 0
+        if self.softmax:
+            # losses._softmax, _true_class_probability and _cross_entropy_delta
+            # with their temporaries in place.
+            col = self.col if full else self.col[:m]
+            np.maximum.reduce(P, axis=1, keepdims=True, out=col)
+            P -= col
+            np.exp(P, out=P)
+            np.add.reduce(P, axis=1, keepdims=True, out=col)
+            P /= col
+            np.take(P.reshape(-1), self.flat[s:e], out=stats)
+            if self.want_correct:
+                np.argmax(P, axis=1, out=self.pred[s:e])
+            np.subtract(P, self.onehot[s:e], out=P)
+            P *= 1.0 / m
+            dZ = P
+        else:
+            head = net.head
+            P = head.forward(P)
+            stats[...] = head.row_stat(P, Yb)
+            if self.want_correct:
+                correct = count_correct(head.task, P, Yb)
+            dZ = head.delta(P, Yb)
+        ones = self.ones if full else self.ones[:m]
+        l2 = self.l2
+        for layer in range(len(views) - 1, -1, -1):
+            W, _ = views[layer]
+            gW, gb = self.grad_views[layer]
+            np.dot(inputs[layer].T, dZ, out=gW)
+            np.dot(ones, dZ, out=gb)
+            if l2:
+                gW += l2 * W
+            if layer:
+                dA = self.dAs[layer - 1]
+                dA = np.dot(dZ, W.T, out=dA if full else dA[:m])
+                dZ = net.acts[layer - 1].backward(dA, inputs[layer])
+        return (l2_penalty(views, l2) if l2 else 0.0), correct
