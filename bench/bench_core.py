@@ -105,7 +105,19 @@ def torch_runner(sizes: tuple[int, ...], X: np.ndarray, y: np.ndarray, batch: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20k rows, one repeat: a smoke run")
+    parser.add_argument("--part", choices=("all", "throughput", "seed"), default="all",
+                        help="run only the 64-256-256-10 throughput part or only the seed example")
+    parser.add_argument("--loop", choices=("auto", "fused", "general"), default="auto",
+                        help="nnpipe's single-process step loop (nnpipe.core.training.choose_loop)")
     args = parser.parse_args()
+    if args.part in ("all", "throughput"):
+        throughput(args)
+    if args.part in ("all", "seed"):
+        seed_example(args)
+
+
+def throughput(args: argparse.Namespace) -> None:
+    """nnpipe, MLPClassifier and PyTorch at 64-256-256-10 batch 256, and the matmul peak, interleaved."""
     n = 20_000 if args.quick else 200_000
     repeats = 1 if args.quick else 5
 
@@ -118,7 +130,7 @@ def main() -> None:
         spec = NetworkSpec(64, (256, 256), ("relu", "relu"), 10)
         theta = init_params(spec, 0)
         cfg = TrainConfig(optimizer="adam", batch_size=256, epochs=1, seed=0)
-        fit(Problem(spec, theta, X32[:20_000], y[:20_000]), cfg)  # warm-up
+        fit(Problem(spec, theta, X32[:20_000], y[:20_000]), cfg, loop=args.loop)  # warm-up
         # Built (and checked) once, outside the timings: they measure training as before.
         problem = Problem(spec, theta, X32, y)
         MLPClassifier((256, 256), batch_size=256, max_iter=1).fit(X[:5000], y[:5000])  # warm-up
@@ -133,7 +145,7 @@ def main() -> None:
         # so each ratio compares measurements made moments apart.
         for _ in range(repeats):
             peaks.append(matmul_gflops())
-            ours.append(n / median_time(lambda: fit(problem, cfg, train_metrics=False), 1))
+            ours.append(n / median_time(lambda: fit(problem, cfg, train_metrics=False, loop=args.loop), 1))
             shares.append(ours[-1] * flops / 1e9 / peaks[-1])
             theirs.append(n / median_time(
                 lambda: MLPClassifier((256, 256), batch_size=256, max_iter=1, random_state=0, tol=0).fit(X, y), 1))
@@ -142,7 +154,7 @@ def main() -> None:
         med = statistics.median
         ratio = med(o / t for o, t in zip(ours, theirs))
 
-        print(f"\n== throughput: {n} x 64, 64-256-256-10 relu, batch 256, Adam, one epoch, {repeats} interleaved runs (medians) ==")
+        print(f"\n== throughput ({fit(Problem(spec, theta, X32[:256], y[:256]), cfg, loop=args.loop).info['loop']} loop): {n} x 64, 64-256-256-10 relu, batch 256, Adam, one epoch, {repeats} interleaved runs (medians) ==")
         print(f"{'nnpipe (float32)':<28}{med(ours):>12,.0f} samples/s")
         print(f"{'MLPClassifier (float64)':<28}{med(theirs):>12,.0f} samples/s   nnpipe / MLPClassifier = {ratio:.2f}x (target >= 2.5x)")
         print(f"{'float32 matmul peak':<28}{med(peaks):>12.1f} GFLOP/s")
@@ -152,27 +164,31 @@ def main() -> None:
             print(f"{'PyTorch (float32, 1 thread)':<28}{med(torch_rates):>12,.0f} samples/s   nnpipe / PyTorch = "
                   f"{t_ratio:.2f}x   PyTorch's share of peak = {med(t * flops / 1e9 / p for t, p in zip(torch_rates, peaks)):.0%}")
 
+
+def seed_example(args: argparse.Namespace) -> None:
+    """The Keras seed example (iris, 4-relu-3, batch 10, 100 epochs): nnpipe, MLPClassifier and PyTorch, interleaved."""
+    with threadpool_limits(limits=1):
         Xi, yi = load_iris(return_X_y=True)
         Xtr, _, ytr, _ = train_test_split(Xi, yi, test_size=0.2, random_state=42)
         Xtr = StandardScaler().fit(Xtr).transform(Xtr)
         ispec = NetworkSpec(4, (4,), ("relu",), 3)
         itheta = init_params(ispec, 0, init="glorot_uniform")
         icfg = TrainConfig(optimizer="adam", batch_size=10, epochs=100, seed=0)
-        seed_repeats = 3 if args.quick else 15
+        seed_repeats = 3 if args.quick else 9
         iris = Problem(ispec, itheta, Xtr.astype(np.float32), ytr)
         ours_s, theirs_s, torch_s = [], [], []
         torch_seed = torch_runner(ispec.sizes, Xtr.astype(np.float32), ytr, batch=10, epochs=100)
         # Interleaved pairs: this VM's speed drifts by tens of percent within a
         # minute, so each ratio compares runs made moments apart.
         for _ in range(seed_repeats):
-            ours_s.append(median_time(lambda: fit(iris, icfg), 1))
+            ours_s.append(median_time(lambda: fit(iris, icfg, loop=args.loop), 1))
             theirs_s.append(median_time(
                 lambda: MLPClassifier((4,), batch_size=10, max_iter=100, tol=0, n_iter_no_change=1000,
                                       random_state=0).fit(Xtr, ytr), 1))
             if torch_seed is not None:
                 torch_s.append(median_time(torch_seed, 1))
         ratio = statistics.median(t / o for t, o in zip(theirs_s, ours_s))
-        print(f"\n== seed example: iris, 4-relu-3-softmax, batch 10, 100 epochs, {seed_repeats} interleaved pairs ==")
+        print(f"\n== seed example ({fit(iris, icfg, loop=args.loop).info['loop']} loop): iris, 4-relu-3-softmax, batch 10, 100 epochs, {seed_repeats} interleaved pairs ==")
         print(f"{'nnpipe':<28}{statistics.median(ours_s):>12.3f} s (median)")
         print(f"{'MLPClassifier':<28}{statistics.median(theirs_s):>12.3f} s (median)   "
               f"median pairwise ratio = {ratio:.1f}x faster (target >= 6x)")

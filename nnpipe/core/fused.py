@@ -21,6 +21,8 @@ for bit (``tests/core/test_fused.py``), and saves the rest:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from nnpipe.core.network import Network, count_correct, l2_penalty
@@ -78,6 +80,7 @@ class FusedLoop:
             self.base = (np.arange(block) % batch) * k
             self.flat = np.empty(block, dtype=np.intp)
             self.pred = np.empty(block, dtype=np.intp)
+        self.steps: dict[int, Callable[..., tuple[float, int]]] = {}
 
     def epoch(self, perm: np.ndarray, lr: float, row_stats: np.ndarray) -> tuple[float, int]:
         """One pass over the rows in the order ``perm``.
@@ -100,7 +103,8 @@ class FusedLoop:
                 l2_term, c = self.step(Xblk[s:e], Yblk[s:e], s, e, row_stats[b0 + s:b0 + e])
                 penalty += l2_term * (e - s)
                 correct += c
-                clip_by_global_norm(self.grad, self.clip_norm)
+                if self.clip_norm is not None:
+                    clip_by_global_norm(self.grad, self.clip_norm)
                 self.update(lr)
             if self.softmax and self.want_correct:
                 correct += int(np.count_nonzero(self.pred[:r] == Yblk))
@@ -109,58 +113,77 @@ class FusedLoop:
     def step(self, Xb: np.ndarray, Yb: np.ndarray, s: int, e: int, stats: np.ndarray) -> tuple[float, int]:
         """Forward and backward pass of rows ``s:e`` of the current block; the gradient lands in ``self.grad``.
 
-        The operations and their order are :meth:`Network.step_views`'s, into
-        the preallocated buffers; returns the L2 term and, for heads other than
-        softmax, the correct rows (softmax counts them per block).
+        Returns the L2 term and, for heads other than softmax, the correct rows
+        (softmax counts them per block).
         """
-        m = e - s
-        full = m == self.batch
-        net, views = self.net, self.views
-        inputs = [Xb]
-        A = Xb
-        for (W, b), act, Z in zip(views[:-1], net.acts, self.Zs):
-            Z = np.dot(A, W, out=Z if full else Z[:m])
-            Z += b
-            A = act.forward(Z)
-            inputs.append(A)
-        W, b = views[-1]
-        Z = self.Zs[-1]
-        P = np.dot(A, W, out=Z if full else Z[:m])
-        P += b
-        correct = 0
+        fn = self.steps.get(e - s)
+        if fn is None:  # at most two sizes a run: the batch and the epoch's last, short one
+            fn = self.steps[e - s] = self.make_step(e - s)
+        return fn(Xb, Yb, s, e, stats)
+
+    def make_step(self, m: int) -> Callable[..., tuple[float, int]]:
+        """The step for ``m`` rows: :meth:`Network.step_views`'s operations in its order, into fixed buffers.
+
+        Everything the step touches is bound here once, as the closure's
+        locals (CPython's cheapest names); a step is then its NumPy calls.
+        """
+        net, views, grad_views, l2 = self.net, self.views, self.grad_views, self.l2
+        n_layers, acts, head = len(views), net.acts, net.head
+        Zs = [Z[:m] for Z in self.Zs]
+        hidden = list(zip(views[:-1], [a.forward for a in acts], Zs[:-1]))
+        W_out, b_out = views[-1]
+        P = Zs[-1]
+        # Per layer, last first: (W, gW, gb, dA buffer, activation backward) -- no dA for the first layer.
+        backward = [(views[i][0], *grad_views[i], self.dAs[i - 1][:m] if i else None,
+                     acts[i - 1].backward if i else None) for i in range(n_layers - 1, -1, -1)]
+        ones = self.ones[:m]
+        dot, take_rows = np.dot, P.reshape(-1).take
+        want_correct, task = self.want_correct, head.task
         if self.softmax:
-            # losses._softmax, _true_class_probability and _cross_entropy_delta
-            # with their temporaries in place.
-            col = self.col if full else self.col[:m]
-            np.maximum.reduce(P, axis=1, keepdims=True, out=col)
-            P -= col
-            np.exp(P, out=P)
-            np.add.reduce(P, axis=1, keepdims=True, out=col)
-            P /= col
-            np.take(P.reshape(-1), self.flat[s:e], out=stats)
-            if self.want_correct:
-                np.argmax(P, axis=1, out=self.pred[s:e])
-            np.subtract(P, self.onehot[s:e], out=P)
-            P *= 1.0 / m
-            dZ = P
-        else:
-            head = net.head
-            P = head.forward(P)
-            stats[...] = head.row_stat(P, Yb)
-            if self.want_correct:
-                correct = count_correct(head.task, P, Yb)
-            dZ = head.delta(P, Yb)
-        ones = self.ones if full else self.ones[:m]
-        l2 = self.l2
-        for layer in range(len(views) - 1, -1, -1):
-            W, _ = views[layer]
-            gW, gb = self.grad_views[layer]
-            np.dot(inputs[layer].T, dZ, out=gW)
-            np.dot(ones, dZ, out=gb)
-            if l2:
-                gW += l2 * W
-            if layer:
-                dA = self.dAs[layer - 1]
-                dA = np.dot(dZ, W.T, out=dA if full else dA[:m])
-                dZ = net.acts[layer - 1].backward(dA, inputs[layer])
-        return (l2_penalty(views, l2) if l2 else 0.0), correct
+            col, scale = self.col[:m], 1.0 / m
+            flat, pred, onehot = self.flat, self.pred, self.onehot
+            row_max, row_sum = np.maximum.reduce, np.add.reduce
+
+        def step(Xb: np.ndarray, Yb: np.ndarray, s: int, e: int, stats: np.ndarray) -> tuple[float, int]:
+            inputs = [Xb]
+            A = Xb
+            for (W, b), forward, Z in hidden:
+                dot(A, W, out=Z)
+                Z += b
+                A = forward(Z)
+                inputs.append(A)
+            dot(A, W_out, out=P)
+            np.add(P, b_out, out=P)
+            correct = 0
+            if self.softmax:
+                # losses._softmax, _true_class_probability and _cross_entropy_delta, in place.
+                row_max(P, axis=1, keepdims=True, out=col)
+                np.subtract(P, col, out=P)
+                np.exp(P, out=P)
+                row_sum(P, axis=1, keepdims=True, out=col)
+                np.divide(P, col, out=P)
+                take_rows(flat[s:e], out=stats)
+                if want_correct:
+                    P.argmax(axis=1, out=pred[s:e])
+                np.subtract(P, onehot[s:e], out=P)
+                np.multiply(P, scale, out=P)
+                dZ = P
+            else:
+                Q = head.forward(P)
+                stats[...] = head.row_stat(Q, Yb)
+                if want_correct:
+                    correct = count_correct(task, Q, Yb)
+                dZ = head.delta(Q, Yb)
+            layer = n_layers
+            for W, gW, gb, dA, backward_act in backward:
+                layer -= 1
+                dot(inputs[layer].T, dZ, out=gW)
+                dot(ones, dZ, out=gb)
+                if l2:
+                    gW += l2 * W
+                if dA is not None:
+                    dot(dZ, W.T, out=dA)
+                    dZ = backward_act(dA, inputs[layer])
+            return (l2_penalty(views, l2) if l2 else 0.0), correct
+
+        return step
