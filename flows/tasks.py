@@ -197,6 +197,11 @@ def _train(splits: Splits | PreparedSource, config: TrainConfig, hidden: list[in
             if run_id and config.checkpoint_every:
                 tracking.log_checkpoints(run_id, ckpt_dir)
     logger.info("%strained %d epochs%s", prefix, result.epochs_run, " (stopped early)" if result.stopped_early else "")
+    loop = result.info.get("loop")
+    if loop:  # single mode: the fused or the general step loop (nnpipe.core.training.choose_loop)
+        logger.info("%ssingle-process loop: %s", prefix, loop)
+        if run_id:
+            tracking.set_run_tags(run_id, {"nnpipe.single_loop": loop})
     note = result.info.get("early_stopping")
     if note:  # the console line ended at "epoch 16/30": say why, and which epoch the model is
         announce(f"{prefix}{note[0].upper()}{note[1:]}")
