@@ -105,11 +105,14 @@ def torch_runner(sizes: tuple[int, ...], X: np.ndarray, y: np.ndarray, batch: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20k rows, one repeat: a smoke run")
-    parser.add_argument("--part", choices=("all", "throughput", "seed"), default="all",
-                        help="run only the 64-256-256-10 throughput part or only the seed example")
+    parser.add_argument("--part", choices=("all", "throughput", "seed", "profile"), default="all",
+                        help="run only the 64-256-256-10 throughput part, the seed example, or the "
+                             "per-operation profile of one 64-256-256-10 step (not part of 'all')")
     parser.add_argument("--loop", choices=("auto", "fused", "general"), default="auto",
                         help="nnpipe's single-process step loop (nnpipe.core.training.choose_loop)")
     args = parser.parse_args()
+    if args.part == "profile":
+        step_profile()
     if args.part in ("all", "throughput"):
         throughput(args)
     if args.part in ("all", "seed"):
@@ -196,6 +199,85 @@ def seed_example(args: argparse.Namespace) -> None:
             t_ratio = statistics.median(t / o for t, o in zip(torch_s, ours_s))
             print(f"{'PyTorch (1 thread)':<28}{statistics.median(torch_s):>12.3f} s (median)   "
                   f"nnpipe is {t_ratio:.1f}x faster")
+
+def step_profile(batch: int = 256, sizes: tuple[int, ...] = (64, 256, 256, 10)) -> None:
+    """Each operation of one float32 Adam step, timed alone (CPU time, best of 7), against the matmul peak.
+
+    The operations are those of the fused loop (nnpipe.core.fused); the
+    products are timed with their real shapes and transposes.
+    """
+    rng = np.random.default_rng(0)
+    f = np.float32
+
+    def cpu_us(fn, k: int = 200) -> float:
+        fn()
+        runs = []
+        for _ in range(7):
+            t0 = time.process_time()
+            for _ in range(k):
+                fn()
+            runs.append((time.process_time() - t0) / k)
+        return min(runs) * 1e6
+
+    spec = NetworkSpec(sizes[0], sizes[1:-1], ("relu",) * (len(sizes) - 2), sizes[-1])
+    from nnpipe.core.network import Network
+    from nnpipe.core.optimizers import Adam
+
+    net = Network(spec)
+    theta = init_params(spec, 0)
+    (W1, b1), (W2, b2), (W3, b3) = net.views(theta)
+    X = rng.standard_normal((batch, sizes[0]), dtype=f)
+    y = rng.integers(0, sizes[-1], batch)
+    A1 = np.maximum(X @ W1, 0)
+    A2 = np.maximum(A1 @ W2, 0)
+    Z1, Z2, Z3 = (np.empty((batch, w), f) for w in sizes[1:])
+    dZ3, dA = rng.standard_normal((batch, sizes[-1]), dtype=f), np.empty((batch, sizes[1]), f)
+    g = [np.empty_like(W) for W in (W1, W2, W3)]
+    ones = np.ones(batch, f)
+    opt = Adam()
+    state = opt.init(theta)
+    grad, step = opt.stepper(theta, state)
+    grad[...] = rng.standard_normal(len(theta), dtype=f) * 1e-3
+    eye = np.eye(sizes[-1], dtype=f)
+    col = np.empty((batch, 1), f)
+
+    def softmax_head() -> None:
+        np.maximum.reduce(Z3, axis=1, keepdims=True, out=col)
+        Z3 -= col
+        np.exp(Z3, out=Z3)
+        np.add.reduce(Z3, axis=1, keepdims=True, out=col)
+        Z3 /= col
+        Z3.argmax(axis=1)
+        Z3 -= eye.take(y, axis=0)
+        Z3 *= 1.0 / batch
+
+    ops = {
+        "forward products": lambda: (np.dot(X, W1, out=Z1), np.dot(A1, W2, out=Z2), np.dot(A2, W3, out=Z3)),
+        "weight-gradient products": lambda: (np.dot(A2.T, dZ3, out=g[2]), np.dot(A1.T, dA, out=g[1]),
+                                             np.dot(X.T, dA, out=g[0])),
+        "input-gradient products": lambda: (np.dot(dZ3, W3.T, out=dA), np.dot(dA, W2.T, out=Z1)),
+        "bias adds": lambda: (np.add(Z1, b1, out=Z1), np.add(Z2, b2, out=Z2), np.add(Z3, b3, out=Z3)),
+        "relu forward": lambda: (np.maximum(Z1, 0, out=Z1), np.maximum(Z2, 0, out=Z2)),
+        "relu backward": lambda: (np.multiply(dA, A1 > 0, out=dA), np.multiply(dA, A2 > 0, out=dA)),
+        "bias gradients (gemv)": lambda: (np.dot(ones, dZ3, out=b3.copy()), np.dot(ones, dA, out=b2.copy()),
+                                          np.dot(ones, dA, out=b1.copy())),
+        "softmax, loss terms, delta": softmax_head,
+        f"Adam update ({len(theta):,} parameters)": lambda: step(1e-3),
+    }
+    with threadpool_limits(limits=1):
+        peak = matmul_gflops()
+        times = {name: cpu_us(fn) for name, fn in ops.items()}
+    flops = training_flops_per_sample(spec.sizes) * batch
+    total = sum(times.values())
+    products = sum(t for name, t in times.items() if "products" in name)
+    print(f"== one step of {'-'.join(map(str, sizes))}, batch {batch}, float32, Adam; matmul peak {peak:.1f} GFLOP/s ==")
+    for name, t in times.items():
+        print(f"{name:<36}{t:9.1f} us  {t / total:6.1%}")
+    print(f"{'sum':<36}{total:9.1f} us   -> {flops / total / 1e3 / peak:.0%} of peak")
+    print(f"{'the products alone':<36}{products:9.1f} us   -> {flops / products / 1e3 / peak:.0%} of peak")
+    print(f"{'products + Adam':<36}{products + times[list(times)[-1]]:9.1f} us   -> "
+          f"{flops / (products + times[list(times)[-1]]) / 1e3 / peak:.0%} of peak (the ceiling with every other pass free)")
+
 
 if __name__ == "__main__":
     main()
