@@ -243,13 +243,13 @@ def step_profile(batch: int = 256, sizes: tuple[int, ...] = (64, 256, 256, 10)) 
 
     def softmax_head() -> None:
         np.maximum.reduce(Z3, axis=1, keepdims=True, out=col)
-        Z3 -= col
+        np.subtract(Z3, col, out=Z3)
         np.exp(Z3, out=Z3)
         np.add.reduce(Z3, axis=1, keepdims=True, out=col)
-        Z3 /= col
+        np.divide(Z3, col, out=Z3)
         Z3.argmax(axis=1)
-        Z3 -= eye.take(y, axis=0)
-        Z3 *= 1.0 / batch
+        np.subtract(Z3, eye.take(y, axis=0), out=Z3)
+        np.multiply(Z3, 1.0 / batch, out=Z3)
 
     ops = {
         "forward products": lambda: (np.dot(X, W1, out=Z1), np.dot(A1, W2, out=Z2), np.dot(A2, W3, out=Z3)),
