@@ -114,6 +114,8 @@ def test_run_logs_checkpoints_and_a_later_run_resumes_from_them(mlflow_uri: str)
     steps = [m.step for m in client.get_metric_history(second["run_id"], "train/loss")]
     assert steps == list(range(20, 30))  # epochs 0-19 came from the first run's last checkpoint
     assert client.get_run(second["run_id"]).info.status == "FINISHED"
+    # The resumed single-process run took the fused step loop and says so on the run.
+    assert client.get_run(second["run_id"]).data.tags["nnpipe.single_loop"] == "fused"
 
     with pytest.raises(Exception, match="logged no checkpoints|no MLflow run"):
         training_flow(build_config(overrides={"tracking_uri": mlflow_uri, "resume_from": "0" * 32}))
