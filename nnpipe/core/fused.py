@@ -88,7 +88,7 @@ class FusedLoop:
         Writes each row's loss statistic into ``row_stats`` (epoch order) and
         returns the summed L2 penalty (times rows) and the correctly classified rows.
         """
-        n, batch, block = len(perm), self.batch, self.block
+        n, batch, block, steps = len(perm), self.batch, self.block, self.steps
         penalty, correct = 0.0, 0
         for b0 in range(0, n, block):
             r = min(block, n - b0)
@@ -100,7 +100,8 @@ class FusedLoop:
                 np.add(self.base[:r], Yblk, out=self.flat[:r])
             for s in range(0, r, batch):
                 e = min(s + batch, r)
-                l2_term, c = self.step(Xblk[s:e], Yblk[s:e], s, e, row_stats[b0 + s:b0 + e])
+                fn = steps.get(e - s) or self.step_for(e - s)
+                l2_term, c = fn(Xblk[s:e], Yblk[s:e], s, e, row_stats[b0 + s:b0 + e])
                 penalty += l2_term * (e - s)
                 correct += c
                 if self.clip_norm is not None:
@@ -116,10 +117,12 @@ class FusedLoop:
         Returns the L2 term and, for heads other than softmax, the correct rows
         (softmax counts them per block).
         """
-        fn = self.steps.get(e - s)
-        if fn is None:  # at most two sizes a run: the batch and the epoch's last, short one
-            fn = self.steps[e - s] = self.make_step(e - s)
-        return fn(Xb, Yb, s, e, stats)
+        return (self.steps.get(e - s) or self.step_for(e - s))(Xb, Yb, s, e, stats)
+
+    def step_for(self, m: int) -> Callable[..., tuple[float, int]]:
+        """The step of ``m`` rows, made on first use (a run has at most two sizes: the batch and the last one)."""
+        fn = self.steps[m] = self.make_step(m)
+        return fn
 
     def make_step(self, m: int) -> Callable[..., tuple[float, int]]:
         """The step for ``m`` rows: :meth:`Network.step_views`'s operations in its order, into fixed buffers.
