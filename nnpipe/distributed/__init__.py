@@ -138,12 +138,16 @@ def run_mode(pool: Pool, theta: np.ndarray, config: TrainConfig, reporter: Any, 
     from nnpipe.distributed import rounds
     from nnpipe.distributed.async_ import MergeOnArrival
     from nnpipe.distributed.local_sgd import AverageParameters
+    from nnpipe.distributed.overlap import OverlapAverage
     from nnpipe.distributed.round_size import RoundRetuner
     from nnpipe.distributed.sync import AverageGradients
 
     if config.mode == "sync":
         return rounds.run(pool, theta, config, reporter, AverageGradients(pool, config, theta))
-    rule = {"local-sgd": AverageParameters, "async": MergeOnArrival}[config.mode](pool, config, theta)
+    if config.mode == "local-sgd" and config.overlap:
+        rule: rounds.MergeRule = OverlapAverage(pool, config, theta)
+    else:
+        rule = {"local-sgd": AverageParameters, "async": MergeOnArrival}[config.mode](pool, config, theta)
     if retune:
         rule.retuner = RoundRetuner(config, pool.n_total, len(pool.shards))
     warmup = None
