@@ -254,3 +254,28 @@ def test_sample_rows_reads_a_few_pages_not_the_whole_row_group(tmp_path, hive):
                                   df.iloc[:5, :20].reset_index(drop=True))
     assert rows["label"].tolist() == df["label"].head(5).tolist()
     assert peak < 8e6, f"sampling 5 rows held {peak / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize("code", [None, TRAIN, TEST])
+def test_piece_rows_in_batches_equal_the_whole_piece_read_at_once(tmp_path, code, monkeypatch):
+    from nnpipe.sources import location, prep
+
+    # Two parts of two row groups each; batches of 7 rows cut across row groups' ends.
+    df = frame(300)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i in range(2):
+        df.iloc[150 * i : 150 * (i + 1)].to_parquet(folder / f"p{i}.parquet", row_group_size=100, index=False)
+    source = open_source(str(folder), "label")
+    read = dict(features=source.features, target="label", columns=source.columns, storage_options={},
+                seed=3, test_size=0.2, val_size=0.1)
+    monkeypatch.setattr(location, "PIECE_BATCH_ROWS", 7)
+    row0 = 0
+    for piece in source.pieces:
+        whole = location.read_piece(piece, [*source.features, "label"])
+        X, y = prep.piece_rows(piece, row0, code, **read)
+        assert [len(b) for b in location.iter_piece(piece, ["label"])][:2] == [7, 7]
+        keep = np.ones(len(whole), bool) if code is None else split_codes(row0, len(whole), 3, 0.2, 0.1) == code
+        np.testing.assert_array_equal(X, whole[source.features].to_numpy(np.float64)[keep])
+        np.testing.assert_array_equal(y, whole["label"].to_numpy().astype(str)[keep])
+        row0 += piece.rows
