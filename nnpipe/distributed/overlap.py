@@ -4,10 +4,11 @@ In plain ``local-sgd`` (:mod:`.local_sgd`) every round ends with a barrier:
 each trainer sits idle while its parameters travel to the driver, while the
 driver waits for the slowest trainer, merges, and sends the next round back.
 With ``overlap=d`` (``d`` = 1 or 2) round ``j`` goes out as soon as the
-driver holds the merges of rounds ``< j - d``; it carries the newest global
-parameters and the number of rounds merged into them, and the trainer starts
-from those parameters plus its own deltas that are not merged yet
-(:meth:`.trainer.ShardTrainer.overlap_round`). So
+driver holds the merges of rounds ``< j - d``; it carries the global
+parameters after exactly those merges (never newer ones, so that the result
+does not depend on arrival order and a seeded run is reproducible) and the
+trainer starts from them plus its own deltas of rounds ``j - d .. j - 1``,
+which are not merged into them (:meth:`.trainer.ShardTrainer.overlap_round`). So
 
 - ``overlap=1``: a trainer gets its next round the moment its result arrives,
   without waiting for the other trainers or the merge: one-step-delayed
@@ -22,7 +23,7 @@ global parameters through the outer optimizer (:mod:`.outer`), as in
 Every epoch ends with every round merged (the validation, the checkpoint and
 the next epoch see all of the epoch's rows), so an epoch boundary is one
 barrier. A trainer whose worker is lost is rebuilt, and the lost round is
-redone from the newest global parameters.
+redone from the same parameters (without the lost trainer's unmerged deltas).
 
 Trainer results carry the seconds the trainer sat idle before each round:
 ``dist/idle_s`` is their mean over trainers per epoch, and the round-size
@@ -62,7 +63,10 @@ class OverlapAverage(AverageParameters):
         inflight: dict[Any, tuple[Any, int]] = {}
         next_round = {t.shard.index: self.round for t in pool.trainers}
         active = list(pool.trainers)  # trainers whose share of the epoch is not all sent yet
-        merged = self.round  # rounds before this one are in theta
+        first = merged = self.round  # rounds before ``merged`` are in theta
+        # theta after each of the last merges: round j starts from the one after merge j - depth,
+        # whatever the arrival order, so that a seeded run is reproducible (as plain local-sgd).
+        snapshots = {merged: theta.copy()}
         idle, dist, norms = [], [], []
 
         def steps(j: int) -> int:
@@ -70,9 +74,14 @@ class OverlapAverage(AverageParameters):
                 steps_of[j] = max(0, min(self.k, steps_per_epoch - sum(steps_of.values())))
             return steps_of[j]
 
+        sent: set[tuple[int, int]] = set()  # (trainer id, round)
+
         def send(t: Any, j: int) -> None:
-            # A copy: theta changes with the next merge while this one is being serialised.
-            fut = pool.call(t, "overlap_round", theta.copy(), merged, j, steps(j), lr)
+            base = max(j - self.depth, first)
+            # Round j - 1's delta is part of this round's start when this trainer ran it: it must run first.
+            after = j - 1 if base < j and (t.id, j - 1) in sent else None
+            fut = pool.call(t, "overlap_round", snapshots[base], base, j, steps(j), lr, after)
+            sent.add((t.id, j))
             inflight[fut] = (t, j)
             next_round[t.shard.index] = max(next_round[t.shard.index], j + 1)
 
@@ -82,6 +91,8 @@ class OverlapAverage(AverageParameters):
                 dist.append(dist_j)
                 norms.append(norm_j)
                 merged += 1
+                snapshots[merged] = theta.copy()
+                snapshots.pop(merged - self.depth - 1, None)
             for t in list(active):
                 while True:
                     j = next_round[t.shard.index]
@@ -100,11 +111,14 @@ class OverlapAverage(AverageParameters):
                     (delta, idle_s), loss_sum, rows, correct, secs = pool.received(fut.result())
                 except WorkerLost as exc:
                     # Its other queued round fails the same way and lands here too (replace() then
-                    # returns the same new trainer). Redone from the newest parameters: the new
+                    # returns the same new trainer). Redone from the same parameters: the new
                     # trainer has no unmerged deltas.
                     new = pool.replace(t, exc, where)
                     active = [new if a is t else a for a in active]
                     send(new, j)
+                    continue
+                if delta is None:  # it arrived before the round it follows: that one is queued, send again
+                    send(t, j)
                     continue
                 check_update(delta, t, "parameters", where)
                 tally.add(t, loss_sum, rows, correct, secs)
