@@ -10,7 +10,8 @@ How a run goes: the rows are cut into one shard per worker and placed once
 (:mod:`.shards`); a trainer actor sits next to each shard (:mod:`.pool`) and
 is called directly, not through the scheduler (:mod:`.rpc`); the driver owns
 the one loop (:mod:`.rounds`), and each mode is its merge rule (:mod:`.sync`,
-:mod:`.local_sgd`, :mod:`.async_`), with the outer optimizer of
+:mod:`.local_sgd`, :mod:`.async_`; :mod:`.overlap` is ``local-sgd`` whose
+workers run ahead of the merge), with the outer optimizer of
 :mod:`.outer`. A lost worker's shard is recomputed by Dask and its trainer
 rebuilt on a live worker.
 
@@ -36,7 +37,9 @@ All modes:
     distance of the trainers' parameters from their average),
     ``dist/consensus_distance_last`` (the epoch's last round),
     ``dist/outer_step_norm`` (mean L2 norm of the outer optimizer's steps),
-    ``dist/straggler_wait_s``, ``dist/rounds``.
+    ``dist/straggler_wait_s``, ``dist/rounds``. With ``overlap`` (:mod:`.overlap`):
+    ``dist/idle_s`` (seconds each worker sat idle between its rounds, mean
+    over workers) instead of ``dist/straggler_wait_s``.
 ``async``:
     ``dist/staleness`` (mean staleness of the epoch's merges),
     ``dist/staleness_max``, ``dist/merge_weight`` (mean staleness weight),
