@@ -26,8 +26,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from multiprocessing import get_context
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -42,6 +42,8 @@ from nnpipe.core.network import NetworkSpec, init_params  # noqa: E402
 from nnpipe.core.problem import Problem  # noqa: E402
 from nnpipe.core.training import fit  # noqa: E402
 from nnpipe.distributed import fit_distributed  # noqa: E402
+
+from bench_distributed import step_loop  # noqa: E402  (bench/ is on sys.path: the script's folder)
 
 SPEC = NetworkSpec(40, (64, 32), ("relu", "relu"), 10, dtype="float32")
 BASE = dict(optimizer="adam", lr=1e-3, dtype="float32", seed=0, batch_size=256)
@@ -69,23 +71,6 @@ def _ref_rate() -> float:
     with threadpool_limits(1):
         r = fit(Problem(SPEC, _REF["theta"], _REF["X"], _REF["y"]), TrainConfig(epochs=1, **BASE))
     return float(r.history["train/samples_per_s"][-1])
-
-
-def step_loop(seconds: float = 2.0) -> float:
-    """Samples/s of a trainer's bare 256-row step loop on random rows (runs on a worker via ``client.run``)."""
-    from nnpipe import blas
-    from nnpipe.distributed.trainer import ShardTrainer
-
-    blas.prepare_training_process()
-    rng = np.random.default_rng(0)
-    shard = {"X": rng.standard_normal((100_000, 40)).astype(np.float32), "Y": rng.integers(0, 10, 100_000), "lo": 0}
-    trainer = ShardTrainer(SPEC.to_dict(), shard, TrainConfig(**BASE), 0, 100_000)
-    theta = init_params(SPEC, 0)
-    trainer.local_round(theta, 20, 1e-3)
-    rows, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        rows += trainer.local_round(theta, 170, 1e-3)[2]
-    return rows / (time.perf_counter() - t0)
 
 
 def breakdown(rounds_log: list[dict], n_trainers: int) -> str:
@@ -124,8 +109,10 @@ def main() -> None:
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         workers = sorted(client.scheduler_info()["workers"])
-        alone = client.run(step_loop, workers=workers[:1])[workers[0]]
-        both = client.run(step_loop, workers=workers)
+        # A trainer's bare step loop: bench_distributed's, on this network, 170 steps a round.
+        loop = partial(step_loop, 2.0, 256, SPEC, 100_000, 170)
+        alone = client.run(loop, workers=workers[:1])[workers[0]]
+        both = client.run(loop, workers=workers)
         print(f"bare step loop: one worker alone {alone:,.0f} samples/s; both at once "
               f"{' + '.join(f'{v:,.0f}' for v in both.values())} = {sum(both.values()):,.0f} "
               f"({sum(both.values()) / singles[0]:.2f}x single)", flush=True)
