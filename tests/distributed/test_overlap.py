@@ -134,3 +134,18 @@ def test_a_round_that_arrives_before_the_one_it_follows_is_handed_back_untouched
     e0 = b.local_round(theta0, 3, 0.01)[0].copy()
     e1 = b.local_round(e0, 3, 0.01)[0].copy()
     np.testing.assert_allclose(d1, e1 - e0, rtol=0, atol=1e-12)  # as if the calls had come in order
+
+
+def test_the_retuner_never_shrinks_an_overlapped_round_below_the_probes_size(data):
+    from nnpipe.distributed.overlap import OverlapAverage
+    from nnpipe.distributed.round_size import RoundRetuner
+    from tests.distributed.fakes import InProcessPool
+
+    X, y = data
+    spec, theta0 = small_net("float64")
+    cfg = TrainConfig(mode="local-sgd", overlap=1, sync_every=6, batch_size=16, epochs=1, dtype="float64")
+    rule = OverlapAverage(InProcessPool(X, y, spec, cfg, 2), cfg, theta0.copy())
+    rule.retuner = RoundRetuner(cfg, len(X), 2)
+    for _ in range(6):  # rounds with almost no idle time: on idle alone the retuner picks K=1
+        rule.observe_round(0.0101, 0.01, 16 * 6)
+    assert rule.k == 6 and rule.retuner.facts["round/sync_every"] == 6.0
