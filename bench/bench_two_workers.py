@@ -9,10 +9,13 @@ Prints, in one invocation:
 - the single-process rate (its own process, one BLAS thread, batch 256),
   measured again before each distributed run (the ratio uses the one just before);
 - the parallel ceiling: one trainer's bare step loop on one worker alone, and
-  on both workers at once (what two processes can give on this machine now);
+  on both workers at once (what two processes can give on this machine now),
+  on a 100k-row shard and on a shard of the run's size (random rows gathered
+  from a larger array miss the cache more often);
 - per run (``local-sgd`` with ``overlap`` 0, 1, 2, and ``async``): samples/s,
   the ratio to single, the workers' own compute rates, efficiency (the run's
-  rate over the sum of the workers' own), validation accuracy, and for
+  rate over the sum of the workers' own), validation accuracy, the driver
+  process's CPU (its share of a core during the run), and for
   ``local-sgd`` the round's breakdown per trainer: compute, idle (waiting for
   parameters, the barrier and the merge), and of the idle the slowest
   trainer's extra compute (barrier), the driver's merge, and the rest
@@ -26,6 +29,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
+import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from multiprocessing import get_context
@@ -110,12 +115,13 @@ def main() -> None:
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         workers = sorted(client.scheduler_info()["workers"])
         # A trainer's bare step loop: bench_distributed's, on this network, 170 steps a round.
-        loop = partial(step_loop, 2.0, 256, SPEC, 100_000, 170)
-        alone = client.run(loop, workers=workers[:1])[workers[0]]
-        both = client.run(loop, workers=workers)
-        print(f"bare step loop: one worker alone {alone:,.0f} samples/s; both at once "
-              f"{' + '.join(f'{v:,.0f}' for v in both.values())} = {sum(both.values()):,.0f} "
-              f"({sum(both.values()) / singles[0]:.2f}x single)", flush=True)
+        for rows in (100_000, len(Xtr) // 2):  # a cache-sized shard, and the run's own shard size
+            loop = partial(step_loop, 2.0, 256, SPEC, rows, 170)
+            alone = client.run(loop, workers=workers[:1])[workers[0]]
+            both = client.run(loop, workers=workers)
+            print(f"bare step loop on {rows:,} rows: one worker alone {alone:,.0f} samples/s; both at once "
+                  f"{' + '.join(f'{v:,.0f}' for v in both.values())} = {sum(both.values()):,.0f} "
+                  f"({sum(both.values()) / singles[0]:.2f}x single)", flush=True)
         problem = Problem(SPEC, theta0, Xtr, ytr, (Xva, yva))
         for name, kw in runs:
             if a.only not in name:
@@ -123,12 +129,16 @@ def main() -> None:
             single = ref_pool.submit(_ref_rate).result()
             singles.append(single)
             cfg = TrainConfig(workers=2, epochs=a.epochs, sync_every=a.sync_every, **kw, **BASE)
+            cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             r = fit_distributed(problem, cfg, client=client)
+            cpu1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+            # The driver process (loop, client, scheduler): the cores it takes from the workers.
+            driver_cpu = (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / wall
             rate = float(np.mean(r.history["train/samples_per_s"][1:]))
             own = [float(np.median(v[1:])) for k, v in r.history.items() if k.startswith("worker/")]
             print(f"{name:22s} {rate:10,.0f} samples/s  {rate / single:.2f}x single ({single:,.0f})  workers' own "
                   f"{' + '.join(f'{v:,.0f}' for v in own)}  efficiency {rate / sum(own):.0%}  "
-                  f"val acc {r.history['val/accuracy'][-1]:.4f}", flush=True)
+                  f"val acc {r.history['val/accuracy'][-1]:.4f}  driver CPU {driver_cpu:.0%} of a core", flush=True)
             text = breakdown(r.info.get("rounds_log", []), 2)
             if text:
                 print(f"{'':22s} {text}", flush=True)
