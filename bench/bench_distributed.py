@@ -83,23 +83,27 @@ def _ref_time_to(target: float, n_epochs: int):
     return hit.hit
 
 
-def step_loop(seconds: float = 1.5, batch: int = 256) -> float:
-    """Samples/s of plain 256-row training steps for ``seconds`` (runs on a worker via ``client.run``)."""
+def step_loop(seconds: float = 1.5, batch: int = 256, net: NetworkSpec | None = None, rows: int = 4096,
+              steps: int = 10) -> float:
+    """Samples/s of plain ``batch``-row training steps for ``seconds``, ``steps`` a round, on ``rows`` random rows.
+
+    Runs on a worker via ``client.run``; ``net`` defaults to this bench's network.
+    """
     from nnpipe import blas
     from nnpipe.distributed.trainer import ShardTrainer
 
     blas.prepare_training_process()
-    net = SPEC
+    net = net or SPEC
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((4096, 64)).astype(np.float32)
-    shard = {"X": X, "Y": rng.integers(0, 10, 4096), "lo": 0}
-    trainer = ShardTrainer(net.to_dict(), shard, TrainConfig(batch_size=batch), 0, 4096)
+    X = rng.standard_normal((rows, net.n_inputs)).astype(np.float32)
+    shard = {"X": X, "Y": rng.integers(0, net.n_outputs, rows), "lo": 0}
+    trainer = ShardTrainer(net.to_dict(), shard, TrainConfig(batch_size=batch), 0, rows)
     theta = init_params(net, 0)
     trainer.local_round(theta, 5, 1e-3)
-    rows, t0 = 0, time.perf_counter()
+    done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        rows += trainer.local_round(theta, 10, 1e-3)[2]
-    return rows / (time.perf_counter() - t0)
+        done += trainer.local_round(theta, steps, 1e-3)[2]
+    return done / (time.perf_counter() - t0)
 
 
 def parallel_ceiling(client: Client) -> tuple[float, float]:

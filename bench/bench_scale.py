@@ -3,7 +3,9 @@
 Data: N rows x 40 float32 features (standard normal), labels from a fixed
 random teacher network (40-32-10 tanh, argmax; seed 1234), so the task is
 learnable and the same at every N. Written once per N as Parquet parts of
-250k rows (row groups of 64k) under ``--root``.
+250k rows (row groups of 64k) under ``--root``; ``--part-rows`` and
+``--group-rows`` write other layouts (``--part-rows 1250000 --group-rows 0``:
+10M rows in 8 parts of pyarrow's default row groups, as a user's writer may leave them).
 
 Each configuration runs ``nnpipe train --dataset DIR --target label ...`` as
 a subprocess on a scratch MLflow store, exactly as a user would, and the
@@ -43,6 +45,7 @@ import numpy as np
 BIN = Path(sys.executable).parent
 N_FEATURES = 40
 PART_ROWS = 250_000
+ROW_GROUP_ROWS = 65_536
 
 
 def teacher_labels(X: np.ndarray) -> np.ndarray:
@@ -52,24 +55,28 @@ def teacher_labels(X: np.ndarray) -> np.ndarray:
     return np.argmax(np.tanh(X.astype(np.float64) @ W1 * 2.0) @ W2, axis=1)
 
 
-def write_dataset(root: Path, n: int) -> Path:
-    """N rows as Parquet parts (written once; reused when present)."""
+def write_dataset(root: Path, n: int, part_rows: int = PART_ROWS, group_rows: int | None = ROW_GROUP_ROWS) -> Path:
+    """N rows as Parquet parts of ``part_rows`` (row groups of ``group_rows``; None: pyarrow's default, up to 1Mi rows).
+
+    Written once; reused when present.
+    """
     import pandas as pd
 
-    folder = root / f"scale-{n}"
+    layout = "" if (part_rows, group_rows) == (PART_ROWS, ROW_GROUP_ROWS) else f"-p{part_rows}-g{group_rows or 'default'}"
+    folder = root / f"scale-{n}{layout}"
     done = folder / "_SUCCESS"
     if done.exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     cols = [f"x{i:02d}" for i in range(N_FEATURES)]
-    for part, start in enumerate(range(0, n, PART_ROWS)):
-        rows = min(PART_ROWS, n - start)
+    for part, start in enumerate(range(0, n, part_rows)):
+        rows = min(part_rows, n - start)
         rng = np.random.default_rng([part, 99])
         X = rng.standard_normal((rows, N_FEATURES)).astype(np.float32)
         df = pd.DataFrame(X, columns=cols)
         df["label"] = teacher_labels(X).astype(np.int64)
-        df.to_parquet(folder / f"part-{part:05d}.parquet", row_group_size=65536, index=False)
+        df.to_parquet(folder / f"part-{part:05d}.parquet", row_group_size=group_rows, index=False)
     done.write_text("")
     return folder
 
@@ -173,6 +180,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--only", default="", help="run only configurations whose name contains this")
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "nnpipe-bench-scale"))
+    ap.add_argument("--part-rows", type=int, default=PART_ROWS, help="rows per Parquet part")
+    ap.add_argument("--group-rows", type=int, default=ROW_GROUP_ROWS,
+                    help="rows per row group (0: pyarrow's default, up to 1Mi rows: a part of 1.25M rows is 2 groups)")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     common = ["--epochs", str(a.epochs), "--hidden", "64,32"]
@@ -180,13 +190,15 @@ def main() -> None:
         ("single (in memory, reference)", ["--mode", "single", "--batch-size", "256"], {sizes[0]}),
         ("single, OPENBLAS_NUM_THREADS=2", ["--mode", "single", "--batch-size", "256"], {sizes[0]}),
         ("local-sgd, 2 workers, defaults", ["--mode", "local-sgd", "--workers", "2"], set(sizes)),
+        ("local-sgd, 2 workers, --overlap 1", ["--mode", "local-sgd", "--workers", "2", "--overlap", "1"], set(sizes)),
+        ("local-sgd, 2 workers, --overlap 2", ["--mode", "local-sgd", "--workers", "2", "--overlap", "2"], set(sizes)),
         ("async, 2 workers, defaults", ["--mode", "async", "--workers", "2"], set(sizes)),
         ("local-sgd, 2 workers, streaming", ["--mode", "local-sgd", "--workers", "2", "--stream"], set(sizes)),
     ]
     results = []
     for n in sizes:
         t0 = time.perf_counter()
-        folder = write_dataset(Path(a.root), n)
+        folder = write_dataset(Path(a.root), n, a.part_rows, a.group_rows or None)
         print(f"data: {n:,} rows x {N_FEATURES} float32 at {folder} ({time.perf_counter() - t0:.0f} s)", flush=True)
         for name, args, where in configs:
             if n not in where or a.only not in name:

@@ -22,6 +22,8 @@ OPTIMIZER_FIELDS = ("momentum", "nesterov", "beta1", "beta2", "eps", "rho")
 SCHEDULE_FIELDS = ("step_size", "gamma", "min_lr")
 
 MODES = ("single", "sync", "local-sgd", "async")
+OVERLAP_DEPTHS = (0, 1, 2)  # local-sgd rounds a trainer may run ahead of the merge (nnpipe/distributed/overlap.py)
+
 # Outer optimizers of local-sgd and async (nnpipe/distributed/outer.py): default (lr, momentum).
 # Nesterov's lr 1.0 / momentum 0.5 measured better than DiLoCo's 0.7 / 0.9 on digits at 16
 # workers (0.969 vs 0.947 median test accuracy; bench/bench_convergence.py, docs/benchmarks.md).
@@ -77,6 +79,13 @@ class TrainConfig:
         Dask workers to train on (a local cluster of this size when none is given).
     sync_every : int
         Local steps per round (K) in ``local-sgd`` and ``async``.
+    overlap : int
+        In ``local-sgd``: rounds a trainer may run ahead of the merge (0, 1 or
+        2). ``0`` waits for every round's average (a barrier per round). ``1``
+        sends a trainer its next round as soon as its result arrives, starting
+        from the newest average plus its own progress not merged yet
+        (one-step-delayed averaging); ``2`` also queues the round after, so that
+        parameters travel while the trainer computes. See :mod:`nnpipe.distributed.overlap`.
     max_staleness : int
         In ``async``: a result computed from parameters more than this many
         merges old is handled by ``staleness_policy``.
@@ -150,6 +159,7 @@ class TrainConfig:
     mode: Mode = "single"
     workers: int = 2
     sync_every: int = 10
+    overlap: int = 0
     max_staleness: int = 4
     staleness_policy: Literal["inverse", "downweight", "drop"] = "inverse"
     mixing: float = 1.0
@@ -200,6 +210,8 @@ class TrainConfig:
                     raise bad(name, "True, False or None")
             elif value is not None and not (_is_number(value) and math.isfinite(value)):
                 raise bad(name, "a finite number")
+        if not _is_int(self.overlap) or self.overlap not in OVERLAP_DEPTHS:
+            raise bad("overlap", f"one of {list(OVERLAP_DEPTHS)}")
         if not _is_int(self.seed) or self.seed < 0:
             raise bad("seed", "an integer >= 0")
         if self.patience is not None and not _is_int(self.patience):
@@ -335,6 +347,7 @@ class TrainConfig:
 MODE_ONLY: dict[str, tuple[str, ...]] = {
     "workers": ("sync", "local-sgd", "async"),
     "sync_every": ("local-sgd", "async"),
+    "overlap": ("local-sgd",),
     "max_staleness": ("async",),
     "staleness_policy": ("async",),
     "mixing": ("async",),

@@ -10,7 +10,8 @@ How a run goes: the rows are cut into one shard per worker and placed once
 (:mod:`.shards`); a trainer actor sits next to each shard (:mod:`.pool`) and
 is called directly, not through the scheduler (:mod:`.rpc`); the driver owns
 the one loop (:mod:`.rounds`), and each mode is its merge rule (:mod:`.sync`,
-:mod:`.local_sgd`, :mod:`.async_`), with the outer optimizer of
+:mod:`.local_sgd`, :mod:`.async_`; :mod:`.overlap` is ``local-sgd`` whose
+workers run ahead of the merge), with the outer optimizer of
 :mod:`.outer`. A lost worker's shard is recomputed by Dask and its trainer
 rebuilt on a live worker.
 
@@ -36,7 +37,9 @@ All modes:
     distance of the trainers' parameters from their average),
     ``dist/consensus_distance_last`` (the epoch's last round),
     ``dist/outer_step_norm`` (mean L2 norm of the outer optimizer's steps),
-    ``dist/straggler_wait_s``, ``dist/rounds``.
+    ``dist/straggler_wait_s``, ``dist/rounds``. With ``overlap`` (:mod:`.overlap`):
+    ``dist/idle_s`` (seconds each worker sat idle between its rounds, mean
+    over workers) instead of ``dist/straggler_wait_s``.
 ``async``:
     ``dist/staleness`` (mean staleness of the epoch's merges),
     ``dist/staleness_max``, ``dist/merge_weight`` (mean staleness weight),
@@ -138,12 +141,16 @@ def run_mode(pool: Pool, theta: np.ndarray, config: TrainConfig, reporter: Any, 
     from nnpipe.distributed import rounds
     from nnpipe.distributed.async_ import MergeOnArrival
     from nnpipe.distributed.local_sgd import AverageParameters
+    from nnpipe.distributed.overlap import OverlapAverage
     from nnpipe.distributed.round_size import RoundRetuner
     from nnpipe.distributed.sync import AverageGradients
 
     if config.mode == "sync":
         return rounds.run(pool, theta, config, reporter, AverageGradients(pool, config, theta))
-    rule = {"local-sgd": AverageParameters, "async": MergeOnArrival}[config.mode](pool, config, theta)
+    if config.mode == "local-sgd" and config.overlap:
+        rule: rounds.MergeRule = OverlapAverage(pool, config, theta)
+    else:
+        rule = {"local-sgd": AverageParameters, "async": MergeOnArrival}[config.mode](pool, config, theta)
     if retune:
         rule.retuner = RoundRetuner(config, pool.n_total, len(pool.shards))
     warmup = None

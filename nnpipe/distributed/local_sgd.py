@@ -15,6 +15,8 @@ shard passes once; its last round may take fewer than K steps.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from nnpipe.config import TrainConfig
@@ -69,6 +71,7 @@ class AverageParameters(OuterRule):
             where = f"in round {self.round} (epoch {epoch})"
             thetas, _, w, wall, compute = gather_round(pool, "local_round", lambda t: (theta, k, lr), where, tally)
             wait += w
+            t_merge = time.perf_counter()
             self.observe_round(wall, compute, k * self.config.batch_size)
             for t, theta_i in zip(pool.trainers, thetas):
                 check_update(theta_i, t, "parameters", where)
@@ -76,7 +79,9 @@ class AverageParameters(OuterRule):
             dist.append(consensus_distance(thetas, self.avg))
             norms.append(self.outer.apply(theta, self.avg))
             self.rounds_log.append({"round": self.round, "epoch": epoch, "steps": k,
-                                    "consensus_distance": dist[-1], "outer_step_norm": norms[-1]})
+                                    "consensus_distance": dist[-1], "outer_step_norm": norms[-1],
+                                    "wall_s": wall, "compute_s": compute, "straggler_s": w,
+                                    "merge_s": time.perf_counter() - t_merge})
             done_steps += k
             self.round += 1
         return {"dist/consensus_distance": float(np.mean(dist)), "dist/consensus_distance_last": dist[-1],

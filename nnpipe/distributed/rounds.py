@@ -137,6 +137,7 @@ class MergeRule:
         self.outer: Any = None  # an :class:`.outer.OuterOptimizer` when the rule has one
         self.k = config.sync_every  # local steps per round (local-sgd, async); the retuner may change it
         self.retuner: RoundRetuner | None = None  # set by run_mode when the round size was chosen for the user
+        self.min_k = 1  # the retuner never chooses fewer local steps than this
 
     def observe_round(self, wall_s: float, compute_s: float, rows: float) -> None:
         """Show the retuner one round's times (see :class:`nnpipe.distributed.round_size.RoundRetuner`)."""
@@ -145,6 +146,8 @@ class MergeRule:
         k = self.retuner.observe(wall_s, compute_s, rows)
         if k is not None:
             f = self.retuner.facts
+            k = max(k, self.min_k)
+            f["round/sync_every"] = float(k)
             log.info("round size re-chosen after %d rounds: sync_every %d -> %d (a round cost each trainer "
                      "%.2f ms of waiting, %.2f us/row of compute; expected coordination %.1f%%)",
                      f["round/retuned_after"], self.k, k, 1e3 * f["round/measured_idle_s"],

@@ -98,6 +98,10 @@ class ShardTrainer:
         self.perm: np.ndarray | None = None
         self._pass_rng_state = self.rng.bit_generator.state
         self._bx = self._by = None
+        # Overlapped rounds: own deltas the driver has not merged yet, by round; end of the last round.
+        self._own: dict[int, np.ndarray] = {}
+        self._round_end: float | None = None
+        self._last_round: int | None = None
         # Global stream (sync): the single-process permutation sequence, replayed.
         self._sync_epoch = -1
         self._sync_rng = None
@@ -191,6 +195,40 @@ class ShardTrainer:
         # The buffer is returned without a copy: it is serialised before the
         # driver can send this trainer its next round.
         return out, loss_sum, rows, correct, time.perf_counter() - t0
+
+    def overlap_round(self, theta: np.ndarray, merged: int, round_: int, steps: int, lr: float,
+                      after: int | None = None) -> tuple:
+        """Round ``round_`` of overlapped local SGD (:mod:`.overlap`): start from ``theta`` plus own unmerged progress.
+
+        ``theta`` holds the merges of rounds ``< merged``. This trainer's own
+        deltas of rounds ``merged .. round_ - 1`` are not in it yet (they are
+        travelling or waiting for the other trainers), so the round starts from
+        ``theta`` plus those deltas; the driver need not wait for a merge before
+        sending the next round. ``merged == round_`` starts from ``theta`` as is.
+
+        ``after``: the round this trainer must have run first. Two rounds
+        queued for one trainer travel on two connections and may arrive in
+        the other order; the early one then returns ``None`` as its delta,
+        untouched, and the driver sends it again.
+
+        Returns ``((delta, idle_s), loss_sum, rows, correct, seconds)``: this
+        round's parameter change and the seconds this trainer sat idle since
+        its previous round ended.
+        """
+        if after is not None and self._last_round != after:
+            return (None, 0.0), 0.0, 0, 0, 0.0
+        t0 = time.perf_counter()
+        idle = t0 - self._round_end if self._round_end is not None else 0.0
+        self._own = {r: d for r, d in self._own.items() if merged <= r < round_}
+        start = np.array(theta, dtype=self.theta.dtype, copy=True)
+        for d in self._own.values():
+            start += d
+        out = self.local_round(start, steps, lr)
+        delta = np.subtract(self.theta, start)  # a new array per round: the ledger keeps it
+        self._own[int(round_)] = delta
+        self._last_round = int(round_)
+        self._round_end = time.perf_counter()
+        return (delta, idle), *out[1:4], self._round_end - t0
 
     # ---- checkpointing ---------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:

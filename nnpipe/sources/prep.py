@@ -27,7 +27,7 @@ import numpy as np
 
 from nnpipe.core.network import NetworkSpec
 from nnpipe.data.load import DataError
-from nnpipe.sources.location import Piece, Source, read_piece
+from nnpipe.sources.location import Piece, Source, iter_piece, read_piece
 
 log = logging.getLogger("nnpipe")
 
@@ -109,12 +109,35 @@ def _labels(series) -> np.ndarray:
 
 def piece_rows(piece: Piece, row0: int, code: int | None, *, features: list[str], target: str, columns: list[str],
                storage_options: dict, seed: int, test_size: float, val_size: float) -> tuple[np.ndarray, np.ndarray]:
-    """Raw features (float64) and labels of this piece's rows in split ``code`` (None: all rows)."""
-    df = read_piece(piece, [*features, target], storage_options, columns)
-    X, y = df[features].to_numpy(dtype=np.float64), _labels(df[target])
-    if code is not None:
-        keep = split_codes(row0, len(df), seed, test_size, val_size) == code
-        X, y = X[keep], y[keep]
+    """Raw features (float64) and labels of this piece's rows in split ``code`` (None: all rows).
+
+    A Parquet piece is read in batches (:func:`~nnpipe.sources.location.iter_piece`)
+    into one preallocated array of the kept rows: only those rows ever exist
+    in float64, never the whole piece (a 1M-row group cost a worker ~700 MB
+    of temporaries on top of its shard).
+    """
+    if piece.fmt != "parquet" or piece.rows is None:
+        df = read_piece(piece, [*features, target], storage_options, columns)
+        X, y = df[features].to_numpy(dtype=np.float64), _labels(df[target])
+        if code is not None:
+            keep = split_codes(row0, len(df), seed, test_size, val_size) == code
+            X, y = X[keep], y[keep]
+        return X, y
+    keep_all = None if code is None else split_codes(row0, piece.rows, seed, test_size, val_size) == code
+    X = np.empty((piece.rows if keep_all is None else int(keep_all.sum()), len(features)), dtype=np.float64)
+    ys, at, filled = [], 0, 0
+    for df in iter_piece(piece, [*features, target], storage_options, columns):
+        Xb, yb = df[features].to_numpy(dtype=np.float64), _labels(df[target])
+        if keep_all is not None:
+            keep = keep_all[at : at + len(df)]
+            Xb, yb = Xb[keep], yb[keep]
+        at += len(df)
+        X[filled : filled + len(Xb)] = Xb
+        filled += len(Xb)
+        ys.append(yb)
+    if at != piece.rows:
+        raise DataError(f"{piece.path}: read {at} rows where the metadata says {piece.rows}")
+    y = ys[0] if len(ys) == 1 else np.concatenate(ys) if ys else np.empty(0)
     return X, y
 
 

@@ -228,3 +228,65 @@ def test_regression_source_matches_the_model_on_the_same_rows(tmp_path, df):
     # float32 forward passes over pieces rather than all rows at once: equal to float32 rounding.
     assert confusion is None and metrics == pytest.approx(expect, rel=1e-6)
     assert metrics["r2"] > 0.8
+
+
+SAMPLE_PEAK = """
+import sys
+def peak():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
+import pyarrow, pandas, fsspec
+from nnpipe.sources.location import open_source, sample_rows
+source = open_source(sys.argv[1], "label")
+before = peak()
+rows = sample_rows(source)
+print(peak() - before)
+rows.to_csv(sys.argv[2], index=False)
+"""
+
+
+@pytest.mark.parametrize("hive", [False, True])
+def test_sample_rows_reads_a_few_pages_not_the_whole_row_group(tmp_path, hive):
+    import subprocess
+    import sys
+
+    # One part, one row group of 400k rows x 41 columns (~130 MB): the model's input example needs 5 rows.
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.standard_normal((400_000, 40)), columns=[f"x{i}" for i in range(40)])
+    df["label"] = rng.integers(0, 3, len(df))
+    folder = tmp_path / ("day=1" if hive else "data")
+    folder.mkdir()
+    df.to_parquet(folder / "part-0.parquet", row_group_size=len(df), index=False)
+    # The process's own peak resident memory: pyarrow decodes outside Python's allocator.
+    out = subprocess.run([sys.executable, "-c", SAMPLE_PEAK, str(tmp_path if hive else folder), str(tmp_path / "rows.csv")],
+                         capture_output=True, text=True, check=True)
+    grew = int(out.stdout.split()[-1])
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    np.testing.assert_allclose(rows[[f"x{i}" for i in range(40)]].to_numpy(), df.iloc[:5, :40].to_numpy())
+    assert rows["label"].tolist() == df["label"].head(5).tolist()
+    assert grew < 40e6, f"sampling 5 rows grew the process by {grew / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize("code", [None, TRAIN, TEST])
+def test_piece_rows_in_batches_equal_the_whole_piece_read_at_once(tmp_path, code, monkeypatch):
+    from nnpipe.sources import location, prep
+
+    # Two parts of two row groups each; batches of 7 rows cut across row groups' ends.
+    df = frame(300)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i in range(2):
+        df.iloc[150 * i : 150 * (i + 1)].to_parquet(folder / f"p{i}.parquet", row_group_size=100, index=False)
+    source = open_source(str(folder), "label")
+    read = dict(features=source.features, target="label", columns=source.columns, storage_options={},
+                seed=3, test_size=0.2, val_size=0.1)
+    monkeypatch.setattr(location, "PIECE_BATCH_ROWS", 7)
+    row0 = 0
+    for piece in source.pieces:
+        whole = location.read_piece(piece, [*source.features, "label"])
+        X, y = prep.piece_rows(piece, row0, code, **read)
+        assert [len(b) for b in location.iter_piece(piece, ["label"])][:2] == [7, 7]
+        keep = np.ones(len(whole), bool) if code is None else split_codes(row0, len(whole), 3, 0.2, 0.1) == code
+        np.testing.assert_array_equal(X, whole[source.features].to_numpy(np.float64)[keep])
+        np.testing.assert_array_equal(y, whole["label"].to_numpy().astype(str)[keep])
+        row0 += piece.rows

@@ -28,7 +28,12 @@ def kill_worker(client: distributed.Client, address: str) -> int:
     return pid
 
 
-@pytest.mark.parametrize("mode", ["sync", "local-sgd", "async"])
+def mode_kw(mode: str) -> dict:
+    """``local-sgd/overlap``: local-sgd with overlapped rounds (two queued per trainer)."""
+    return dict(mode="local-sgd", overlap=2) if mode == "local-sgd/overlap" else dict(mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["sync", "local-sgd", "async", "local-sgd/overlap"])
 def test_killed_worker_mid_training(data, mode, tmp_path):
     X, y = data
     spec, theta0 = small_net("float64")
@@ -45,7 +50,7 @@ def test_killed_worker_mid_training(data, mode, tmp_path):
                 killed.append(kill_worker(client, victim))
 
         out = fit_distributed(Problem(spec, theta0, X, y, (X, y)),
-                              TrainConfig(mode=mode, workers=2, sync_every=3, **ckpt, **kw), client=client,
+                              TrainConfig(**mode_kw(mode), workers=2, sync_every=3, **ckpt, **kw), client=client,
                               callbacks=[kill_after_first_epoch])
     assert killed
     events = out.info["events"]
@@ -97,11 +102,11 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("mode", ["sync", "local-sgd"])
+@pytest.mark.parametrize("mode", ["sync", "local-sgd", "local-sgd/overlap"])
 def test_resume_from_checkpoint_matches_uninterrupted_run(client, data, tmp_path, mode):
     X, y = data
     spec, theta0 = small_net("float64")
-    kw = dict(mode=mode, epochs=5, batch_size=40, seed=4, dtype="float64", sync_every=3, checkpoint_every=1)
+    kw = dict(**mode_kw(mode), epochs=5, batch_size=40, seed=4, dtype="float64", sync_every=3, checkpoint_every=1)
     problem = Problem(spec, theta0, X, y)
     whole = fit_distributed(problem, TrainConfig(checkpoint_dir=str(tmp_path / "a"), **kw), client=client)
 
