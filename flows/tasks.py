@@ -197,12 +197,35 @@ def _train(splits: Splits | PreparedSource, config: TrainConfig, hidden: list[in
             if run_id and config.checkpoint_every:
                 tracking.log_checkpoints(run_id, ckpt_dir)
     logger.info("%strained %d epochs%s", prefix, result.epochs_run, " (stopped early)" if result.stopped_early else "")
+    report_target(result.info.get("target"), run_id, prefix)
     note = result.info.get("early_stopping")
     if note:  # the console line ended at "epoch 16/30": say why, and which epoch the model is
         announce(f"{prefix}{note[0].upper()}{note[1:]}")
         if run_id:
             tracking.set_run_tags(run_id, {"nnpipe.early_stopping": note})
     return model, result
+
+
+def report_target(record: dict | None, run_id: str | None, prefix: str = "") -> None:
+    """The ``--until`` target's outcome: a console line, tags, and ``target/seconds`` / ``target/epochs`` when reached.
+
+    The metrics sit at the step of the epoch that reached the target, so the
+    MLflow charts line them up with the curves; a run that never reached it
+    has the tag ``nnpipe.target_reached=false`` and no ``target/*`` metrics.
+    """
+    from nnpipe import tracking
+    from nnpipe.target import describe
+
+    if not record:
+        return
+    line = describe(record)
+    announce(f"{prefix}{line[0].upper()}{line[1:]}")
+    if run_id:
+        tracking.set_run_tags(run_id, {"nnpipe.target": record["target"],
+                                       "nnpipe.target_reached": str(record["reached"]).lower()})
+        if record["reached"]:
+            tracking.log_final_metrics(run_id, {"seconds": record["seconds"], "epochs": float(record["epochs"])},
+                                       prefix="target/", step=record["epochs"] - 1)
 
 
 def warm_start_theta(name: str, data: Splits | PreparedSource, config: TrainConfig, hidden: list[int],

@@ -99,9 +99,14 @@ _CALL_START: contextvars.ContextVar[float | None] = contextvars.ContextVar("nnpi
 
 
 @contextmanager
-def command_started(at: float | None = None) -> Iterator[float]:
-    """Time targets from ``at`` (``time.time()``; default now) while the block runs: the CLI's start."""
-    at = time.time() if at is None else at
+def command_started(at: float | None = None, default: float | None = None) -> Iterator[float]:
+    """Time targets from ``at`` (a ``time.time()``) while the block runs: the CLI's start.
+
+    Without ``at``: the start already set by an outer block (the console
+    script sets its process's start), else ``default``, else now.
+    """
+    if at is None:
+        at = _COMMAND_START[-1] if _COMMAND_START else (time.time() if default is None else default)
     _COMMAND_START.append(at)
     try:
         yield at
@@ -118,6 +123,16 @@ def call_started() -> Iterator[float]:
         yield at
     finally:
         _CALL_START.reset(token)
+
+
+def process_start() -> float:
+    """When this process started (``time.time()`` scale): a command's start, imports included."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # no psutil (a core-only install): the caller's now is the next best
+        return time.time()
 
 
 def origin() -> float:

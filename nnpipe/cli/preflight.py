@@ -48,6 +48,12 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
         if not cfg.large_source and _small_file(cfg.dataset):  # every row checked now: a bad value is named in seconds, not after start-up
             ds = load_dataset(cfg.dataset, cfg.target, cfg.task, cfg.features)
             check_class_sizes(ds, cfg.test_size, cfg.val_size)
+            target = cfg.train.target()
+            if target is not None:  # --until val/mse on a classification: refused before any run opens
+                try:
+                    target.check_task(ds.task, cfg.val_size > 0)
+                except ValueError as exc:
+                    fail(str(exc))
             for line in ds.warnings:
                 if "--task" in line:
                     note(f"note: {ds.source}: {line}")
