@@ -105,10 +105,11 @@ async def _counted_call(client: distributed.Client, address: str, counter: WireC
     comm = await pool.connect(address)
     before = tcp_totals(comm)
     try:
-        return await send_recv(comm=comm, op="actor_execute", serializers=pool.serializers,
-                               deserializers=pool.deserializers, **msg)
-    finally:
-        counter.add(before, tcp_totals(comm))  # read before the comm goes back to the pool, while only this call uses it
+        reply = await send_recv(comm=comm, op="actor_execute", serializers=pool.serializers,
+                                deserializers=pool.deserializers, **msg)
+        counter.add(before, tcp_totals(comm))  # before the comm goes back to the pool: only this call used it
+        return reply
+    finally:  # a failed call counts nothing: its worker is lost and the call is made again elsewhere
         pool.reuse(address, comm)
 
 
