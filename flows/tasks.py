@@ -198,12 +198,21 @@ def _train(splits: Splits | PreparedSource, config: TrainConfig, hidden: list[in
                 tracking.log_checkpoints(run_id, ckpt_dir)
     logger.info("%strained %d epochs%s", prefix, result.epochs_run, " (stopped early)" if result.stopped_early else "")
     report_target(result.info.get("target"), run_id, prefix)
+    if result.info.get("wire_measured"):  # what a slower network than this one would cost
+        info = result.info
+        announce(f"{prefix}Wire:        {_mb(info['wire_bytes_sent_per_epoch'])} sent, "
+                 f"{_mb(info['wire_bytes_received_per_epoch'])} received per epoch by the driver "
+                 f"({info['wire_s_per_epoch_1gbit']:.3g} s an epoch on a 1 Gbit/s link)")
     note = result.info.get("early_stopping")
     if note:  # the console line ended at "epoch 16/30": say why, and which epoch the model is
         announce(f"{prefix}{note[0].upper()}{note[1:]}")
         if run_id:
             tracking.set_run_tags(run_id, {"nnpipe.early_stopping": note})
     return model, result
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.3g} MB" if n >= 1e5 else f"{n / 1e3:.3g} kB"
 
 
 def report_target(record: dict | None, run_id: str | None, prefix: str = "") -> None:
