@@ -24,7 +24,6 @@ import argparse
 import fcntl
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,9 +32,8 @@ from pathlib import Path
 from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import N_FEATURES, write_dataset  # noqa: E402  (the same data as bench_scale)
+from bench_scale import N_FEATURES, run_train, write_dataset  # noqa: E402  (bench_scale's data and runs)
 
-BIN = Path(sys.executable).parent
 MODES = ("single", "sync", "local-sgd", "async")
 
 
@@ -54,26 +52,16 @@ def held(path: str | None) -> Iterator[None]:
 
 
 def run_mode(dataset: Path, mode: str, target: str, epochs: int, workers: int, scratch: Path) -> dict:
-    """One ``nnpipe train`` to the target; its figures from its MLflow run."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DASK_"))}
-    env.update(HOME=str(scratch), PREFECT_HOME=str(scratch / ".prefect"), DO_NOT_TRACK="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_ENABLE_TELEMETRY="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300", NNPIPE_PREFECT_SERVER="ephemeral")
-    cmd = [str(BIN / "nnpipe"), "train", "--dataset", str(dataset), "--target", "label", "--hidden", "64,32",
-           "--mode", mode, "--epochs", str(epochs), "--until", target]
+    """One ``nnpipe train`` to the target (bench_scale's run: a scratch store and HOME); its figures from MLflow."""
+    args = ["--hidden", "64,32", "--mode", mode, "--epochs", str(epochs), "--until", target]
     if mode != "single":
-        cmd += ["--workers", str(workers)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        args += ["--workers", str(workers)]
+    wall = run_train(dataset, args, scratch)["wall_s"]
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{scratch / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    run = max((r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
-               if "test/accuracy" in r.data.metrics), key=lambda r: r.info.start_time)
+    client = MlflowClient(tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}")
+    run = next(r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+               if "nnpipe.target" in r.data.tags)  # the training run (not the alias ledger's)
     m, tags = run.data.metrics, run.data.tags
     history = {key: [p.value for p in client.get_metric_history(run.info.run_id, key)]
                for key in ("dist/bytes_sent", "dist/bytes_received", "val/accuracy")}
