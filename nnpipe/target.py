@@ -83,6 +83,11 @@ def parse_target(text: str, name: str = "--until") -> Target:
         raise ValueError(f"{name} {text!r}: {m['value']!r} is not a number") from None
     if not math.isfinite(value):
         raise ValueError(f"{name} {text!r}: the value must be a finite number, got {m['value']!r}")
+    base = metrics.base_name(key)
+    if (base == "accuracy" and not 0 <= value <= 1) or (base == "r2" and value > 1) or \
+            (base in metrics.LOWER_IS_BETTER and value < 0):
+        raise ValueError(f"{name} {text!r}: {base} never reaches {m['value']} "
+                         f"({'between 0 and 1' if base == 'accuracy' else 'at most 1' if base == 'r2' else 'at least 0'})")
     greater = metrics.greater_is_better(key)
     if greater != (op == ">="):
         want = ">=" if greater else "<="

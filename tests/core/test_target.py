@@ -37,6 +37,9 @@ def test_parse_good(text, want):
     ("val/loss>=0.3", "lower-is-better, write val/loss<=0.3"),
     ("val/accuracy<=0.9", "higher-is-better, write val/accuracy>=0.9"),
     ("", "expected METRIC>=VALUE"),
+    ("val/accuracy>=85", "accuracy never reaches 85 (between 0 and 1)"),
+    ("val/loss<=-1", "loss never reaches -1 (at least 0)"),
+    ("val/r2>=1.5", "r2 never reaches 1.5 (at most 1)"),
 ])
 def test_parse_bad_names_flag_and_value(text, says):
     with pytest.raises(ValueError) as err:
@@ -88,10 +91,10 @@ def test_record_only_trains_on_and_never_reached_says_so(iris):
     assert out.epochs_run == 12 and rec["reached"]
     first = next(i for i, v in enumerate(out.history["val/loss"]) if v <= 0.6)
     assert rec["epochs"] == first + 1 and rec["best"] == min(out.history["val/loss"])
-    never = nnpipe.train(iris, TrainConfig(epochs=3, seed=0, until="val/accuracy>=1.01"), hidden=(8,)).info["target"]
-    assert never == {"target": "val/accuracy>=1.01", "key": "val/accuracy", "reached": False,
-                     "best": never["best"]} and 0 < never["best"] <= 1
-    assert describe(never).startswith("target val/accuracy>=1.01: not reached (best val/accuracy ")
+    never = nnpipe.train(iris, TrainConfig(epochs=3, seed=0, until="val/loss<=0.0001"), hidden=(8,)).info["target"]
+    assert never == {"target": "val/loss<=0.0001", "key": "val/loss", "reached": False,
+                     "best": never["best"]} and never["best"] > 0.0001
+    assert describe(never).startswith("target val/loss<=0.0001: not reached (best val/loss ")
 
 
 def test_seconds_count_from_the_command_start(iris):
