@@ -47,3 +47,20 @@ def test_a_distributed_run_that_never_reaches_it_says_so_and_logs_its_bytes(mlfl
     sent = client.get_metric_history(run.info.run_id, "dist/bytes_sent")
     assert [m.step for m in sent] == [0, 1, 2] and all(m.value > 0 for m in sent)
     assert any(line.startswith("Wire:") and "1 Gbit/s" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--until", "val/loss>=0.3"], "error: config field 'until' (--until) 'val/loss>=0.3': loss is lower-is-better, "
+                                   "write val/loss<=0.3"),
+    (["--dataset", "diabetes", "--until", "val/accuracy>=0.9"],
+     "error: --until 'val/accuracy>=0.9': a regression run logs val/loss, val/mse, val/mae, val/r2, not val/accuracy"),
+])
+def test_a_bad_target_is_one_line_before_any_run(tmp_path: Path, args, says):
+    import subprocess
+
+    from tests.flows.conftest import BIN, clean_env
+
+    done = subprocess.run([str(BIN / "nnpipe"), "train", *args], cwd=tmp_path, env=clean_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip() == says, done.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any MLflow run (or Prefect server) started
