@@ -63,15 +63,24 @@ def run_mode(dataset: Path, mode: str, target: str, epochs: int, workers: int, s
     run = next(r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
                if "nnpipe.target" in r.data.tags)  # the training run (not the alias ledger's)
     m, tags = run.data.metrics, run.data.tags
-    history = {key: [p.value for p in client.get_metric_history(run.info.run_id, key)]
-               for key in ("dist/bytes_sent", "dist/bytes_received", "val/accuracy")}
+    points = {key: client.get_metric_history(run.info.run_id, key)
+              for key in ("dist/bytes_sent", "dist/bytes_received", "val/accuracy", "train/samples_per_s")}
+    history = {key: [p.value for p in v] for key, v in points.items()}
+    # Where the seconds went: the first epoch ends at (its val/accuracy's timestamp - the command's start), and
+    # its training took train rows / train/samples_per_s (rows split 70/10/20); the rest is start-up and validation.
+    split = {}
+    if m.get("target/seconds") is not None and history["train/samples_per_s"]:
+        start = points["val/accuracy"][int(m["target/epochs"]) - 1].timestamp / 1e3 - m["target/seconds"]
+        first_end = points["val/accuracy"][0].timestamp / 1e3 - start
+        train_s = 0.7 * int(tags.get("dataset.rows", 0)) / history["train/samples_per_s"][0]
+        split = {"first_epoch_end_s": first_end, "epoch_train_s": train_s, "before_training_s": first_end - train_s}
     per_epoch = {k: sum(v) / len(v) for k, v in history.items() if v and k.startswith("dist/")}
     return {"mode": mode, "target": target, "reached": tags.get("nnpipe.target_reached") == "true",
             "seconds": m.get("target/seconds"), "epochs": m.get("target/epochs"), "wall_s": wall,
             "val_accuracy": history["val/accuracy"], "test_accuracy": m["test/accuracy"],
             "bytes_sent_per_epoch": per_epoch.get("dist/bytes_sent"),
             "bytes_received_per_epoch": per_epoch.get("dist/bytes_received"),
-            "round": tags.get("nnpipe.round", ""), "path": tags.get("nnpipe.data_path", "")}
+            "round": tags.get("nnpipe.round", ""), "path": tags.get("nnpipe.data_path", ""), **split}
 
 
 def report(results: list[dict]) -> None:
@@ -90,6 +99,9 @@ def report(results: list[dict]) -> None:
             sent, got = r["bytes_sent_per_epoch"], r["bytes_received_per_epoch"]
             line += (f"  wire {sent / 1e6:.2f} MB out, {got / 1e6:.2f} MB in per epoch "
                      f"({max(sent, got) * 8 / 1e9:.3f} s at 1 Gbit/s)")
+        if r.get("first_epoch_end_s") is not None:
+            line += (f"\n  {'':10s} first epoch ends at {r['first_epoch_end_s']:.1f} s: {r['epoch_train_s']:.1f} s "
+                     f"training, ~{r['before_training_s']:.1f} s start-up (Prefect, cluster, data) and validation")
         if r.get("round"):
             line += f"  [{r['round']}]"
         print(line, flush=True)
