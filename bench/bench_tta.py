@@ -114,8 +114,8 @@ def report(results: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=4_000_000)
-    ap.add_argument("--target", default="val/accuracy>=0.9", help="the --until target every mode runs to")
-    ap.add_argument("--epochs", type=int, default=20, help="the epoch budget (a mode that misses the target uses it)")
+    ap.add_argument("--target", default="val/accuracy>=0.8", help="the --until target every mode runs to")
+    ap.add_argument("--epochs", type=int, default=3, help="the epoch budget (a mode that misses the target uses it)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {','.join(MODES)}")
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "nnpipe-bench-scale"))
