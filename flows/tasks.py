@@ -202,12 +202,44 @@ def _train(splits: Splits | PreparedSource, config: TrainConfig, hidden: list[in
         logger.info("%ssingle-process loop: %s", prefix, loop)
         if run_id:
             tracking.set_run_tags(run_id, {"nnpipe.single_loop": loop})
+    report_target(result.info.get("target"), run_id, prefix)
+    if result.info.get("wire_measured"):  # what a slower network than this one would cost
+        info = result.info
+        announce(f"{prefix}Wire:        {_mb(info['wire_bytes_sent_per_epoch'])} sent, "
+                 f"{_mb(info['wire_bytes_received_per_epoch'])} received per epoch by the driver "
+                 f"({info['wire_s_per_epoch_1gbit']:.3g} s an epoch on a 1 Gbit/s link)")
     note = result.info.get("early_stopping")
     if note:  # the console line ended at "epoch 16/30": say why, and which epoch the model is
         announce(f"{prefix}{note[0].upper()}{note[1:]}")
         if run_id:
             tracking.set_run_tags(run_id, {"nnpipe.early_stopping": note})
     return model, result
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.3g} MB" if n >= 1e5 else f"{n / 1e3:.3g} kB"
+
+
+def report_target(record: dict | None, run_id: str | None, prefix: str = "") -> None:
+    """The ``--until`` target's outcome: a console line, tags, and ``target/seconds`` / ``target/epochs`` when reached.
+
+    The metrics sit at the step of the epoch that reached the target, so the
+    MLflow charts line them up with the curves; a run that never reached it
+    has the tag ``nnpipe.target_reached=false`` and no ``target/*`` metrics.
+    """
+    from nnpipe import tracking
+    from nnpipe.target import describe
+
+    if not record:
+        return
+    line = describe(record)
+    announce(f"{prefix}{line[0].upper()}{line[1:]}")
+    if run_id:
+        tracking.set_run_tags(run_id, {"nnpipe.target": record["target"],
+                                       "nnpipe.target_reached": str(record["reached"]).lower()})
+        if record["reached"]:
+            tracking.log_final_metrics(run_id, {"seconds": record["seconds"], "epochs": float(record["epochs"])},
+                                       prefix="target/", step=record["epochs"] - 1)
 
 
 def warm_start_theta(name: str, data: Splits | PreparedSource, config: TrainConfig, hidden: list[int],

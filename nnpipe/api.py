@@ -123,6 +123,16 @@ def train(
     config = TrainConfig() if config is None else config
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    from nnpipe.target import call_started
+
+    with call_started():  # config.until's seconds count from here (or from the nnpipe command's start)
+        return _train(data, config, spec=spec, theta=theta, hidden=hidden, activation=activation,
+                      validation=validation, callbacks=callbacks, client=client, address=address, metadata=metadata)
+
+
+def _train(data: Any, config: TrainConfig, *, spec: NetworkSpec | None, theta: np.ndarray | None,
+           hidden: tuple[int, ...] | list[int], activation: str, validation: tuple | None, callbacks: Any,
+           client: Any, address: str | None, metadata: dict[str, Any] | None) -> FitResult:
     if _is_source(data):  # a large source: the rows stay where they are read
         if validation is not None:
             raise TypeError("validation comes from the source's split when data is a source")
@@ -138,6 +148,7 @@ def train(
         raise TypeError("train(data=(X, Y), ...) needs spec=NetworkSpec(...)")
     elif not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"data must be a Splits or an (X, Y) pair, got {type(data).__name__}")
+    _check_target(config, spec.head, validation is not None)
     problem = Problem(spec, _initial(spec, config, theta), data[0], data[1], validation)
     if config.mode == "single":
         result = fit(problem, config, callbacks=callbacks)
@@ -202,7 +213,7 @@ def _train_source(data: Any, config: TrainConfig, *, spec: NetworkSpec | None, t
                   hidden: tuple[int, ...] | list[int], activation: str, callbacks: Any, client: Any,
                   address: str | None, metadata: dict[str, Any] | None) -> FitResult:
     """A large source: prepared where it is read, trained in this process (single) or on the cluster."""
-    from nnpipe.sources.prep import PreparedSource, prepare
+    from nnpipe.sources.prep import VAL, PreparedSource, prepare
 
     if config.mode != "single":
         from nnpipe.distributed.cluster import connect
@@ -212,6 +223,7 @@ def _train_source(data: Any, config: TrainConfig, *, spec: NetworkSpec | None, t
             if not isinstance(data, PreparedSource):
                 data = prepare(data, cluster_runner(c), seed=config.seed)
             spec = spec or source_spec(data, hidden, activation, config.dtype)
+            _check_target(config, spec.head, data.rows(VAL) > 0)
             result = fit_prepared(data, spec, _initial(spec, config, theta), config, callbacks=callbacks, client=c)
     else:
         from nnpipe.sources.fit import fit_single_source
@@ -219,10 +231,20 @@ def _train_source(data: Any, config: TrainConfig, *, spec: NetworkSpec | None, t
         if not isinstance(data, PreparedSource):
             data = prepare(data, seed=config.seed)
         spec = spec or source_spec(data, hidden, activation, config.dtype)
+        _check_target(config, spec.head, data.rows(VAL) > 0)
         result = fit_single_source(data, spec, _initial(spec, config, theta), config, callbacks)
     result.model = data.model(spec, result.theta, metadata)
     result.info["source"] = data.source.describe()
     return result
+
+
+def _check_target(config: TrainConfig, head: str, has_validation: bool) -> None:
+    """``config.until`` names a metric this run logs (before any training starts)."""
+    target = config.target()
+    if target is not None:
+        from nnpipe.core.losses import get_head
+
+        target.check_task(get_head(head).task, has_validation)
 
 
 def _initial(spec: NetworkSpec, config: TrainConfig, theta: np.ndarray | None) -> np.ndarray:

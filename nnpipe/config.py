@@ -69,6 +69,15 @@ class TrainConfig:
     patience : int, optional
         Early stopping: stop after this many epochs without a better validation
         loss; ``restore_best`` then returns the best parameters.
+    until : str, optional
+        A target to time: ``val/accuracy>=0.85`` (higher is better) or
+        ``val/loss<=0.3`` (lower is better), any ``train/`` or ``val/``
+        metric the run logs. The first epoch that reaches it is recorded
+        (``FitResult.info["target"]``: epochs, and seconds from the command's
+        or the :func:`nnpipe.train` call's start), in every mode.
+    stop_at_target : bool
+        With ``until``: stop training at the first epoch that reaches it (the
+        model is that epoch's). False only records it and trains on.
     seed : int
         Seeds initialisation, shuffling and every worker's random stream.
     dtype : str
@@ -154,6 +163,8 @@ class TrainConfig:
     clip_norm: float | None = None
     patience: int | None = None
     restore_best: bool = True
+    until: str | None = None
+    stop_at_target: bool = True
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
     mode: Mode = "single"
@@ -218,6 +229,12 @@ class TrainConfig:
             raise bad("patience", "an integer >= 1 or None")
         if not isinstance(self.restore_best, bool):
             raise bad("restore_best", "True or False")
+        if not isinstance(self.stop_at_target, bool):
+            raise bad("stop_at_target", "True or False")
+        if self.until is not None:
+            from nnpipe.target import parse_target
+
+            parse_target(self.until, "config field 'until' (--until)")
         self._check_hyper("optimizer", self.optimizer, OPTIMIZER_FIELDS, optimizers.hyperparameters(self.optimizer))
         self._check_hyper("schedule", self.schedule, SCHEDULE_FIELDS, schedules.hyperparameters(self.schedule))
         if self.l2 < 0:
@@ -282,6 +299,12 @@ class TrainConfig:
         """The options set for the chosen schedule (unset ones keep its defaults)."""
         return {f: getattr(self, f) for f in SCHEDULE_FIELDS if getattr(self, f) is not None}
 
+    def target(self) -> Any:
+        """The parsed ``until`` (:class:`nnpipe.target.Target`), or None."""
+        from nnpipe.target import parse_target
+
+        return None if self.until is None else parse_target(self.until, "config field 'until' (--until)")
+
     def make_optimizer(self) -> Optimizer:
         """The optimizer this config describes (built once by the loop that owns the parameters)."""
         return optimizers.get_optimizer(self.optimizer, **self.optimizer_hyper())
@@ -327,6 +350,8 @@ class TrainConfig:
                 continue
             if key == "restore_best" and self.patience is None:
                 continue  # nothing to restore without early stopping
+            if key == "stop_at_target" and self.until is None:
+                continue  # nothing to stop at without a target
             out[key] = value
         return out
 

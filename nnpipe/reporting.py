@@ -20,6 +20,7 @@ from nnpipe.config import TrainConfig
 from nnpipe.core.evaluation import evaluate_arrays
 from nnpipe.core.network import Network, NetworkSpec
 from nnpipe.results import Callback, DivergenceError, FitResult
+from nnpipe.target import TargetWatch, describe
 
 log = logging.getLogger("nnpipe")
 
@@ -88,6 +89,9 @@ class Reporter:
         self.history: dict[str, list[float]] = {}
         self.start_epoch = 0
         self.resumed_from: str | None = None
+        target = config.target()
+        self.target = TargetWatch(target) if target is not None else None  # the clock starts now at the latest
+        self.stopped_at_target = False
 
     def resume(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Load the newest checkpoint of ``config.checkpoint_dir``: ``(arrays, meta)``, or None.
@@ -128,6 +132,10 @@ class Reporter:
                 logs[f"val/{key}"] = value
         append_logs(self.history, logs)
         stop = self.stopper.update(epoch, logs.get("val/loss", logs["train/loss"]), theta)
+        if self.target is not None and self.target.update(epoch, logs):
+            log.info("%s", describe(self.target.record()))
+            if self.config.stop_at_target:
+                stop = self.stopped_at_target = True
         every = self.config.checkpoint_every
         if every and self.config.checkpoint_dir and (epoch + 1) % every == 0:
             own_arrays = arrays() if callable(arrays) else (arrays or {})
@@ -146,11 +154,18 @@ class Reporter:
         """The :class:`FitResult`: best parameters when early stopping restores them."""
         epochs_run = len(self.history.get("train/loss", []))
         stopped = self.stopper.patience is not None and epochs_run < self.config.epochs
-        if self.stopper.best_theta is not None:
-            theta = self.stopper.best_theta
         info["resumed_from"] = self.resumed_from
-        note = stop_note(self.history, self.config, epochs_run, self.stopper.best_epoch, stopped,
-                         restored=self.stopper.best_theta is not None)
+        if self.target is not None:
+            info["target"] = self.target.record()
+        if self.stopped_at_target:  # the model is the epoch that reached the target, not the best loss's
+            stopped = epochs_run < self.config.epochs
+            note = (f"stopped at the target after epoch {epochs_run} of {self.config.epochs} "
+                    f"({describe(info['target'])}); the model is that epoch's") if stopped else None
+        else:
+            if self.stopper.best_theta is not None:
+                theta = self.stopper.best_theta
+            note = stop_note(self.history, self.config, epochs_run, self.stopper.best_epoch, stopped,
+                             restored=self.stopper.best_theta is not None)
         if note:
             info["early_stopping"] = note
             log.info("%s", note)

@@ -56,7 +56,10 @@ def main() -> None:
                        ("MLFLOW_ENABLE_TELEMETRY", "false"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
         os.environ.setdefault(key, value)
     one_line_warnings()  # e.g. the small-batch warning printed as a raw UserWarning with its source line
-    app()
+    from nnpipe.target import command_started, process_start
+
+    with command_started(process_start()):  # --until's seconds count from the moment the user pressed enter
+        app()
 
 
 if __name__ == "__main__":

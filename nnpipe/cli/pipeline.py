@@ -10,6 +10,7 @@ line on stderr and exit code 1 (2 for usage errors), never a traceback.
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -110,6 +111,8 @@ def register(app: typer.Typer) -> None:
         warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", metavar="N", help="Synchronous epochs before local steps (local-sgd, async; default min(2, epochs // 20))."),
         lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help="none | linear | sqrt: scale the lr with the worker count (local-sgd, async; default linear)."),
         lr_warmup_epochs: Optional[int] = typer.Option(None, "--lr-warmup-epochs", metavar="N", help="Epochs to ramp up to the scaled lr (default 0: no ramp)."),
+        until: Optional[str] = typer.Option(None, "--until", metavar="METRIC>=VALUE", help="A target to time, e.g. val/accuracy>=0.85 or val/loss<=0.3: the first epoch that reaches it is logged (target/seconds from this command's start, target/epochs) and printed."),
+        stop_at_target: Optional[bool] = typer.Option(None, "--stop-at-target/--no-stop-at-target", help="With --until: stop at the first epoch that reaches it (default), or only record it and train on."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seeds the split, initialisation and shuffling."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | float64."),
         model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model name (default nnpipe-<dataset>)."),
@@ -121,6 +124,7 @@ def register(app: typer.Typer) -> None:
         verbose: Verbose = False,
     ) -> None:
         """Train, evaluate, register and gate one model (a Prefect flow; MLflow at ./mlflow.db by default)."""
+        started = time.time()
         if task is not None and task not in ("classification", "regression"):
             raise typer.BadParameter(f"expected classification or regression, got {task!r}", param_hint="'--task'")
         overrides = {"task": task, "resume_from": resume_from, "warm_start": warm_start, "metrics_port": metrics_port, "features": parse_names(features), "large": large, "stream": stream,
@@ -130,6 +134,7 @@ def register(app: typer.Typer) -> None:
             "dtype": dtype, "model_name": model_name, "scheduler_address": scheduler,
             "outer_optimizer": outer_optimizer, "outer_lr": outer_lr, "outer_momentum": outer_momentum,
             "warmup_epochs": warmup_epochs, "lr_scaling": lr_scaling, "lr_warmup_epochs": lr_warmup_epochs,
+            "until": until, "stop_at_target": stop_at_target,
         }
         cfg = build_config(config, overrides)
         if cfg.resume_from:  # the earlier run's settings, under the file's and the flags'
@@ -139,10 +144,11 @@ def register(app: typer.Typer) -> None:
         preflight(cfg, default_tracking_uri, fail, note=lambda line: typer.echo(line, err=True))  # data, store, scheduler: seconds, before any start
         from nnpipe.flows.pipeline import training_flow
         from nnpipe.flows.progress import announcements
+        from nnpipe.target import command_started
 
         # Every mode reports once per epoch (the distributed ones per epoch's worth of rows, whatever the rounds).
         with sigterm_as_interrupt(), prefect_api(), quiet_console(verbose), announcements(typer.echo), \
-                _progress(cfg.train.epochs, "epoch"):
+                _progress(cfg.train.epochs, "epoch"), command_started(default=started):
             result = run_flow(training_flow, cfg)
         _print_result(result)
 

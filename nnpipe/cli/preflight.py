@@ -32,7 +32,7 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
 
     ``note(line)`` receives what is worth a word but no refusal (a numeric target taken as classes).
     """
-    from nnpipe.data import DataError, check_class_sizes, check_source, is_parts, load_dataset
+    from nnpipe.data import BUILTIN, DataError, check_class_sizes, check_source, is_parts, load_dataset
 
     try:
         if is_parts(cfg.dataset):  # a local folder or glob: every part's columns, from headers and footers
@@ -48,9 +48,12 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
         if not cfg.large_source and _small_file(cfg.dataset):  # every row checked now: a bad value is named in seconds, not after start-up
             ds = load_dataset(cfg.dataset, cfg.target, cfg.task, cfg.features)
             check_class_sizes(ds, cfg.test_size, cfg.val_size)
+            _check_target(cfg, ds.task, fail)
             for line in ds.warnings:
                 if "--task" in line:
                     note(f"note: {ds.source}: {line}")
+        elif cfg.train.until and cfg.dataset in BUILTIN:  # a built-in's task is known at once
+            _check_target(cfg, load_dataset(cfg.dataset).task, fail)
     except DataError as exc:
         fail(str(exc))
     from nnpipe.redact import move_credentials_to_env, redact
@@ -85,6 +88,16 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
             check_scheduler(address, timeout=SCHEDULER_TIMEOUT)
         except (ConnectionError, ValueError) as exc:
             fail(redact(str(exc)))
+
+
+def _check_target(cfg: Any, task: str, fail: Callable[[str], None]) -> None:
+    """``--until val/mse`` on a classification (or a val/ metric without validation rows): refused before any run opens."""
+    target = cfg.train.target()
+    if target is not None:
+        try:
+            target.check_task(task, cfg.val_size > 0)
+        except ValueError as exc:
+            fail(str(exc))
 
 
 def _small_file(source: str) -> bool:

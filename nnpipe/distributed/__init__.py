@@ -28,7 +28,9 @@ All modes:
     ``train/loss``, ``train/accuracy`` (classification), ``train/samples_per_s``,
     ``lr``, ``val/loss`` and ``val/accuracy`` (or ``val/mse``, ``val/mae``,
     ``val/r2``) when validation data is given, and ``worker/<i>/samples_per_s``
-    for each trainer ``i`` (rows per second of that trainer's compute time).
+    for each trainer ``i`` (rows per second of that trainer's compute time),
+    ``dist/bytes_sent`` and ``dist/bytes_received`` (the epoch's bytes on the
+    wire between the driver and the trainers, counted by the kernel: :mod:`.wire`).
 ``sync``:
     ``dist/straggler_wait_s`` (summed over the epoch's steps: first to last
     arrival of each step's gradients).
@@ -57,6 +59,9 @@ received, averaged over rounds; a round is one call to every trainer, and in
 ``local-sgd``, ``rounds_log`` (one dict per round: ``consensus_distance``,
 ``outer_step_norm``); for ``async``, ``merges_by_trainer`` and ``merges``
 (one dict per merge: ``trainer``, ``staleness``, ``weight``, ``outer_step_norm``).
+``wire_measured``, and when True ``wire_bytes_sent``, ``wire_bytes_received``
+(the run's totals), their ``_per_epoch`` means and ``wire_s_per_epoch_1gbit``
+(the seconds an epoch's bytes take on a 1 Gbit/s link, the busier direction).
 """
 
 from __future__ import annotations
@@ -160,6 +165,23 @@ def run_mode(pool: Pool, theta: np.ndarray, config: TrainConfig, reporter: Any, 
     return rounds.run(pool, theta, config, reporter, rule, warmup)
 
 
+def wire_info(wire: Any, history: dict[str, list[float]]) -> dict[str, Any]:
+    """The run's bytes on the wire (``FitResult.info``): totals, per epoch, and the seconds per epoch at 1 Gbit/s.
+
+    Per epoch is the mean of the epochs' own counts (``dist/bytes_*``); the
+    totals add the calls outside the epochs (starting state, the final state).
+    """
+    from nnpipe.distributed.wire import link_seconds
+
+    if not wire.measured:
+        return {"wire_measured": False}
+    sent = float(np.mean(history.get("dist/bytes_sent") or [wire.sent]))
+    received = float(np.mean(history.get("dist/bytes_received") or [wire.received]))
+    return {"wire_measured": True, "wire_bytes_sent": wire.sent, "wire_bytes_received": wire.received,
+            "wire_bytes_sent_per_epoch": sent, "wire_bytes_received_per_epoch": received,
+            "wire_s_per_epoch_1gbit": link_seconds(sent, received)}
+
+
 def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndarray, config: TrainConfig, *,
                     validation: tuple[np.ndarray, np.ndarray] | None = None,
                     callbacks: tuple[Callback, ...] | list[Callback] = (),
@@ -186,6 +208,7 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
              client.scheduler.address)
     rounds.warn_small_steps(config, [s.rows for s in shards])
     pool = TrainerPool(client, shards, spec, config, n_total, delays=delays)
+    reporter.wire = pool.wire
     t0 = time.perf_counter()
     try:
         pool.start(addresses[: len(shards)])
@@ -209,6 +232,7 @@ def train_on_shards(client: Any, shards: list, spec: NetworkSpec, theta: np.ndar
         "bytes_other": pool.bytes_other,  # optimizer states fetched for checkpoints and the result
         "coordination_s_per_round": float(np.median(pool.overhead_s)) if pool.overhead_s else 0.0,
         "param_bytes": int(theta.nbytes),
+        **wire_info(pool.wire, reporter.history),
         "seconds": time.perf_counter() - t0,
     }
     info.update(pool.rule_info)

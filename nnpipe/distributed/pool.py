@@ -43,6 +43,7 @@ from nnpipe.distributed.rpc import WorkerLost, call_actor
 from nnpipe.distributed.shards import Shard
 from nnpipe.distributed.trainer import ShardTrainer
 from nnpipe.distributed.watch import RESUME_HINT, LossWatch, SchedulerLost
+from nnpipe.distributed.wire import WireCounter
 
 log = logging.getLogger("nnpipe.distributed")
 
@@ -106,6 +107,7 @@ class TrainerPool:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.bytes_other = 0
+        self.wire = WireCounter()  # every call's bytes as the kernel counted them (:mod:`.wire`)
         self.rounds = 0
         self.overhead_s: list[float] = []  # per round: wall time minus the slowest trainer's compute
         self.rule_info: dict[str, Any] = {}  # what the merge rule reports (FitResult.info)
@@ -216,7 +218,8 @@ class TrainerPool:
     def call(self, trainer: Trainer, method: str, *args: Any, inline: bool = False) -> cf.Future:
         """Call ``trainer.method(*args)`` on its worker; a concurrent future of the result."""
         self.bytes_sent += _payload_bytes(args)
-        coro = call_actor(self.client, trainer.address, trainer.future.key, ShardTrainer, method, args, inline)
+        coro = call_actor(self.client, trainer.address, trainer.future.key, ShardTrainer, method, args, inline,
+                          counter=self.wire)
         return self.watch.track(trainer.address, asyncio.run_coroutine_threadsafe(coro, self.client.loop.asyncio_loop))
 
     def call_sync(self, trainer: Trainer, method: str, *args: Any, where: str = "") -> Any:

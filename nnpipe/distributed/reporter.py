@@ -13,11 +13,19 @@ import numpy as np
 
 from nnpipe import reporting
 from nnpipe.distributed import checkpoint as ckpt
+from nnpipe.distributed.wire import WireCounter
 from nnpipe.results import FitResult
 
 
 class Reporter(reporting.Reporter):
-    """Per-epoch bookkeeping for the sync, local-sgd and async loops."""
+    """Per-epoch bookkeeping for the sync, local-sgd and async loops.
+
+    With :attr:`wire` (the pool's :class:`~nnpipe.distributed.wire.WireCounter`)
+    each epoch's logs gain ``dist/bytes_sent`` and ``dist/bytes_received``:
+    the bytes the driver's calls to the trainers put on the wire in that epoch.
+    """
+
+    wire: WireCounter | None = None
 
     def resume(self) -> dict[str, Any] | None:  # type: ignore[override]
         """The newest checkpoint as one dict (see :func:`.checkpoint.unpack`), or None."""
@@ -27,6 +35,8 @@ class Reporter(reporting.Reporter):
     def end_epoch(self, epoch: int, theta: np.ndarray, logs: dict[str, float], *,  # type: ignore[override]
                   opt_state: dict | None = None, trainer_states: Any = None) -> bool:
         """Finish ``epoch``; ``trainer_states`` may be a callable, fetched only when a checkpoint is due."""
+        if self.wire is not None and self.wire.measured:
+            logs["dist/bytes_sent"], logs["dist/bytes_received"] = map(float, self.wire.since_mark())
         packed: list[tuple[dict, dict]] = []
 
         def fetch() -> tuple[dict, dict]:

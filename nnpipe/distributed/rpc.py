@@ -20,7 +20,10 @@ import logging
 from typing import Any
 
 import distributed
+from distributed.core import send_recv
 from distributed.protocol import to_serialize
+
+from nnpipe.distributed.wire import WireCounter, tcp_totals
 
 log = logging.getLogger("nnpipe.distributed")
 
@@ -56,23 +59,23 @@ def _give_up_direct(reason: str) -> None:
 
 
 async def call_actor(client: distributed.Client, address: str, key: str, cls: type, method: str, args: tuple,
-                     inline: bool = False) -> Any:
+                     inline: bool = False, counter: WireCounter | None = None) -> Any:
     """``actor.method(*args)`` on the actor ``key`` at ``address``; runs on the client's event loop.
 
     ``inline`` runs the method on the worker's event loop, skipping a thread
     hop: only for calls that take milliseconds, so the worker's heartbeats
     keep going (direct path only). Raises :class:`WorkerLost` when the worker
     is gone or no longer holds the actor; the method's own errors propagate.
+    With ``counter`` (direct path), the call's bytes on the wire are added to it.
     """
     if not _direct["ok"]:
         if not _direct["warned"]:
             _give_up_direct("no actor_execute handler with the expected arguments")
         return await _call_public(client, address, key, cls, method, args)
     try:
-        msg = await client.rpc(address).actor_execute(
-            function=method, actor=key, args=[to_serialize(a) for a in args],
-            kwargs={"separate_thread": False} if inline else {},
-        )
+        msg = await _counted_call(client, address, counter, function=method, actor=key,
+                                  args=[to_serialize(a) for a in args],
+                                  kwargs={"separate_thread": False} if inline else {})
     except OSError as exc:  # CommClosedError is an OSError
         raise WorkerLost(f"worker {address} unreachable: {exc!r}") from exc
     except KeyError as exc:  # the worker restarted and no longer has this actor
@@ -87,6 +90,27 @@ async def call_actor(client: distributed.Client, address: str, key: str, cls: ty
             raise WorkerLost(f"worker {address} is shutting down: {exc!r}") from exc
         raise exc
     return msg["result"]
+
+
+async def _counted_call(client: distributed.Client, address: str, counter: WireCounter | None, **msg: Any) -> Any:
+    """``client.rpc(address).actor_execute(**msg)``, reading the connection's byte counts around it.
+
+    The same exchange the pooled rpc makes (a pooled comm, ``send_recv``, the
+    comm back to the pool); holding the comm ourselves is what lets the
+    kernel's counts be read for exactly this call.
+    """
+    if counter is None:
+        return await client.rpc(address).actor_execute(**msg)
+    pool = client.rpc
+    comm = await pool.connect(address)
+    before = tcp_totals(comm)
+    try:
+        reply = await send_recv(comm=comm, op="actor_execute", serializers=pool.serializers,
+                                deserializers=pool.deserializers, **msg)
+        counter.add(before, tcp_totals(comm))  # before the comm goes back to the pool: only this call used it
+        return reply
+    finally:  # a failed call counts nothing: its worker is lost and the call is made again elsewhere
+        pool.reuse(address, comm)
 
 
 async def _call_public(client: distributed.Client, address: str, key: str, cls: type, method: str,
