@@ -115,13 +115,14 @@ class RowStream:
 
     def __getstate__(self) -> dict[str, Any]:  # moved between workers: no thread, no buffers
         state = dict(self.__dict__)
-        state.update(_pool=None, _ahead=None, _X=None, _Y=None, _sync={})
+        state.update(_pool=None, _ahead=None, _X=None, _Y=None, _perm=None, _bx=None, _by=None, _sync={})
         return state
 
     def _reset_pass_cursor(self) -> None:
         self._order: np.ndarray | None = None
         self._k = 0
-        self._X = self._Y = None
+        self._X = self._Y = self._perm = None
+        self._bx = self._by = None
         self._pos = 0
         self._pass_state = self.rng.bit_generator.state
 
@@ -170,11 +171,25 @@ class RowStream:
             nxt = int(self._order[self._k + 1]) if self._k + 1 < len(self._order) else None
             X, Y = self._load(k, nxt)
             perm = self.rng.permutation(len(X))
-            self._X, self._Y, self._pos = X[perm], Y[perm], 0
+            self._X, self._Y, self._perm, self._pos = X, Y, perm, 0
             self._k += 1
         a = self._pos
         self._pos = min(a + batch, len(self._X))
-        return self._X[a : self._pos], self._Y[a : self._pos]
+        return self._gather(self._perm[a : self._pos])
+
+    def _gather(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``idx`` of the current segment, copied into reused batch buffers (valid until the next call).
+
+        Gathered from the segment as read (a mapped cache file, or the decoded
+        arrays), never from a shuffled copy: one segment's bytes less in memory.
+        The rows are those of ``X[perm][a:b]``, so the batches do not change.
+        """
+        k = len(idx)
+        if self._bx is None or len(self._bx) < k or self._bx.dtype != self._X.dtype:
+            self._bx = np.empty((k, *self._X.shape[1:]), dtype=self._X.dtype)
+            self._by = np.empty((k, *self._Y.shape[1:]), dtype=self._Y.dtype)
+        return (np.take(self._X, idx, axis=0, out=self._bx[:k], mode="clip"),
+                np.take(self._Y, idx, axis=0, out=self._by[:k], mode="clip"))
 
     def epoch_batches(self, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """One full pass of the stream in batches (``single`` mode)."""
@@ -202,7 +217,7 @@ class RowStream:
         if state["k"] > 0:
             X, Y = self._load(int(self._order[self._k]))
             perm = self.rng.permutation(len(X))
-            self._X, self._Y, self._k = X[perm], Y[perm], self._k + 1
+            self._X, self._Y, self._perm, self._k = X, Y, perm, self._k + 1
             self._pos = state["pos"]
 
     # ---- sync: this shard's share of each global step ------------------------------------------
