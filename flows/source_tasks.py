@@ -99,6 +99,9 @@ def training_tags(result: FitResult) -> dict[str, Any]:
     """Which data path training took, its BLAS threads (single) and, when chosen automatically, the round size."""
     info = result.info
     out = {"nnpipe.data_path": info.get("data_path")}
+    if "stream_decoded" in info:  # streamed with the decoded-piece cache: proof later passes did not decode
+        out["nnpipe.stream_cache"] = (f"{info['stream_decoded']} piece(s) decoded, "
+                                      f"{info['stream_cache_reads']} read from the local cache")
     if "blas_threads" in info:  # single mode: what nnpipe.blas decided for the training steps
         out["nnpipe.blas_threads"] = info["blas_threads"]
     if "round/rtt_s" in info:

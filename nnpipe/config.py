@@ -138,6 +138,10 @@ class TrainConfig:
         takes at most this share of the worker's memory limit; else it streams.
     stream : bool, optional
         Large sources: force streaming (True) or in-memory shards (False); None decides by ``memory_share``.
+    stream_cache : bool
+        Streaming: decode each piece once and keep the decoded rows on the local disk
+        (the worker's local directory) for later passes, removed when the run ends.
+        False: decode every pass (no disk used). Results are the same either way.
     auto_round : bool
         Large sources, distributed modes: choose ``batch_size`` and ``sync_every``
         so coordination is at most ~10% of a round (set when neither was given).
@@ -184,6 +188,7 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     memory_share: float = 0.5
     stream: bool | None = None
+    stream_cache: bool = True
     auto_round: bool = False
 
     def __post_init__(self) -> None:

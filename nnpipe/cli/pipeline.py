@@ -94,6 +94,7 @@ def register(app: typer.Typer) -> None:
         features: Optional[str] = typer.Option(None, "--features", metavar="A,B,C", help="Feature columns of a file source (default: every column but the target)."),
         large: Optional[bool] = typer.Option(None, "--large/--in-memory", help="Read the dataset on the workers as a large source, or load it in memory (default: large for a directory, glob, URL or a file over 256 MB)."),
         stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="Large sources: stream pieces every epoch, or hold shards in memory (default: by the workers' memory)."),
+        stream_cache: Optional[bool] = typer.Option(None, "--stream-cache/--no-stream-cache", help="Streaming: decode each piece once and read later passes from the workers' local disk (default), or decode every pass."),
         hidden: Optional[str] = typer.Option(None, "--hidden", help="Hidden layer sizes, e.g. 64,32."),
         activation: Optional[str] = typer.Option(None, "--activation", help="relu, tanh, sigmoid, leaky_relu, identity."),
         optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd, momentum, nesterov, adam, rmsprop."),
@@ -127,7 +128,7 @@ def register(app: typer.Typer) -> None:
         started = time.time()
         if task is not None and task not in ("classification", "regression"):
             raise typer.BadParameter(f"expected classification or regression, got {task!r}", param_hint="'--task'")
-        overrides = {"task": task, "resume_from": resume_from, "warm_start": warm_start, "metrics_port": metrics_port, "features": parse_names(features), "large": large, "stream": stream,
+        overrides = {"task": task, "resume_from": resume_from, "warm_start": warm_start, "metrics_port": metrics_port, "features": parse_names(features), "large": large, "stream": stream, "stream_cache": stream_cache,
             "dataset": dataset, "target": target, "hidden": parse_hidden(hidden), "activation": activation,
             "optimizer": optimizer, "lr": lr, "epochs": epochs, "batch_size": batch_size, "mode": mode,
             "workers": workers, "sync_every": sync_every, "overlap": overlap, "max_staleness": max_staleness, "seed": seed,

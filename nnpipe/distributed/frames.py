@@ -10,7 +10,12 @@ Shards are tasks (:func:`place_source_shards`) that read the segments of
 training rows ``[lo_i, hi_i)`` on a worker, balanced by rows and rebuilt from
 the source if their worker dies. A shard is held as training-dtype arrays when
 its bytes fit ``config.memory_share`` of the worker's memory limit, else it is
-a :class:`~nnpipe.sources.streaming.RowStream` that reads its pieces again every pass.
+a :class:`~nnpipe.sources.streaming.RowStream`. A streamed shard decodes each
+piece once: the first pass keeps the decoded segments on the worker's local
+disk (:mod:`nnpipe.sources.segment_cache`, a directory per run under the
+worker's local directory) and later passes read them from there. The run's
+end removes them on every worker, whether it finished or failed, together with
+any left by a worker that died.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -31,6 +37,7 @@ from nnpipe.distributed.rpc import WorkerLost
 from nnpipe.distributed.shards import Shard, row_bounds
 from nnpipe.results import Callback, FitResult
 from nnpipe.sources.evaluate import add_sums, array_sums, combine, evaluate, prep_fields
+from nnpipe.sources import segment_cache
 from nnpipe.sources.prep import TRAIN, VAL, PreparedSource, local_runner
 from nnpipe.sources.streaming import RowStream, shard_arrays, shard_bytes
 
@@ -73,13 +80,54 @@ def worker_memory_limit(client: Any, addresses: list[str]) -> int:
     return int(np.prod([__import__("os").sysconf(k) for k in ("SC_PAGE_SIZE", "SC_PHYS_PAGES")]))
 
 
-def _make_stream(segments: list, lo: int, seed: int, stream_id: int, **kw: Any) -> dict[str, Any]:
-    return {"stream": RowStream(segments, lo, seed, stream_id, **kw), "lo": int(lo)}
+def _cache_roots(local_directory: str) -> tuple[Path, list[Path]]:
+    """This worker's cache root, and every root on its machine (the other workers' local directories)."""
+    own = Path(local_directory) / segment_cache.DIR_NAME
+    return own, sorted({own, *Path(local_directory).parent.glob(f"*/{segment_cache.DIR_NAME}")})
+
+
+def _make_stream(segments: list, lo: int, seed: int, stream_id: int, cache_run: str | None = None,
+                 **kw: Any) -> dict[str, Any]:
+    cache = None
+    if cache_run is not None:  # runs on the worker: its own local directory holds the cache
+        from distributed import get_worker
+
+        cache = segment_cache.SegmentCache(str(_cache_roots(get_worker().local_directory)[0]), cache_run, stream_id)
+    return {"stream": RowStream(segments, lo, seed, stream_id, cache=cache, **kw), "lo": int(lo)}
+
+
+def _clear_worker_caches(run: str | None, dask_worker: Any = None) -> dict[str, Any]:
+    """On a worker: remove ``run``'s cache directories and stale ones of dead workers on this machine."""
+    return segment_cache.clear(_cache_roots(dask_worker.local_directory)[1], run)
+
+
+def clear_stream_caches(client: Any, run: str | None) -> dict[str, Any]:
+    """Remove ``run``'s decoded-segment caches on every worker (and any stale ones); the summed counters.
+
+    A worker that cannot answer (it died meanwhile) is skipped: its directory is
+    stale and the next clear on its machine removes it.
+    """
+    try:
+        per_worker = client.run(_clear_worker_caches, run, on_error="ignore")
+    except Exception as exc:  # cleanup must never hide the run's own outcome
+        log.warning("streaming: could not clear the cache on the workers (%s)", exc)
+        return {"removed": [], "decoded": 0, "cache_reads": 0, "errors": 0}
+    out: dict[str, Any] = {"removed": [], "decoded": 0, "cache_reads": 0, "errors": 0}
+    for r in per_worker.values():
+        if isinstance(r, dict):
+            out["removed"] += r["removed"]
+            for k in ("decoded", "cache_reads", "errors"):
+                out[k] += r[k]
+    return out
 
 
 def place_source_shards(client: Any, prepared: PreparedSource, spec: NetworkSpec, addresses: list[str], *,
-                        code: int = TRAIN, stream: bool, seed: int = 0) -> list[Shard]:
-    """One recomputable shard future per address: split ``code``'s rows cut evenly, read on the workers."""
+                        code: int = TRAIN, stream: bool, seed: int = 0, cache_run: str | None = None) -> list[Shard]:
+    """One recomputable shard future per address: split ``code``'s rows cut evenly, read on the workers.
+
+    A streamed shard with ``cache_run`` caches its decoded segments under that run id
+    (:func:`clear_stream_caches` removes them).
+    """
     n = prepared.rows(code)
     bounds = row_bounds(n, len(addresses))
     kw = {"spec": spec.to_dict(), "prep": prep_fields(prepared), "code": code, "read": prepared.read_kwargs()}
@@ -89,7 +137,7 @@ def place_source_shards(client: Any, prepared: PreparedSource, spec: NetworkSpec
         lo, hi = int(bounds[i]), int(bounds[i + 1])
         segs = prepared.segments(code, lo, hi)
         if stream:
-            fut = client.submit(_make_stream, segs, lo, seed, i, **kw, key=f"nnpipe-stream-{code}-{i}-{run}",
+            fut = client.submit(_make_stream, segs, lo, seed, i, cache_run, **kw, key=f"nnpipe-stream-{code}-{i}-{run}",
                                 workers=[addr], allow_other_workers=True, pure=False)
         else:
             fut = client.submit(shard_arrays, segs, lo, **kw, key=f"nnpipe-source-shard-{code}-{i}-{run}",
@@ -251,7 +299,15 @@ def fit_prepared(prepared: PreparedSource, spec: NetworkSpec, theta: np.ndarray,
                      "expected coordination %.1f%%)", config.batch_size, config.sync_every,
                      1e3 * round_facts["round/rtt_s"], 1e6 * round_facts["round/row_s"],
                      100 * round_facts["round/expected_coordination_share"])
-        shards = place_source_shards(c, prepared, spec, addresses, stream=stream, seed=config.seed)
+        cache_run = segment_cache.new_run_id() if stream and config.stream_cache else None
+        if cache_run is not None:
+            swept = clear_stream_caches(c, None)["removed"]  # left by workers that died in earlier runs
+            if swept:
+                log.info("streaming: removed %d stale cache dir(s) of dead workers", len(swept))
+            log.info("streaming: each worker decodes its pieces once (pass 1) and keeps them under its local "
+                     "directory (%s/<run>-s<shard>-p<pid>, run %s) for later passes", segment_cache.DIR_NAME, cache_run)
+        shards = place_source_shards(c, prepared, spec, addresses, stream=stream, seed=config.seed,
+                                     cache_run=cache_run)
         # Validation rows stay in memory on the workers unless streaming and they take a tenth of the budget.
         val_bytes = shard_bytes(spec, -(-prepared.rows(VAL) // len(addresses)))
         val_shards = None
@@ -264,6 +320,11 @@ def fit_prepared(prepared: PreparedSource, spec: NetworkSpec, theta: np.ndarray,
         finally:
             for s in shards + (val_shards or []):
                 s.future.release()
+            cache = clear_stream_caches(c, cache_run) if cache_run is not None else None
+    if cache is not None:
+        log.info("streaming: %d piece(s) decoded, %d read from the cache; removed %d cache dir(s)",
+                 cache["decoded"], cache["cache_reads"], len(cache["removed"]))
+        result.info.update({"stream_decoded": cache["decoded"], "stream_cache_reads": cache["cache_reads"]})
     retuned = {k: v for k, v in result.info.items() if k.startswith("round/")}  # the first rounds' choice
     result.info.update({"data_path": path, "shard_bytes": int(need), "memory_budget": budget,
                         "batch_size": config.batch_size, "sync_every": config.sync_every, **round_facts, **retuned})

@@ -6,6 +6,7 @@ Read in this order:
 - :mod:`.in_memory` — a folder or glob of parts read into memory when it fits (``--in-memory``);
 - :mod:`.prep` — validating, splitting (by a seeded hash of each row's position) and scaling piece by piece;
 - :mod:`.streaming` — the training rows as arrays, or streamed a piece at a time past a memory budget;
+- :mod:`.segment_cache` — a streamed shard's decoded pieces on the local disk, so each is decoded once per run;
 - :mod:`.evaluate` — metrics of a model on a source as sums and counts;
 - :mod:`.fit` — ``single`` mode on a prepared source.
 - :mod:`.remote` — object-store (``s3://``) locations: short timeouts, a bucket probe, one-line access errors.

@@ -19,6 +19,7 @@ from nnpipe.core.problem import Problem
 from nnpipe.core.training import fit
 from nnpipe.results import Callback, FitResult
 from nnpipe.sources.evaluate import evaluate, prep_fields
+from nnpipe.sources import segment_cache
 from nnpipe.sources.prep import TRAIN, VAL, PreparedSource, local_runner
 from nnpipe.sources.streaming import RowStream, fit_stream, shard_arrays, shard_bytes
 
@@ -41,13 +42,26 @@ def fit_single_source(prepared: PreparedSource, spec: NetworkSpec, theta: np.nda
     log.info("source %s, single process: %s (%.1f MB of rows, budget %.1f MB)", prepared.source.location,
              "streaming" if stream else "in-memory", need / 1e6, budget / 1e6)
     if stream:
-        rows = RowStream(prepared.segments(TRAIN, 0, n_train), 0, config.seed, 0, code=TRAIN, **kw)
+        root = segment_cache.single_process_root()
+        run = segment_cache.new_run_id() if config.stream_cache else None
+        cache = segment_cache.SegmentCache(str(root), run, 0) if run else None
+        rows = RowStream(prepared.segments(TRAIN, 0, n_train), 0, config.seed, 0, cache=cache, code=TRAIN, **kw)
 
         def validation(theta: np.ndarray) -> dict[str, float]:
             return evaluate(prepared, spec, theta, VAL, local_runner, raw_units=False)[0]
 
-        result = fit_stream(spec, theta, rows, config, validation=validation if n_val else None,
-                            callbacks=callbacks)
+        try:
+            if run:
+                segment_cache.clear([root])  # stale directories of processes that died mid-run
+            result = fit_stream(spec, theta, rows, config, validation=validation if n_val else None,
+                                callbacks=callbacks)
+        finally:
+            rows.close()
+            counts = segment_cache.clear([root], run) if run else None
+        if counts is not None:
+            log.info("streaming: %d piece(s) decoded, %d read from the cache; cache removed", counts["decoded"],
+                     counts["cache_reads"])
+            result.info.update({"stream_decoded": counts["decoded"], "stream_cache_reads": counts["cache_reads"]})
     else:
         train = shard_arrays(prepared.segments(TRAIN, 0, n_train), 0, code=TRAIN, **kw)
         val = shard_arrays(prepared.segments(VAL, 0, n_val), 0, code=VAL, **kw) if n_val else None

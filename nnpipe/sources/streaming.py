@@ -10,6 +10,11 @@ segment order and the rows within each segment are shuffled by a seeded
 stream, so a run is reproducible. Batches never straddle two segments (a
 segment's last batch may be short).
 
+With a :class:`~nnpipe.sources.segment_cache.SegmentCache`, a segment is
+decoded once per run: the first read writes its arrays to the local disk and
+later passes memory-map them. The seeded order and the bytes are the same,
+so a cached run equals an uncached one exactly.
+
 ``single`` mode on a source trains through :func:`fit_stream` with the same
 stream, in one process with bounded memory.
 """
@@ -28,6 +33,7 @@ from nnpipe.core.network import Network, NetworkSpec
 from nnpipe.reporting import Reporter
 from nnpipe.results import Callback, FitResult, check_finite
 from nnpipe.sources.prep import piece_rows
+from nnpipe.sources.segment_cache import SegmentCache
 
 Segment = tuple[Any, int, int, int]
 
@@ -79,18 +85,21 @@ class RowStream:
         The shard's first row among all training rows.
     seed, stream_id : int
         Seed the pass order: ``SeedSequence(seed, spawn_key=(stream_id,))``.
+    cache : SegmentCache, optional
+        Keep decoded segments on the local disk after their first read (None: decode every pass).
     **kw
         ``spec``, ``prep``, ``code``, ``read`` for :func:`segment_arrays`.
     """
 
     def __init__(self, segments: list[Segment], lo: int, seed: int, stream_id: int = 0, local_id: int | None = None,
-                 **kw: Any):
+                 cache: SegmentCache | None = None, **kw: Any):
         self.segments = list(segments)
         self.sizes = [b - a for _, _, a, b in self.segments]
         self.rows = int(sum(self.sizes))
         self.lo = int(lo)
         self.seed, self.stream_id = int(seed), int(stream_id)
         self.kw = kw
+        self.cache = cache
         # The local stream follows the trainer (local_id), the sync order the shard (stream_id).
         key = (self.stream_id,) if local_id is None else (self.stream_id, int(local_id))
         self.rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=key))
@@ -102,33 +111,54 @@ class RowStream:
 
     def fork(self, local_id: int) -> "RowStream":
         """A fresh stream over the same rows for one trainer: trainers never share a cursor."""
-        return RowStream(self.segments, self.lo, self.seed, self.stream_id, local_id, **self.kw)
+        return RowStream(self.segments, self.lo, self.seed, self.stream_id, local_id, self.cache, **self.kw)
 
     def __getstate__(self) -> dict[str, Any]:  # moved between workers: no thread, no buffers
         state = dict(self.__dict__)
-        state.update(_pool=None, _ahead=None, _X=None, _Y=None, _sync={})
+        state.update(_pool=None, _ahead=None, _X=None, _Y=None, _perm=None, _bx=None, _by=None, _sync={})
         return state
 
     def _reset_pass_cursor(self) -> None:
         self._order: np.ndarray | None = None
         self._k = 0
-        self._X = self._Y = None
+        self._X = self._Y = self._perm = None
+        self._bx = self._by = None
         self._pos = 0
         self._pass_state = self.rng.bit_generator.state
+
+    def _read(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Segment ``k``'s arrays: from the cache when it holds them, else decoded (and then cached)."""
+        if self.cache is not None:
+            hit = self.cache.get(k)
+            if hit is not None:
+                return hit
+        out = segment_arrays(self.segments[k], **self.kw)
+        if self.cache is not None:
+            self.cache.put(k, *out)
+        return out
 
     def _load(self, k: int, ahead: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Segment ``k``'s arrays; then start reading ``ahead`` in the background (two in memory at most)."""
         if self._ahead is not None and self._ahead[0] == k:
             out = self._ahead[1].result()
         else:
-            out = segment_arrays(self.segments[k], **self.kw)
+            out = self._read(k)
         self._ahead = None
         self.segments_read += 1
         if ahead is not None:
             if self._pool is None:
                 self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="nnpipe-read")
-            self._ahead = (ahead, self._pool.submit(segment_arrays, self.segments[ahead], **self.kw))
+            self._ahead = (ahead, self._pool.submit(self._read, ahead))
         return out
+
+    def close(self) -> None:
+        """Finish any read ahead (so nothing writes to the cache after the run) and stop the reader thread."""
+        if self._ahead is not None:
+            self._ahead[1].exception()
+            self._ahead = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # ---- local stream: continuous passes ------------------------------------------------------
     def next_batch(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,11 +171,25 @@ class RowStream:
             nxt = int(self._order[self._k + 1]) if self._k + 1 < len(self._order) else None
             X, Y = self._load(k, nxt)
             perm = self.rng.permutation(len(X))
-            self._X, self._Y, self._pos = X[perm], Y[perm], 0
+            self._X, self._Y, self._perm, self._pos = X, Y, perm, 0
             self._k += 1
         a = self._pos
         self._pos = min(a + batch, len(self._X))
-        return self._X[a : self._pos], self._Y[a : self._pos]
+        return self._gather(self._perm[a : self._pos])
+
+    def _gather(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``idx`` of the current segment, copied into reused batch buffers (valid until the next call).
+
+        Gathered from the segment as read (a mapped cache file, or the decoded
+        arrays), never from a shuffled copy: one segment's bytes less in memory.
+        The rows are those of ``X[perm][a:b]``, so the batches do not change.
+        """
+        k = len(idx)
+        if self._bx is None or len(self._bx) < k or self._bx.dtype != self._X.dtype:
+            self._bx = np.empty((k, *self._X.shape[1:]), dtype=self._X.dtype)
+            self._by = np.empty((k, *self._Y.shape[1:]), dtype=self._Y.dtype)
+        return (np.take(self._X, idx, axis=0, out=self._bx[:k], mode="clip"),
+                np.take(self._Y, idx, axis=0, out=self._by[:k], mode="clip"))
 
     def epoch_batches(self, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """One full pass of the stream in batches (``single`` mode)."""
@@ -173,7 +217,7 @@ class RowStream:
         if state["k"] > 0:
             X, Y = self._load(int(self._order[self._k]))
             perm = self.rng.permutation(len(X))
-            self._X, self._Y, self._k = X[perm], Y[perm], self._k + 1
+            self._X, self._Y, self._perm, self._k = X, Y, perm, self._k + 1
             self._pos = state["pos"]
 
     # ---- sync: this shard's share of each global step ------------------------------------------
