@@ -97,7 +97,8 @@ def prefect_api() -> Iterator[str | None]:
         if not api_answers(api):
             fail(f"the Prefect API at PREFECT_API_URL={api} does not answer; start that server, "
                   "or unset PREFECT_API_URL to use the local one")
-        yield api
+        with _server_gone_ends_command(api, None):
+            yield api
         return
     if os.environ.get("NNPIPE_PREFECT_SERVER", "").lower() == "ephemeral":
         yield None
@@ -111,8 +112,25 @@ def prefect_api() -> Iterator[str | None]:
     except (RuntimeError, OSError, ValueError) as exc:
         fail(str(exc).splitlines()[0])
     # a lease for as long as this command runs: the server's idle watch never stops it under a training
-    with client_lease(), temporary_settings(updates={PREFECT_API_URL: info["api"]}):
+    with client_lease(), temporary_settings(updates={PREFECT_API_URL: info["api"]}), \
+            _server_gone_ends_command(info["api"], info.get("pid")):
         yield info["api"]
+
+
+@contextmanager
+def _server_gone_ends_command(api: str, pid: int | None) -> Iterator[None]:
+    """Watch the Prefect server for the block; if it went away, one line and exit 1 (see :mod:`.server_watch`).
+
+    A command that can still say what it recorded (``train``) catches :class:`ServerGone` itself first.
+    """
+    from nnpipe.cli.server_watch import PREFECT_NOT_RECORDED, ServerGone, exit_without_server, watched
+
+    with watched(api, pid):
+        try:
+            yield
+        except ServerGone as exc:
+            exit_without_server(f"error: {exc}; the command stopped there: what it finished is in MLflow, and "
+                                f"{PREFECT_NOT_RECORDED}", 1)
 
 
 def default_tracking_uri(config_uri: str | None) -> str:
@@ -135,10 +153,18 @@ INTERRUPTED = "the MLflow run is marked KILLED, nothing was registered"
 
 def run_flow(fn, *args: Any, on_interrupt: str = INTERRUPTED, **kwargs: Any) -> Any:
     """Run a flow, turning any failure into one line on stderr and exit code 1 (130 and ``on_interrupt`` for Ctrl-C)."""
+    from nnpipe.cli.server_watch import ServerGone, gone
     from nnpipe.data.load import DataError
 
     try:
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            if gone() is not None:  # the error is the dead Prefect API's, not the run's
+                raise ServerGone(gone()) from None
+            raise
+    except ServerGone:
+        raise
     except DataError as exc:
         fail(str(exc))
     except (ValueError, TypeError) as exc:
