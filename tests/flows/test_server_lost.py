@@ -81,9 +81,12 @@ def test_server_killed_mid_train_the_command_still_registers_and_ends_with_one_l
     assert len(warnings) == 1 and warnings[0].startswith("warning: the Prefect server at http://127.0.0.1:"), err
     assert f"(pid {pid}) has exited" in warnings[0] and "version 1 are recorded" in warnings[0], err
     assert "model:       nnpipe-digits version 1" in out, out
-    runs = _runs(env["MLFLOW_TRACKING_URI"])
-    assert [r.info.status for r in runs] == ["FINISHED"]
-    assert warnings[0].count(runs[0].info.run_id) == 1
+    from mlflow import MlflowClient
+
+    run_id = warnings[0].split("MLflow run ", 1)[1].split()[0]
+    assert MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).get_run(run_id).info.status == "FINISHED"
+    assert f"MLflow run:  {run_id}" in out
+    assert not [r.info.run_name for r in _runs(env["MLFLOW_TRACKING_URI"]) if r.info.status == "RUNNING"]
 
 
 def test_sigterm_ends_train_even_when_the_prefect_server_hangs(tmp_path, env):
