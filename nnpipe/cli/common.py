@@ -68,6 +68,11 @@ def quiet_console(verbose: bool) -> Iterator[None]:
     mlflow_logger = logging.getLogger("mlflow")
     saved.append((mlflow_logger, mlflow_logger.level))
     mlflow_logger.setLevel(logging.WARNING)
+    # MLflow logs each failed store call with its whole traceback at ERROR, then raises it; the
+    # command's one line says the error (a locked SQLite store printed 1,200 lines in a tune drill).
+    store_logger = logging.getLogger("mlflow.store.db.utils")
+    saved.append((store_logger, store_logger.level))
+    store_logger.setLevel(logging.CRITICAL)
     for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):  # Prefect's config puts it on root
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, PrefectConsoleHandler):
