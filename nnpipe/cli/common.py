@@ -87,6 +87,10 @@ def quiet_console(verbose: bool) -> Iterator[None]:
             obj.setLevel(level)
 
 
+# seconds Prefect may take to start its temporary server (its own default is 20)
+EPHEMERAL_START_S = 120
+
+
 @contextmanager
 def prefect_api() -> Iterator[str | None]:
     """Point Prefect at ``PREFECT_API_URL``, else at this user's local server (started once, then reused).
@@ -105,10 +109,16 @@ def prefect_api() -> Iterator[str | None]:
         with _server_gone_ends_command(api, None):
             yield api
         return
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
     if os.environ.get("NNPIPE_PREFECT_SERVER", "").lower() == "ephemeral":
-        yield None
+        # Prefect gives its temporary server 20 s to start; on a loaded machine (a training beside
+        # it) that start alone took longer, and the command failed before doing anything.
+        wait = {} if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ else {
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_START_S}
+        with temporary_settings(updates=wait):
+            yield None
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from nnpipe.deploy.local_prefect import client_lease, ensure_server
 

@@ -80,3 +80,20 @@ def test_an_unused_server_stops_itself_after_the_idle_time_and_not_under_a_clien
         assert "stopped the Prefect server" in log and "after 0.1 min without use" in log
     finally:
         local_prefect.stop_server(home)
+
+
+@pytest.mark.parametrize(("env_value", "expected"), [(None, 120), ("33", 33)])
+def test_an_ephemeral_server_gets_time_to_start_unless_the_user_says_otherwise(monkeypatch, env_value, expected):
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as startup
+
+    from nnpipe.cli.common import prefect_api
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("NNPIPE_PREFECT_SERVER", "ephemeral")
+    if env_value is None:
+        monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    else:
+        monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", env_value)
+    with prefect_api() as api:
+        assert api is None
+        assert startup.value() == expected
