@@ -174,9 +174,11 @@ def run_flow(fn, *args: Any, on_interrupt: str = INTERRUPTED, **kwargs: Any) -> 
     try:
         try:
             return fn(*args, **kwargs)
-        except Exception:
-            if gone() is not None:  # the error is the dead Prefect API's, not the run's
-                raise ServerGone(gone()) from None
+        except Exception as exc:
+            if gone() is not None:  # the dead Prefect API's error; a run's own error is said beside it
+                own = "" if type(exc).__module__.startswith(("httpx", "httpcore", "prefect")) else (
+                    f"; the run itself ended with {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+                raise ServerGone(f"{gone()}{own}") from None
             raise
     except ServerGone:
         raise
