@@ -1,4 +1,4 @@
-"""SIGTERM for the long commands: first a clean stop like Ctrl-C, and an end within a bounded time whatever happens.
+"""SIGTERM for the long commands: a clean stop like Ctrl-C, and an end within a bounded time whatever happens.
 
 :func:`sigterm_as_interrupt` makes SIGTERM raise ``KeyboardInterrupt`` in
 the main thread, so ``kill PID`` ends a training the way Ctrl-C does (the
@@ -10,8 +10,10 @@ report retries for minutes and the command looked deaf to ``kill``.
 So the signal is also seen below the handlers: Python writes every signal
 it receives to the wakeup file descriptor, whichever handler runs. A thread
 reading it starts a grace period at the first SIGTERM; if the command is
-still closing after :data:`GRACE_S` seconds, or a second SIGTERM arrives, it
-says so in one line and exits 143 at once. A run cut off that way stays
+still closing after :data:`GRACE_S` seconds, it says so in one line and
+exits 143 at once. (A second SIGTERM cannot shorten it: Prefect sends the
+signal to its own process again once it has handled it, and the pipe cannot
+tell the two apart.) A run cut off that way stays
 RUNNING in MLflow only until the next nnpipe command ends it FAILED (its
 driver is gone; see :mod:`nnpipe.tracking.orphans`).
 """
@@ -41,7 +43,7 @@ def _hard_exit(why: str) -> None:
 
 
 def _watch_wakeups(read_fd: int, stop: threading.Event) -> None:
-    """Count SIGTERMs from the wakeup pipe; exit hard on the second or once the grace period is over.
+    """Start the grace period at the first SIGTERM seen on the wakeup pipe; exit hard once it is over.
 
     The grace timer, once started, outlives the block: a process told to stop
     that then hangs at exit (Prefect's exit-time retries) still ends on time.
@@ -49,15 +51,12 @@ def _watch_wakeups(read_fd: int, stop: threading.Event) -> None:
     started = False
     try:
         while data := os.read(read_fd, 64):
-            for signum in data:
-                if signum != signal.SIGTERM or stop.is_set():
-                    continue
-                if started:
-                    _hard_exit("a second SIGTERM arrived while closing")
-                timer = threading.Timer(GRACE_S, _hard_exit, args=(f"still closing after {GRACE_S:g} s",))
-                timer.daemon = True
-                timer.start()
-                started = True
+            if started or stop.is_set() or signal.SIGTERM not in data:
+                continue
+            timer = threading.Timer(GRACE_S, _hard_exit, args=(f"still closing after {GRACE_S:g} s",))
+            timer.daemon = True
+            timer.start()
+            started = True
     except OSError:
         pass
     finally:
@@ -67,7 +66,7 @@ def _watch_wakeups(read_fd: int, stop: threading.Event) -> None:
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises ``KeyboardInterrupt`` in the main thread, and ends the process within
-    :data:`GRACE_S` seconds (or at a second SIGTERM) even if a handler it meets on the way never returns."""
+    :data:`GRACE_S` seconds even if a handler it meets on the way never returns."""
     try:
         previous = signal.signal(signal.SIGTERM, _interrupt)
     except ValueError:  # not the main thread: leave signals alone
