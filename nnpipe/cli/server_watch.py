@@ -50,7 +50,7 @@ class ServerWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nnpipe-prefect-watch", daemon=True)
 
-    def start(self) -> "ServerWatch":
+    def start(self) -> ServerWatch:
         self._thread.start()
         return self
 

@@ -228,3 +228,31 @@ def test_regression_source_matches_the_model_on_the_same_rows(tmp_path, df):
     # float32 forward passes over pieces rather than all rows at once: equal to float32 rounding.
     assert confusion is None and metrics == pytest.approx(expect, rel=1e-6)
     assert metrics["r2"] > 0.8
+
+
+@pytest.mark.parametrize("hive", [False, True])
+def test_sample_rows_reads_a_few_pages_not_the_whole_row_group(tmp_path, hive):
+    import tracemalloc
+
+    from nnpipe.sources.location import sample_rows
+
+    # One part, one row group of 200k rows x 21 columns (~34 MB): the model's input example needs 5 rows.
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.standard_normal((200_000, 20)), columns=[f"x{i}" for i in range(20)])
+    df["label"] = rng.integers(0, 3, len(df))
+    folder = tmp_path / ("day=1" if hive else "data")
+    folder.mkdir()
+    df.to_parquet(folder / "part-0.parquet", row_group_size=len(df), index=False)
+    source = open_source(str(tmp_path if hive else folder), "label")
+    tracemalloc.start()
+    try:
+        rows = sample_rows(source)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    pd.testing.assert_frame_equal(rows[[f"x{i}" for i in range(20)]].reset_index(drop=True),
+                                  df.iloc[:5, :20].reset_index(drop=True))
+    assert rows["label"].tolist() == df["label"].head(5).tolist()
+    if hive:
+        assert rows["day"].tolist() == [1] * 5 if "day" in rows else True
+    assert peak < 8e6, f"sampling 5 rows held {peak / 1e6:.0f} MB"
