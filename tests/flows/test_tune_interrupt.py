@@ -19,8 +19,9 @@ def test_ctrl_c_during_tune_leaves_no_run_running_and_keeps_the_best(tmp_path: P
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = clean_env(tmp_path, NNPIPE_PREFECT_SERVER="ephemeral", MLFLOW_TRACKING_URI=uri,
-                    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="240")
+    # nnpipe's own local server (the default; in its own session, as a user's is): Prefect's temporary server
+    # (NNPIPE_PREFECT_SERVER=ephemeral) is in the command's process group and would die with the Ctrl-C
+    env = clean_env(tmp_path, MLFLOW_TRACKING_URI=uri)
     cmd = [str(BIN / "nnpipe"), "tune", "--dataset", "digits", "--trials", "40", "--space", "lr=loguniform(1e-3,1e-1)", "--parallel", "2", "--workers", "2",
            "--study", "interrupted"]
     # its own process group, which Ctrl-C in a terminal reaches whole: the driver and its cluster's worker processes
@@ -37,8 +38,9 @@ def test_ctrl_c_during_tune_leaves_no_run_running_and_keeps_the_best(tmp_path: P
         out, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
+        subprocess.run([str(BIN / "nnpipe"), "server", "stop"], env=env, capture_output=True, timeout=120, check=False)
     assert proc.returncode == 130, err
     errors = [line for line in err.splitlines() if line.startswith("error:")]  # (Prefect's own temporary-server line aside)
     assert len(errors) == 1 and errors[0].startswith(
