@@ -116,7 +116,7 @@ def prefect_api() -> Iterator[str | None]:
         # it) that start alone took longer, and the command failed before doing anything.
         wait = {} if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ else {
             PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_START_S}
-        with temporary_settings(updates=wait):
+        with temporary_settings(updates=wait), _server_gone_ends_command(None, None):
             yield None
         return
 
@@ -133,19 +133,29 @@ def prefect_api() -> Iterator[str | None]:
 
 
 @contextmanager
-def _server_gone_ends_command(api: str, pid: int | None) -> Iterator[None]:
+def _server_gone_ends_command(api: str | None, pid: int | None) -> Iterator[None]:
     """Watch the Prefect server for the block; if it went away, one line and exit 1 (see :mod:`.server_watch`).
 
     A command that can still say what it recorded (``train``) catches :class:`ServerGone` itself first.
+    A command that already said why it ends (Ctrl-C, exit 130) ends at once once the server is gone,
+    without Prefect's exit-time retries.
     """
+    import sys
+
     from nnpipe.cli.server_watch import PREFECT_NOT_RECORDED, ServerGone, exit_without_server, watched
 
-    with watched(api, pid):
+    with watched(api, pid) as watch:
         try:
             yield
         except ServerGone as exc:
             exit_without_server(f"error: {exc}; the command stopped there: what it finished is in MLflow, and "
                                 f"{PREFECT_NOT_RECORDED}", 1)
+        except typer.Exit as exc:
+            if watch.gone is not None:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(exc.exit_code)
+            raise
 
 
 def default_tracking_uri(config_uri: str | None) -> str:

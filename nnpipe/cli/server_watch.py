@@ -41,10 +41,11 @@ class ServerGone(Exception):
 class ServerWatch:
     """Probes the Prefect API at ``api`` (and its process ``pid``, when this machine runs it) until stopped."""
 
-    def __init__(self, api: str, pid: int | None = None, interval: float = PROBE_INTERVAL_S):
-        self.api, self.pid, self.interval = api, pid, interval
-        parts = urlsplit(api)
-        self._address = (parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80))
+    def __init__(self, api: str | None, pid: int | None = None, interval: float = PROBE_INTERVAL_S):
+        self.interval = interval
+        self._given = (api, pid) if api else None
+        self._aim(api, pid)
+        self._armed = False  # only a server seen answering can go away (a starting one refuses too)
         self.gone: str | None = None  # why, once noticed
         self.gone_at: float | None = None
         self._stop = threading.Event()
@@ -57,13 +58,28 @@ class ServerWatch:
     def stop(self) -> None:
         self._stop.set()
 
+    def _aim(self, api: str | None, pid: int | None) -> None:
+        self.api, self.pid = api, pid
+        parts = urlsplit(api or "")
+        self._address = (parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80))
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            if not self._armed:
+                # Prefect's temporary server is found once Prefect starts it (on another port if the
+                # first was taken); any server is watched from its first accepted connection on.
+                found = self._given or _temporary_server()
+                if found is not None:
+                    self._aim(*found)
+                    self._armed = not _refused(self._address)
+                continue
             if self.check(REFUSALS):
                 return
 
     def check(self, refusals: int = 1) -> bool:
         """Probe now; True (and :attr:`gone` set) if the server is gone."""
+        if not self._armed:
+            return False
         if self.gone is None and self.pid is not None and not _process_alive(self.pid):
             self._mark(f"its process (pid {self.pid}) has exited")
         if self.gone is None:
@@ -95,6 +111,23 @@ class _QuietWhenGone(logging.Filter):
         if "failed to process item" not in str(record.msg) and "failed to process item" not in record.getMessage():
             return True
         return not self.watch.check()
+
+
+def _temporary_server() -> tuple[str, int] | None:
+    """The API and pid of the temporary server Prefect started in this process (``ephemeral``), once it has.
+
+    Prefect keeps it on a class attribute that is not public API; if that
+    moves, nothing is found and the temporary server is simply not watched.
+    """
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+    except ImportError:  # pragma: no cover
+        return None
+    for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
+        process = getattr(server, "server_process", None)
+        if process is not None and getattr(server, "running", True):
+            return server.api_url, process.pid
+    return None
 
 
 def _refused(address: tuple[str, int]) -> bool:
@@ -135,8 +168,11 @@ def gone() -> str | None:
 
 
 @contextmanager
-def watched(api: str, pid: int | None = None) -> Iterator[ServerWatch]:
-    """Watch the Prefect API at ``api`` for the block; once it is gone, Prefect's HTTP requests fail at once."""
+def watched(api: str | None, pid: int | None = None) -> Iterator[ServerWatch]:
+    """Watch the Prefect API at ``api`` for the block; once it is gone, Prefect's HTTP requests fail at once.
+
+    ``api=None``: the temporary server Prefect starts on first use (``NNPIPE_PREFECT_SERVER=ephemeral``).
+    """
     watch = ServerWatch(api, pid).start()
     _CURRENT.append(watch)
     restore = _fail_fast_when_gone(watch)
