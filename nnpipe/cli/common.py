@@ -176,6 +176,18 @@ def build_config(config_file: Optional[Path], overrides: dict[str, Any]) -> Any:
 INTERRUPTED = "the MLflow run is marked KILLED, nothing was registered"
 
 
+def _while_interrupted(exc: BaseException) -> bool:
+    """``exc`` was raised while handling a Ctrl-C or SIGTERM (one of its contexts is one)."""
+    seen: BaseException | None = exc
+    for _ in range(20):
+        seen = seen.__context__ if seen is not None else None
+        if seen is None:
+            return False
+        if not isinstance(seen, Exception):  # KeyboardInterrupt, Prefect's TerminationSignal, SystemExit
+            return True
+    return False
+
+
 def run_flow(fn, *args: Any, on_interrupt: str = INTERRUPTED, **kwargs: Any) -> Any:
     """Run a flow, turning any failure into one line on stderr and exit code 1 (130 and ``on_interrupt`` for Ctrl-C)."""
     from nnpipe.cli.server_watch import ServerGone, gone
@@ -185,6 +197,8 @@ def run_flow(fn, *args: Any, on_interrupt: str = INTERRUPTED, **kwargs: Any) -> 
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
+            if gone() is not None and _while_interrupted(exc):  # Ctrl-C took the server down too (same group)
+                raise KeyboardInterrupt() from None
             if gone() is not None:  # the dead Prefect API's error; a run's own error is said beside it
                 own = "" if type(exc).__module__.startswith(("httpx", "httpcore", "prefect")) else (
                     f"; the run itself ended with {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
