@@ -140,9 +140,7 @@ def _server_gone_ends_command(api: str | None, pid: int | None) -> Iterator[None
     A command that already said why it ends (Ctrl-C, exit 130) ends at once once the server is gone,
     without Prefect's exit-time retries.
     """
-    import sys
-
-    from nnpipe.cli.server_watch import PREFECT_NOT_RECORDED, ServerGone, exit_without_server, watched
+    from nnpipe.cli.server_watch import PREFECT_NOT_RECORDED, ServerGone, end_now, exit_without_server, watched
 
     with watched(api, pid) as watch:
         try:
@@ -152,9 +150,7 @@ def _server_gone_ends_command(api: str | None, pid: int | None) -> Iterator[None
                                 f"{PREFECT_NOT_RECORDED}", 1)
         except typer.Exit as exc:
             if watch.gone is not None:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(exc.exit_code)
+                end_now(exc.exit_code)
             raise
 
 

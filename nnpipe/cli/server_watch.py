@@ -228,6 +228,31 @@ def _fail_fast_when_gone(watch: ServerWatch) -> Callable[[], None]:
     return restore
 
 
+def stop_temporary_servers() -> None:
+    """Stop Prefect's temporary server of this process, if one still runs (Prefect's exit hook would, but
+    :func:`end_now` skips exit hooks); a server that went away on another port may have been replaced."""
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+    except ImportError:  # pragma: no cover
+        return
+    for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
+        process = getattr(server, "server_process", None)
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except Exception:
+                process.kill()
+
+
+def end_now(code: int) -> NoReturn:
+    """Flush, stop a temporary server, and end the process without Prefect's exit-time retries."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    stop_temporary_servers()
+    os._exit(code)
+
+
 def exit_without_server(line: str, code: int) -> NoReturn:
     """Print ``line`` on stderr and end the process now, skipping Prefect's exit-time retries of a dead API.
 
@@ -238,9 +263,7 @@ def exit_without_server(line: str, code: int) -> NoReturn:
     from nnpipe.redact import redact
 
     print(redact(line), file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    end_now(code)
 
 
 PREFECT_NOT_RECORDED = ("the Prefect flow run stays Running in that server's database, without its last task "
