@@ -111,6 +111,3 @@ def test_sigterm_ends_train_even_when_the_prefect_server_hangs(tmp_path, env):
     assert "Traceback" not in err, err
     if proc.returncode == 143:
         assert "still closing after 5 s" in errors[-1], err
-    from mlflow import MlflowClient
-
-    assert not MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).search_registered_models()
