@@ -23,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 from nnpipe.flows import tasks
 from nnpipe.flows.config import PipelineConfig
 from nnpipe.flows.orphans import current_flow_run_tags, end_orphans
-from nnpipe.flows.progress import announce
+from nnpipe.flows.progress import announce, report_outcome
 from nnpipe.names import default_model_name
 
 
@@ -301,6 +301,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
                                  actor=f"prefect:{run.name}")
         tasks.record_outcome(run.run_id, trained.model_name, trained.version, decision, run_description(config))
     result = pipeline_result(config, run, trained, decision)
+    report_outcome(result.to_dict())  # recorded in MLflow: the CLI keeps it even if Prefect's API goes next
     publish(result, decision)
     return result.to_dict()
 

@@ -55,6 +55,23 @@ def announce(line: str) -> None:
         echo(line)
 
 
+_OUTCOMES: list[Callable[[dict[str, Any]], None]] = []
+
+
+def outcome_listener(callback: Callable[[dict[str, Any]], None]) -> AbstractContextManager[None]:
+    """Call ``callback(result)`` when a training in the block has its final result in MLflow (before Prefect's share).
+
+    The CLI keeps it, so that a Prefect server lost at the end does not lose what the run recorded.
+    """
+    return registered(_OUTCOMES, callback)
+
+
+def report_outcome(result: dict[str, Any]) -> None:
+    """Hand a training's final result to every outcome listener."""
+    for cb in list(_OUTCOMES):
+        cb(result)
+
+
 def notify(step: int, logs: dict[str, float]) -> None:
     """Pass one epoch's logs to every progress listener (a training callback)."""
     for cb in list(_LISTENERS):

@@ -2,7 +2,10 @@
 
 Command groups live beside this file and register themselves on ``app``:
 :mod:`.pipeline` (train, schedule), :mod:`.tune` (tune, sweep) and
-:mod:`.models` (models, promote, rollback, history). The CLI is the top layer: it imports the flows,
+:mod:`.models` (models, promote, rollback, history), :mod:`.server` and :mod:`.serve`. Beside them:
+:mod:`.common` (one-line errors, the Prefect API), :mod:`.options`, :mod:`.preflight` (checks before
+anything starts), :mod:`.resume`, :mod:`.signals` (SIGTERM that always ends the command) and
+:mod:`.server_watch` (a Prefect server lost mid-run). The CLI is the top layer: it imports the flows,
 the deployments and the tracking layer, and nothing imports it.
 """
 

@@ -68,6 +68,11 @@ def quiet_console(verbose: bool) -> Iterator[None]:
     mlflow_logger = logging.getLogger("mlflow")
     saved.append((mlflow_logger, mlflow_logger.level))
     mlflow_logger.setLevel(logging.WARNING)
+    # MLflow logs each failed store call with its whole traceback at ERROR, then raises it; the
+    # command's one line says the error (a locked SQLite store printed 1,200 lines in a tune drill).
+    store_logger = logging.getLogger("mlflow.store.db.utils")
+    saved.append((store_logger, store_logger.level))
+    store_logger.setLevel(logging.CRITICAL)
     for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):  # Prefect's config puts it on root
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, PrefectConsoleHandler):
@@ -101,7 +106,8 @@ def prefect_api() -> Iterator[str | None]:
         if not api_answers(api):
             fail(f"the Prefect API at PREFECT_API_URL={api} does not answer; start that server, "
                   "or unset PREFECT_API_URL to use the local one")
-        yield api
+        with _server_gone_ends_command(api, None):
+            yield api
         return
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
@@ -110,7 +116,7 @@ def prefect_api() -> Iterator[str | None]:
         # it) that start alone took longer, and the command failed before doing anything.
         wait = {} if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ else {
             PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_START_S}
-        with temporary_settings(updates=wait):
+        with temporary_settings(updates=wait), _server_gone_ends_command(None, None):
             yield None
         return
 
@@ -121,8 +127,31 @@ def prefect_api() -> Iterator[str | None]:
     except (RuntimeError, OSError, ValueError) as exc:
         fail(str(exc).splitlines()[0])
     # a lease for as long as this command runs: the server's idle watch never stops it under a training
-    with client_lease(), temporary_settings(updates={PREFECT_API_URL: info["api"]}):
+    with client_lease(), temporary_settings(updates={PREFECT_API_URL: info["api"]}), \
+            _server_gone_ends_command(info["api"], info.get("pid")):
         yield info["api"]
+
+
+@contextmanager
+def _server_gone_ends_command(api: str | None, pid: int | None) -> Iterator[None]:
+    """Watch the Prefect server for the block; if it went away, one line and exit 1 (see :mod:`.server_watch`).
+
+    A command that can still say what it recorded (``train``) catches :class:`ServerGone` itself first.
+    A command that already said why it ends (Ctrl-C, exit 130) ends at once once the server is gone,
+    without Prefect's exit-time retries.
+    """
+    from nnpipe.cli.server_watch import PREFECT_NOT_RECORDED, ServerGone, end_now, exit_without_server, watched
+
+    with watched(api, pid) as watch:
+        try:
+            yield
+        except ServerGone as exc:
+            exit_without_server(f"error: {exc}; the command stopped there: what it finished is in MLflow, and "
+                                f"{PREFECT_NOT_RECORDED}", 1)
+        except typer.Exit as exc:
+            if watch.gone is not None:
+                end_now(exc.exit_code)
+            raise
 
 
 def default_tracking_uri(config_uri: str | None) -> str:
@@ -143,12 +172,36 @@ def build_config(config_file: Optional[Path], overrides: dict[str, Any]) -> Any:
 INTERRUPTED = "the MLflow run is marked KILLED, nothing was registered"
 
 
+def _while_interrupted(exc: BaseException) -> bool:
+    """``exc`` was raised while handling a Ctrl-C or SIGTERM (one of its contexts is one)."""
+    seen: BaseException | None = exc
+    for _ in range(20):
+        seen = seen.__context__ if seen is not None else None
+        if seen is None:
+            return False
+        if not isinstance(seen, Exception):  # KeyboardInterrupt, Prefect's TerminationSignal, SystemExit
+            return True
+    return False
+
+
 def run_flow(fn, *args: Any, on_interrupt: str = INTERRUPTED, **kwargs: Any) -> Any:
     """Run a flow, turning any failure into one line on stderr and exit code 1 (130 and ``on_interrupt`` for Ctrl-C)."""
+    from nnpipe.cli.server_watch import ServerGone, gone
     from nnpipe.data.load import DataError
 
     try:
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if gone() is not None and _while_interrupted(exc):  # Ctrl-C took the server down too (same group)
+                raise KeyboardInterrupt() from None
+            if gone() is not None:  # the dead Prefect API's error; a run's own error is said beside it
+                own = "" if type(exc).__module__.startswith(("httpx", "httpcore", "prefect")) else (
+                    f"; the run itself ended with {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+                raise ServerGone(f"{gone()}{own}") from None
+            raise
+    except ServerGone:
+        raise
     except DataError as exc:
         fail(str(exc))
     except (ValueError, TypeError) as exc:

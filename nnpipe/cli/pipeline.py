@@ -28,7 +28,8 @@ from nnpipe.cli.common import (
     run_flow,
 )
 from nnpipe.cli.options import Scheduler, Target, Verbose
-from nnpipe.cli.preflight import preflight, sigterm_as_interrupt
+from nnpipe.cli.preflight import preflight
+from nnpipe.cli.signals import sigterm_as_interrupt
 
 MODE_HELP = "single (one process) | sync | local-sgd | async (Dask)."
 
@@ -81,6 +82,20 @@ def _print_result(result: dict[str, Any]) -> None:
         typer.echo(f"Prefect:     {extra['prefect_url']}")
     command = links.ui_command(uri)
     typer.echo(f"MLflow UI:   {command}  (then open the links above)" if command else f"MLflow UI:   {links.ui_base(uri)}")
+
+
+def _recorded_without_server(result: dict[str, Any], why: str) -> None:
+    """The run finished in MLflow but its Prefect server went away: the usual summary, a warning, exit 0.
+
+    Exit code 0: the training, its MLflow run and the gated version are all
+    there, and running the command again would train a second model; only
+    Prefect's bookkeeping of this flow run is missing.
+    """
+    from nnpipe.cli.server_watch import PREFECT_NOT_RECORDED, exit_without_server
+
+    _print_result(result)
+    exit_without_server(f"warning: {why}; the training, MLflow run {result['run_id']} and {result['model_name']} "
+                        f"version {result['version']} are recorded; {PREFECT_NOT_RECORDED}", 0)
 
 
 def register(app: typer.Typer) -> None:
@@ -143,14 +158,24 @@ def register(app: typer.Typer) -> None:
 
             cfg = restore(cfg, config, overrides, default_tracking_uri, fail, lambda line: typer.echo(line, err=True))
         preflight(cfg, default_tracking_uri, fail, note=lambda line: typer.echo(line, err=True))  # data, store, scheduler: seconds, before any start
+        from nnpipe.cli.server_watch import ServerGone, gone
         from nnpipe.flows.pipeline import training_flow
-        from nnpipe.flows.progress import announcements
+        from nnpipe.flows.progress import announcements, outcome_listener
         from nnpipe.target import command_started
 
+        kept: list[dict[str, Any]] = []  # the result as recorded in MLflow, kept should Prefect's API go
         # Every mode reports once per epoch (the distributed ones per epoch's worth of rows, whatever the rounds).
         with sigterm_as_interrupt(), prefect_api(), quiet_console(verbose), announcements(typer.echo), \
-                _progress(cfg.train.epochs, "epoch"), command_started(default=started):
-            result = run_flow(training_flow, cfg)
+                _progress(cfg.train.epochs, "epoch"), outcome_listener(kept.append), \
+                command_started(default=started):
+            try:
+                result = run_flow(training_flow, cfg)
+            except ServerGone as exc:
+                if not kept:
+                    raise  # prefect_api says it: the run stopped before its model was registered
+                _recorded_without_server(kept[-1], str(exc))
+            if gone() is not None:  # after the flow, before Prefect's exit-time retries
+                _recorded_without_server(result, gone())
         _print_result(result)
 
     @app.command()

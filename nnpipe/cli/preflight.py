@@ -6,20 +6,14 @@ probe without MLflow's minutes of retries) and a configured Dask scheduler
 (a TCP connect). Each failure is one line and exit code 1 within seconds,
 before Prefect, an MLflow run or a cluster is started. The checks themselves
 live in the layers below; this module only orders them and words the exit.
-
-Also here: SIGTERM handled like Ctrl-C (a ``KeyboardInterrupt`` in the main
-thread), so ``kill PID`` ends a training the way Ctrl-C does: the MLflow run
-KILLED, the cluster closed, the champion untouched, a message and exit 130.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 STORE_TIMEOUT = 5.0
 FULL_CHECK_BYTES = 64 * 2**20  # files up to this size are read (and every row checked) before the flow
@@ -35,16 +29,16 @@ def preflight(cfg: Any, default_uri: Callable[[str | None], str], fail: Callable
     from nnpipe.data import BUILTIN, DataError, check_class_sizes, check_source, is_parts, load_dataset
 
     try:
-        if is_parts(cfg.dataset):  # a local folder or glob: every part's columns, from headers and footers
+        if is_parts(cfg.dataset) or _is_url(cfg.dataset):
             from nnpipe.sources import open_source
 
+            # A folder, glob or URL (s3:// through fsspec): every part's columns from CSV headers and Parquet
+            # footers only, so parts that differ are named now, not after the runs start. For an s3:// URL
+            # this lists the bucket first: a missing bucket, bad keys or a dead endpoint is one line too.
             open_source(cfg.dataset, cfg.target, cfg.features)
         # a large source (directory, glob, URL, big file) is validated part by part on the workers
         if not cfg.large_source:
             check_source(cfg.dataset, cfg.target)
-        from nnpipe.sources.remote import probe
-
-        probe(str(cfg.dataset))  # an s3:// bucket that is missing, refused or unreachable: one line in seconds
         if not cfg.large_source and _small_file(cfg.dataset):  # every row checked now: a bad value is named in seconds, not after start-up
             ds = load_dataset(cfg.dataset, cfg.target, cfg.task, cfg.features)
             check_class_sizes(ds, cfg.test_size, cfg.val_size)
@@ -100,27 +94,13 @@ def _check_target(cfg: Any, task: str, fail: Callable[[str], None]) -> None:
             fail(str(exc))
 
 
+def _is_url(source: Any) -> bool:
+    return "://" in str(source)
+
+
 def _small_file(source: str) -> bool:
     """A file small enough to read twice (here, then in the flow) at no noticeable cost."""
     try:
         return Path(source).is_file() and Path(source).stat().st_size <= FULL_CHECK_BYTES
     except OSError:
         return False
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"terminated by {signal.Signals(signum).name}")
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``KeyboardInterrupt`` in the main thread, as SIGINT does."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -32,7 +32,8 @@ from nnpipe.cli.options import (
     TrialWorkers,
     Verbose,
 )
-from nnpipe.cli.preflight import preflight, sigterm_as_interrupt
+from nnpipe.cli.preflight import preflight
+from nnpipe.cli.signals import sigterm_as_interrupt
 
 
 def _settings(config: Optional[Path], flags: dict[str, Any]) -> Any:

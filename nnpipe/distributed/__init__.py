@@ -3,7 +3,8 @@
 Entry point: :func:`fit_distributed` ``(problem, config)``, a checked
 :class:`nnpipe.core.problem.Problem` and how to train it (called by :func:`nnpipe.train`).
 Cluster helpers: :func:`connect` (a context manager the Prefect flows share
-with training), :func:`start_local_cluster`, :func:`worker_addresses`.
+with training), :func:`start_local_cluster` (its worker processes leave Ctrl-C to the driver:
+:mod:`.interrupts`), :func:`worker_addresses`.
 Sources bigger than the driver's memory: :func:`nnpipe.distributed.frames.fit_prepared`.
 
 How a run goes: the rows are cut into one shard per worker and placed once

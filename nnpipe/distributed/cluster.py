@@ -60,12 +60,15 @@ def start_local_cluster(workers: int, security: Security | None = None) -> Local
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     tls = {} if security is None else {"security": security, "protocol": "tls://", "host": "127.0.0.1"}
+    # Ctrl-C in a terminal reaches the worker processes too; the driver handles it (see .interrupts)
+    preload = [*(dask.config.get("distributed.worker.preload", None) or []), "nnpipe.distributed.interrupts"]
     return LocalCluster(
         n_workers=workers,
         threads_per_worker=1,
         processes=True,
         env=dict(SINGLE_THREAD_ENV),
         dashboard_address=":0",
+        preload=preload,
         **tls,
     )
 

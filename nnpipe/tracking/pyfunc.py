@@ -109,6 +109,11 @@ def check_input(model: Model, model_input: Any) -> np.ndarray:
             model_input = model_input[names]  # column order as trained, whatever order was sent
         for col in model_input.columns:
             column = model_input[col]
+            if len(column) and column.map(lambda v: isinstance(v, str) and v == str(col)).all():
+                # MLflow's schema check (it runs before this code) turns a column sent twice into one
+                # holding the column's name in each row (for a 2-row frame; other sizes fail in MLflow)
+                raise ValueError(f"input column {str(col)!r} holds its own name in every row: it was sent twice "
+                                 "(MLflow's schema check put the name in its place); send each column once")
             values = pd.to_numeric(column, errors="coerce")
             bad = values.isna() & column.notna()
             if column.dtype == bool or column.dtype == object:  # True is not a measurement

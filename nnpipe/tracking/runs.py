@@ -182,13 +182,21 @@ def training_run(
         heartbeat.stop()
         try:
             client().set_tag(run_id, FAILURE_TAG, reason)
-        finally:
+        except Exception:  # the store failing too must not hide why the run stopped; the status below matters more
+            pass
+        try:
             # end this run even if it is no longer the active one (a nested run
             # left open inside the block); end_run alone would end the wrong one.
             if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
                 mlflow.end_run(status)
             else:
                 client().set_terminated(run_id, status)
+        except Exception as store_exc:  # one line; the original exception still propagates (below)
+            import warnings
+
+            first = str(store_exc).splitlines()[0] if str(store_exc) else type(store_exc).__name__
+            warnings.warn(f"run {run_id} could not be marked {status} in the tracking store ({first}); "
+                          "the next nnpipe command in this store ends it FAILED", RuntimeWarning, stacklevel=2)
         raise
     else:
         heartbeat.stop()

@@ -12,7 +12,8 @@ The only package that imports optuna. It sits above the core,
 Modules: :mod:`.space` (the ``NAME=EXPR`` grammar), :mod:`.study` (storage,
 samplers, pruners), :mod:`.worker` (a trial on a worker), :mod:`.runner` (the
 driver loop), :mod:`.report` (parent-run artefacts, registration),
-:mod:`.settings` (options and the ``[tune]`` table), :mod:`.api` (``tune``).
+:mod:`.settings` (options and the ``[tune]`` table), :mod:`.api` (``tune``),
+:mod:`.resume` (a study's stored settings), :mod:`.interrupts` (Ctrl-C only between store writes).
 """
 
 from importlib import import_module

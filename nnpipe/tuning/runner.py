@@ -33,6 +33,7 @@ from nnpipe import tracking
 from nnpipe.config import TrainConfig
 from nnpipe.data.load import Splits
 from nnpipe.distributed.jobs import place, wait_first, worker_lost
+from nnpipe.tuning.interrupts import deferred
 from nnpipe.tuning.space import Space
 from nnpipe.tuning.worker import run_trial
 
@@ -97,19 +98,23 @@ class StudyRunner:
         self._books = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nnpipe-tune-mlflow")
         self._booked: list[Future] = []
         try:
-            self._top_up(pending)
-            while pending:
-                done = wait_first(pending)
-                # Tell the study first (the sampler and the pruner see the outcome), refill the freed
-                # workers, and only then hand the finished trials' MLflow bookkeeping over.
-                settled = [self._settle(running, self._outcome(future, running))
-                           for future, running in ((f, pending.pop(f)) for f in done)]
+            # An interrupt lands only while the loop waits, never inside a store write (see .interrupts).
+            with deferred() as signals:
                 self._top_up(pending)
-                for running, result, history, model in settled:
-                    self._record(running, result, history, model)
+                while pending:
+                    with signals.deliverable():
+                        done = wait_first(pending)
+                    # Tell the study first (the sampler and the pruner see the outcome), refill the freed
+                    # workers, and only then hand the finished trials' MLflow bookkeeping over.
+                    settled = [self._settle(running, self._outcome(future, running))
+                               for future, running in ((f, pending.pop(f)) for f in done)]
+                    self._top_up(pending)
+                    for running, result, history, model in settled:
+                        self._record(running, result, history, model)
+                    self._check_books()
+                with signals.deliverable():
+                    self._books.shutdown(wait=True)
                 self._check_books()
-            self._books.shutdown(wait=True)
-            self._check_books()
         except BaseException:
             with sigint_ignored():  # a second Ctrl-C must not leave half of this undone
                 self._stop(pending)

@@ -81,6 +81,9 @@ def test_connect_starts_and_closes_a_local_cluster(monkeypatch):
         # BLAS pinned to one thread in the worker process.
         env = client.run(lambda: os.environ.get("OPENBLAS_NUM_THREADS"))
         assert set(env.values()) == {"1"}
+        # Ctrl-C in a terminal reaches the worker processes too: they leave it to the driver (no tracebacks)
+        ignored = client.run(lambda: __import__("signal").getsignal(2) == __import__("signal").SIG_IGN)
+        assert set(ignored.values()) == {True}
     with pytest.raises((OSError, TimeoutError)):
         distributed.Client(address, timeout=2)
 

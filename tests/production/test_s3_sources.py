@@ -99,3 +99,25 @@ def test_cli_fails_before_anything_starts_and_names_the_bucket(s3_store, tmp_pat
     assert done.returncode == 1, done.stdout + done.stderr
     assert "bucket 'nobucket' not found" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "m.db").exists()  # no MLflow run was started for it
+
+
+def test_cli_names_an_s3_part_whose_columns_differ_before_anything_starts(s3_store, tmp_path):
+    # Parquet footers only: the run would otherwise start and fail on the workers with a KeyError naming no file
+    from tests.flows.conftest import clean_env
+
+    df = frame(200)
+    put_parts("lake/mixed", df, n_parts=2)
+    put_parts("lake/mixed-extra", df.drop(columns=["f1"]), n_parts=1)
+    import s3fs
+
+    s3fs.S3FileSystem().copy("lake/mixed-extra/part-0.parquet", "lake/mixed/part-2.parquet")
+    env = clean_env(tmp_path, NNPIPE_PREFECT_SERVER="ephemeral", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}")
+    done = subprocess.run([sys.executable, "-m", "nnpipe.cli", "train", "--dataset", "s3://lake/mixed/",
+                           "--target", "label", "--mode", "sync", "--workers", "2"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: s3://lake/mixed/part-2.parquet: its columns differ from s3://lake/mixed/part-0.parquet's; "
+                      "missing ['f1'] (name the columns to use with --features)"], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "m.db").exists()  # no MLflow run, no Prefect flow run, no cluster

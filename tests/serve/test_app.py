@@ -89,6 +89,12 @@ def test_bad_input_is_one_line_naming_column_and_row_and_limits_answer_413(regis
         "/invocations", json={"dataframe_split": {"columns": cols, "data": rows}}).json()["message"]
     r = client.post("/invocations", json={"dataframe_split": {"columns": cols[:3], "data": [[1.0, 2.0, 3.0]]}})
     assert r.status_code == 400 and repr(cols[3]) in r.json()["message"] and "\n" not in r.json()["message"]
+    twice = {"columns": [*cols, cols[0]], "data": [[*row, row[0]] for row in registry.splits.raw_test[:3].tolist()]}
+    r = client.post("/invocations", json={"dataframe_split": twice})  # all numbers: the fast path checks it too
+    assert r.status_code == 400 and r.json()["message"] == (
+        f"input column {cols[0]!r} is given twice; send each column once")
+    twice["data"][0][-1] = "x"  # a mixed frame goes the DataFrame way: the same line
+    assert client.post("/invocations", json={"dataframe_split": twice}).json()["message"] == r.json()["message"]
     r = client.post("/invocations", json={"columns": cols})
     assert r.status_code == 400 and "dataframe_split" in r.json()["message"]
     r = client.post("/invocations", content=b"{not json", headers={"Content-Type": "application/json"})

@@ -296,6 +296,9 @@ PYFUNC_CASES = [
      "column 'petal length (cm)' row 2 is (1+2j), not a number"),
     ("list-in-a-cell", lambda f: f.assign(**{f.columns[3]: [1.0, 2.0, [1.0], 3.0]}),
      "column 'petal width (cm)' row 2 is [1.0], not a number"),
+    # MLflow's schema check, before the model's code, puts the name of a column sent twice in its 2 rows
+    ("column-twice-two-rows", lambda f: pd.concat([f.iloc[:2], f.iloc[:2, :1]], axis=1),
+     "input column 'sepal length (cm)' holds its own name in every row: it was sent twice"),
 ]
 
 
