@@ -73,6 +73,11 @@ def spawn(state: Path, name: str, args: list[str], env: dict[str, str | None] | 
     return proc
 
 
+def supervised(args: list[str]) -> list[str]:
+    """``args`` run under :mod:`nnpipe.deploy.supervise`: started again whenever it dies before ``stop``."""
+    return [sys.executable, "-m", "nnpipe.deploy.supervise", "--", *args]
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

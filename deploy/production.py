@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from nnpipe.deploy import certs, objectstore, postgres
-from nnpipe.deploy.processes import BIN, QUIET_ENV, REPO, free_port, spawn, stop, wait_http, wait_port
+from nnpipe.deploy.processes import BIN, QUIET_ENV, REPO, free_port, spawn, stop, supervised, wait_http, wait_port
 from nnpipe.deploy.services import start_prefect_server, start_serve, wait_dask_workers, write_prometheus_config
 
 POOL = "nnpipe-production"
@@ -129,7 +129,9 @@ def up(state: Path, workers: int = 2, ui: bool = True, timeout: float = 240, ser
     # What a shell (and every flow run on the worker) needs: where to track, train and read data.
     info["client_env"] = {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": info["mlflow_uri"],
                           "DASK_SCHEDULER_ADDRESS": info["dask_address"], **tls, **s3_env}
-    spawn(state, "prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
+    # under a supervisor: a worker killed outright is started again, so the schedule keeps firing
+    spawn(state, "prefect-worker", supervised([str(BIN / "prefect"), "worker", "start", "--pool", POOL,
+                                               "--type", "process"]),
           env={**prefect_env, **info["client_env"], **one_thread,
                "NNPIPE_METRICS_PORT": str(p["train_metrics"])}, cwd=REPO)
 

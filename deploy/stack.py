@@ -26,10 +26,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from nnpipe.deploy import interrupted
 from nnpipe.deploy import production as prod
-from nnpipe.deploy.processes import BIN, QUIET_ENV, REPO, free_port, pid_alive, spawn, stop, wait_http, wait_port
+from nnpipe.deploy.processes import (
+    BIN, QUIET_ENV, REPO, free_port, pid_alive, spawn, stop, supervised, wait_http, wait_port,
+)
 from nnpipe.deploy.services import start_prefect_server, start_serve, wait_dask_workers, write_prometheus_config
 
 __all__ = ["BIN", "REPO", "down", "env_lines", "free_port", "main", "status", "up"]
@@ -41,8 +44,9 @@ ORDER = ("nnpipe-serve", "prometheus", "prefect-worker", "prefect-server", "mlfl
 # PostgreSQL's SIGTERM is a "smart" shutdown that waits for every client; SIGINT rolls back and stops.
 STOP_SIGNALS = {"postgres": signal.SIGINT}
 # postgres: a checkpoint on shutdown; s3: rclone drains keep-alive connections (its objects are files already);
-# prefect-worker: its flow runs (sessions of their own) are stopped with it (processes.stop)
-STOP_TIMEOUTS = {"postgres": 60, "s3": 5}
+# prefect-worker: its flow runs (sessions of their own) are stopped with it (processes.stop) and get time to
+# end their MLflow runs while the servers are still up (Prefect's worker itself waits 30 s for them)
+STOP_TIMEOUTS = {"postgres": 60, "s3": 5, "prefect-worker": 45}
 
 
 def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: bool = True, timeout: float = 240,
@@ -103,8 +107,8 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
             info["serve"] = start_serve(state, serve, free_port(), info["mlflow_uri"], timeout)
             info["metrics"]["serve"] = f"{info['serve']}/metrics"
         info["prometheus_config"] = str(write_prometheus_config(state, info["metrics"]))
-        spawn(state, "prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
-              env=worker_env, cwd=REPO)
+        spawn(state, "prefect-worker", supervised([str(BIN / "prefect"), "worker", "start", "--pool", POOL,
+                                                   "--type", "process"]), env=worker_env, cwd=REPO)
         info["work_pool"] = POOL
         wait_dask_workers(info["dask_address"], workers, timeout)
     except BaseException:
@@ -114,10 +118,26 @@ def up(state: Path, workers: int = 2, backend_store_uri: str | None = None, ui: 
     return info
 
 
-def down(state: Path) -> list[str]:
-    """Stop every process of the stack (worker first, scheduler last); returns the names that were running."""
-    stopped = [name for name in ORDER if stop(state, name, timeout=STOP_TIMEOUTS.get(name, 20),
-                                              sig=STOP_SIGNALS.get(name, signal.SIGTERM))]
+def down(state: Path, report: Callable[[str], None] | None = None) -> list[str]:
+    """Stop every process of the stack (worker first, databases last); returns the names that were running.
+
+    Flow runs still training on the worker are stopped with it, before any
+    server, and then marked as stopped by ``down`` (:mod:`nnpipe.deploy.interrupted`);
+    ``report`` gets one line per run so marked.
+    """
+    training = interrupted.flow_run_processes(state)
+    stopped = []
+    for name in ORDER:
+        if stop(state, name, timeout=STOP_TIMEOUTS.get(name, 20), sig=STOP_SIGNALS.get(name, signal.SIGTERM)):
+            stopped.append(name)
+        if name == "prefect-worker" and training:
+            try:
+                lines = interrupted.end_interrupted(state, training)
+            except Exception as exc:  # never keep the stack up for this: the next flow's orphan sweep ends them
+                lines = [f"could not mark the interrupted runs ({type(exc).__name__}: {exc}); "
+                         "the next flow run ends them FAILED"]
+            for line in lines:
+                (report or (lambda _: None))(f"stopped while training: {line}")
     (state / "stack.json").unlink(missing_ok=True)
     return stopped
 
@@ -168,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(info, indent=2))
             print("\n".join(env_lines(state)))
         elif args.command == "down":
-            print("stopped: " + (", ".join(down(state)) or "nothing was running"))
+            print("stopped: " + (", ".join(down(state, report=print)) or "nothing was running"))
         elif args.command == "status":
             for name, st in status(state).items():
                 print(f"{name:16s} {st}")

@@ -224,6 +224,7 @@ class Trained:
     metrics: dict[str, float]
     dataset: str  # as given: a file path, a built-in name, a source location
     task: str
+    baseline: tuple[int, dict[str, float]] | None = None  # warm start: the champion's metrics on this test split
 
 
 @contextmanager
@@ -262,9 +263,11 @@ def train_in_memory(config: PipelineConfig, run: RunRecord, stack: ExitStack) ->
                              resume_from=config.resume_from, metrics_port=run.metrics_port, run_name=run.name,
                              dataset=ds.name, warm_from=model_name if config.warm_start else None)
     metrics = tasks.evaluate(model, splits)
+    baseline = tasks.evaluate_champion(run.run_id, model_name, lambda champion: champion.evaluate(
+        splits.raw_test, splits.y_test)) if config.warm_start else None
     model_uri, version = tasks.log_and_register(run.run_id, model, fit, config.train, splits, metrics, model_name,
                                                 lineage, run_name=run.name, label_names=tasks.class_label_names(ds))
-    return Trained(model_name, version, model_uri, metrics, ds.source, ds.task)
+    return Trained(model_name, version, model_uri, metrics, ds.source, ds.task, baseline)
 
 
 def train_on_source(config: PipelineConfig, run: RunRecord, stack: ExitStack) -> Trained:
@@ -283,9 +286,11 @@ def train_on_source(config: PipelineConfig, run: RunRecord, stack: ExitStack) ->
                              resume_from=config.resume_from, metrics_port=run.metrics_port, run_name=run.name,
                              dataset=source.name, warm_from=model_name if config.warm_start else None)
     metrics, confusion = source_tasks.evaluate(model, prepared, config.train.mode, address)
+    baseline = tasks.evaluate_champion(run.run_id, model_name, lambda champion: source_tasks.evaluate.fn(
+        champion, prepared, config.train.mode, address)[0]) if config.warm_start else None
     model_uri, version = source_tasks.log_and_register(run.run_id, model, fit, config.train, prepared, metrics,
                                                        confusion, model_name, lineage)
-    return Trained(model_name, version, model_uri, metrics, source.location, prepared.task)
+    return Trained(model_name, version, model_uri, metrics, source.location, prepared.task, baseline)
 
 
 @flow(name="nnpipe-train", description="Train, evaluate, register and gate one nnpipe model.",
@@ -298,7 +303,7 @@ def training_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         trained = train_path(config, run, stack)
         metric, greater = config.metric_for(trained.task)
         decision = tasks.promote(trained.model_name, trained.version, f"test/{metric}", greater,
-                                 actor=f"prefect:{run.name}")
+                                 actor=f"prefect:{run.name}", baseline=trained.baseline)
         tasks.record_outcome(run.run_id, trained.model_name, trained.version, decision, run_description(config))
     result = pipeline_result(config, run, trained, decision)
     report_outcome(result.to_dict())  # recorded in MLflow: the CLI keeps it even if Prefect's API goes next

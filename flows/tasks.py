@@ -12,7 +12,7 @@ import dataclasses
 import tempfile
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
@@ -26,6 +26,10 @@ from nnpipe.flows.progress import announce, format_logs, notify
 from nnpipe.model import Model
 from nnpipe.results import Callback, FitResult
 from nnpipe.sources.prep import PreparedSource
+
+WARM_VERSION_TAG = "nnpipe.warm_start.version"  # the champion version a warm-started run began from
+CHAMPION_PREFIX = "champion/test/"  # that version's metrics on the run's own test split
+SAME_SPLIT_TAG = "nnpipe.gate.champion_same_split"  # on the version: the champion's score the gate compared
 
 # ---------------------------------------------------------------- tasks
 
@@ -266,6 +270,8 @@ def warm_start_theta(name: str, data: Splits | PreparedSource, config: TrainConf
             data.classes is None or np.array_equal(np.asarray(champion.classes), np.asarray(data.classes)))
         if champion.spec == spec and same_labels:
             theta, note = np.array(champion.theta, dtype=spec.dtype), f"champion v{version}"
+            if run_id:  # read back by evaluate_champion: the gate scores this version on this run's split
+                tracking.set_run_tags(run_id, {WARM_VERSION_TAG: str(version)})
         else:
             note = (f"seed: champion v{version}'s network ({champion.spec.n_inputs} inputs, hidden "
                     f"{list(champion.spec.hidden)}, {champion.spec.n_outputs} outputs) differs from this run's "
@@ -403,12 +409,48 @@ def register(model_uri: str, model_name: str, run_id: str, tags: dict[str, str])
     return str(version)
 
 
-@task(name="promote", cache_policy=NO_CACHE)
-def promote(model_name: str, version: str, metric: str, greater_is_better: bool, actor: str) -> Any:
-    """The promotion gate: ``champion`` moves only if the candidate beats it on ``metric``."""
+@task(name="evaluate-champion", cache_policy=NO_CACHE)
+def evaluate_champion(run_id: str, model_name: str, score: Callable[[Model], dict[str, float]]
+                      ) -> tuple[int, dict[str, float]] | None:
+    """The champion a warm-started run began from, scored by ``score`` on this run's test split.
+
+    Logged on the run as ``champion/test/<metric>`` beside the run's own
+    ``test/<metric>``: both from the same rows. None when the run did not
+    start from a champion.
+    """
     from nnpipe import tracking
 
-    decision = tracking.promote_if_better(model_name, version, metric, greater_is_better, actor)
+    started = tracking.client().get_run(run_id).data.tags.get(WARM_VERSION_TAG)
+    if not started:
+        return None
+    metrics = {k: float(v) for k, v in score(tracking.version_model(model_name, int(started))).items()}
+    tracking.log_final_metrics(run_id, metrics, prefix=CHAMPION_PREFIX)
+    get_run_logger().info("champion v%s on this run's test split: %s", started,
+                          {k: round(v, 4) for k, v in metrics.items()})
+    return int(started), metrics
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote(model_name: str, version: str, metric: str, greater_is_better: bool, actor: str,
+            baseline: tuple[int, dict[str, float]] | None = None) -> Any:
+    """The promotion gate: ``champion`` moves only if the candidate beats it on ``metric``.
+
+    ``baseline``: the champion this run started from and its metrics on this
+    run's test split (:func:`evaluate_champion`); the gate then compares both
+    on the same rows, and the version records where it started and both scores.
+    """
+    from nnpipe import tracking
+
+    fresh = None
+    if baseline is not None:
+        started, scores = baseline
+        value = scores.get(metric.removeprefix("test/"), scores.get(metric))
+        fresh = None if value is None else (started, value)
+        c = tracking.client()
+        c.set_model_version_tag(model_name, version, "nnpipe.warm_start", f"champion v{started}")
+        if value is not None:
+            c.set_model_version_tag(model_name, version, SAME_SPLIT_TAG, f"champion v{started} {metric}={value:.6g}")
+    decision = tracking.promote_if_better(model_name, version, metric, greater_is_better, actor, baseline=fresh)
     get_run_logger().info("promotion: %s", decision.reason)
     return decision
 

@@ -76,6 +76,7 @@ from nnpipe.tracking.registry import (
     previous_champion,
     register_model,
     sync_aliases,
+    version_model,
 )
 from nnpipe.tracking.runs import (
     FAILURE_TAG,
@@ -154,5 +155,6 @@ __all__ = [
     "sync_aliases",
     "tracking_uri",
     "training_run",
+    "version_model",
     "version_tags",
 ]

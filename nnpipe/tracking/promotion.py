@@ -55,6 +55,9 @@ class PromotionDecision:
     outside_moves : list of str
         Alias moves made outside nnpipe and noticed by this gate (recorded in
         the history before deciding), e.g. ``champion v1 -> v3``.
+    same_split : bool
+        ``champion_score`` is the champion evaluated on the candidate's own
+        test split (a warm-started run), not the score its own run recorded.
     """
 
     promoted: bool
@@ -66,6 +69,7 @@ class PromotionDecision:
     greater_is_better: bool
     reason: str
     outside_moves: list[str] = field(default_factory=list)
+    same_split: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +128,7 @@ def promote_if_better(
     metric: str = "test/accuracy",
     greater_is_better: bool = True,
     actor: str | None = None,
+    baseline: tuple[int, float] | None = None,
 ) -> PromotionDecision:
     """Make ``version`` the champion if it beats the current one on ``metric`` (or there is none).
 
@@ -144,6 +149,13 @@ def promote_if_better(
         Direction of ``metric`` (False for losses and errors).
     actor : str, optional
         Who (default ``NNPIPE_ACTOR`` or ``user@host``).
+    baseline : (int, float), optional
+        ``(champion version, its metric on this version's test split)``: a
+        warm-started run evaluates the champion it started from on its own
+        fresh test split, so both scores come from the same rows. Used when
+        that version is still the champion at the gate; otherwise (the
+        champion moved meanwhile) the new champion's recorded score decides,
+        and the reason says so.
 
     Returns
     -------
@@ -158,9 +170,16 @@ def promote_if_better(
         c.set_registered_model_tag(name, story.DIRECTION_TAG, str(bool(greater_is_better)))
         score = version_score(c, mv, metric)
         champ = alias_version(name, CHAMPION, c)
-        champ_score = None
+        champ_score, same_split, note = None, False, ""
         if champ is not None and champ != number:
             champ_score = version_score(c, get_version(name, champ, c), metric)
+            if baseline is not None and baseline[0] == champ and math.isfinite(baseline[1]):
+                # the same rows for both: the champion's own run scored it on an older split
+                note = f" on this run's test split (v{champ}'s own run recorded {_fmt(champ_score)})"
+                champ_score, same_split = float(baseline[1]), True
+            elif baseline is not None:
+                note = (f" (its own run's score: the champion moved from v{baseline[0]} to v{champ} "
+                        "while this run trained)")
         direction = "higher" if greater_is_better else "lower"
         if score is None:
             promoted, reason = False, f"v{number} has no finite {metric!r} metric to compare"
@@ -172,10 +191,10 @@ def promote_if_better(
             promoted, reason = True, f"champion v{champ} has no finite {metric!r}; v{number} has {_fmt(score)}"
         elif (score > champ_score) if greater_is_better else (score < champ_score):
             promoted, reason = True, (f"v{number} {metric}={_fmt(score)} beats champion v{champ} "
-                                      f"{_fmt(champ_score)} ({direction} is better)")
+                                      f"{_fmt(champ_score)}{note} ({direction} is better)")
         else:
             promoted, reason = False, (f"v{number} {metric}={_fmt(score)} does not beat champion v{champ} "
-                                       f"{_fmt(champ_score)} ({direction} is better)")
+                                       f"{_fmt(champ_score)}{note} ({direction} is better)")
         if outside:
             reason += "; note: moved outside nnpipe before this gate: " + "; ".join(outside)
         if promoted:
@@ -188,7 +207,8 @@ def promote_if_better(
             _fmt(champ_score)))
         c.set_model_version_tag(name, str(number), story.GATE_REASON_TAG, reason[:history.MAX_REASON])
         story.refresh(c, name, {number} | ({champ} if champ is not None else set()))
-    return PromotionDecision(promoted, number, score, champ, champ_score, metric, greater_is_better, reason, outside)
+    return PromotionDecision(promoted, number, score, champ, champ_score, metric, greater_is_better, reason, outside,
+                             same_split)
 
 
 def gate_verdict(mv: ModelVersion) -> tuple[str | None, str]:

@@ -164,15 +164,20 @@ def champion_model(name: str) -> tuple[int, Any] | None:
     What a warm start begins from: the network's spec and parameters, read
     from the registered files (no pickle), as serving reads them.
     """
-    from nnpipe.model import Model
-
     c = client()
     try:
         version = int(c.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:  # no such model, or no champion yet
         return None
-    with integrity.verified_copy(name, version, c) as local:
-        return version, Model.load(next(local.rglob("model.json")).parent)
+    return version, version_model(name, version)
+
+
+def version_model(name: str, version: int) -> Any:
+    """Version ``version`` of ``name`` as a :class:`nnpipe.model.Model`, read from its verified files."""
+    from nnpipe.model import Model
+
+    with integrity.verified_copy(name, version, client()) as local:
+        return Model.load(next(local.rglob("model.json")).parent)
 
 
 def sync_aliases_locked(c: MlflowClient, name: str) -> list[dict[str, Any]]:

@@ -175,28 +175,29 @@ def training_run(
         # SIGTERM as Prefect's TerminationSignal, SystemExit): the run was killed, not broken.
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"
         reason = clip(f"{type(exc).__name__}: {exc}", MAX_TAG_VALUE)
-        try:
-            flush_metrics(run_id)  # a failed run's curves show where it went wrong
-        except Exception:  # the store may be what failed; the status below matters more
-            pass
-        heartbeat.stop()
-        try:
-            client().set_tag(run_id, FAILURE_TAG, reason)
-        except Exception:  # the store failing too must not hide why the run stopped; the status below matters more
-            pass
-        try:
-            # end this run even if it is no longer the active one (a nested run
-            # left open inside the block); end_run alone would end the wrong one.
-            if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
-                mlflow.end_run(status)
-            else:
-                client().set_terminated(run_id, status)
-        except Exception as store_exc:  # one line; the original exception still propagates (below)
-            import warnings
+        with _second_sigterm_waits():
+            try:
+                flush_metrics(run_id)  # a failed run's curves show where it went wrong
+            except Exception:  # the store may be what failed; the status below matters more
+                pass
+            heartbeat.stop()
+            try:
+                client().set_tag(run_id, FAILURE_TAG, reason)
+            except Exception:  # the store failing too must not hide why the run stopped; the status below matters more
+                pass
+            try:
+                # end this run even if it is no longer the active one (a nested run
+                # left open inside the block); end_run alone would end the wrong one.
+                if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
+                    mlflow.end_run(status)
+                else:
+                    client().set_terminated(run_id, status)
+            except Exception as store_exc:  # one line; the original exception still propagates (below)
+                import warnings
 
-            first = str(store_exc).splitlines()[0] if str(store_exc) else type(store_exc).__name__
-            warnings.warn(f"run {run_id} could not be marked {status} in the tracking store ({first}); "
-                          "the next nnpipe command in this store ends it FAILED", RuntimeWarning, stacklevel=2)
+                first = str(store_exc).splitlines()[0] if str(store_exc) else type(store_exc).__name__
+                warnings.warn(f"run {run_id} could not be marked {status} in the tracking store ({first}); "
+                              "the next nnpipe command in this store ends it FAILED", RuntimeWarning, stacklevel=2)
         raise
     else:
         heartbeat.stop()
@@ -205,6 +206,30 @@ def training_run(
             mlflow.end_run("FINISHED")
         else:
             client().set_terminated(run_id, "FINISHED")
+
+
+@contextmanager
+def _second_sigterm_waits() -> Iterator[None]:
+    """While a stopped run ends itself, a further SIGTERM waits until it has (main thread only).
+
+    A flow run on a Prefect worker gets SIGTERM twice when its stack stops: from
+    the worker shutting down its flow runs and from ``stack down`` itself.
+    Prefect's handler raises ``TerminationSignal`` for each; the second one,
+    landing in the writes below, used to abort them and leave the run RUNNING.
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if pending:  # delivered again, now that the run is ended, to whatever handled it before
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def log_params(run_id: str, params: Mapping[str, Any]) -> dict[str, str]:

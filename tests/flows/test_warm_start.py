@@ -48,3 +48,34 @@ def test_a_different_network_starts_from_the_seed_and_says_why(mlflow_uri: str):
 def test_an_unknown_warm_start_is_refused_before_anything_runs():
     with pytest.raises(ConfigError, match="warm_start"):
         build_config(overrides={"warm_start": "latest"})
+
+
+def test_the_gate_scores_the_champion_on_the_warm_runs_own_test_split(mlflow_uri: str):
+    from mlflow import MlflowClient
+
+    from nnpipe.data.load import load_dataset, split_and_scale
+    from nnpipe.flows.tasks import SAME_SPLIT_TAG, WARM_VERSION_TAG
+    from nnpipe.tracking import configure, version_model
+
+    client = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
+    run(mlflow_uri, epochs=20, lr=0.05)  # v1, the champion, tested on its own split (seed 0, 20 %)
+    champion = client.get_model_version_by_alias("warm", "champion").version
+    own = client.get_run(client.get_model_version("warm", champion).run_id).data.metrics["test/accuracy"]
+    warm = run(mlflow_uri, epochs=2, warm_start="champion", seed=5, test_size=0.4)  # other rows held out
+
+    data = client.get_run(warm["run_id"]).data
+    assert data.tags[WARM_VERSION_TAG] == str(champion)
+    # what the run logged as the champion's score is that version's model on exactly this run's test rows
+    configure(mlflow_uri)
+    splits = split_and_scale(load_dataset("iris"), 0.4, 0.1, 5)
+    expected = version_model("warm", int(champion)).evaluate(splits.raw_test, splits.y_test)["accuracy"]
+    assert data.metrics["champion/test/accuracy"] == pytest.approx(expected, abs=1e-12)
+    # the gate compared those two, said so, and the version records where it started and both scores
+    assert "on this run's test split" in warm["decision"] and f"recorded {own:.6g}" in warm["decision"], warm
+    version = client.get_model_version("warm", warm["version"])
+    assert version.tags["nnpipe.warm_start"] == f"champion v{champion}"
+    assert version.tags[SAME_SPLIT_TAG] == f"champion v{champion} test/accuracy={expected:.6g}"
+    gate = version.tags["nnpipe.gate"]
+    assert f"{expected:.6g}" in gate and f"{data.metrics['test/accuracy']:.6g}" in gate, gate
+    beat = data.metrics["test/accuracy"] > expected
+    assert warm["promoted"] is beat, (warm["decision"], data.metrics)
