@@ -82,25 +82,9 @@ def end_interrupted(state: Path, procs: list[FlowRunProcess]) -> list[str]:
 
 
 def _end_mlflow_runs(uri: str, procs: list[FlowRunProcess]) -> list[str]:
-    from mlflow import MlflowClient
+    from nnpipe.tracking.orphans import end_stopped_runs
 
-    from nnpipe.tracking.heartbeat import PROCESS_TAG
-    from nnpipe.tracking.runs import FAILURE_TAG
-
-    c = MlflowClient(tracking_uri=uri)
-    experiments = [e.experiment_id for e in c.search_experiments()]
-    lines = []
-    for proc in procs:
-        for run in c.search_runs(experiments, f"tags.`{PROCESS_TAG}` = '{proc.identity}'") if experiments else []:
-            if run.info.status not in ("RUNNING", "KILLED", "FAILED"):
-                continue  # it finished before the signal: nothing was interrupted
-            was = run.data.tags.get(FAILURE_TAG)
-            c.set_tag(run.info.run_id, FAILURE_TAG, STOPPED + (f" ({was})" if was else ""))
-            if run.info.status == "RUNNING":
-                c.set_terminated(run.info.run_id, "KILLED", end_time=int(time.time() * 1000))
-            lines.append(f"MLflow run {run.info.run_name} ({run.info.run_id}): "
-                         f"{'KILLED' if run.info.status == 'RUNNING' else run.info.status}")
-    return lines
+    return end_stopped_runs(uri, [proc.identity for proc in procs], STOPPED)
 
 
 def _crash_flow_runs(api_url: str, flow_run_ids: set[str]) -> list[str]:

@@ -115,3 +115,29 @@ def died_in_flow_run(flow_run_id: str) -> str | None:
         if run.info.status == "FAILED" and reason.startswith(DRIVER_DIED):
             return reason
     return None
+
+
+def end_stopped_runs(uri: str, identities: list[str], why: str) -> list[str]:
+    """End KILLED the runs of these driver processes (their ``PROCESS_TAG``) that were stopped from outside.
+
+    For ``stack down``: the flow-run processes it stopped may have died before
+    ending their runs. A run already ended KILLED or FAILED keeps its status
+    and gets ``why`` in front of its failure tag; a finished run is left alone.
+    Returns one line per run it marked.
+    """
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in c.search_experiments()]
+    lines = []
+    for identity in identities if experiments else []:
+        for run in c.search_runs(experiments, f"tags.`{PROCESS_TAG}` = '{identity}'"):
+            if run.info.status not in ("RUNNING", "KILLED", "FAILED"):
+                continue  # it finished before the signal: nothing was interrupted
+            was = run.data.tags.get(FAILURE_TAG)
+            c.set_tag(run.info.run_id, FAILURE_TAG, why + (f" ({was})" if was else ""))
+            if run.info.status == "RUNNING":
+                c.set_terminated(run.info.run_id, "KILLED", end_time=int(time.time() * 1000))
+            lines.append(f"MLflow run {run.info.run_name} ({run.info.run_id}): "
+                         f"{'KILLED' if run.info.status == 'RUNNING' else run.info.status}")
+    return lines
