@@ -21,7 +21,6 @@ as children of the worker, with the flow run each one runs from its environment.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
