@@ -217,7 +217,10 @@ def sync_aliases_locked(c: MlflowClient, name: str) -> list[dict[str, Any]]:
 def sync_aliases(name: str) -> list[dict[str, Any]]:
     """:func:`sync_aliases_locked` under the store lock, for readers (``models``, ``history``)."""
     c = client()
-    get_registered(name, c)
+    model = get_registered(name, c)
+    if model.tags.get(story.RECORDED_TAG) == story.aliases_text(model.aliases):
+        # nothing moved since nnpipe last recorded: a reader need not queue behind registrations and gates
+        return []
     with store_lock():
         return sync_aliases_locked(c, name)
 
