@@ -16,12 +16,13 @@ from nnpipe.config import TrainConfig
 from nnpipe.core.fused import FusedLoop
 from nnpipe.core.network import Network
 from nnpipe.core.optimizers import Optimizer, State, clip_by_global_norm
-
-log = logging.getLogger("nnpipe")
-LOOPS = ("auto", "fused", "general")
 from nnpipe.core.problem import Problem
 from nnpipe.reporting import Reporter
 from nnpipe.results import Callback, FitResult, check_finite
+
+log = logging.getLogger("nnpipe")
+LOOPS = ("auto", "fused", "general")
+
 
 def choose_loop(loop: str = "auto") -> tuple[str, str]:
     """The step loop to run, ``"fused"`` or ``"general"``, and why (for the log).
