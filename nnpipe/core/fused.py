@@ -111,14 +111,6 @@ class FusedLoop:
                 correct += int(np.count_nonzero(self.pred[:r] == Yblk))
         return penalty, correct
 
-    def step(self, Xb: np.ndarray, Yb: np.ndarray, s: int, e: int, stats: np.ndarray) -> tuple[float, int]:
-        """Forward and backward pass of rows ``s:e`` of the current block; the gradient lands in ``self.grad``.
-
-        Returns the L2 term and, for heads other than softmax, the correct rows
-        (softmax counts them per block).
-        """
-        return (self.steps.get(e - s) or self.step_for(e - s))(Xb, Yb, s, e, stats)
-
     def step_for(self, m: int) -> Callable[..., tuple[float, int]]:
         """The step of ``m`` rows, made on first use (a run has at most two sizes: the batch and the last one)."""
         fn = self.steps[m] = self.make_step(m)
@@ -127,8 +119,12 @@ class FusedLoop:
     def make_step(self, m: int) -> Callable[..., tuple[float, int]]:
         """The step for ``m`` rows: :meth:`Network.step_views`'s operations in its order, into fixed buffers.
 
-        Everything the step touches is bound here once, as the closure's
-        locals (CPython's cheapest names); a step is then its NumPy calls.
+        The step does the forward and backward pass of rows ``s:e`` of the
+        current block, leaves the gradient in ``self.grad`` and returns the L2
+        term and, for heads other than softmax, the correct rows (softmax
+        counts them per block). Everything the step touches is bound here
+        once, as the closure's locals (CPython's cheapest names); a step is
+        then its NumPy calls.
         """
         net, views, grad_views, l2 = self.net, self.views, self.grad_views, self.l2
         n_layers, acts, head = len(views), net.acts, net.head
@@ -141,8 +137,8 @@ class FusedLoop:
                      acts[i - 1].backward if i else None) for i in range(n_layers - 1, -1, -1)]
         ones = self.ones[:m]
         dot, take_rows = np.dot, P.reshape(-1).take
-        want_correct, task = self.want_correct, head.task
-        if self.softmax:
+        want_correct, task, softmax = self.want_correct, head.task, self.softmax
+        if softmax:
             col, scale = self.col[:m], 1.0 / m
             flat, pred, onehot = self.flat, self.pred, self.onehot
             row_max, row_sum = np.maximum.reduce, np.add.reduce
@@ -158,7 +154,7 @@ class FusedLoop:
             dot(A, W_out, out=P)
             np.add(P, b_out, out=P)
             correct = 0
-            if self.softmax:
+            if softmax:
                 # losses._softmax, _true_class_probability and _cross_entropy_delta, in place.
                 row_max(P, axis=1, keepdims=True, out=col)
                 np.subtract(P, col, out=P)
