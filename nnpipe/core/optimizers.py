@@ -144,7 +144,7 @@ class Adam(Optimizer):
         v += tmp  # v = b2*v + (1-b2)*g**2
         self._apply(theta, m, v, tmp, lr, t)
 
-    def _apply(self, theta, m, v, tmp, lr, t):
+    def _apply(self, theta: np.ndarray, m: np.ndarray, v: np.ndarray, tmp: np.ndarray, lr: float, t: int) -> None:
         """``theta -= lr * m_hat / (sqrt(v_hat) + eps)`` from the updated moments (``tmp`` is scratch)."""
         # lr/b1 * m / (sqrt(v)/sqrt(b2) + eps) == lr*sqrt(b2)/b1 * m / (sqrt(v) + eps*sqrt(b2))
         # with b1, b2 the bias corrections: the same update, one pass fewer.
@@ -155,7 +155,7 @@ class Adam(Optimizer):
         tmp *= lr * sqrt_bias2 / (1 - self.beta1**t)
         theta -= tmp
 
-    def stepper(self, theta, state):
+    def stepper(self, theta: np.ndarray, state: State) -> tuple[np.ndarray, Stepper]:
         # m and v stacked in one (2, n) array, and the gradient beside its
         # square: both moment updates are then three calls instead of six,
         # with the same float operations on every element (the factors
