@@ -26,9 +26,10 @@ import io
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -341,7 +342,7 @@ def read_piece(piece: Piece, columns: list[str], storage_options: dict[str, Any]
     opts = storage_options or {}
     hive = dict(piece.hive)
     file_cols = [c for c in columns if c not in hive]
-    try:
+    with _read_errors(piece):
         if piece.fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -361,10 +362,22 @@ def read_piece(piece: Piece, columns: list[str], storage_options: dict[str, Any]
                 df = pd.read_csv(io.BytesIO(data), usecols=file_cols)
             else:
                 df = pd.read_csv(io.BytesIO(data), header=None, names=all_columns, usecols=file_cols)
+    return _with_hive(df, hive, columns)
+
+
+@contextmanager
+def _read_errors(piece: Piece) -> Iterator[None]:
+    """Re-raise a reader's error as a :class:`DataError` naming the piece's file (I/O and data errors as they are)."""
+    try:
+        yield
+    except (OSError, DataError):
+        raise
     except Exception as exc:
-        if isinstance(exc, (OSError, DataError)):
-            raise
         raise DataError(f"{piece.path}: cannot be read as {piece.fmt}: {exc}") from exc
+
+
+def _with_hive(df: Any, hive: dict[str, str], columns: list[str]) -> Any:
+    """``df[columns]`` with the hive partition columns ``columns`` asks for filled in from the path."""
     for key, value in hive.items():
         if key in columns:
             df[key] = _hive_value(value)
@@ -372,7 +385,7 @@ def read_piece(piece: Piece, columns: list[str], storage_options: dict[str, Any]
 
 
 def iter_piece(piece: Piece, columns: list[str], storage_options: dict[str, Any] | None = None,
-               all_columns: list[str] | None = None, batch_rows: int | None = None):
+               all_columns: list[str] | None = None, batch_rows: int | None = None) -> Iterator[Any]:
     """:func:`read_piece` as DataFrames of at most ``batch_rows`` rows (Parquet; a CSV piece is one frame).
 
     A Parquet row group can hold a million rows or more (pyarrow's default
@@ -390,27 +403,16 @@ def iter_piece(piece: Piece, columns: list[str], storage_options: dict[str, Any]
     hive = dict(piece.hive)
     file_cols = [c for c in columns if c not in hive]
     with fsspec.open(piece.url, "rb", **(storage_options or {})) as f:
-        try:
+        with _read_errors(piece):
             pf = pq.ParquetFile(f, buffer_size=PIECE_BUFFER_BYTES, pre_buffer=False)
-            batches = pf.iter_batches(batch_size=batch_rows or PIECE_BATCH_ROWS, row_groups=list(piece.row_groups), columns=file_cols)
-        except Exception as exc:
-            if isinstance(exc, (OSError, DataError)):
-                raise
-            raise DataError(f"{piece.path}: cannot be read as parquet: {exc}") from exc
+            batches = pf.iter_batches(batch_size=batch_rows or PIECE_BATCH_ROWS, row_groups=list(piece.row_groups),
+                                      columns=file_cols)
         while True:
-            try:
+            with _read_errors(piece):  # not around the yield: the consumer's errors are its own
                 batch = next(batches, None)
-            except Exception as exc:
-                if isinstance(exc, (OSError, DataError)):
-                    raise
-                raise DataError(f"{piece.path}: cannot be read as parquet: {exc}") from exc
             if batch is None:
                 return
-            df = batch.to_pandas()
-            for key, value in hive.items():
-                if key in columns:
-                    df[key] = _hive_value(value)
-            yield df[columns]
+            yield _with_hive(batch.to_pandas(), hive, columns)
 
 
 def _hive_value(value: str) -> Any:
@@ -439,10 +441,7 @@ def sample_rows(source: Source, n: int = 5):
             pf = pq.ParquetFile(f, buffer_size=SAMPLE_BUFFER_BYTES, pre_buffer=False)
             df = pd.DataFrame({c: next(pf.iter_batches(batch_size=n, columns=[c])).column(0).to_pandas()
                                for c in cols if c not in hive}).head(n)
-        for key, value in hive.items():
-            if key in cols:
-                df[key] = _hive_value(value)
-        return df[cols]
+        return _with_hive(df, hive, cols)
     if piece.fmt == "csv" and not piece.hive:
         with fsspec.open(piece.url, "rb", compression="infer", **source.storage_options) as f:
             return pd.read_csv(f, usecols=cols, nrows=n)[cols]
