@@ -107,16 +107,16 @@ def clear_stream_caches(client: Any, run: str | None) -> dict[str, Any]:
     A worker that cannot answer (it died meanwhile) is skipped: its directory is
     stale and the next clear on its machine removes it.
     """
+    out: dict[str, Any] = {"removed": [], **segment_cache.no_counts()}
     try:
         per_worker = client.run(_clear_worker_caches, run, on_error="ignore")
     except Exception as exc:  # cleanup must never hide the run's own outcome
         log.warning("streaming: could not clear the cache on the workers (%s)", exc)
-        return {"removed": [], "decoded": 0, "cache_reads": 0, "errors": 0}
-    out: dict[str, Any] = {"removed": [], "decoded": 0, "cache_reads": 0, "errors": 0}
+        return out
     for r in per_worker.values():
         if isinstance(r, dict):
             out["removed"] += r["removed"]
-            for k in ("decoded", "cache_reads", "errors"):
+            for k in segment_cache.no_counts():
                 out[k] += r[k]
     return out
 

@@ -39,6 +39,11 @@ _STATS: dict[str, dict[str, int]] = {}
 _CLOSED: set[str] = set()
 
 
+def no_counts() -> dict[str, int]:
+    """The counters of a run that decoded nothing: ``{"decoded": 0, "cache_reads": 0, "errors": 0}``."""
+    return {"decoded": 0, "cache_reads": 0, "errors": 0}
+
+
 def new_run_id() -> str:
     """A run id for cache directory names (hex, no dashes: the name splits on them)."""
     return uuid.uuid4().hex[:12]
@@ -89,7 +94,7 @@ class SegmentCache:
         return self.directory / f"seg-{k:06d}-X.npy", self.directory / f"seg-{k:06d}-Y.npy"
 
     def _count(self, key: str) -> None:
-        stats = _STATS.setdefault(self.run, {"decoded": 0, "cache_reads": 0, "errors": 0})
+        stats = _STATS.setdefault(self.run, no_counts())
         stats[key] += 1
 
     def _say_once(self, what: str, msg: str, *args: object) -> None:
@@ -181,7 +186,7 @@ def clear(roots: Iterable[str | Path], run: str | None = None) -> dict:
         except OSError:
             pass
     stats = _STATS.pop(run, None) if run is not None else None
-    return {"removed": removed, **(stats or {"decoded": 0, "cache_reads": 0, "errors": 0})}
+    return {"removed": removed, **(stats or no_counts())}
 
 
 def single_process_root() -> Path:
