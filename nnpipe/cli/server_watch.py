@@ -113,19 +113,25 @@ class _QuietWhenGone(logging.Filter):
         return not self.watch.check()
 
 
-def _temporary_server() -> tuple[str, int] | None:
-    """The API and pid of the temporary server Prefect started in this process (``ephemeral``), once it has.
+def _temporary_servers() -> list[tuple[Any, Any]]:
+    """``(server, its process)`` for each temporary server Prefect started in this process (``ephemeral``).
 
-    Prefect keeps it on a class attribute that is not public API; if that
-    moves, nothing is found and the temporary server is simply not watched.
+    Prefect keeps them on a class attribute that is not public API; if that
+    moves, none is found: the temporary server is then neither watched nor
+    stopped early (Prefect's exit hook still stops it).
     """
     try:
         from prefect.server.api.server import SubprocessASGIServer
     except ImportError:  # pragma: no cover
-        return None
-    for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
-        process = getattr(server, "server_process", None)
-        if process is not None and getattr(server, "running", True):
+        return []
+    servers = list(getattr(SubprocessASGIServer, "_instances", {}).values())
+    return [(s, s.server_process) for s in servers if getattr(s, "server_process", None) is not None]
+
+
+def _temporary_server() -> tuple[str, int] | None:
+    """The API and pid of the temporary server Prefect started in this process, once it has."""
+    for server, process in _temporary_servers():
+        if getattr(server, "running", True):
             return server.api_url, process.pid
     return None
 
@@ -231,13 +237,8 @@ def _fail_fast_when_gone(watch: ServerWatch) -> Callable[[], None]:
 def stop_temporary_servers() -> None:
     """Stop Prefect's temporary server of this process, if one still runs (Prefect's exit hook would, but
     :func:`end_now` skips exit hooks); a server that went away on another port may have been replaced."""
-    try:
-        from prefect.server.api.server import SubprocessASGIServer
-    except ImportError:  # pragma: no cover
-        return
-    for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
-        process = getattr(server, "server_process", None)
-        if process is not None and process.poll() is None:
+    for _, process in _temporary_servers():
+        if process.poll() is None:
             process.terminate()
             try:
                 process.wait(timeout=5)
