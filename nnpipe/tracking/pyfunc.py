@@ -109,7 +109,9 @@ def check_input(model: Model, model_input: Any) -> np.ndarray:
             model_input = model_input[names]  # column order as trained, whatever order was sent
         for col in model_input.columns:
             column = model_input[col]
-            if len(column) and column.map(lambda v: isinstance(v, str) and v == str(col)).all():
+            # (a numeric column holds no strings: the usual request skips this per-row Python check)
+            if len(column) and not pd.api.types.is_numeric_dtype(column.dtype) and \
+                    column.map(lambda v, name=str(col): isinstance(v, str) and v == name).all():
                 # MLflow's schema check (it runs before this code) turns a column sent twice into one
                 # holding the column's name in each row (for a 2-row frame; other sizes fail in MLflow)
                 raise ValueError(f"input column {str(col)!r} holds its own name in every row: it was sent twice "
