@@ -236,10 +236,7 @@ class TrainConfig:
             raise bad("restore_best", "True or False")
         if not isinstance(self.stop_at_target, bool):
             raise bad("stop_at_target", "True or False")
-        if self.until is not None:
-            from nnpipe.target import parse_target
-
-            parse_target(self.until, "config field 'until' (--until)")
+        self.target()  # a malformed ``until`` fails here, naming the field
         self._check_hyper("optimizer", self.optimizer, OPTIMIZER_FIELDS, optimizers.hyperparameters(self.optimizer))
         self._check_hyper("schedule", self.schedule, SCHEDULE_FIELDS, schedules.hyperparameters(self.schedule))
         if self.l2 < 0:
