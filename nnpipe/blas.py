@@ -28,7 +28,7 @@ import contextlib
 import functools
 import logging
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 from nnpipe.core.network import NetworkSpec
 
@@ -52,7 +52,7 @@ def user_thread_setting() -> str | None:
 
 
 @functools.cache
-def blas_controller():
+def blas_controller() -> Any:
     """threadpoolctl's view of the loaded BLAS libraries, found once per process.
 
     ``threadpool_limits()`` walks every loaded shared library on each call:
