@@ -55,7 +55,7 @@ BASE = dict(optimizer="adam", lr=1e-3, dtype="float32", seed=0, batch_size=256)
 _REF: dict = {}
 
 
-def make_task(n: int):
+def make_task(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """bench_scale's rows and teacher labels, in memory; standardised with the training rows' moments."""
     from bench_scale import N_FEATURES, teacher_labels  # one task for both benches (bench/ is on sys.path)
 
@@ -78,7 +78,7 @@ def _ref_rate() -> float:
     return float(r.history["train/samples_per_s"][-1])
 
 
-def breakdown(rounds_log: list[dict], n_trainers: int) -> str:
+def breakdown(rounds_log: list[dict]) -> str:
     """Mean per round and trainer: compute, idle, and the idle's parts (plain local-sgd's rounds)."""
     logs = [r for r in rounds_log if "wall_s" in r][1:]  # the first round pays one-time costs
     if not logs:
@@ -139,7 +139,7 @@ def main() -> None:
             print(f"{name:22s} {rate:10,.0f} samples/s  {rate / single:.2f}x single ({single:,.0f})  workers' own "
                   f"{' + '.join(f'{v:,.0f}' for v in own)}  efficiency {rate / sum(own):.0%}  "
                   f"val acc {r.history['val/accuracy'][-1]:.4f}  driver CPU {driver_cpu:.0%} of a core", flush=True)
-            text = breakdown(r.info.get("rounds_log", []), 2)
+            text = breakdown(r.info.get("rounds_log", []))
             if text:
                 print(f"{'':22s} {text}", flush=True)
             if "dist/idle_s" in r.history:
