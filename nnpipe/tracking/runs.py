@@ -171,41 +171,54 @@ def training_run(
         log_params(run_id, params)
         yield run
     except BaseException as exc:
-        # An Exception is a failure; any other BaseException is a stop from outside (Ctrl-C,
-        # SIGTERM as Prefect's TerminationSignal, SystemExit): the run was killed, not broken.
-        status = "FAILED" if isinstance(exc, Exception) else "KILLED"
-        reason = clip(f"{type(exc).__name__}: {exc}", MAX_TAG_VALUE)
-        with _second_sigterm_waits():
-            try:
-                flush_metrics(run_id)  # a failed run's curves show where it went wrong
-            except Exception:  # the store may be what failed; the status below matters more
-                pass
-            heartbeat.stop()
-            try:
-                client().set_tag(run_id, FAILURE_TAG, reason)
-            except Exception:  # the store failing too must not hide why the run stopped; the status below matters more
-                pass
-            try:
-                # end this run even if it is no longer the active one (a nested run
-                # left open inside the block); end_run alone would end the wrong one.
-                if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
-                    mlflow.end_run(status)
-                else:
-                    client().set_terminated(run_id, status)
-            except Exception as store_exc:  # one line; the original exception still propagates (below)
-                import warnings
-
-                first = str(store_exc).splitlines()[0] if str(store_exc) else type(store_exc).__name__
-                warnings.warn(f"run {run_id} could not be marked {status} in the tracking store ({first}); "
-                              "the next nnpipe command in this store ends it FAILED", RuntimeWarning, stacklevel=2)
+        _end_stopped(run_id, heartbeat, exc)
         raise
     else:
         heartbeat.stop()
         flush_metrics(run_id)
-        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
-            mlflow.end_run("FINISHED")
-        else:
-            client().set_terminated(run_id, "FINISHED")
+        _end(run_id, "FINISHED")
+
+
+def _end(run_id: str, status: str) -> None:
+    """End ``run_id`` with ``status``, even if it is no longer the active run.
+
+    A nested run left open inside the block would be the active one, and
+    ``end_run`` alone would end it instead.
+    """
+    if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
+        mlflow.end_run(status)
+    else:
+        client().set_terminated(run_id, status)
+
+
+def _end_stopped(run_id: str, heartbeat: Heartbeat, exc: BaseException) -> None:
+    """End the run that ``exc`` stopped: FAILED with its reason, or KILLED; never raises (a warning instead).
+
+    An Exception is a failure; any other BaseException is a stop from outside
+    (Ctrl-C, SIGTERM as Prefect's TerminationSignal, SystemExit): the run was
+    killed, not broken.
+    """
+    status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+    reason = clip(f"{type(exc).__name__}: {exc}", MAX_TAG_VALUE)
+    with _second_sigterm_waits():
+        try:
+            flush_metrics(run_id)  # a failed run's curves show where it went wrong
+        except Exception:  # the store may be what failed; the status below matters more
+            pass
+        heartbeat.stop()
+        try:
+            client().set_tag(run_id, FAILURE_TAG, reason)
+        except Exception:  # the store failing too must not hide why the run stopped; the status matters more
+            pass
+        try:
+            _end(run_id, status)
+        except Exception as store_exc:  # one line; the original exception still propagates
+            import warnings
+
+            first = str(store_exc).splitlines()[0] if str(store_exc) else type(store_exc).__name__
+            # 3: past this helper and training_run, the frame the inline call (stacklevel 2) named
+            warnings.warn(f"run {run_id} could not be marked {status} in the tracking store ({first}); "
+                          "the next nnpipe command in this store ends it FAILED", RuntimeWarning, stacklevel=3)
 
 
 @contextmanager
