@@ -84,14 +84,20 @@ def parse_target(text: str, name: str = "--until") -> Target:
     if not math.isfinite(value):
         raise ValueError(f"{name} {text!r}: the value must be a finite number, got {m['value']!r}")
     base = metrics.base_name(key)
-    if (base == "accuracy" and not 0 <= value <= 1) or (base == "r2" and value > 1) or \
-            (base in metrics.LOWER_IS_BETTER and value < 0):
-        raise ValueError(f"{name} {text!r}: {base} never reaches {m['value']} "
-                         f"({'between 0 and 1' if base == 'accuracy' else 'at most 1' if base == 'r2' else 'at least 0'})")
+    if base == "accuracy":
+        lo, hi, span = 0.0, 1.0, "between 0 and 1"
+    elif base == "r2":
+        lo, hi, span = -math.inf, 1.0, "at most 1"
+    elif base in metrics.LOWER_IS_BETTER:
+        lo, hi, span = 0.0, math.inf, "at least 0"
+    else:
+        lo, hi, span = -math.inf, math.inf, ""
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} {text!r}: {base} never reaches {m['value']} ({span})")
     greater = metrics.greater_is_better(key)
     if greater != (op == ">="):
         want = ">=" if greater else "<="
-        raise ValueError(f"{name} {text!r}: {metrics.base_name(key)} is {'higher' if greater else 'lower'}-is-better, "
+        raise ValueError(f"{name} {text!r}: {base} is {'higher' if greater else 'lower'}-is-better, "
                          f"write {key}{want}{m['value']}")
     return Target(key, op, value)
 
