@@ -58,82 +58,21 @@ class OverlapAverage(AverageParameters):
         self.target = np.empty_like(theta)
 
     def run_epoch(self, epoch: int, lr: float, theta: np.ndarray, tally: EpochTally) -> dict[str, float]:
-        pool = self.pool
-        pool.rebalance(f"before epoch {epoch}")
-        steps_per_epoch = -(-max(s.rows for s in pool.shards) // self.config.batch_size)
-        n_shards = len(pool.shards)
-        steps_of: dict[int, int] = {}  # round -> local steps, fixed when the round first goes out
-        results: dict[int, dict[int, tuple]] = {}  # round -> shard index -> (delta, compute s, idle s)
-        inflight: dict[Any, tuple[Any, int]] = {}
-        next_round = {t.shard.index: self.round for t in pool.trainers}
-        active = list(pool.trainers)  # trainers whose share of the epoch is not all sent yet
-        first = merged = self.round  # rounds before ``merged`` are in theta
-        # theta after each of the last merges: round j starts from the one after merge j - depth,
-        # whatever the arrival order, so that a seeded run is reproducible (as plain local-sgd).
-        snapshots = {merged: theta.copy()}
-        idle, dist, norms = [], [], []
-
-        def steps(j: int) -> int:
-            if j not in steps_of:  # rounds go out in order on every shard: all earlier ones are planned
-                steps_of[j] = max(0, min(self.k, steps_per_epoch - sum(steps_of.values())))
-            return steps_of[j]
-
-        sent: set[tuple[int, int]] = set()  # (trainer id, round)
-
-        def send(t: Any, j: int) -> None:
-            base = max(j - self.depth, first)
-            # Round j - 1's delta is part of this round's start when this trainer ran it: it must run first.
-            after = j - 1 if base < j and (t.id, j - 1) in sent else None
-            fut = pool.call(t, "overlap_round", snapshots[base], base, j, steps(j), lr, after)
-            sent.add((t.id, j))
-            inflight[fut] = (t, j)
-            next_round[t.shard.index] = max(next_round[t.shard.index], j + 1)
-
+        self.pool.rebalance(f"before epoch {epoch}")
+        ep = _Epoch(self, epoch, lr, theta)
         while True:
-            while len(results.get(merged, ())) == n_shards:
-                dist_j, norm_j = self._merge(theta, results.pop(merged), merged, epoch, steps_of[merged])
-                dist.append(dist_j)
-                norms.append(norm_j)
-                merged += 1
-                snapshots[merged] = theta.copy()
-                snapshots.pop(merged - self.depth - 1, None)
-            for t in list(active):
-                while True:
-                    j = next_round[t.shard.index]
-                    if steps(j) == 0:  # this trainer's share of the epoch is out
-                        active.remove(t)
-                        break
-                    if merged < j - self.depth or sum(tt is t for tt, _ in inflight.values()) >= self.depth:
-                        break
-                    send(t, j)
-            if not inflight:
+            ep.merge_complete_rounds()
+            ep.send_ready_rounds()
+            if not ep.inflight:
                 break
-            for fut in pool.wait(inflight):
-                t, j = inflight.pop(fut)
-                where = f"in round {j} (epoch {epoch})"
-                try:
-                    (delta, idle_s), loss_sum, rows, correct, secs = pool.received(fut.result())
-                except WorkerLost as exc:
-                    # Its other queued round fails the same way and lands here too (replace() then
-                    # returns the same new trainer). Redone from the same parameters: the new
-                    # trainer has no unmerged deltas.
-                    new = pool.replace(t, exc, where)
-                    active = [new if a is t else a for a in active]
-                    send(new, j)
-                    continue
-                if delta is None:  # it arrived before the round it follows: that one is queued, send again
-                    send(t, j)
-                    continue
-                check_update(delta, t, "parameters", where)
-                tally.add(t, loss_sum, rows, correct, secs)
-                self.observe_round(secs + idle_s, secs, rows)
-                idle.append(idle_s)
-                results.setdefault(j, {})[t.shard.index] = (delta, secs, idle_s)
-        self.round = merged
+            for fut in self.pool.wait(ep.inflight):
+                ep.receive(fut, tally)
+        self.round = ep.merged
+        dist, norms, idle = ep.dist, ep.norms, ep.idle
         return {"dist/consensus_distance": float(np.mean(dist)) if dist else 0.0,
                 "dist/consensus_distance_last": dist[-1] if dist else 0.0,
                 "dist/outer_step_norm": float(np.mean(norms)) if norms else 0.0,
-                "dist/idle_s": float(np.sum(idle)) / max(n_shards, 1), "dist/rounds": float(len(dist))}
+                "dist/idle_s": float(np.sum(idle)) / max(ep.n_shards, 1), "dist/rounds": float(len(dist))}
 
     def _merge(self, theta: np.ndarray, results: dict[int, tuple], j: int, epoch: int,
                steps: int) -> tuple[float, float]:
@@ -151,3 +90,88 @@ class OverlapAverage(AverageParameters):
         self.rounds_log.append({"round": j, "epoch": epoch, "steps": steps, "consensus_distance": dist,
                                 "outer_step_norm": norm, "merge_s": time.perf_counter() - t0})
         return dist, norm
+
+
+class _Epoch:
+    """One epoch of :class:`OverlapAverage`: its rounds planned, in flight, received and merged."""
+
+    def __init__(self, rule: OverlapAverage, epoch: int, lr: float, theta: np.ndarray):
+        pool = self.pool = rule.pool
+        self.rule, self.epoch, self.lr, self.theta, self.depth = rule, epoch, lr, theta, rule.depth
+        self.steps_per_epoch = -(-max(s.rows for s in pool.shards) // rule.config.batch_size)
+        self.n_shards = len(pool.shards)
+        self.steps_of: dict[int, int] = {}  # round -> local steps, fixed when the round first goes out
+        self.results: dict[int, dict[int, tuple]] = {}  # round -> shard index -> (delta, compute s, idle s)
+        self.inflight: dict[Any, tuple[Any, int]] = {}
+        self.next_round = {t.shard.index: rule.round for t in pool.trainers}
+        self.active = list(pool.trainers)  # trainers whose share of the epoch is not all sent yet
+        self.first = self.merged = rule.round  # rounds before ``merged`` are in theta
+        # theta after each of the last merges: round j starts from the one after merge j - depth,
+        # whatever the arrival order, so that a seeded run is reproducible (as plain local-sgd).
+        self.snapshots = {self.merged: theta.copy()}
+        self.sent: set[tuple[int, int]] = set()  # (trainer id, round)
+        self.idle: list[float] = []
+        self.dist: list[float] = []
+        self.norms: list[float] = []
+
+    def steps(self, j: int) -> int:
+        """Round ``j``'s local steps (0 once the epoch's steps are all planned)."""
+        if j not in self.steps_of:  # rounds go out in order on every shard: all earlier ones are planned
+            self.steps_of[j] = max(0, min(self.rule.k, self.steps_per_epoch - sum(self.steps_of.values())))
+        return self.steps_of[j]
+
+    def send(self, t: Any, j: int) -> None:
+        base = max(j - self.depth, self.first)
+        # Round j - 1's delta is part of this round's start when this trainer ran it: it must run first.
+        after = j - 1 if base < j and (t.id, j - 1) in self.sent else None
+        fut = self.pool.call(t, "overlap_round", self.snapshots[base], base, j, self.steps(j), self.lr, after)
+        self.sent.add((t.id, j))
+        self.inflight[fut] = (t, j)
+        self.next_round[t.shard.index] = max(self.next_round[t.shard.index], j + 1)
+
+    def merge_complete_rounds(self) -> None:
+        """Merge, in order, every round all trainers have returned."""
+        while len(self.results.get(self.merged, ())) == self.n_shards:
+            j = self.merged
+            dist_j, norm_j = self.rule._merge(self.theta, self.results.pop(j), j, self.epoch, self.steps_of[j])
+            self.dist.append(dist_j)
+            self.norms.append(norm_j)
+            self.merged += 1
+            self.snapshots[self.merged] = self.theta.copy()
+            self.snapshots.pop(self.merged - self.depth - 1, None)
+
+    def send_ready_rounds(self) -> None:
+        """Send each trainer its next rounds while it is within ``depth`` of the merges and of its queue."""
+        for t in list(self.active):
+            while True:
+                j = self.next_round[t.shard.index]
+                if self.steps(j) == 0:  # this trainer's share of the epoch is out
+                    self.active.remove(t)
+                    break
+                if self.merged < j - self.depth or \
+                        sum(tt is t for tt, _ in self.inflight.values()) >= self.depth:
+                    break
+                self.send(t, j)
+
+    def receive(self, fut: Any, tally: EpochTally) -> None:
+        """Take one finished call: keep its delta for the merge, or send its round again."""
+        t, j = self.inflight.pop(fut)
+        where = f"in round {j} (epoch {self.epoch})"
+        try:
+            (delta, idle_s), loss_sum, rows, correct, secs = self.pool.received(fut.result())
+        except WorkerLost as exc:
+            # Its other queued round fails the same way and lands here too (replace() then
+            # returns the same new trainer). Redone from the same parameters: the new
+            # trainer has no unmerged deltas.
+            new = self.pool.replace(t, exc, where)
+            self.active = [new if a is t else a for a in self.active]
+            self.send(new, j)
+            return
+        if delta is None:  # it arrived before the round it follows: that one is queued, send again
+            self.send(t, j)
+            return
+        check_update(delta, t, "parameters", where)
+        tally.add(t, loss_sum, rows, correct, secs)
+        self.rule.observe_round(secs + idle_s, secs, rows)
+        self.idle.append(idle_s)
+        self.results.setdefault(j, {})[t.shard.index] = (delta, secs, idle_s)
