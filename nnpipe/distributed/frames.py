@@ -36,8 +36,8 @@ from nnpipe.distributed.cluster import connect, wait_for_workers, worker_address
 from nnpipe.distributed.rpc import WorkerLost
 from nnpipe.distributed.shards import Shard, row_bounds
 from nnpipe.results import Callback, FitResult
-from nnpipe.sources.evaluate import add_sums, array_sums, combine, evaluate, prep_fields
 from nnpipe.sources import segment_cache
+from nnpipe.sources.evaluate import add_sums, array_sums, combine, evaluate, prep_fields
 from nnpipe.sources.prep import TRAIN, VAL, PreparedSource, local_runner
 from nnpipe.sources.streaming import RowStream, shard_arrays, shard_bytes
 

@@ -18,8 +18,8 @@ from nnpipe.core.network import NetworkSpec
 from nnpipe.core.problem import Problem
 from nnpipe.core.training import fit
 from nnpipe.results import Callback, FitResult
-from nnpipe.sources.evaluate import evaluate, prep_fields
 from nnpipe.sources import segment_cache
+from nnpipe.sources.evaluate import evaluate, prep_fields
 from nnpipe.sources.prep import TRAIN, VAL, PreparedSource, local_runner
 from nnpipe.sources.streaming import RowStream, fit_stream, shard_arrays, shard_bytes
 
