@@ -84,6 +84,7 @@ from nnpipe.distributed.cluster import (
     worker_addresses,
 )
 from nnpipe.distributed.protocol import Pool
+from nnpipe.distributed.wire import WireCounter, link_seconds
 from nnpipe.results import Callback, FitResult
 
 log = logging.getLogger("nnpipe.distributed")
@@ -166,14 +167,12 @@ def run_mode(pool: Pool, theta: np.ndarray, config: TrainConfig, reporter: Any, 
     return rounds.run(pool, theta, config, reporter, rule, warmup)
 
 
-def wire_info(wire: Any, history: dict[str, list[float]]) -> dict[str, Any]:
+def wire_info(wire: WireCounter, history: dict[str, list[float]]) -> dict[str, Any]:
     """The run's bytes on the wire (``FitResult.info``): totals, per epoch, and the seconds per epoch at 1 Gbit/s.
 
     Per epoch is the mean of the epochs' own counts (``dist/bytes_*``); the
     totals add the calls outside the epochs (starting state, the final state).
     """
-    from nnpipe.distributed.wire import link_seconds
-
     if not wire.measured:
         return {"wire_measured": False}
     sent = float(np.mean(history.get("dist/bytes_sent") or [wire.sent]))
