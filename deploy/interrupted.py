@@ -21,6 +21,7 @@ as children of the worker, with the flow run each one runs from its environment.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,8 +88,6 @@ def _end_mlflow_runs(uri: str, procs: list[FlowRunProcess]) -> list[str]:
 
 
 def _crash_flow_runs(api_url: str, flow_run_ids: set[str]) -> list[str]:
-    import os
-
     os.environ.update(QUIET_ENV)
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
