@@ -76,19 +76,19 @@ def sigterm_as_interrupt() -> Iterator[None]:
     os.set_blocking(write_fd, False)
     stop = threading.Event()
     try:
-        old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    except ValueError:
-        old_wakeup, stop = None, None  # type: ignore[assignment]
-    if stop is not None:
+        old_wakeup: int | None = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:  # no wakeup fd here: SIGTERM still interrupts, without the grace period's bound
+        old_wakeup = None
+    if old_wakeup is not None:
         threading.Thread(target=_watch_wakeups, args=(read_fd, stop), name="nnpipe-sigterm-watch",
                          daemon=True).start()
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if stop is not None:
+        if old_wakeup is not None:
             stop.set()
-            signal.set_wakeup_fd(old_wakeup if old_wakeup is not None else -1)
+            signal.set_wakeup_fd(old_wakeup)
         os.close(write_fd)  # the reader sees end of file, closes its end and returns
-        if stop is None:
+        if old_wakeup is None:
             os.close(read_fd)
