@@ -25,6 +25,7 @@ import argparse
 import statistics
 import time
 import warnings
+from typing import Callable
 
 import numpy as np
 from sklearn.datasets import load_iris, make_classification
@@ -200,6 +201,7 @@ def seed_example(args: argparse.Namespace) -> None:
             print(f"{'PyTorch (1 thread)':<28}{statistics.median(torch_s):>12.3f} s (median)   "
                   f"nnpipe is {t_ratio:.1f}x faster")
 
+
 def step_profile(batch: int = 256, sizes: tuple[int, ...] = (64, 256, 256, 10)) -> None:
     """Each operation of one float32 Adam step, timed alone (CPU time, best of 7), against the matmul peak.
 
@@ -209,7 +211,7 @@ def step_profile(batch: int = 256, sizes: tuple[int, ...] = (64, 256, 256, 10)) 
     rng = np.random.default_rng(0)
     f = np.float32
 
-    def cpu_us(fn, k: int = 200) -> float:
+    def cpu_us(fn: Callable[[], object], k: int = 200) -> float:
         fn()
         runs = []
         for _ in range(7):
