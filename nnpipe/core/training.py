@@ -30,7 +30,8 @@ def choose_loop(loop: str = "auto") -> tuple[str, str]:
     ``"auto"`` takes the fused loop (:mod:`nnpipe.core.fused`): it computes
     the same parameters bit for bit and is never slower (measured in
     ``bench/bench_core.py``). The general loop stays as the reference it is
-    tested against, and as what the distributed workers run.
+    tested against; its step (:meth:`Network.step_views`, then
+    :meth:`Optimizer.step`) is the one the distributed workers run.
     """
     if loop not in LOOPS:
         raise ValueError(f"loop must be one of {LOOPS}, got {loop!r}")
