@@ -200,9 +200,15 @@ def test_shadow_agreement_reaches_mlflow_and_drift_moves_with_shifted_inputs(reg
     logged_for_v2 = len(tracking.client().get_metric_history(run2, "live/rows"))  # earlier tests served v2 too
     registry.set_alias("champion", 2)
     wait_for(lambda: served_version(client) == 2, 5, "the move to v2 followed")
-    history = tracking.client().get_metric_history(tracking.get_version(registry.name, 1).run_id, "live/rows")
-    assert max(m.value for m in history) == rows
-    assert server.drift.rows == 0
+    run1 = tracking.get_version(registry.name, 1).run_id
+
+    def v1_window_logged() -> bool:
+        history = tracking.client().get_metric_history(run1, "live/rows")
+        return max((m.value for m in history), default=0.0) == rows
+
+    # the swap is visible to requests first; the watcher thread then logs v1's last window and starts a new one
+    wait_for(v1_window_logged, 10, "v1's last drift window reached v1's run", every=0.2)
+    wait_for(lambda: server.drift.rows == 0, 5, "a new drift window for v2")
     assert len(tracking.client().get_metric_history(run2, "live/rows")) == logged_for_v2
 
 
