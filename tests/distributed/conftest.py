@@ -14,13 +14,15 @@ from tests.distributed.helpers import local_cluster
 distributed = pytest.importorskip("distributed")
 
 
-@pytest.fixture(scope="session")
+# package, not session: idle, its worker processes and scheduler take ~10% of a core each, which the
+# rest of the suite (flows, production, serve, ...) would pay until the very end
+@pytest.fixture(scope="package")
 def cluster():
     with local_cluster(2) as c:
         yield c
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client(cluster):
     with distributed.Client(cluster) as c:
         c.wait_for_workers(2)

@@ -11,7 +11,8 @@ import pytest
 from tests.flows.conftest import BIN, clean_env
 
 
-@pytest.fixture(scope="session")
+# package, not session: an idle cluster costs the rest of the suite CPU (see tests/distributed/conftest.py)
+@pytest.fixture(scope="package")
 def cluster() -> Iterator[str]:
     """A LocalCluster of 2 one-thread worker processes; examples reach it by DASK_SCHEDULER_ADDRESS."""
     from tests.distributed.helpers import local_cluster
@@ -20,7 +21,7 @@ def cluster() -> Iterator[str]:
         yield c.scheduler_address
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def reader_home(tmp_path_factory) -> Iterator[Path]:
     """The HOME of a reader who pastes the examples: the local Prefect server the first
     `nnpipe train` starts there serves the later ones, and is stopped at the end."""

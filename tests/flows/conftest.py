@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="session")
+# package, not session: an idle Prefect server takes ~10% of a core until it stops
+@pytest.fixture(scope="package")
 def prefect_harness():
     """One temporary Prefect API server for every in-process flow test (startup is slow on 2 cores)."""
     from prefect.testing.utilities import prefect_test_harness
