@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
+
 # Set before prefect, mlflow or dask are imported anywhere.
 _HOME = tempfile.mkdtemp(prefix="nnpipe-tests-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -22,6 +24,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.pop("DASK_SCHEDULER_ADDRESS", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("MLFLOW_REGISTRY_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 
 
@@ -32,8 +35,6 @@ CLUSTER_FIXTURES = {"cluster", "client"}
 
 
 def pytest_collection_modifyitems(config, items):
-    import pytest
-
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         callspec = getattr(item, "callspec", None)
@@ -43,6 +44,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.server)
         if names & CLUSTER_FIXTURES:
             item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(autouse=True)
+def _no_registry_echo():
+    """No test inherits an MLFLOW_REGISTRY_URI from an earlier one.
+
+    ``mlflow.set_registry_uri`` (nnpipe.tracking.configure) echoes the registry into
+    the environment. A test's ``monkeypatch`` puts back whatever it found, so an echo
+    an earlier test left can outlive the ``tracking.reset()`` that forgot it, and
+    then reads as the user's choice: the next store's registry stays the old one
+    (seen when xdist ran the files in another order). No test sets it for longer than
+    itself, so it goes after each one; torn down last, after ``monkeypatch``.
+    """
+    yield
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 def pytest_sessionfinish(session, exitstatus):
