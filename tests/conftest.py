@@ -34,7 +34,15 @@ SERVER_FIXTURES = {"prefect_harness", "mlflow_server", "http_store"}
 CLUSTER_FIXTURES = {"cluster", "client"}
 
 
+# The longest files, started first: with two test processes taking whole files (pytest-xdist --dist loadfile,
+# --no-loadscope-reorder keeps this order), a long file that starts last is the run's tail.
+LONGEST_FIRST = ("tests/production/test_stack.py", "tests/tracking/test_concurrency.py", "tests/flows/test_stack.py",
+                 "tests/docs/test_examples.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: file order kept otherwise
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         callspec = getattr(item, "callspec", None)
