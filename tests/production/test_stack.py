@@ -27,6 +27,12 @@ from tests.production.conftest import missing_production, open_state_dir
 pytestmark = [pytest.mark.stack, pytest.mark.server, pytest.mark.cluster]
 MODEL = "lake-model"
 EPOCHS_LONG = 40  # long enough (~20 s of training here) to stop PostgreSQL or the store in the middle
+# the drills that kill the worker or stop the stack interrupt it: minutes of training, so it is still training
+# when the signal comes (at 40 epochs it sometimes finished and registered while `down` stopped the serve process)
+EPOCHS_DRILL = 1000
+# the drills chain several stack operations (a flow run on the worker, `down`, `up`, the next scheduled run, eight
+# trains at once); on a loaded 2-core machine one took 460 s, and the module's `down` at teardown counts too
+DRILL_TIMEOUT = 1200
 
 
 class Stack:
@@ -288,7 +294,131 @@ def test_object_store_restart_during_training_loses_no_artefact(stack: Stack):
     assert any(p.name == "MLmodel" for p in Path(local).rglob("*")) or version.source
 
 
-def test_down_then_up_keeps_runs_versions_aliases_history_deployments_and_flow_runs(stack: Stack):
+LOAD_MODEL = "load-model"
+
+
+@pytest.mark.timeout(DRILL_TIMEOUT)
+def test_eight_concurrent_trains_and_registry_reads_against_postgres(stack: Stack):
+    env = stack.env()
+    trains = [subprocess.Popen([sys.executable, "-m", "nnpipe.cli", "train", "--dataset", "iris", "--mode", "single",
+                                "--epochs", "3", "--hidden", "8", "--seed", str(i), "--model-name", LOAD_MODEL],
+                               cwd=stack.home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for i in range(8)]
+    reads = 0
+    while any(p.poll() is None for p in trains):  # users reading the registry while the eight register and gate
+        for args in (["models"], ["history", LOAD_MODEL]):
+            done = subprocess.run([sys.executable, "-m", "nnpipe.cli", *args], cwd=stack.home, env=env,
+                                  capture_output=True, text=True, timeout=120)
+            # before the first registration `history` says the model does not exist yet; nothing else may fail
+            no_model_yet = args[0] == "history" and f"no registered model named '{LOAD_MODEL}'" in done.stderr
+            assert done.returncode == 0 or no_model_yet, done.stdout[-1500:] + done.stderr[-1500:]
+            assert "Traceback" not in done.stderr, done.stderr[-3000:]
+            reads += 1
+        time.sleep(1)
+    outs = [p.communicate(timeout=300)[0] for p in trains]
+    for out, p in zip(outs, trains):
+        assert p.returncode == 0 and "Traceback" not in out, out[-3000:]
+    assert reads >= 2
+    client = stack.mlflow()
+    versions = client.search_model_versions(f"name = '{LOAD_MODEL}'")
+    assert sorted(int(v.version) for v in versions) == list(range(1, 9))  # eight runs, eight distinct versions
+    assert len({v.run_id for v in versions}) == 8
+    scores = {int(v.version): client.get_run(v.run_id).data.metrics["test/accuracy"] for v in versions}
+    champion = int(client.get_model_version_by_alias(LOAD_MODEL, "champion").version)
+    assert scores[champion] == max(scores.values()), (champion, scores)  # the gates ran one after the other
+
+
+LONG = """
+import sys
+from nnpipe.deploy.deployments import Scheduled, deploy_to_pool
+d = Scheduled("lake-long", "0 3 * * *", {"dataset": "s3://lake/long/", "target": "label", "mode": "sync",
+              "workers": 2, "epochs": int(sys.argv[2]), "model_name": sys.argv[3]}, "A training the drills interrupt.")
+print(deploy_to_pool(sys.argv[1], [d])[0])
+"""
+
+
+@pytest.fixture(scope="module")
+def long_deployment(stack: Stack) -> str:
+    """A deployment on the stack's pool that trains long enough to be interrupted (run on demand only)."""
+    put_lake("lake/long", frame(20000, 3))  # as the PostgreSQL drill does, so that the drills also run alone
+    done = subprocess.run([sys.executable, "-c", LONG, stack.info["work_pool"], str(EPOCHS_DRILL), MODEL], cwd=REPO,
+                          env=stack.env(), capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _train_on_worker(stack: Stack, deployment_id: str) -> tuple[str, str]:
+    """Start a flow run of ``deployment_id`` on the worker; once it trains: its flow run id and MLflow run id."""
+    from nnpipe.tracking.orphans import FLOW_RUN_TAG
+
+    with stack.prefect() as pc:
+        flow_run_id = str(pc.create_flow_run_from_deployment(deployment_id).id)
+    client = stack.mlflow()
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline:
+        for run in client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                      f"tags.`{FLOW_RUN_TAG}` = '{flow_run_id}'"):
+            assert run.info.status == "RUNNING", (run.info.status, run.data.tags.get("nnpipe.failure"))
+            if len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2:
+                return flow_run_id, run.info.run_id
+        time.sleep(1)
+    raise AssertionError(f"flow run {flow_run_id} never got training:" + stack.logs())
+
+
+def _next_scheduled_run_completes(stack: Stack) -> None:
+    """Resume the scheduled deployment, wait for a run of it to complete, pause it again."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with stack.prefect() as pc:
+            deployment_id = str(pc.read_deployment_by_name("nnpipe-train/lake-every-20s").id)
+    except ObjectNotFound:  # these drills run alone (-k): register it as the scheduled-run test does
+        put_lake("lake/scheduled", frame(900, 1))
+        done = subprocess.run([sys.executable, "-c", DEPLOY, stack.info["work_pool"]], cwd=REPO, env=stack.env(),
+                              capture_output=True, text=True, timeout=200)
+        assert done.returncode == 0, done.stderr[-3000:]
+        deployment_id = done.stdout.strip().splitlines()[-1]
+    with stack.prefect() as pc:
+        pc.resume_deployment(deployment_id)
+    try:
+        _wait_completed(stack, deployment_id, time.time(), timeout=240)
+    finally:
+        with stack.prefect() as pc:
+            pc.pause_deployment(deployment_id)
+
+
+@pytest.mark.timeout(DRILL_TIMEOUT)
+def test_worker_killed_during_a_flow_run_is_restarted_and_the_run_ends_crashed(stack: Stack, long_deployment: str):
+    import psutil
+
+    versions = len(stack.mlflow().search_model_versions(f"name = '{MODEL}'"))
+    flow_run_id, run_id = _train_on_worker(stack, long_deployment)
+    supervisor = psutil.Process(int((stack.state / "pids" / "prefect-worker.pid").read_text()))
+    [worker] = supervisor.children()
+    victims = [worker, *worker.children(recursive=True)]
+    for proc in victims:  # SIGKILL: the worker and its flow run die together (the OOM killer, a lost container)
+        proc.kill()
+    psutil.wait_procs(victims, timeout=10)
+    deadline = time.monotonic() + 30
+    while not [p for p in supervisor.children() if p.pid != worker.pid] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [p for p in supervisor.children() if p.pid != worker.pid], "the supervisor did not restart the worker"
+    _next_scheduled_run_completes(stack)  # the restarted worker runs it; its flow ends the dead run first
+    run = stack.mlflow().get_run(run_id)
+    assert run.info.status == "FAILED", run.info.status
+    assert run.data.tags["nnpipe.failure"].startswith("the driver process died"), run.data.tags["nnpipe.failure"]
+    with stack.prefect() as pc:
+        state = pc.read_flow_run(flow_run_id).state
+    assert state.is_crashed() and "the driver process died" in state.message, (state.type, state.message)
+    assert len(stack.mlflow().search_model_versions(f"name = '{MODEL}'")) == versions  # nothing registered
+
+
+@pytest.mark.timeout(DRILL_TIMEOUT)
+def test_down_then_up_keeps_runs_versions_aliases_history_deployments_and_flow_runs(stack: Stack,
+                                                                                   long_deployment: str):
+    from nnpipe.deploy.interrupted import STOPPED
+
+    flow_run_id, run_id = _train_on_worker(stack, long_deployment)  # `stack down` while a flow run trains
     client = stack.mlflow()
     before_versions = sorted((v.name, v.version) for v in client.search_model_versions())
     before_alias = client.get_model_version_by_alias(MODEL, "champion").version
@@ -297,10 +427,18 @@ def test_down_then_up_keeps_runs_versions_aliases_history_deployments_and_flow_r
     with stack.prefect() as pc:
         before_deployments = sorted(d.name for d in pc.read_deployments())
         before_flow_runs = len(pc.read_flow_runs())
-    assert stack.down().returncode == 0
+    stopping = stack.down()
+    assert stopping.returncode == 0, stopping.stderr[-3000:]
+    assert f"stopped while training: Prefect flow run {flow_run_id}: Crashed" in stopping.stdout, stopping.stdout
     done = stack.up()
     assert done.returncode == 0, done.stderr[-3000:] + stack.logs()
     client = stack.mlflow()
+    # the interrupted run first: ended, saying the stack was stopped, and nothing registered from it
+    run = client.get_run(run_id)
+    worker_log = (stack.state / "logs" / "prefect-worker.log").read_text()[-6000:]
+    assert run.info.status in ("KILLED", "FAILED") and run.data.tags["nnpipe.failure"].startswith(STOPPED), \
+        (run.info.status, run.data.tags.get("nnpipe.failure"), stopping.stdout, worker_log)
+    assert not [v for v in client.search_model_versions(f"name = '{MODEL}'") if v.run_id == run_id], worker_log
     assert sorted((v.name, v.version) for v in client.search_model_versions()) == before_versions
     assert client.get_model_version_by_alias(MODEL, "champion").version == before_alias
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == before_runs
@@ -311,3 +449,8 @@ def test_down_then_up_keeps_runs_versions_aliases_history_deployments_and_flow_r
     # the artefacts of the first version are still served from the bucket
     first = client.get_model_version(MODEL, "1")
     assert client.download_artifacts(first.run_id, "", dst_path=str(stack.home / "dl-after"))
+    # its flow run Crashed, saying why
+    with stack.prefect() as pc:
+        state = pc.read_flow_run(flow_run_id).state
+    assert state.is_crashed() and state.message.startswith("the stack was stopped"), (state.type, state.message)
+    _next_scheduled_run_completes(stack)  # and the schedule goes on after `up`
