@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Iterator
 
-import numpy as np
-
 from nnpipe.data.load import BUILTIN, DataError
 
 LARGE_FILE_BYTES = 256 << 20
@@ -446,8 +444,3 @@ def sample_rows(source: Source, n: int = 5):
         with fsspec.open(piece.url, "rb", compression="infer", **source.storage_options) as f:
             return pd.read_csv(f, usecols=cols, nrows=n)[cols]
     return read_piece(piece, cols, source.storage_options, source.columns).head(n)
-
-
-def as_float_matrix(df, columns: list[str]) -> np.ndarray:
-    """``df[columns]`` as float64 (values already validated)."""
-    return df[columns].to_numpy(dtype=np.float64)

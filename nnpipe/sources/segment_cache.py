@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import psutil
 
 log = logging.getLogger("nnpipe")
 
@@ -47,17 +48,6 @@ def no_counts() -> dict[str, int]:
 def new_run_id() -> str:
     """A run id for cache directory names (hex, no dashes: the name splits on them)."""
     return uuid.uuid4().hex[:12]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 class SegmentCache:
@@ -157,7 +147,7 @@ def stale_or_of_run(path: Path, run: str | None) -> bool:
         pid_n = int(pid.removeprefix("p"))
     except ValueError:
         return False  # not ours
-    return (run is not None and owner_run == run) or not pid_alive(pid_n)
+    return (run is not None and owner_run == run) or not psutil.pid_exists(pid_n)
 
 
 def clear(roots: Iterable[str | Path], run: str | None = None) -> dict:
