@@ -48,7 +48,11 @@ def test_later_passes_read_the_cache_and_yield_the_same_batches(prepared, tmp_pa
 
 def test_single_mode_caches_equals_uncached_and_removes_the_cache(prepared, caplog):
     root = segment_cache.single_process_root()
-    before = set(root.iterdir()) if root.exists() else set()
+
+    def ours() -> set:  # the root is shared with every process on the machine (other xdist workers too)
+        return set(root.glob(f"*-p{os.getpid()}")) if root.exists() else set()
+
+    before = ours()
     cfg = TrainConfig(epochs=3, stream=True, batch_size=32, seed=2, dtype="float64")
     with caplog.at_level(logging.INFO, logger="nnpipe"):
         out = nnpipe.train(prepared, cfg, hidden=(8,))
@@ -58,7 +62,7 @@ def test_single_mode_caches_equals_uncached_and_removes_the_cache(prepared, capl
     assert out.info["stream_decoded"] == n_seg and out.info["stream_cache_reads"] == 2 * n_seg
     assert "stream_decoded" not in ref.info
     assert "streaming: decoding pieces (pass 1)" in caplog.text and "streaming from cache" in caplog.text
-    assert (set(root.iterdir()) if root.exists() else set()) <= before
+    assert ours() <= before
 
 
 def test_a_dead_process_cache_is_swept_and_a_live_one_kept(tmp_path):
