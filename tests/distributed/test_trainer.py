@@ -89,7 +89,9 @@ def test_a_pass_gathers_batches_by_index_without_a_copy_of_the_shard():
     finally:
         tracemalloc.stop()
     # A permutation (8 bytes a row) and batch buffers: far below the shard (1.28 MB of X, 160 kB of y).
-    assert peak < 0.4 * (X.nbytes + y.nbytes), peak
+    # tracemalloc counts every thread of this process (the package's Dask client and xdist's threads
+    # allocate meanwhile: 597 kB was seen once), so the bound sits below one copy of X, not at the buffers.
+    assert peak < 0.75 * (X.nbytes + y.nbytes), peak
 
 
 def odd_offset(a: np.ndarray) -> np.ndarray:
