@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from nnpipe.core.network import NetworkSpec
 from nnpipe.data.load import DataError
-from nnpipe.sources.location import Piece, Source, iter_piece, read_piece
+from nnpipe.sources.location import Piece, Source, iter_columns
 
 log = logging.getLogger("nnpipe")
 
@@ -72,34 +72,55 @@ def split_codes(row0: int, n: int, seed: int, test_size: float, val_size: float)
 
 def check_piece(piece: Piece, *, features: list[str], target: str, columns: list[str],
                 storage_options: dict) -> dict[str, Any]:
-    """Row count, first bad value (piece-relative row) and distinct labels of one piece."""
+    """Row count, first bad value (piece-relative row) and distinct labels of one piece.
+
+    Read column by column in batches (:func:`~nnpipe.sources.location.iter_columns`):
+    a whole 1M-row group as a table, a frame and a float64 copy held a worker
+    near 1 GB to check a 56 MB shard. The first bad value is the target's first
+    empty row, else the first feature column's first bad row, as before.
+    """
     import pandas as pd
 
-    df = read_piece(piece, [*features, target], storage_options, columns)
-    out: dict[str, Any] = {"rows": len(df), "error": None, "labels": None, "integral": True}
-    missing = df[target].isna().to_numpy()
-    if missing.any():
-        out["error"] = {"column": target, "row": int(np.flatnonzero(missing)[0]), "what": "target"}
-        return out
-    for col in features:
-        s = df[col]
-        values = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        not_number = np.isnan(values) & s.notna().to_numpy()
-        bad = not_number | ~np.isfinite(values)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            what = "number" if not_number[i] else ("nan" if np.isnan(values[i]) else "inf")
-            out["error"] = {"column": col, "row": i, "what": what, "value": repr(s.iloc[i]) if what == "number"
-                            else repr(float(values[i]))}
-            return out
-    y = _labels(df[target])
+    out: dict[str, Any] = {"rows": 0, "error": None, "labels": None, "integral": True}
+    labels: np.ndarray | None = None
+    for col, batches in iter_columns(piece, [target, *features], storage_options, columns):
+        at = 0
+        for s in batches:
+            if col == target:
+                missing = s.isna().to_numpy()
+                if missing.any():
+                    out["error"] = {"column": target, "row": at + int(np.flatnonzero(missing)[0]), "what": "target"}
+                    return out
+                labels = _collect_labels(labels, _labels(s), out)
+            else:
+                values = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+                not_number = np.isnan(values) & s.notna().to_numpy()
+                bad = not_number | ~np.isfinite(values)
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    what = "number" if not_number[i] else ("nan" if np.isnan(values[i]) else "inf")
+                    out["error"] = {"column": col, "row": at + i, "what": what,
+                                    "value": repr(s.iloc[i]) if what == "number" else repr(float(values[i]))}
+                    return out
+            at += len(s)
+        out["rows"] = at
+    if out["integral"]:
+        out["labels"] = labels if labels is not None else np.empty(0)
+    return out
+
+
+def _collect_labels(labels: np.ndarray | None, y: np.ndarray, out: dict[str, Any]) -> np.ndarray | None:
+    """``labels`` with the distinct values of ``y`` added; None (and ``out["integral"]`` false) past a classifier's."""
+    if not out["integral"]:
+        return None
     if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
         out["integral"] = False
-    else:
-        u = np.unique(y)
-        out["labels"] = u if len(u) <= MAX_CLASSES else None
-        out["integral"] = len(u) <= MAX_CLASSES
-    return out
+        return None
+    labels = np.unique(y) if labels is None else np.union1d(labels, y)
+    if len(labels) > MAX_CLASSES:
+        out["integral"] = False
+        return None
+    return labels
 
 
 def _labels(series) -> np.ndarray:
@@ -111,48 +132,77 @@ def piece_rows(piece: Piece, row0: int, code: int | None, *, features: list[str]
                storage_options: dict, seed: int, test_size: float, val_size: float) -> tuple[np.ndarray, np.ndarray]:
     """Raw features (float64) and labels of this piece's rows in split ``code`` (None: all rows).
 
-    A Parquet piece is read in batches (:func:`~nnpipe.sources.location.iter_piece`)
+    Column by column in batches (:func:`~nnpipe.sources.location.iter_columns`)
     into one preallocated array of the kept rows: only those rows ever exist
     in float64, never the whole piece (a 1M-row group cost a worker ~700 MB
     of temporaries on top of its shard).
     """
-    if piece.fmt != "parquet" or piece.rows is None:
-        df = read_piece(piece, [*features, target], storage_options, columns)
-        X, y = df[features].to_numpy(dtype=np.float64), _labels(df[target])
-        if code is not None:
-            keep = split_codes(row0, len(df), seed, test_size, val_size) == code
-            X, y = X[keep], y[keep]
-        return X, y
-    keep_all = None if code is None else split_codes(row0, piece.rows, seed, test_size, val_size) == code
-    X = np.empty((piece.rows if keep_all is None else int(keep_all.sum()), len(features)), dtype=np.float64)
-    ys, at, filled = [], 0, 0
-    for df in iter_piece(piece, [*features, target], storage_options, columns):
-        Xb, yb = df[features].to_numpy(dtype=np.float64), _labels(df[target])
-        if keep_all is not None:
-            keep = keep_all[at : at + len(df)]
-            Xb, yb = Xb[keep], yb[keep]
-        at += len(df)
-        X[filled : filled + len(Xb)] = Xb
-        filled += len(Xb)
-        ys.append(yb)
-    if at != piece.rows:
-        raise DataError(f"{piece.path}: read {at} rows where the metadata says {piece.rows}")
-    y = ys[0] if len(ys) == 1 else np.concatenate(ys) if ys else np.empty(0)
+    keep_all = None if code is None or piece.rows is None else split_codes(row0, piece.rows, seed, test_size,
+                                                                             val_size) == code
+    X = np.empty((0, len(features)))
+    y = np.empty(0)
+    for j, (col, batches) in enumerate(iter_columns(piece, [target, *features], storage_options, columns)):
+        if j == 0:  # the target: the piece's row count, and the split of a CSV piece's rows
+            raw = list(batches)
+            n = sum(len(s) for s in raw)
+            if piece.rows is not None and n != piece.rows:
+                raise DataError(f"{piece.path}: read {n} rows where the metadata says {piece.rows}")
+            if code is not None and keep_all is None:
+                keep_all = split_codes(row0, n, seed, test_size, val_size) == code
+            kept = [_labels(_kept(keep_all, s, at)) for s, at in _with_offsets(iter(raw))]
+            y = np.concatenate(kept) if kept else y
+            X = np.empty((len(y), len(features)), dtype=np.float64)
+            continue
+        filled = 0
+        for s, at in _with_offsets(batches):
+            v = _kept(keep_all, s, at).to_numpy(dtype=np.float64)
+            X[filled : filled + len(v), j - 1] = v
+            filled += len(v)
     return X, y
 
 
+def _with_offsets(batches: Iterator[Any]) -> Iterator[tuple[Any, int]]:
+    at = 0
+    for s in batches:
+        yield s, at
+        at += len(s)
+
+
+def _kept(keep: np.ndarray | None, s: Any, at: int) -> Any:
+    """The rows of batch ``s`` (starting at piece row ``at``) that ``keep`` keeps (all without a mask)."""
+    return s if keep is None else s[keep[at : at + len(s)]]
+
+
 def stats_piece(item: tuple[Piece, int], *, regression: bool, **read: Any) -> dict[str, Any]:
-    """Per split row counts, and training rows' count, mean and sum of squared deviations."""
+    """Per split row counts, and training rows' count, mean and sum of squared deviations.
+
+    Column by column in batches (see :func:`check_piece`); each column's
+    moments are combined across batches with :func:`merge_moments`.
+    """
     piece, row0 = item
-    df = read_piece(piece, [*read["features"], read["target"]], read["storage_options"], read["columns"])
-    codes = split_codes(row0, len(df), read["seed"], read["test_size"], read["val_size"])
-    keep = codes == TRAIN
-    X = df[read["features"]].to_numpy(dtype=np.float64)[keep]
-    out = {"counts": np.bincount(codes, minlength=3).tolist(), "x": _moments(X)}
+    features, target = read["features"], read["target"]
+    codes = None if piece.rows is None else split_codes(row0, piece.rows, read["seed"], read["test_size"],
+                                                        read["val_size"])
+    moments = []
+    for col, batches in iter_columns(piece, [target, *features], read["storage_options"], read["columns"]):
+        values = list(batches)
+        if codes is None:  # a CSV piece: one batch, its rows known now
+            codes = split_codes(row0, sum(len(v) for v in values), read["seed"], read["test_size"],
+                                read["val_size"])
+        keep = codes == TRAIN
+        kept = [_kept(keep, s, at) for s, at in _with_offsets(iter(values))]
+        if col == target and not regression:
+            labels = np.unique(np.concatenate([_labels(v) for v in kept])) if kept else np.empty(0)
+            continue
+        moments.append(merge_moments([_moments(np.empty((0, 1)))]
+                                     + [_moments(v.to_numpy(dtype=np.float64).reshape(-1, 1)) for v in kept]))
+    x = moments[1:] if regression else moments
+    out: dict[str, Any] = {"counts": np.bincount(codes, minlength=3).tolist(),
+                           "x": (x[0][0], np.concatenate([m[1] for m in x]), np.concatenate([m[2] for m in x]))}
     if regression:
-        out["y"] = _moments(df[read["target"]].to_numpy(dtype=np.float64)[keep].reshape(-1, 1))
+        out["y"] = moments[0]
     else:
-        out["labels"] = np.unique(_labels(df[read["target"]])[keep])
+        out["labels"] = labels
     return out
 
 

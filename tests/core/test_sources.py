@@ -267,6 +267,15 @@ def test_sample_rows_reads_a_few_pages_not_the_whole_row_group(tmp_path, hive):
     assert grew < 40e6, f"sampling 5 rows grew the process by {grew / 1e6:.0f} MB"
 
 
+def batch_lengths(piece, column: str) -> list[int]:
+    from nnpipe.sources import location
+
+    columns = location.iter_columns(piece, [column])  # held: the file stays open while its batches are read
+    name, batches = next(columns)
+    assert name == column
+    return [len(b) for b in batches]
+
+
 @pytest.mark.parametrize("code", [None, TRAIN, TEST])
 def test_piece_rows_in_batches_equal_the_whole_piece_read_at_once(tmp_path, code, monkeypatch):
     from nnpipe.sources import location, prep
@@ -285,8 +294,91 @@ def test_piece_rows_in_batches_equal_the_whole_piece_read_at_once(tmp_path, code
     for piece in source.pieces:
         whole = location.read_piece(piece, [*source.features, "label"])
         X, y = prep.piece_rows(piece, row0, code, **read)
-        assert [len(b) for b in location.iter_piece(piece, ["label"])][:2] == [7, 7]
+        assert batch_lengths(piece, "label")[:2] == [7, 7]
         keep = np.ones(len(whole), bool) if code is None else split_codes(row0, len(whole), 3, 0.2, 0.1) == code
         np.testing.assert_array_equal(X, whole[source.features].to_numpy(np.float64)[keep])
         np.testing.assert_array_equal(y, whole["label"].to_numpy().astype(str)[keep])
         row0 += piece.rows
+
+
+@pytest.mark.parametrize("target", ["label", "rid"])
+def test_checks_and_statistics_read_in_batches_give_the_whole_piece_figures(tmp_path, target, monkeypatch):
+    from nnpipe.sources import location, prep
+
+    df = frame(300) if target == "label" else frame(300).drop(columns="label")  # "rid": a numeric target
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    df.to_parquet(folder / "p0.parquet", row_group_size=300, index=False)
+    source = open_source(str(folder), target)
+    piece = source.pieces[0]
+    kw = dict(features=source.features, target=target, columns=source.columns, storage_options={})
+    monkeypatch.setattr(location, "PIECE_BATCH_ROWS", 7)
+    assert len(batch_lengths(piece, target)) == 43  # the piece really is read in 43 batches
+
+    chk = prep.check_piece(piece, **kw)
+    assert chk["rows"] == 300 and chk["error"] is None
+    if target == "label":
+        assert chk["integral"] and chk["labels"].tolist() == ["no", "yes"]
+    else:  # 300 distinct integral values: still a possible classification target, collected across batches
+        assert chk["integral"] and chk["labels"].tolist() == list(range(300))
+
+    stats = prep.stats_piece((piece, 5), regression=target == "rid", seed=3, test_size=0.2, val_size=0.1, **kw)
+    codes = split_codes(5, 300, 3, 0.2, 0.1)
+    assert stats["counts"] == np.bincount(codes, minlength=3).tolist()
+    X = df[source.features].to_numpy(np.float64)[codes == TRAIN]
+    n, mean, m2 = stats["x"]
+    assert n == len(X)
+    np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(m2, ((X - X.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-12)
+    if target == "rid":
+        y = df["rid"].to_numpy()[codes == TRAIN]
+        np.testing.assert_allclose(stats["y"][1], [y.mean()], rtol=1e-12)
+    else:
+        assert stats["labels"].tolist() == sorted(set(df["label"][codes == TRAIN]))
+
+
+def test_a_bad_value_in_a_later_batch_names_its_row_in_the_file(tmp_path, monkeypatch):
+    from nnpipe.sources import location
+
+    df = frame(300)
+    df.loc[250, "f3"] = np.inf
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    df.to_parquet(folder / "p0.parquet", row_group_size=300, index=False)
+    monkeypatch.setattr(location, "PIECE_BATCH_ROWS", 7)
+    with pytest.raises(DataError, match=r"p0\.parquet: column 'f3' .*row 251.*inf"):
+        prepare(open_source(str(folder), "label"))
+
+
+PREPARE_PEAK = """
+import sys
+def peak():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
+import pyarrow, pandas, fsspec
+from nnpipe.sources.location import open_source
+from nnpipe.sources.prep import prepare
+source = open_source(sys.argv[1], "label")
+before = peak()
+prepared = prepare(source)
+print(prepared.n_rows, peak() - before)
+"""
+
+
+def test_validating_and_reducing_statistics_never_hold_a_whole_row_group(tmp_path):
+    import subprocess
+    import sys
+
+    # One row group of 400k rows x 41 columns (~130 MB in Parquet, 131 MB as float64): whole, the checks held
+    # the Arrow table, a frame and a float64 copy at once (several hundred MB); in 64k-row batches, a few tens.
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.standard_normal((400_000, 40)), columns=[f"x{i}" for i in range(40)])
+    df["label"] = rng.integers(0, 3, len(df))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    df.to_parquet(folder / "part-0.parquet", row_group_size=len(df), index=False)
+    out = subprocess.run([sys.executable, "-c", PREPARE_PEAK, str(folder)], capture_output=True, text=True,
+                         check=True)
+    n_rows, grew = map(int, out.stdout.split()[-2:])
+    assert n_rows == 400_000
+    assert grew < 100e6, f"preparing one 400k-row group grew the process by {grew / 1e6:.0f} MB"

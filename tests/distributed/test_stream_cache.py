@@ -23,10 +23,20 @@ from tests.distributed.test_frames import parts, table  # noqa: F401  (module fi
 pytestmark = pytest.mark.cluster
 
 
-def cache_dirs(client) -> list[Path]:
-    """Every cache directory under the workers' local directories (those of dead workers too)."""
-    bases = {Path(d).parent for d in client.run(lambda dask_worker: dask_worker.local_directory).values()}
-    return sorted(p for b in bases for p in b.glob(f"*/{segment_cache.DIR_NAME}/*"))
+def cache_dirs(client, dead: tuple[int, ...] | list[int] = ()) -> list[Path]:
+    """The cache directories of this cluster's workers and of its ``dead`` worker pids, wherever they are.
+
+    The workers' local directories share one parent with every other Dask
+    cluster on the machine (another test file's, under xdist): only the
+    directories whose owner pid is one of ours count.
+    """
+    import os
+
+    info = client.run(lambda dask_worker: (dask_worker.local_directory, os.getpid()))
+    bases = {Path(d).parent for d, _ in info.values()}
+    ours = {f"-p{pid}" for pid in [*(pid for _, pid in info.values()), *dead]}
+    return sorted(p for b in bases for p in b.glob(f"*/{segment_cache.DIR_NAME}/*")
+                  if any(p.name.endswith(suffix) for suffix in ours))
 
 
 def n_segments(prepared, workers: int) -> int:
@@ -88,7 +98,7 @@ def test_cache_of_a_killed_worker_is_removed_when_the_run_ends(parts):  # noqa: 
 
         out = nnpipe.train(prepared, cfg, hidden=(16,), client=c, callbacks=[kill_after_first_epoch])
         c.wait_for_workers(2)
-        after = cache_dirs(c)
+        after = cache_dirs(c, dead=killed)
     assert killed and out.epochs_run == 3
     assert any(p.name.endswith(f"-p{killed[0]}") for p in before)  # the victim had its cache on disk
     assert after == []
