@@ -17,7 +17,10 @@ Rows printed per worker count:
   for time to accuracy (``prev``: no sync warm-up, a 5-epoch lr ramp,
   Nesterov), and with the settings before the outer optimizer, lr scaling
   and staleness scaling existed (``old``: ``outer_optimizer=none``,
-  ``lr_scaling=none``, no warm-ups, ``staleness_policy=downweight``).
+  ``lr_scaling=none``, no warm-ups, ``staleness_policy=downweight``);
+- ``local-sgd`` only, asked for by name (``--variants default,overlap1,overlap2``):
+  overlapped rounds, ``overlap=1`` (``overlap1``) and ``overlap=2``
+  (``overlap2``), the defaults otherwise (docs/speed.md, "Overlapped rounds").
 
 Columns: median test accuracy over the seeds, its gap to sync in points,
 and the epochs to 95% of that seed's final sync accuracy, twice: the first
@@ -45,6 +48,7 @@ split computed where the rows are.
     .venv/bin/python bench/bench_convergence.py                    # 2, 4, 8, 16 workers, 3 seeds
     .venv/bin/python bench/bench_convergence.py --workers 2,8 --seeds 1 --modes async --variants default
     .venv/bin/python bench/bench_convergence.py --teacher --workers 2,4 --epochs 4
+    .venv/bin/python bench/bench_convergence.py --workers 2,8,16 --modes local-sgd --variants default,overlap1,overlap2
 """
 
 from __future__ import annotations
@@ -72,10 +76,14 @@ OLD = dict(outer_optimizer="none", lr_scaling="none", lr_warmup_epochs=0, warmup
 # The defaults before time to accuracy was measured (issue 13, second pass).
 PREV = dict(lr_warmup_epochs=5, warmup_epochs=0, outer_optimizer="nesterov")
 # "other": the default with the outer optimizer switched the other way.
+# "overlap1"/"overlap2": local-sgd's overlapped rounds (overlap is local-sgd only, so async has none).
 VARIANTS = {
-    "local-sgd": {"default": {}, "other": dict(outer_optimizer="none"), "prev": PREV, "old": OLD},
+    "local-sgd": {"default": {}, "other": dict(outer_optimizer="none"), "prev": PREV, "old": OLD,
+                  "overlap1": {"overlap": 1}, "overlap2": {"overlap": 2}},
     "async": {"default": {}, "other": dict(outer_optimizer="nesterov"), "prev": PREV, "old": OLD},
 }
+# What runs without --variants: the four every mode has, as before the overlap variants were added.
+DEFAULT_VARIANTS = "default,other,prev,old"
 
 
 def digits(seed: int):
@@ -131,8 +139,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--modes", default="local-sgd,async", help="subset of local-sgd,async")
-    ap.add_argument("--variants", default=",".join(VARIANTS["local-sgd"]),
-                    help=f"subset of {','.join(VARIANTS['local-sgd'])}")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS,
+                    help=f"subset of {','.join(VARIANTS['local-sgd'])} (overlap1,overlap2: local-sgd only; "
+                         f"default {DEFAULT_VARIANTS})")
     ap.add_argument("--teacher", action="store_true", help="the 1M-row teacher task instead of digits (heavy)")
     ap.add_argument("--rows", type=int, default=1_000_000, help="--teacher: rows of the Parquet dataset")
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "nnpipe-bench-scale"),
