@@ -17,7 +17,14 @@ Rows printed per worker count:
   for time to accuracy (``prev``: no sync warm-up, a 5-epoch lr ramp,
   Nesterov), and with the settings before the outer optimizer, lr scaling
   and staleness scaling existed (``old``: ``outer_optimizer=none``,
-  ``lr_scaling=none``, no warm-ups, ``staleness_policy=downweight``).
+  ``lr_scaling=none``, no warm-ups, ``staleness_policy=downweight``);
+- ``local-sgd`` only, asked for by name (``--variants default,overlap1,overlap2``):
+  overlapped rounds, ``overlap=1`` (``overlap1``) and ``overlap=2``
+  (``overlap2``), the defaults otherwise (docs/speed.md, "Overlapped rounds").
+  At the default ``sync_every=10`` a shard of 8 or more workers (at most 180
+  rows, 6 local steps) is one round an epoch, and every epoch ends with all
+  its rounds merged, so overlap changes nothing there; ``--sync-every 1``
+  gives every worker count several rounds an epoch (3 at 16 workers).
 
 Columns: median test accuracy over the seeds, its gap to sync in points,
 and the epochs to 95% of that seed's final sync accuracy, twice: the first
@@ -45,6 +52,8 @@ split computed where the rows are.
     .venv/bin/python bench/bench_convergence.py                    # 2, 4, 8, 16 workers, 3 seeds
     .venv/bin/python bench/bench_convergence.py --workers 2,8 --seeds 1 --modes async --variants default
     .venv/bin/python bench/bench_convergence.py --teacher --workers 2,4 --epochs 4
+    .venv/bin/python bench/bench_convergence.py --workers 2,8,16 --modes local-sgd --variants default,overlap1,overlap2
+    .venv/bin/python bench/bench_convergence.py --workers 2,8,16 --modes local-sgd --variants ... --sync-every 1
 """
 
 from __future__ import annotations
@@ -72,10 +81,14 @@ OLD = dict(outer_optimizer="none", lr_scaling="none", lr_warmup_epochs=0, warmup
 # The defaults before time to accuracy was measured (issue 13, second pass).
 PREV = dict(lr_warmup_epochs=5, warmup_epochs=0, outer_optimizer="nesterov")
 # "other": the default with the outer optimizer switched the other way.
+# "overlap1"/"overlap2": local-sgd's overlapped rounds (overlap is local-sgd only, so async has none).
 VARIANTS = {
-    "local-sgd": {"default": {}, "other": dict(outer_optimizer="none"), "prev": PREV, "old": OLD},
+    "local-sgd": {"default": {}, "other": dict(outer_optimizer="none"), "prev": PREV, "old": OLD,
+                  "overlap1": {"overlap": 1}, "overlap2": {"overlap": 2}},
     "async": {"default": {}, "other": dict(outer_optimizer="nesterov"), "prev": PREV, "old": OLD},
 }
+# What runs without --variants: the four every mode has, as before the overlap variants were added.
+DEFAULT_VARIANTS = "default,other,prev,old"
 
 
 def digits(seed: int):
@@ -131,8 +144,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--modes", default="local-sgd,async", help="subset of local-sgd,async")
-    ap.add_argument("--variants", default=",".join(VARIANTS["local-sgd"]),
-                    help=f"subset of {','.join(VARIANTS['local-sgd'])}")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS,
+                    help=f"subset of {','.join(VARIANTS['local-sgd'])} (overlap1,overlap2: local-sgd only; "
+                         f"default {DEFAULT_VARIANTS})")
+    ap.add_argument("--sync-every", type=int, default=None,
+                    help="digits, local-sgd and async: local steps per round (default: TrainConfig's, 10)")
     ap.add_argument("--teacher", action="store_true", help="the 1M-row teacher task instead of digits (heavy)")
     ap.add_argument("--rows", type=int, default=1_000_000, help="--teacher: rows of the Parquet dataset")
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "nnpipe-bench-scale"),
@@ -145,6 +161,7 @@ def main() -> None:
     seeds = list(range(args.seeds))
     spec = NetworkSpec(64, (64,), ("relu",), 10, dtype="float32")
     base = dict(epochs=args.epochs, batch_size=32, dtype="float32")
+    dist = {} if args.sync_every is None else {"sync_every": args.sync_every}  # not for fit(): single has no rounds
     data = {s: digits(s) for s in seeds}
 
     sync_curves, problems = {}, {}
@@ -155,7 +172,8 @@ def main() -> None:
     sync_med = float(np.median([c[-1] for c in sync_curves.values()]))
     levels = [0.95 * sync_curves[s][-1] for s in seeds]
 
-    print(f"digits, {args.epochs} epochs, seeds {seeds}, Adam lr 1e-3, batch 32, 64-64-10 relu")
+    k = TrainConfig().sync_every if args.sync_every is None else args.sync_every
+    print(f"digits, {args.epochs} epochs, seeds {seeds}, Adam lr 1e-3, batch 32, 64-64-10 relu, sync_every {k}")
     print(HEADER)
     for n in [int(w) for w in args.workers.split(",")]:
         t0 = time.perf_counter()
@@ -170,7 +188,7 @@ def main() -> None:
                 for mode, name, extra in selected(args):
                     curves = []
                     for s in seeds:
-                        cfg = TrainConfig(mode=mode, workers=n, seed=s, **base, **extra)
+                        cfg = TrainConfig(mode=mode, workers=n, seed=s, **base, **dist, **extra)
                         out = fit_distributed(problems[s], cfg, client=client)
                         curves.append(out.history["val/accuracy"])
                     print(row(n, mode, name, [c[-1] for c in curves], curves, levels, sync_med), flush=True)
