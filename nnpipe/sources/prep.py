@@ -129,36 +129,49 @@ def _labels(series) -> np.ndarray:
 
 
 def piece_rows(piece: Piece, row0: int, code: int | None, *, features: list[str], target: str, columns: list[str],
-               storage_options: dict, seed: int, test_size: float, val_size: float) -> tuple[np.ndarray, np.ndarray]:
+               storage_options: dict, seed: int, test_size: float, val_size: float,
+               span: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Raw features (float64) and labels of this piece's rows in split ``code`` (None: all rows).
 
-    Column by column in batches (:func:`~nnpipe.sources.location.iter_columns`)
-    into one preallocated array of the kept rows: only those rows ever exist
-    in float64, never the whole piece (a 1M-row group cost a worker ~700 MB
-    of temporaries on top of its shard).
+    ``span = (a, b)`` keeps only rows ``a:b`` of those (a shard's segment of
+    the piece). Read column by column in batches
+    (:func:`~nnpipe.sources.location.iter_columns`) into one preallocated
+    array of the kept rows: only those rows ever exist in float64, never the
+    whole piece (a 1M-row group cost a worker ~700 MB of temporaries on top
+    of its shard, then 224 MB for the 700k training rows of which its shard
+    took half).
     """
-    keep_all = None if code is None or piece.rows is None else split_codes(row0, piece.rows, seed, test_size,
-                                                                             val_size) == code
     X = np.empty((0, len(features)))
     y = np.empty(0)
+    keep: np.ndarray | None = None
     for j, (col, batches) in enumerate(iter_columns(piece, [target, *features], storage_options, columns)):
-        if j == 0:  # the target: the piece's row count, and the split of a CSV piece's rows
+        if j == 0:  # the target: the piece's row count, then which rows are kept
             raw = list(batches)
             n = sum(len(s) for s in raw)
             if piece.rows is not None and n != piece.rows:
                 raise DataError(f"{piece.path}: read {n} rows where the metadata says {piece.rows}")
-            if code is not None and keep_all is None:
-                keep_all = split_codes(row0, n, seed, test_size, val_size) == code
-            kept = [_labels(_kept(keep_all, s, at)) for s, at in _with_offsets(iter(raw))]
+            keep = _keep_mask(n, None if code is None else split_codes(row0, n, seed, test_size, val_size) == code,
+                              span)
+            kept = [_labels(_kept(keep, s, at)) for s, at in _with_offsets(iter(raw))]
             y = np.concatenate(kept) if kept else y
             X = np.empty((len(y), len(features)), dtype=np.float64)
             continue
         filled = 0
         for s, at in _with_offsets(batches):
-            v = _kept(keep_all, s, at).to_numpy(dtype=np.float64)
+            v = _kept(keep, s, at).to_numpy(dtype=np.float64)
             X[filled : filled + len(v), j - 1] = v
             filled += len(v)
     return X, y
+
+
+def _keep_mask(n: int, in_split: np.ndarray | None, span: tuple[int, int] | None) -> np.ndarray | None:
+    """Rows to keep of ``n``: those ``in_split`` (all if None), then only ``span`` of them; None keeps all."""
+    if span is None:
+        return in_split
+    rows = np.arange(n) if in_split is None else np.flatnonzero(in_split)
+    keep = np.zeros(n, dtype=bool)
+    keep[rows[span[0] : span[1]]] = True
+    return keep
 
 
 def _with_offsets(batches: Iterator[Any]) -> Iterator[tuple[Any, int]]:

@@ -43,14 +43,13 @@ def segment_arrays(seg: Segment, *, spec: dict, prep: dict, code: int, read: dic
     from nnpipe.model import Model
 
     piece, row0, a, b = seg
-    X, y = piece_rows(piece, row0, code, **read)
+    X, y = piece_rows(piece, row0, code, **read, span=(a, b))
     ns = NetworkSpec.from_dict(spec)
     model = Model(ns, np.zeros(ns.n_params, dtype=ns.dtype), **prep)
-    # Model.transform's arithmetic, in place: one float64 copy of the piece at a time, not three.
-    X = np.ascontiguousarray(X[a:b])
+    # Model.transform's arithmetic, in place: one float64 copy of the segment at a time, not three.
     X -= model.mean
     X /= model.scale
-    return X.astype(ns.dtype), np.ascontiguousarray(model.encode_targets(y[a:b]))
+    return X.astype(ns.dtype), np.ascontiguousarray(model.encode_targets(y))
 
 
 def shard_bytes(spec: NetworkSpec, rows: int) -> int:

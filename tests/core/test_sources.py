@@ -298,6 +298,12 @@ def test_piece_rows_in_batches_equal_the_whole_piece_read_at_once(tmp_path, code
         keep = np.ones(len(whole), bool) if code is None else split_codes(row0, len(whole), 3, 0.2, 0.1) == code
         np.testing.assert_array_equal(X, whole[source.features].to_numpy(np.float64)[keep])
         np.testing.assert_array_equal(y, whole["label"].to_numpy().astype(str)[keep])
+        # A segment of those rows (what a shard takes of the piece) holds only its own rows, the same values.
+        a, b = 3, len(y) - 5
+        Xs, ys = prep.piece_rows(piece, row0, code, **read, span=(a, b))
+        assert len(Xs) == b - a
+        np.testing.assert_array_equal(Xs, X[a:b])
+        np.testing.assert_array_equal(ys, y[a:b])
         row0 += piece.rows
 
 
