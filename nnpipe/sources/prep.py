@@ -93,6 +93,9 @@ def check_piece(piece: Piece, *, features: list[str], target: str, columns: list
                     return out
                 labels = _collect_labels(labels, _labels(s), out)
             else:
+                if s.dtype.kind in "fiub" and np.isfinite(s.to_numpy(dtype=np.float64)).all():
+                    at += len(s)  # the common case, without pandas' conversion
+                    continue
                 values = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
                 not_number = np.isnan(values) & s.notna().to_numpy()
                 bad = not_number | ~np.isfinite(values)
@@ -131,7 +134,7 @@ def _labels(series) -> np.ndarray:
 def piece_rows(piece: Piece, row0: int, code: int | None, *, features: list[str], target: str, columns: list[str],
                storage_options: dict, seed: int, test_size: float, val_size: float,
                span: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Raw features (float64) and labels of this piece's rows in split ``code`` (None: all rows).
+    """Raw features (float64, column-major) and labels of this piece's rows in split ``code`` (None: all rows).
 
     ``span = (a, b)`` keeps only rows ``a:b`` of those (a shard's segment of
     the piece). Read column by column in batches
@@ -152,13 +155,15 @@ def piece_rows(piece: Piece, row0: int, code: int | None, *, features: list[str]
                 raise DataError(f"{piece.path}: read {n} rows where the metadata says {piece.rows}")
             keep = _keep_mask(n, None if code is None else split_codes(row0, n, seed, test_size, val_size) == code,
                               span)
-            kept = [_labels(_kept(keep, s, at)) for s, at in _with_offsets(iter(raw))]
+            kept = [_kept(keep, _labels(s), at) for s, at in _with_offsets(iter(raw))]
             y = np.concatenate(kept) if kept else y
-            X = np.empty((len(y), len(features)), dtype=np.float64)
+            # Column-major: each column is written contiguously (row-major, every value of a column
+            # landed on its own cache line: piece_rows ran at half the speed of a whole-piece read).
+            X = np.empty((len(y), len(features)), dtype=np.float64, order="F")
             continue
         filled = 0
         for s, at in _with_offsets(batches):
-            v = _kept(keep, s, at).to_numpy(dtype=np.float64)
+            v = _kept(keep, s.to_numpy(dtype=np.float64), at)
             X[filled : filled + len(v), j - 1] = v
             filled += len(v)
     return X, y
@@ -181,9 +186,9 @@ def _with_offsets(batches: Iterator[Any]) -> Iterator[tuple[Any, int]]:
         at += len(s)
 
 
-def _kept(keep: np.ndarray | None, s: Any, at: int) -> Any:
-    """The rows of batch ``s`` (starting at piece row ``at``) that ``keep`` keeps (all without a mask)."""
-    return s if keep is None else s[keep[at : at + len(s)]]
+def _kept(keep: np.ndarray | None, values: np.ndarray, at: int) -> np.ndarray:
+    """The rows of batch ``values`` (starting at piece row ``at``) that ``keep`` keeps (all without a mask)."""
+    return values if keep is None else values[keep[at : at + len(values)]]
 
 
 def stats_piece(item: tuple[Piece, int], *, regression: bool, **read: Any) -> dict[str, Any]:
@@ -203,12 +208,12 @@ def stats_piece(item: tuple[Piece, int], *, regression: bool, **read: Any) -> di
             codes = split_codes(row0, sum(len(v) for v in values), read["seed"], read["test_size"],
                                 read["val_size"])
         keep = codes == TRAIN
-        kept = [_kept(keep, s, at) for s, at in _with_offsets(iter(values))]
         if col == target and not regression:
-            labels = np.unique(np.concatenate([_labels(v) for v in kept])) if kept else np.empty(0)
+            kept = [_kept(keep, _labels(s), at) for s, at in _with_offsets(iter(values))]
+            labels = np.unique(np.concatenate(kept)) if kept else np.empty(0)
             continue
-        moments.append(merge_moments([_moments(np.empty((0, 1)))]
-                                     + [_moments(v.to_numpy(dtype=np.float64).reshape(-1, 1)) for v in kept]))
+        kept = [_kept(keep, s.to_numpy(dtype=np.float64), at) for s, at in _with_offsets(iter(values))]
+        moments.append(merge_moments([_moments(np.empty((0, 1)))] + [_moments(v.reshape(-1, 1)) for v in kept]))
     x = moments[1:] if regression else moments
     out: dict[str, Any] = {"counts": np.bincount(codes, minlength=3).tolist(),
                            "x": (x[0][0], np.concatenate([m[1] for m in x]), np.concatenate([m[2] for m in x]))}

@@ -49,7 +49,7 @@ def segment_arrays(seg: Segment, *, spec: dict, prep: dict, code: int, read: dic
     # Model.transform's arithmetic, in place: one float64 copy of the segment at a time, not three.
     X -= model.mean
     X /= model.scale
-    return X.astype(ns.dtype), np.ascontiguousarray(model.encode_targets(y))
+    return X.astype(ns.dtype, order="C"), np.ascontiguousarray(model.encode_targets(y))  # row-major for the steps
 
 
 def shard_bytes(spec: NetworkSpec, rows: int) -> int:

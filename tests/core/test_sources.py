@@ -290,6 +290,7 @@ def test_piece_rows_in_batches_equal_the_whole_piece_read_at_once(tmp_path, code
     read = dict(features=source.features, target="label", columns=source.columns, storage_options={},
                 seed=3, test_size=0.2, val_size=0.1)
     monkeypatch.setattr(location, "PIECE_BATCH_ROWS", 7)
+    monkeypatch.setattr(location, "WHOLE_PIECE_BYTES", 0)  # small pieces are read at once otherwise
     row0 = 0
     for piece in source.pieces:
         whole = location.read_piece(piece, [*source.features, "label"])
@@ -319,6 +320,7 @@ def test_checks_and_statistics_read_in_batches_give_the_whole_piece_figures(tmp_
     piece = source.pieces[0]
     kw = dict(features=source.features, target=target, columns=source.columns, storage_options={})
     monkeypatch.setattr(location, "PIECE_BATCH_ROWS", 7)
+    monkeypatch.setattr(location, "WHOLE_PIECE_BYTES", 0)  # small pieces are read at once otherwise
     assert len(batch_lengths(piece, target)) == 43  # the piece really is read in 43 batches
 
     chk = prep.check_piece(piece, **kw)
@@ -352,6 +354,7 @@ def test_a_bad_value_in_a_later_batch_names_its_row_in_the_file(tmp_path, monkey
     folder.mkdir()
     df.to_parquet(folder / "p0.parquet", row_group_size=300, index=False)
     monkeypatch.setattr(location, "PIECE_BATCH_ROWS", 7)
+    monkeypatch.setattr(location, "WHOLE_PIECE_BYTES", 0)  # small pieces are read at once otherwise
     with pytest.raises(DataError, match=r"p0\.parquet: column 'f3' .*row 251.*inf"):
         prepare(open_source(str(folder), "label"))
 
