@@ -70,45 +70,74 @@ def split_codes(row0: int, n: int, seed: int, test_size: float, val_size: float)
 
 # ---------------------------------------------------------------- on the workers
 
-def check_piece(piece: Piece, *, features: list[str], target: str, columns: list[str],
-                storage_options: dict) -> dict[str, Any]:
-    """Row count, first bad value (piece-relative row) and distinct labels of one piece.
+def scan_piece(item: tuple[Piece, int | None], *, features: list[str], target: str, columns: list[str],
+               storage_options: dict, seed: int = 0, test_size: float = 0.2, val_size: float = 0.1) -> dict[str, Any]:
+    """Check one piece and, given its first global row, reduce its statistics, in one read.
+
+    ``item`` is ``(piece, row0)``. Always: the row count, the first bad value
+    (piece-relative row) and the distinct labels (``integral`` false past
+    :data:`MAX_CLASSES` or for non-integral numbers). With ``row0`` (not None)
+    also, for the split that row numbering gives: ``counts`` per split, the
+    training rows' feature moments ``x`` (count, mean, sum of squared
+    deviations), the target's ``y`` (a numeric target) and ``train_labels``.
 
     Read column by column in batches (:func:`~nnpipe.sources.location.iter_columns`):
     a whole 1M-row group as a table, a frame and a float64 copy held a worker
     near 1 GB to check a 56 MB shard. The first bad value is the target's first
-    empty row, else the first feature column's first bad row, as before.
+    empty row, else the first feature column's first bad row.
     """
     import pandas as pd
 
+    piece, row0 = item
     out: dict[str, Any] = {"rows": 0, "error": None, "labels": None, "integral": True}
     labels: np.ndarray | None = None
+    keep: np.ndarray | None = None
+    xs: list[tuple[int, np.ndarray, np.ndarray]] = []
     for col, batches in iter_columns(piece, [target, *features], storage_options, columns):
-        at = 0
+        at, parts = 0, [_moments(np.empty((0, 1)))]
+        if col == target:  # whole (one column): its length is the piece's rows, which the split needs
+            batches = list(batches)
+            if row0 is not None:
+                codes = split_codes(row0, sum(len(s) for s in batches), seed, test_size, val_size)
+                keep, out["counts"], out["train_labels"] = codes == TRAIN, np.bincount(codes, minlength=3).tolist(), []
         for s in batches:
             if col == target:
                 missing = s.isna().to_numpy()
                 if missing.any():
                     out["error"] = {"column": target, "row": at + int(np.flatnonzero(missing)[0]), "what": "target"}
                     return out
-                labels = _collect_labels(labels, _labels(s), out)
+                y = _labels(s)
+                labels = _collect_labels(labels, y, out)
+                if keep is not None and out["integral"]:
+                    out["train_labels"].append(np.unique(_kept(keep, y, at)))
+                if keep is not None and y.dtype.kind in "fiub":
+                    parts.append(_moments(_kept(keep, y.astype(np.float64), at).reshape(-1, 1)))
             else:
-                if s.dtype.kind in "fiub" and np.isfinite(s.to_numpy(dtype=np.float64)).all():
-                    at += len(s)  # the common case, without pandas' conversion
-                    continue
-                values = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-                not_number = np.isnan(values) & s.notna().to_numpy()
-                bad = not_number | ~np.isfinite(values)
-                if bad.any():
-                    i = int(np.flatnonzero(bad)[0])
-                    what = "number" if not_number[i] else ("nan" if np.isnan(values[i]) else "inf")
-                    out["error"] = {"column": col, "row": at + i, "what": what,
-                                    "value": repr(s.iloc[i]) if what == "number" else repr(float(values[i]))}
-                    return out
+                values = s.to_numpy(dtype=np.float64) if s.dtype.kind in "fiub" else None
+                if values is None or not np.isfinite(values).all():  # the common case skips pandas' conversion
+                    values = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+                    not_number = np.isnan(values) & s.notna().to_numpy()
+                    bad = not_number | ~np.isfinite(values)
+                    if bad.any():
+                        i = int(np.flatnonzero(bad)[0])
+                        what = "number" if not_number[i] else ("nan" if np.isnan(values[i]) else "inf")
+                        out["error"] = {"column": col, "row": at + i, "what": what,
+                                        "value": repr(s.iloc[i]) if what == "number" else repr(float(values[i]))}
+                        return out
+                if keep is not None:
+                    parts.append(_moments(_kept(keep, values, at).reshape(-1, 1)))
             at += len(s)
         out["rows"] = at
+        if keep is not None and col == target:
+            numeric = all(s.dtype.kind in "fiub" for s in batches)
+            out["y"] = merge_moments(parts) if numeric else None  # a text target has no moments
+        elif keep is not None:
+            xs.append(merge_moments(parts))
     if out["integral"]:
         out["labels"] = labels if labels is not None else np.empty(0)
+    if keep is not None:
+        out["x"] = (xs[0][0], np.concatenate([m[1] for m in xs]), np.concatenate([m[2] for m in xs]))
+        out["train_labels"] = np.unique(np.concatenate(out["train_labels"])) if out["train_labels"] else None
     return out
 
 
@@ -191,39 +220,6 @@ def _kept(keep: np.ndarray | None, values: np.ndarray, at: int) -> np.ndarray:
     return values if keep is None else values[keep[at : at + len(values)]]
 
 
-def stats_piece(item: tuple[Piece, int], *, regression: bool, **read: Any) -> dict[str, Any]:
-    """Per split row counts, and training rows' count, mean and sum of squared deviations.
-
-    Column by column in batches (see :func:`check_piece`); each column's
-    moments are combined across batches with :func:`merge_moments`.
-    """
-    piece, row0 = item
-    features, target = read["features"], read["target"]
-    codes = None if piece.rows is None else split_codes(row0, piece.rows, read["seed"], read["test_size"],
-                                                        read["val_size"])
-    moments = []
-    for col, batches in iter_columns(piece, [target, *features], read["storage_options"], read["columns"]):
-        values = list(batches)
-        if codes is None:  # a CSV piece: one batch, its rows known now
-            codes = split_codes(row0, sum(len(v) for v in values), read["seed"], read["test_size"],
-                                read["val_size"])
-        keep = codes == TRAIN
-        if col == target and not regression:
-            kept = [_kept(keep, _labels(s), at) for s, at in _with_offsets(iter(values))]
-            labels = np.unique(np.concatenate(kept)) if kept else np.empty(0)
-            continue
-        kept = [_kept(keep, s.to_numpy(dtype=np.float64), at) for s, at in _with_offsets(iter(values))]
-        moments.append(merge_moments([_moments(np.empty((0, 1)))] + [_moments(v.reshape(-1, 1)) for v in kept]))
-    x = moments[1:] if regression else moments
-    out: dict[str, Any] = {"counts": np.bincount(codes, minlength=3).tolist(),
-                           "x": (x[0][0], np.concatenate([m[1] for m in x]), np.concatenate([m[2] for m in x]))}
-    if regression:
-        out["y"] = moments[0]
-    else:
-        out["labels"] = labels
-    return out
-
-
 def _moments(X: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     n = len(X)
     if n == 0:
@@ -246,13 +242,13 @@ def merge_moments(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int,
     return n, mean, m2
 
 
-def merge_stats(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The reduction of :func:`stats_piece` results (runs on a worker for a cluster runner)."""
+def merge_stats(results: list[dict[str, Any]], regression: bool) -> dict[str, Any]:
+    """The reduction of :func:`scan_piece` results made with ``row0`` (on a worker for a cluster runner)."""
     out: dict[str, Any] = {"counts": [r["counts"] for r in results], "x": merge_moments([r["x"] for r in results])}
-    if "y" in results[0]:
+    if regression:
         out["y"] = merge_moments([r["y"] for r in results])
     else:
-        out["labels"] = np.unique(np.concatenate([r["labels"] for r in results]))
+        out["labels"] = np.unique(np.concatenate([r["train_labels"] for r in results]))
     return out
 
 
@@ -355,12 +351,20 @@ def prepare(source: Source, run: Runner = local_runner, *, seed: int = 0, test_s
     pieces = source.pieces
     kw = {"features": source.features, "target": source.target, "columns": source.columns,
           "storage_options": source.storage_options}
-    checks = run(partial(check_piece, **kw), pieces)
+    read = {**kw, "seed": seed, "test_size": test_size, "val_size": val_size}
+    # The split hashes each row's global position. Where the metadata gives every piece's rows
+    # (Parquet), positions are known before reading: one read checks a piece and reduces its
+    # statistics. Otherwise (CSV) the checks count the rows, and a second read reduces.
+    known = all(p.rows is not None for p in pieces)
+    starts = np.cumsum([0, *(p.rows for p in pieces[:-1])]).tolist() if known else [None] * len(pieces)
+    checks = run(partial(scan_piece, **read), list(zip(pieces, starts)))
     file_row: dict[str, int] = {}
     for piece, chk in zip(pieces, checks):
         start = file_row.get(piece.url, 0)
         if chk["error"] is not None:
             raise DataError(_bad_value_message(source, piece, start, chk["error"]))
+        if known and chk["rows"] != piece.rows:
+            raise DataError(f"{piece.path}: read {chk['rows']} rows where the metadata says {piece.rows}")
         file_row[piece.url] = start + chk["rows"]
     rows = np.array([c["rows"] for c in checks], dtype=np.int64)
     if rows.sum() == 0:
@@ -381,9 +385,12 @@ def prepare(source: Source, run: Runner = local_runner, *, seed: int = 0, test_s
             raise DataError(f"{source.location}: target column {source.target!r} has a single class "
                             f"{classes.tolist()!r}; need at least 2 to train a classifier")
     row0 = np.concatenate([[0], np.cumsum(rows)])
-    read = {**kw, "seed": seed, "test_size": test_size, "val_size": val_size}
-    stats = run(partial(stats_piece, regression=task == "regression", **read), list(zip(pieces, row0[:-1].tolist())),
-                reduce=merge_stats)
+    regression = task == "regression"
+    if not known:
+        checks = run(partial(scan_piece, **read), list(zip(pieces, row0[:-1].tolist())))
+    if regression and any(c["y"] is None for c in checks):
+        raise DataError(f"{source.location}: target {source.target!r} holds text; a regression needs numbers")
+    stats = merge_stats(checks, regression)
     counts = np.array(stats["counts"], dtype=np.int64)
     for code, name in enumerate(SPLIT_NAMES):
         size = (1 - test_size - val_size, val_size, test_size)[code]

@@ -323,14 +323,15 @@ def test_checks_and_statistics_read_in_batches_give_the_whole_piece_figures(tmp_
     monkeypatch.setattr(location, "WHOLE_PIECE_BYTES", 0)  # small pieces are read at once otherwise
     assert len(batch_lengths(piece, target)) == 43  # the piece really is read in 43 batches
 
-    chk = prep.check_piece(piece, **kw)
-    assert chk["rows"] == 300 and chk["error"] is None
+    chk = prep.scan_piece((piece, None), **kw)  # rows unknown to the split: the checks only
+    assert chk["rows"] == 300 and chk["error"] is None and "x" not in chk
     if target == "label":
         assert chk["integral"] and chk["labels"].tolist() == ["no", "yes"]
     else:  # 300 distinct integral values: still a possible classification target, collected across batches
         assert chk["integral"] and chk["labels"].tolist() == list(range(300))
 
-    stats = prep.stats_piece((piece, 5), regression=target == "rid", seed=3, test_size=0.2, val_size=0.1, **kw)
+    stats = prep.scan_piece((piece, 5), seed=3, test_size=0.2, val_size=0.1, **kw)  # checks and statistics
+    assert {k: stats[k] for k in ("rows", "error", "integral")} == {k: chk[k] for k in ("rows", "error", "integral")}
     codes = split_codes(5, 300, 3, 0.2, 0.1)
     assert stats["counts"] == np.bincount(codes, minlength=3).tolist()
     X = df[source.features].to_numpy(np.float64)[codes == TRAIN]
@@ -342,7 +343,8 @@ def test_checks_and_statistics_read_in_batches_give_the_whole_piece_figures(tmp_
         y = df["rid"].to_numpy()[codes == TRAIN]
         np.testing.assert_allclose(stats["y"][1], [y.mean()], rtol=1e-12)
     else:
-        assert stats["labels"].tolist() == sorted(set(df["label"][codes == TRAIN]))
+        assert stats["y"] is None  # text labels have no moments
+    assert stats["train_labels"].tolist() == sorted(set(df[target][codes == TRAIN]))
 
 
 def test_a_bad_value_in_a_later_batch_names_its_row_in_the_file(tmp_path, monkeypatch):
@@ -391,3 +393,10 @@ def test_validating_and_reducing_statistics_never_hold_a_whole_row_group(tmp_pat
     n_rows, grew = map(int, out.stdout.split()[-2:])
     assert n_rows == 400_000
     assert grew < 100e6, f"preparing one 400k-row group grew the process by {grew / 1e6:.0f} MB"
+
+
+def test_a_regression_on_a_text_target_names_the_target(tmp_path):
+    folder = tmp_path / "parts"
+    write_parts(frame(120), folder, n_parts=2)
+    with pytest.raises(DataError, match=r"target 'label' holds text; a regression needs numbers"):
+        prepare(open_source(str(folder), "label"), task="regression")
