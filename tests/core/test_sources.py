@@ -230,26 +230,39 @@ def test_regression_source_matches_the_model_on_the_same_rows(tmp_path, df):
     assert metrics["r2"] > 0.8
 
 
-SAMPLE_PEAK = """
+PEAK_SCRIPT = """
 import sys
 def peak():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
 import pyarrow, pandas, fsspec
 from nnpipe.sources.location import open_source, sample_rows
-source = open_source(sys.argv[1], "label")
+from nnpipe.sources.prep import prepare
+source = open_source(sys.argv[2], "label")
 before = peak()
-rows = sample_rows(source)
-print(peak() - before)
-rows.to_csv(sys.argv[2], index=False)
+if sys.argv[1] == "sample":
+    rows = sample_rows(source)
+    print(peak() - before)
+    rows.to_csv(sys.argv[3], index=False)
+else:
+    print(prepare(source).n_rows, peak() - before)
 """
+
+
+def peak_growth(what: str, *args: str) -> list[int]:
+    """The numbers PEAK_SCRIPT prints for ``what``: the process's own peak resident memory growth comes last.
+
+    A subprocess, because pyarrow decodes outside Python's allocator (tracemalloc would not see it).
+    """
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, what, *args], capture_output=True, text=True, check=True)
+    return [int(v) for v in out.stdout.split()]
 
 
 @pytest.mark.parametrize("hive", [False, True])
 def test_sample_rows_reads_a_few_pages_not_the_whole_row_group(tmp_path, hive):
-    import subprocess
-    import sys
-
     # One part, one row group of 400k rows x 41 columns (~130 MB): the model's input example needs 5 rows.
     rng = np.random.default_rng(0)
     df = pd.DataFrame(rng.standard_normal((400_000, 40)), columns=[f"x{i}" for i in range(40)])
@@ -257,10 +270,7 @@ def test_sample_rows_reads_a_few_pages_not_the_whole_row_group(tmp_path, hive):
     folder = tmp_path / ("day=1" if hive else "data")
     folder.mkdir()
     df.to_parquet(folder / "part-0.parquet", row_group_size=len(df), index=False)
-    # The process's own peak resident memory: pyarrow decodes outside Python's allocator.
-    out = subprocess.run([sys.executable, "-c", SAMPLE_PEAK, str(tmp_path if hive else folder), str(tmp_path / "rows.csv")],
-                         capture_output=True, text=True, check=True)
-    grew = int(out.stdout.split()[-1])
+    (grew,) = peak_growth("sample", str(tmp_path if hive else folder), str(tmp_path / "rows.csv"))
     rows = pd.read_csv(tmp_path / "rows.csv")
     np.testing.assert_allclose(rows[[f"x{i}" for i in range(40)]].to_numpy(), df.iloc[:5, :40].to_numpy())
     assert rows["label"].tolist() == df["label"].head(5).tolist()
@@ -361,25 +371,7 @@ def test_a_bad_value_in_a_later_batch_names_its_row_in_the_file(tmp_path, monkey
         prepare(open_source(str(folder), "label"))
 
 
-PREPARE_PEAK = """
-import sys
-def peak():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
-import pyarrow, pandas, fsspec
-from nnpipe.sources.location import open_source
-from nnpipe.sources.prep import prepare
-source = open_source(sys.argv[1], "label")
-before = peak()
-prepared = prepare(source)
-print(prepared.n_rows, peak() - before)
-"""
-
-
 def test_validating_and_reducing_statistics_never_hold_a_whole_row_group(tmp_path):
-    import subprocess
-    import sys
-
     # One row group of 400k rows x 41 columns (~130 MB in Parquet, 131 MB as float64): whole, the checks held
     # the Arrow table, a frame and a float64 copy at once (several hundred MB); in 64k-row batches, a few tens.
     rng = np.random.default_rng(0)
@@ -388,9 +380,7 @@ def test_validating_and_reducing_statistics_never_hold_a_whole_row_group(tmp_pat
     folder = tmp_path / "data"
     folder.mkdir()
     df.to_parquet(folder / "part-0.parquet", row_group_size=len(df), index=False)
-    out = subprocess.run([sys.executable, "-c", PREPARE_PEAK, str(folder)], capture_output=True, text=True,
-                         check=True)
-    n_rows, grew = map(int, out.stdout.split()[-2:])
+    n_rows, grew = peak_growth("prepare", str(folder))
     assert n_rows == 400_000
     assert grew < 100e6, f"preparing one 400k-row group grew the process by {grew / 1e6:.0f} MB"
 
