@@ -86,8 +86,6 @@ def scan_piece(item: tuple[Piece, int | None], *, features: list[str], target: s
     near 1 GB to check a 56 MB shard. The first bad value is the target's first
     empty row, else the first feature column's first bad row.
     """
-    import pandas as pd
-
     piece, row0 = item
     out: dict[str, Any] = {"rows": 0, "error": None, "labels": None, "integral": True}
     labels: np.ndarray | None = None
@@ -113,17 +111,10 @@ def scan_piece(item: tuple[Piece, int | None], *, features: list[str], target: s
                 if keep is not None and y.dtype.kind in "fiub":
                     parts.append(_moments(_kept(keep, y.astype(np.float64), at).reshape(-1, 1)))
             else:
-                values = s.to_numpy(dtype=np.float64) if s.dtype.kind in "fiub" else None
-                if values is None or not np.isfinite(values).all():  # the common case skips pandas' conversion
-                    values = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-                    not_number = np.isnan(values) & s.notna().to_numpy()
-                    bad = not_number | ~np.isfinite(values)
-                    if bad.any():
-                        i = int(np.flatnonzero(bad)[0])
-                        what = "number" if not_number[i] else ("nan" if np.isnan(values[i]) else "inf")
-                        out["error"] = {"column": col, "row": at + i, "what": what,
-                                        "value": repr(s.iloc[i]) if what == "number" else repr(float(values[i]))}
-                        return out
+                values, error = _feature_values(s)
+                if error is not None:
+                    out["error"] = {"column": col, **error, "row": at + error["row"]}
+                    return out
                 if keep is not None:
                     parts.append(_moments(_kept(keep, values, at).reshape(-1, 1)))
             at += len(s)
@@ -139,6 +130,23 @@ def scan_piece(item: tuple[Piece, int | None], *, features: list[str], target: s
         out["x"] = (xs[0][0], np.concatenate([m[1] for m in xs]), np.concatenate([m[2] for m in xs]))
         out["train_labels"] = np.unique(np.concatenate(out["train_labels"])) if out["train_labels"] else None
     return out
+
+
+def _feature_values(s: Any) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """A feature batch as float64, and its first value that is not a finite number (batch row), or None."""
+    import pandas as pd
+
+    values = s.to_numpy(dtype=np.float64) if s.dtype.kind in "fiub" else None
+    if values is not None and np.isfinite(values).all():  # the common case, without pandas' conversion
+        return values, None
+    values = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    not_number = np.isnan(values) & s.notna().to_numpy()
+    bad = not_number | ~np.isfinite(values)
+    if not bad.any():
+        return values, None
+    i = int(np.flatnonzero(bad)[0])
+    what = "number" if not_number[i] else ("nan" if np.isnan(values[i]) else "inf")
+    return values, {"row": i, "what": what, "value": repr(s.iloc[i]) if what == "number" else repr(float(values[i]))}
 
 
 def _collect_labels(labels: np.ndarray | None, y: np.ndarray, out: dict[str, Any]) -> np.ndarray | None:
