@@ -253,13 +253,22 @@ def test_a_scheduled_run_fires_on_its_own_and_picks_up_new_parts(stack: Stack):
 
 
 def _wait_running(stack: Stack, proc: subprocess.Popen, points: int = 2, timeout: float = 200) -> str:
-    """The id of the newest RUNNING MLflow run of MODEL once it has logged ``points`` epochs."""
+    """The id of ``proc``'s RUNNING MLflow run once it has logged ``points`` epochs.
+
+    Only a run started after ``proc`` counts: a run an earlier drill left RUNNING (its driver killed,
+    not yet swept) would otherwise be taken for this one, and the fault injected before ``proc``
+    even reached Prefect.
+    """
+    import psutil
+
+    started_ms = int(psutil.Process(proc.pid).create_time() * 1000)
     client = stack.mlflow()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else ""
         for run in client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                      "attributes.status = 'RUNNING'", order_by=["attributes.start_time DESC"]):
+                                      f"attributes.status = 'RUNNING' and attributes.start_time >= {started_ms}",
+                                      order_by=["attributes.start_time DESC"]):
             if len(client.get_metric_history(run.info.run_id, "train/loss")) >= points:
                 return run.info.run_id
         time.sleep(1)
