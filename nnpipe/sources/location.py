@@ -396,9 +396,9 @@ def iter_columns(piece: Piece, columns: list[str], storage_options: dict[str, An
     ``batch_rows`` (default :data:`PIECE_BATCH_ROWS`); a hive column is its
     path value repeated. A piece of at most :data:`WHOLE_PIECE_BYTES` as
     float64, and a CSV piece (a block of at most :data:`BLOCK_BYTES`), is read
-    at once, each column one batch: one read is 10-15% faster than 41
-    column reads, and costs a few times the piece's size. Consume each column's batches before
-    asking for the next column.
+    at once, each column one batch: one read is 10-15% faster than 41 column
+    reads, and costs a few times the piece's size. Consume each column's
+    batches before asking for the next column.
     """
     if piece.fmt != "parquet" or piece.rows is None or piece.rows * len(columns) * 8 <= WHOLE_PIECE_BYTES:
         df = read_piece(piece, columns, storage_options, all_columns)

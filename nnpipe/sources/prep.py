@@ -91,13 +91,15 @@ def scan_piece(item: tuple[Piece, int | None], *, features: list[str], target: s
     labels: np.ndarray | None = None
     keep: np.ndarray | None = None
     xs: list[tuple[int, np.ndarray, np.ndarray]] = []
+    train_labels: list[np.ndarray] = []
     for col, batches in iter_columns(piece, [target, *features], storage_options, columns):
         at, parts = 0, [_moments(np.empty((0, 1)))]
         if col == target:  # whole (one column): its length is the piece's rows, which the split needs
             batches = list(batches)
             if row0 is not None:
                 codes = split_codes(row0, sum(len(s) for s in batches), seed, test_size, val_size)
-                keep, out["counts"], out["train_labels"] = codes == TRAIN, np.bincount(codes, minlength=3).tolist(), []
+                keep = codes == TRAIN
+                out["counts"] = np.bincount(codes, minlength=3).tolist()
         for s in batches:
             if col == target:
                 missing = s.isna().to_numpy()
@@ -107,7 +109,7 @@ def scan_piece(item: tuple[Piece, int | None], *, features: list[str], target: s
                 y = _labels(s)
                 labels = _collect_labels(labels, y, out)
                 if keep is not None and out["integral"]:
-                    out["train_labels"].append(np.unique(_kept(keep, y, at)))
+                    train_labels.append(np.unique(_kept(keep, y, at)))
                 if keep is not None and y.dtype.kind in "fiub":
                     parts.append(_moments(_kept(keep, y.astype(np.float64), at).reshape(-1, 1)))
             else:
@@ -128,7 +130,7 @@ def scan_piece(item: tuple[Piece, int | None], *, features: list[str], target: s
         out["labels"] = labels if labels is not None else np.empty(0)
     if keep is not None:
         out["x"] = (xs[0][0], np.concatenate([m[1] for m in xs]), np.concatenate([m[2] for m in xs]))
-        out["train_labels"] = np.unique(np.concatenate(out["train_labels"])) if out["train_labels"] else None
+        out["train_labels"] = np.unique(np.concatenate(train_labels)) if train_labels else None
     return out
 
 
